@@ -1,0 +1,30 @@
+// Thin wrappers over futex(2) on a 32-bit word. Shared (no FUTEX_PRIVATE_FLAG): the word may
+// live in memory mapped by several processes.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+namespace memchannel {
+
+enum class FutexWait { kWoken, kValueChanged, kTimedOut, kInterrupted };
+
+// Sleeps while *word == expected, at most timeout_ns (negative: no limit).
+// Concurrency: any thread, any process.
+FutexWait futex_wait(std::atomic<uint32_t>* word, uint32_t expected, int64_t timeout_ns);
+
+// Wakes up to `count` waiters sleeping on word. Concurrency: any thread, any process.
+void futex_wake(std::atomic<uint32_t>* word, int count);
+
+// Monotonic clock in nanoseconds (CLOCK_MONOTONIC).
+int64_t monotonic_ns();
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+}  // namespace memchannel

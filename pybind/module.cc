@@ -1,0 +1,602 @@
+// memchannel._memchannel: thin glue between the MemChannel core and Python.
+//
+// Objects: Arena, Channel, Buffer. Policy lives in core/ (and shm/); this file converts
+// arguments, releases the GIL around waits, checks signals between wait slices, and turns
+// core Status codes into the exception hierarchy of memchannel.errors (one function:
+// raise_status). No Python object is stored in any C++ static: the module supports isolated
+// subinterpreters with their own GIL.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unistd.h>
+
+#include "core/arena.h"
+#include "core/channel.h"
+#include "core/heap_backend.h"
+#include "pybind/registry.h"
+
+namespace py = pybind11;
+
+namespace memchannel::py_glue {
+namespace {
+
+constexpr uint64_t kDefaultHeapCapacity = 1ull << 30;  // 1 GiB of address space, mapped lazily
+constexpr int64_t kSignalSliceNs = 100'000'000;        // main interpreter: check signals at 10 Hz
+constexpr uint64_t kCopyWithoutGil = 256 * 1024;       // copies this large run without the GIL
+constexpr char kHandleMagic[4] = {'M', 'C', 'H', '1'};
+
+// ---------------------------------------------------------------------------------------------
+// Errors: the one place where core statuses become Python exceptions.
+
+[[noreturn]] void raise_error(const char* class_name, const std::string& message) {
+  py::object cls = py::module_::import("memchannel.errors").attr(class_name);
+  PyErr_SetString(cls.ptr(), message.c_str());
+  throw py::error_already_set();
+}
+
+[[noreturn]] void raise_status(Status s, const std::string& context) {
+  switch (s) {
+    case Status::kEmpty: raise_error("Empty", context.empty() ? "channel is empty" : context);
+    case Status::kFull: raise_error("Full", context.empty() ? "channel is full" : context);
+    case Status::kClosed: raise_error("ChannelClosed", context.empty() ? "channel is closed" : context);
+    case Status::kTooLarge: raise_error("CapacityError", context);
+    case Status::kOutOfCapacity: raise_error("Full", "arena out of capacity: " + context);
+    case Status::kInvalidArgument: throw py::value_error(context);
+    case Status::kNotFound: raise_error("ChannelNotFound", context);
+    case Status::kSystemError: raise_error("MemChannelError", "system error: " + context);
+    default:
+      if (is_corruption(s) || s == Status::kDoubleRelease) {
+        raise_error("CorruptionError", std::string(to_string(s)) + ": " + context);
+      }
+      raise_error("MemChannelError", std::string(to_string(s)) + ": " + context);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting: GIL released, float timeouts on the monotonic clock, Ctrl-C in the main interpreter.
+
+WaitSpec make_wait(bool block, const py::object& timeout) {
+  WaitSpec spec;
+  if (!block) return WaitSpec::nonblocking();
+  if (!timeout.is_none()) {
+    if (PyBool_Check(timeout.ptr()) || !(PyFloat_Check(timeout.ptr()) || PyLong_Check(timeout.ptr()))) {
+      throw py::type_error("timeout must be None or a number of seconds (int or float), got " +
+                           std::string(Py_TYPE(timeout.ptr())->tp_name));
+    }
+    const double seconds = timeout.cast<double>();
+    if (std::isnan(seconds) || seconds < 0) {
+      throw py::value_error("timeout must be a non-negative number of seconds or None");
+    }
+    if (seconds < 1e9) {
+      spec.deadline_ns = monotonic_ns() + static_cast<int64_t>(seconds * 1e9);
+      if (seconds == 0) spec.spin_ns = 0;
+    }
+  }
+  if (PyInterpreterState_Get() == PyInterpreterState_Main()) spec.slice_ns = kSignalSliceNs;
+  return spec;
+}
+
+// Runs `attempt(spec)` without the GIL until it returns something other than kInterrupted,
+// checking for signals (KeyboardInterrupt) between slices.
+template <typename Attempt>
+auto wait_with_gil_released(WaitSpec spec, Attempt&& attempt) {
+  for (;;) {
+    auto result = [&] {
+      py::gil_scoped_release nogil;
+      return attempt(spec);
+    }();
+    Status s;
+    if constexpr (std::is_same_v<decltype(result), Status>) s = result; else s = result.status;
+    if (s != Status::kInterrupted) return result;
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Buffer: one block held by this interpreter, exported through the buffer protocol.
+
+struct Buffer {
+  enum class State { kLive, kReleased, kSent };
+
+  std::shared_ptr<Arena> arena;
+  BlockHandle block;
+  uint8_t* data = nullptr;
+  uint64_t nbytes = 0;
+  Py_ssize_t itemsize = 1;
+  int ndim = 1;
+  std::string format = "B";
+  std::array<Py_ssize_t, kMaxNdim> shape{};
+  std::array<Py_ssize_t, kMaxNdim> strides{};
+  int exports = 0;  // live memoryviews / arrays over this buffer
+  State state = State::kLive;
+
+  Buffer(std::shared_ptr<Arena> a, BlockHandle b, const BlockView& v)
+      : arena(std::move(a)), block(b), data(v.data), nbytes(v.length), itemsize(v.itemsize),
+        ndim(static_cast<int>(v.ndim)), format(v.format_view()) {
+    Py_ssize_t stride = itemsize;
+    for (int i = ndim - 1; i >= 0; --i) {
+      shape[i] = static_cast<Py_ssize_t>(v.shape[i]);
+      strides[i] = stride;
+      stride *= shape[i];
+    }
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() {
+    if (state == State::kLive) arena->release(block);  // garbage-collected: the block goes back
+  }
+
+  void check_live(const char* what) const {
+    if (state == State::kReleased) {
+      throw py::value_error(std::string(what) + ": operation forbidden on a released memchannel Buffer");
+    }
+    if (state == State::kSent) {
+      throw py::value_error(std::string(what) +
+                            ": this Buffer was sent; ownership moved to the channel, so it can no "
+                            "longer be used (receive the message to use its data)");
+    }
+  }
+  void check_no_exports(const char* what) const {
+    if (exports > 0) {
+      PyErr_Format(PyExc_BufferError,
+                   "%s: %d memoryview(s) or array(s) still export this Buffer; delete them (or call "
+                   "memoryview.release()) first",
+                   what, exports);
+      throw py::error_already_set();
+    }
+  }
+  void release() {
+    if (state != State::kLive) return;  // like memoryview.release(): a second call is a no-op
+    check_no_exports("release()");
+    state = State::kReleased;
+    const Status s = arena->release(block);
+    if (s != Status::kOk) raise_status(s, "releasing a Buffer");
+  }
+  py::tuple shape_tuple() const {
+    py::tuple t(ndim);
+    for (int i = 0; i < ndim; ++i) t[static_cast<size_t>(i)] = py::int_(shape[i]);
+    return t;
+  }
+};
+
+Buffer* as_buffer(PyObject* obj) { return py::cast<Buffer*>(py::handle(obj)); }
+
+extern "C" int buffer_getbuffer(PyObject* obj, Py_buffer* view, int flags) {
+  Buffer* b = nullptr;
+  try {
+    b = as_buffer(obj);
+  } catch (...) {
+    PyErr_SetString(PyExc_BufferError, "not a memchannel Buffer");
+    return -1;
+  }
+  if (b->state != Buffer::State::kLive) {
+    PyErr_SetString(PyExc_ValueError,
+                    b->state == Buffer::State::kSent
+                        ? "memchannel Buffer was sent; ownership moved to the channel"
+                        : "operation forbidden on a released memchannel Buffer");
+    view->obj = nullptr;
+    return -1;
+  }
+  view->obj = Py_NewRef(obj);
+  view->buf = b->data;
+  view->len = static_cast<Py_ssize_t>(b->nbytes);
+  view->readonly = 0;
+  view->itemsize = b->itemsize;
+  view->format = (flags & PyBUF_FORMAT) ? const_cast<char*>(b->format.c_str()) : nullptr;
+  view->ndim = b->ndim;
+  view->shape = (flags & PyBUF_ND) == PyBUF_ND ? b->shape.data() : nullptr;
+  view->strides = (flags & PyBUF_STRIDES) == PyBUF_STRIDES ? b->strides.data() : nullptr;
+  view->suboffsets = nullptr;
+  view->internal = nullptr;
+  if (view->shape == nullptr) view->ndim = 1;  // unshaped request: plain bytes
+  ++b->exports;
+  return 0;
+}
+
+extern "C" void buffer_releasebuffer(PyObject* obj, Py_buffer*) {
+  try {
+    Buffer* b = as_buffer(obj);
+    if (b->exports > 0) --b->exports;
+  } catch (...) {
+    PyErr_Clear();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Arena and Channel objects.
+
+struct PyArena {
+  std::shared_ptr<Arena> arena;
+  std::string backend;
+};
+
+std::shared_ptr<PyArena> make_arena(uint64_t capacity, const std::string& backend) {
+  if (backend != "heap") {
+    if (backend == "shm") {
+      raise_error("MemChannelError",
+                  "backend='shm' (shared memory between processes) is not available in this "
+                  "build yet; use backend='heap' for threads and subinterpreters");
+    }
+    throw py::value_error("backend must be 'heap' or 'shm', got '" + backend + "'");
+  }
+  auto created = Arena::create(std::make_unique<HeapBackend>(), capacity, next_id());
+  if (!created.ok()) {
+    if (created.status == Status::kInvalidArgument) {
+      throw py::value_error("arena capacity of " + std::to_string(capacity) +
+                            " bytes is too small (needs at least 16 KiB)");
+    }
+    raise_status(created.status, "creating an arena");
+  }
+  return std::make_shared<PyArena>(PyArena{std::move(created.value), backend});
+}
+
+uint64_t to_size(const py::object& value, const char* name) {
+  if (PyBool_Check(value.ptr()) || !PyIndex_Check(value.ptr())) {
+    throw py::type_error(std::string(name) + " must be an int, got " + Py_TYPE(value.ptr())->tp_name);
+  }
+  const py::int_ v = py::reinterpret_steal<py::int_>(PyNumber_Index(value.ptr()));
+  if (PyObject_RichCompareBool(v.ptr(), py::int_(0).ptr(), Py_LT) == 1) {
+    throw py::value_error(std::string(name) + " must be >= 0, got " + std::string(py::str(v)));
+  }
+  const unsigned long long out = PyLong_AsUnsignedLongLong(v.ptr());
+  if (PyErr_Occurred()) {
+    PyErr_Clear();
+    throw py::value_error(std::string(name) + " is too large");
+  }
+  return out;
+}
+
+std::string capacity_message(const Arena& arena, uint64_t nbytes) {
+  return "a message of " + std::to_string(nbytes) + " bytes does not fit this arena (largest: " +
+         std::to_string(arena.max_payload()) + " bytes of " + std::to_string(arena.capacity()) +
+         " capacity); create the channel from mc.Arena(capacity=...) with a larger capacity";
+}
+
+struct PyChannel {
+  std::shared_ptr<PyArena> arena;
+  std::shared_ptr<Channel> channel;
+
+  Channel& ch() { return *channel; }
+
+  // Copies any buffer-protocol object into a new block (one memcpy) and returns it.
+  BlockHandle copy_in(const py::handle& data, const WaitSpec& spec) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(data.ptr(), &view, PyBUF_FULL_RO) != 0) {
+      PyErr_Clear();
+      throw py::type_error(
+          std::string("send() needs a bytes-like object (bytes, bytearray, memoryview, "
+                      "array.array, numpy array, memchannel.Buffer); got ") +
+          Py_TYPE(data.ptr())->tp_name + ". Use send_object() for arbitrary Python objects.");
+    }
+    struct ViewGuard {
+      Py_buffer* v;
+      ~ViewGuard() { PyBuffer_Release(v); }
+    } guard{&view};
+    if (view.suboffsets != nullptr) {
+      throw py::type_error("send() cannot take buffers with suboffsets (PIL-style arrays)");
+    }
+    std::array<int64_t, kMaxNdim> shape{};
+    if (view.ndim > static_cast<int>(kMaxNdim)) {
+      throw py::value_error("send(): arrays with more than " + std::to_string(kMaxNdim) +
+                            " dimensions are not supported");
+    }
+    for (int i = 0; i < view.ndim; ++i) shape[i] = view.shape != nullptr ? view.shape[i] : view.len;
+    PayloadLayout layout;
+    layout.itemsize = static_cast<uint32_t>(view.itemsize);
+    layout.ndim = static_cast<uint32_t>(view.ndim);
+    layout.shape = shape.data();
+    layout.format = view.format != nullptr ? std::string_view(view.format) : std::string_view("B");
+    if (layout.format.size() > kMaxFormatLen) {
+      throw py::value_error("send(): buffer format string longer than " + std::to_string(kMaxFormatLen));
+    }
+    const uint64_t nbytes = static_cast<uint64_t>(view.len);
+    auto got = wait_with_gil_released(spec, [&](const WaitSpec& w) {
+      return ch().allocate(nbytes, layout, w);
+    });
+    if (!got.ok()) {
+      raise_status(got.status, got.status == Status::kTooLarge ? capacity_message(*arena->arena, nbytes)
+                                                               : "no room for the message");
+    }
+    uint8_t* dst = arena->arena->payload(got.value);
+    const bool contiguous = PyBuffer_IsContiguous(&view, 'C') != 0;
+    if (contiguous && nbytes >= kCopyWithoutGil) {
+      py::gil_scoped_release nogil;  // the exporter is pinned by `view`; nothing can resize it
+      std::memcpy(dst, view.buf, nbytes);
+    } else if (contiguous) {
+      std::memcpy(dst, view.buf, nbytes);
+    } else if (PyBuffer_ToContiguous(dst, &view, view.len, 'C') != 0) {
+      arena->arena->release(got.value);
+      throw py::error_already_set();
+    }
+    arena->arena->add_bytes_copied(nbytes);
+    return got.value;
+  }
+
+  void send(const py::handle& data, bool block, const py::object& timeout) {
+    const WaitSpec spec = make_wait(block, timeout);
+    if (py::isinstance<Buffer>(data)) {
+      Buffer* b = py::cast<Buffer*>(data);
+      b->check_live("send()");
+      if (b->arena == arena->arena) {  // same arena: ownership moves, no copy
+        b->check_no_exports("send()");
+        b->state = Buffer::State::kSent;  // claimed while the GIL is released below
+        const Status s = wait_with_gil_released(spec, [&](const WaitSpec& w) { return ch().send(b->block, w); });
+        if (s != Status::kOk) {
+          b->state = Buffer::State::kLive;  // not sent: the caller still owns it
+          raise_status(s, "");
+        }
+        return;
+      }
+    }
+    const BlockHandle fresh = copy_in(data, spec);
+    const Status s = wait_with_gil_released(spec, [&](const WaitSpec& w) { return ch().send(fresh, w); });
+    if (s != Status::kOk) {
+      arena->arena->release(fresh);
+      raise_status(s, "");
+    }
+  }
+
+  std::unique_ptr<Buffer> wrap(BlockHandle block) {
+    auto v = arena->arena->view(block);
+    if (!v.ok()) {
+      arena->arena->release(block);
+      raise_status(v.status, "received a message with corrupted metadata");
+    }
+    return std::make_unique<Buffer>(arena->arena, block, v.value);
+  }
+
+  std::unique_ptr<Buffer> recv(bool block, const py::object& timeout) {
+    const WaitSpec spec = make_wait(block, timeout);
+    auto got = wait_with_gil_released(spec, [&](const WaitSpec& w) { return ch().recv(w); });
+    if (!got.ok()) raise_status(got.status, "");
+    return wrap(got.value);
+  }
+
+  std::unique_ptr<Buffer> reserve(const py::object& nbytes, const std::string& format,
+                                  const py::object& shape, const py::object& timeout) {
+    uint32_t itemsize = 1;
+    if (format != "B") {
+      const auto size = py::module_::import("struct").attr("calcsize")(format);
+      itemsize = size.cast<uint32_t>();
+      if (itemsize == 0) throw py::value_error("reserve(): format '" + format + "' has itemsize 0");
+    }
+    std::array<int64_t, kMaxNdim> dims{};
+    uint32_t ndim = 1;
+    uint64_t total = 0;
+    if (!shape.is_none()) {
+      py::tuple t = py::tuple(shape);  // accepts any sequence
+      if (t.size() > kMaxNdim) throw py::value_error("reserve(): at most 32 dimensions");
+      ndim = static_cast<uint32_t>(t.size());
+      uint64_t elements = 1;
+      for (uint32_t i = 0; i < ndim; ++i) {
+        const uint64_t d = to_size(t[i], "reserve() shape entries");
+        if (__builtin_mul_overflow(elements, d, &elements)) throw py::value_error("reserve(): shape too large");
+        dims[i] = static_cast<int64_t>(d);
+      }
+      if (__builtin_mul_overflow(elements, uint64_t{itemsize}, &total)) {
+        throw py::value_error("reserve(): shape too large");
+      }
+      if (!nbytes.is_none() && to_size(nbytes, "nbytes") != total) {
+        throw py::value_error("reserve(): nbytes=" + std::string(py::str(nbytes)) +
+                              " does not match shape x itemsize = " + std::to_string(total));
+      }
+    } else if (!nbytes.is_none()) {
+      total = to_size(nbytes, "nbytes");
+      if (total % itemsize != 0) {
+        throw py::value_error("reserve(): nbytes must be a multiple of the itemsize of format '" + format + "'");
+      }
+      dims[0] = static_cast<int64_t>(total / itemsize);
+    } else {
+      throw py::type_error("reserve() needs nbytes or shape");
+    }
+    PayloadLayout layout{itemsize, ndim, dims.data(), format};
+    const WaitSpec spec = make_wait(true, timeout);
+    auto got = wait_with_gil_released(spec, [&](const WaitSpec& w) { return ch().allocate(total, layout, w); });
+    if (!got.ok()) {
+      raise_status(got.status, got.status == Status::kTooLarge ? capacity_message(*arena->arena, total)
+                                                               : "no room to reserve " + std::to_string(total) + " bytes");
+    }
+    return wrap(got.value);
+  }
+
+  py::bytes handle() {
+    pin_channel(channel);  // a handle may be in flight: keep the channel until it is closed
+    std::string out(kHandleMagic, 4);
+    const uint64_t fields[4] = {static_cast<uint64_t>(getpid()), ch().arena()->arena_id(),
+                                ch().channel_id(), 0};
+    out.append(reinterpret_cast<const char*>(fields), sizeof(fields));
+    out.insert(4, 1, 'h');
+    return py::bytes(out);
+  }
+
+  static std::shared_ptr<PyChannel> attach(const py::bytes& handle_bytes) {
+    const std::string h = handle_bytes;
+    if (h.size() != 5 + 32 || std::memcmp(h.data(), kHandleMagic, 4) != 0) {
+      throw py::value_error("not a memchannel channel handle (expected the bytes of Channel.handle)");
+    }
+    if (h[4] != 'h') throw py::value_error("unknown memchannel handle kind");
+    uint64_t fields[4];
+    std::memcpy(fields, h.data() + 5, sizeof(fields));
+    if (fields[0] != static_cast<uint64_t>(getpid())) {
+      raise_error("MemChannelError",
+                  "this is a backend='heap' channel of another process (pid " + std::to_string(fields[0]) +
+                      "); heap channels only connect threads and subinterpreters of one process. "
+                      "Create the channel with backend='shm' to cross processes");
+    }
+    auto ch = find_channel(fields[1], fields[2]);
+    if (!ch) {
+      raise_error("ChannelNotFound",
+                  "the channel of this handle no longer exists (it was closed and every object "
+                  "using it is gone)");
+    }
+    auto out = std::make_shared<PyChannel>();
+    out->arena = std::make_shared<PyArena>(PyArena{ch->arena(), "heap"});
+    out->channel = std::move(ch);
+    return out;
+  }
+
+  py::dict stats() {
+    const ChannelStats c = ch().stats();
+    const ArenaStats a = ch().arena()->stats();
+    py::dict d;
+    d["backend"] = arena->backend;
+    d["queued"] = c.queued;
+    d["bytes_queued"] = c.bytes_queued;
+    d["sent"] = c.sent;
+    d["received"] = c.received;
+    d["closed"] = c.closed;
+    d["maxsize"] = c.maxsize;
+    d["maxbytes"] = c.maxbytes;
+    d["blocks_in_use"] = a.blocks_in_use;
+    d["bytes_in_use"] = a.bytes_in_use;
+    d["capacity"] = a.capacity;
+    d["mapped_bytes"] = a.mapped_bytes;
+    d["carved_bytes"] = a.carved_bytes;
+    d["bytes_copied"] = a.bytes_copied;
+    d["corruption_count"] = a.corruption_count;
+    d["segments"] = a.segments;
+    return d;
+  }
+
+  bool full() {
+    const ChannelStats c = ch().stats();
+    return (c.maxsize != 0 && c.queued >= c.maxsize) || (c.maxbytes != 0 && c.bytes_queued >= c.maxbytes);
+  }
+
+  void close() {
+    ch().close();
+    unpin_channel(ch());
+  }
+};
+
+std::shared_ptr<PyChannel> make_channel(const py::object& maxsize, const py::object& maxbytes,
+                                        const std::string& backend, const py::object& arena,
+                                        const py::object& handle) {
+  if (!handle.is_none()) return PyChannel::attach(handle.cast<py::bytes>());
+  std::shared_ptr<PyArena> a;
+  if (arena.is_none()) {
+    a = make_arena(kDefaultHeapCapacity, backend);
+  } else {
+    if (!py::isinstance<PyArena>(arena)) {
+      throw py::type_error("arena must be a memchannel.Arena, got " + std::string(Py_TYPE(arena.ptr())->tp_name));
+    }
+    a = arena.cast<std::shared_ptr<PyArena>>();
+  }
+  auto created = Channel::create(a->arena, to_size(maxsize, "maxsize"), to_size(maxbytes, "maxbytes"), next_id());
+  if (!created.ok()) raise_status(created.status, "creating a channel");
+  register_channel(created.value);
+  auto out = std::make_shared<PyChannel>();
+  out->arena = std::move(a);
+  out->channel = std::move(created.value);
+  return out;
+}
+
+}  // namespace
+}  // namespace memchannel::py_glue
+
+using namespace memchannel;
+using namespace memchannel::py_glue;
+
+PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreters::per_interpreter_gil()) {
+  m.doc() = "memchannel core bindings; use the `memchannel` package.";
+
+  auto buffer_cls = py::class_<Buffer>(m, "Buffer", py::buffer_protocol(), R"doc(
+A block of channel memory held by this interpreter. Exports the PEP 3118 buffer protocol with
+the sender's format and shape: memoryview(buf) and numpy.asarray(buf) are zero-copy. After
+send(buf) or buf.release(), any use raises ValueError.)doc");
+  // Our own buffer slots: pybind11's do not tell us when the last export is released.
+  auto* heap_type = reinterpret_cast<PyHeapTypeObject*>(buffer_cls.ptr());
+  heap_type->as_buffer.bf_getbuffer = buffer_getbuffer;
+  heap_type->as_buffer.bf_releasebuffer = buffer_releasebuffer;
+  buffer_cls
+      .def_property_readonly("nbytes", [](Buffer& b) { b.check_live("nbytes"); return b.nbytes; })
+      .def_property_readonly("format", [](Buffer& b) { b.check_live("format"); return b.format; })
+      .def_property_readonly("itemsize", [](Buffer& b) { b.check_live("itemsize"); return b.itemsize; })
+      .def_property_readonly("ndim", [](Buffer& b) { b.check_live("ndim"); return b.ndim; })
+      .def_property_readonly("shape", [](Buffer& b) { b.check_live("shape"); return b.shape_tuple(); })
+      .def_property_readonly("readonly", [](Buffer& b) { b.check_live("readonly"); return false; })
+      .def_property_readonly("released", [](Buffer& b) { return b.state != Buffer::State::kLive; })
+      .def_property_readonly("exports", [](Buffer& b) { return b.exports; })
+      .def_property_readonly("address", [](Buffer& b) {
+        b.check_live("address");
+        return reinterpret_cast<uintptr_t>(b.data);
+      }, "Address of the payload in this process (to check zero-copy).")
+      .def("release", &Buffer::release, "Return the block to the arena now (no-op if already released).")
+      .def("tobytes", [](Buffer& b) {
+        b.check_live("tobytes()");
+        return py::bytes(reinterpret_cast<const char*>(b.data), b.nbytes);
+      })
+      .def("__enter__", [](py::object self) {
+        self.cast<Buffer&>().check_live("__enter__");
+        return self;
+      })
+      .def("__exit__", [](Buffer& b, py::args) { b.release(); return false; })
+      .def("__len__", [](Buffer& b) {
+        b.check_live("len()");
+        return b.ndim == 0 ? size_t{1} : static_cast<size_t>(b.shape[0]);
+      })
+      .def("__repr__", [](Buffer& b) {
+        if (b.state != Buffer::State::kLive) {
+          return std::string("<memchannel.Buffer ") + (b.state == Buffer::State::kSent ? "sent" : "released") + ">";
+        }
+        return "<memchannel.Buffer nbytes=" + std::to_string(b.nbytes) + " format='" + b.format +
+               "' shape=" + std::string(py::repr(b.shape_tuple())) + ">";
+      });
+
+  py::class_<PyArena, std::shared_ptr<PyArena>>(m, "Arena", "Memory shared by the channels made from it.")
+      .def(py::init([](const py::object& capacity, const std::string& backend) {
+             return make_arena(capacity.is_none() ? kDefaultHeapCapacity : to_size(capacity, "capacity"), backend);
+           }),
+           py::arg("capacity") = py::none(), py::arg("backend") = "heap")
+      .def_property_readonly("backend", [](PyArena& a) { return a.backend; })
+      .def_property_readonly("capacity", [](PyArena& a) { return a.arena->capacity(); })
+      .def_property_readonly("max_message_bytes", [](PyArena& a) { return a.arena->max_payload(); })
+      .def("stats", [](PyArena& a) {
+        const ArenaStats s = a.arena->stats();
+        py::dict d;
+        d["backend"] = a.backend;
+        d["capacity"] = s.capacity;
+        d["mapped_bytes"] = s.mapped_bytes;
+        d["carved_bytes"] = s.carved_bytes;
+        d["blocks_in_use"] = s.blocks_in_use;
+        d["bytes_in_use"] = s.bytes_in_use;
+        d["bytes_copied"] = s.bytes_copied;
+        d["corruption_count"] = s.corruption_count;
+        d["segments"] = s.segments;
+        return d;
+      });
+
+  py::class_<PyChannel, std::shared_ptr<PyChannel>>(m, "Channel", "A buffer channel (see memchannel.Channel).")
+      .def(py::init(&make_channel), py::arg("maxsize") = 0, py::kw_only(), py::arg("maxbytes") = 0,
+           py::arg("backend") = "heap", py::arg("arena") = py::none(), py::arg("_handle") = py::none())
+      .def("send", &PyChannel::send, py::arg("data"), py::arg("block") = true, py::arg("timeout") = py::none())
+      .def("send_nowait", [](PyChannel& c, const py::handle& data) { c.send(data, false, py::none()); },
+           py::arg("data"))
+      .def("recv", &PyChannel::recv, py::arg("block") = true, py::arg("timeout") = py::none())
+      .def("recv_nowait", [](PyChannel& c) { return c.recv(false, py::none()); })
+      .def("reserve", &PyChannel::reserve, py::arg("nbytes") = py::none(), py::kw_only(),
+           py::arg("format") = "B", py::arg("shape") = py::none(), py::arg("timeout") = py::none())
+      .def("close", &PyChannel::close)
+      .def_property_readonly("closed", [](PyChannel& c) { return c.ch().closed(); })
+      .def("qsize", [](PyChannel& c) { return c.ch().queued(); })
+      .def("empty", [](PyChannel& c) { return c.ch().queued() == 0; })
+      .def("full", &PyChannel::full)
+      .def("stats", &PyChannel::stats)
+      .def_property_readonly("handle", &PyChannel::handle)
+      .def_property_readonly("backend", [](PyChannel& c) { return c.arena->backend; })
+      .def_property_readonly("_arena", [](PyChannel& c) { return c.arena; })
+      .def("__iter__", [](py::object self) { return self; })
+      .def("__next__", [](PyChannel& c) {
+        const WaitSpec spec = make_wait(true, py::none());
+        auto got = wait_with_gil_released(spec, [&](const WaitSpec& w) { return c.ch().recv(w); });
+        if (got.status == Status::kClosed) throw py::stop_iteration();
+        if (!got.ok()) raise_status(got.status, "");
+        return c.wrap(got.value);
+      });
+}

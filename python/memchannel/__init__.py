@@ -1,0 +1,27 @@
+"""memchannel: zero-copy buffer channels between CPython subinterpreters and processes.
+
+    import memchannel as mc
+    ch = mc.Channel()
+    ch.send(b"hello")
+    with ch.recv() as buf:
+        print(bytes(buf))
+"""
+
+from . import _memchannel
+from ._channel import Arena, Buffer, Channel
+from .errors import (
+    CapacityError,
+    ChannelClosed,
+    ChannelNotFound,
+    CorruptionError,
+    Empty,
+    Full,
+    MemChannelError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Arena", "Buffer", "Channel", "MemChannelError", "Empty", "Full", "ChannelClosed",
+    "ChannelNotFound", "CapacityError", "CorruptionError",
+]

@@ -1,0 +1,62 @@
+"""Python-level parts of Channel and Arena: pickling, attach, object messages."""
+
+from __future__ import annotations
+
+import os
+
+from . import _memchannel
+from .errors import MemChannelError
+
+Buffer = _memchannel.Buffer
+
+
+def _attach_pickled(handle: bytes, pid: int, backend: str) -> "Channel":
+    if backend == "heap" and pid != os.getpid():
+        raise MemChannelError(
+            "a backend='heap' channel cannot be pickled into another process (it lives in the "
+            f"memory of process {pid}); create the channel with backend='shm' to cross processes"
+        )
+    return Channel.attach(handle)
+
+
+class Channel(_memchannel.Channel):
+    """A queue of buffers between threads, subinterpreters and processes.
+
+    ``Channel(maxsize=0, *, maxbytes=0, backend="heap", arena=None)``: ``maxsize`` bounds the
+    number of queued messages and ``maxbytes`` their payload bytes (0 = unbounded, limited only
+    by the arena's capacity). Concurrency: any thread, any interpreter.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def attach(cls, handle: bytes) -> "Channel":
+        """Open the channel named by ``handle`` (``ch.handle``) in this interpreter."""
+        if not isinstance(handle, (bytes, bytearray, memoryview)):
+            raise TypeError(f"Channel.attach() needs the bytes of Channel.handle, got {type(handle).__name__}")
+        return cls(_handle=bytes(handle))
+
+    def __reduce__(self):
+        return (_attach_pickled, (self.handle, os.getpid(), self.backend))
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<memchannel.Channel backend={self.backend!r} {state} queued={self.qsize()}>"
+
+
+class Arena(_memchannel.Arena):
+    """Memory shared by the channels made from it; a received Buffer can be sent on to any
+    channel of the same arena without a copy.
+
+    ``Arena(capacity=None, backend="heap")``. Concurrency: any thread, any interpreter.
+    """
+
+    def channel(self, maxsize: int = 0, *, maxbytes: int = 0) -> Channel:
+        return Channel(maxsize, maxbytes=maxbytes, arena=self)
+
+    def reserve(self, nbytes=None, *, format="B", shape=None, timeout=None) -> Buffer:
+        """A writable Buffer in this arena's memory, to fill and then send on any of its channels."""
+        carrier = getattr(self, "_reserve_channel", None)
+        if carrier is None:
+            carrier = self._reserve_channel = self.channel()
+        return carrier.reserve(nbytes, format=format, shape=shape, timeout=timeout)

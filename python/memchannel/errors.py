@@ -1,0 +1,41 @@
+"""The memchannel exception hierarchy.
+
+Every error the extension raises is one of these (or a built-in TypeError / ValueError /
+BufferError for bad arguments), so callers can catch ``memchannel.MemChannelError``.
+"""
+
+import queue
+
+
+class MemChannelError(Exception):
+    """Base class of memchannel's own errors."""
+
+
+class Empty(MemChannelError, queue.Empty):
+    """recv() found no message (non-blocking, or the timeout passed)."""
+
+
+class Full(MemChannelError, queue.Full):
+    """send() found no room (non-blocking, or the timeout passed)."""
+
+
+class ChannelClosed(MemChannelError):
+    """The channel is closed: no more sends; recv() raises this once it is drained."""
+
+
+class ChannelNotFound(MemChannelError, LookupError):
+    """A handle names a channel that no longer exists."""
+
+
+class CapacityError(MemChannelError, ValueError):
+    """A message can never fit the arena: create the channel with a larger Arena."""
+
+
+class CorruptionError(MemChannelError):
+    """Channel memory failed validation (a peer wrote garbage); the channel keeps serving."""
+
+
+__all__ = [
+    "MemChannelError", "Empty", "Full", "ChannelClosed", "ChannelNotFound", "CapacityError",
+    "CorruptionError",
+]
