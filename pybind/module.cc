@@ -252,6 +252,25 @@ uint64_t to_size(const py::object& value, const char* name) {
   return out;
 }
 
+// Itemsize of a struct-module (PEP 3118) format. A numpy dtype spelling such as "<f8" or
+// "float32" is accepted too and rewritten to its PEP 3118 form, when numpy is importable.
+uint32_t format_itemsize(std::string& format) {
+  py::module_ struct_mod = py::module_::import("struct");
+  try {
+    return struct_mod.attr("calcsize")(format).cast<uint32_t>();
+  } catch (py::error_already_set& struct_error) {
+    try {
+      py::module_ np = py::module_::import("numpy");
+      py::object arr = np.attr("empty")(0, py::arg("dtype") = format);
+      format = py::str(py::module_::import("builtins").attr("memoryview")(arr).attr("format"));
+      return struct_mod.attr("calcsize")(format).cast<uint32_t>();
+    } catch (py::error_already_set&) {
+      throw py::value_error("format '" + format + "' is not a struct-module / PEP 3118 format "
+                            "(e.g. 'B', '<i4', '<d') nor a numpy dtype");
+    }
+  }
+}
+
 std::string capacity_message(const Arena& arena, uint64_t nbytes) {
   return "a message of " + std::to_string(nbytes) + " bytes does not fit this arena (largest: " +
          std::to_string(arena.max_payload()) + " bytes of " + std::to_string(arena.capacity()) +
@@ -361,9 +380,9 @@ struct PyChannel {
   std::unique_ptr<Buffer> reserve(const py::object& nbytes, const std::string& format,
                                   const py::object& shape, const py::object& timeout) {
     uint32_t itemsize = 1;
-    if (format != "B") {
-      const auto size = py::module_::import("struct").attr("calcsize")(format);
-      itemsize = size.cast<uint32_t>();
+    std::string fmt = format;
+    if (fmt != "B") {
+      itemsize = format_itemsize(fmt);
       if (itemsize == 0) throw py::value_error("reserve(): format '" + format + "' has itemsize 0");
     }
     std::array<int64_t, kMaxNdim> dims{};
@@ -389,13 +408,13 @@ struct PyChannel {
     } else if (!nbytes.is_none()) {
       total = to_size(nbytes, "nbytes");
       if (total % itemsize != 0) {
-        throw py::value_error("reserve(): nbytes must be a multiple of the itemsize of format '" + format + "'");
+        throw py::value_error("reserve(): nbytes must be a multiple of the itemsize of format '" + fmt + "'");
       }
       dims[0] = static_cast<int64_t>(total / itemsize);
     } else {
       throw py::type_error("reserve() needs nbytes or shape");
     }
-    PayloadLayout layout{itemsize, ndim, dims.data(), format};
+    PayloadLayout layout{itemsize, ndim, dims.data(), fmt};
     const WaitSpec spec = make_wait(true, timeout);
     auto got = wait_with_gil_released(spec, [&](const WaitSpec& w) { return ch().allocate(total, layout, w); });
     if (!got.ok()) {
