@@ -4,6 +4,7 @@
 #include <cstring>
 #include <new>
 #include <thread>
+#include <vector>
 
 namespace memchannel {
 namespace {
@@ -24,6 +25,159 @@ bool is_plain_bytes(const PayloadLayout& layout) {
 Arena::Arena(std::unique_ptr<MemoryBackend> backend, ArenaHeader* header, uint64_t capacity)
     : backend_(std::move(backend)), header_(header), capacity_(capacity) {}
 
+Arena::~Arena() { detach(); }
+
+void Arena::detach() {
+  if (detached_.exchange(true, std::memory_order_acq_rel)) return;
+  // Dead holders still count as attached until reaped: reap them so the last live process
+  // really is the last and removes the segments.
+  reap_dead_holders();
+  if (holder_ != 0) {
+    HolderSlot& slot = header_->holders[holder_ - 1];
+    slot.state.store(kSlotFree, std::memory_order_release);
+  }
+  if (header_->attached_holders.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    backend_->remove_segments(header_->segment_count.load(std::memory_order_acquire));
+  }
+}
+
+void Arena::reattach_after_fork() {
+  if (!backend_->tracks_holders() || detached_.load(std::memory_order_acquire)) return;
+  uint32_t attached = header_->attached_holders.load(std::memory_order_acquire);
+  do {
+    if (attached == 0) {
+      detached_.store(true, std::memory_order_release);
+      return;
+    }
+  } while (!header_->attached_holders.compare_exchange_weak(attached, attached + 1,
+                                                            std::memory_order_acq_rel));
+  holder_ = 0;
+  if (claim_holder_slot() != Status::kOk) {
+    header_->attached_holders.fetch_sub(1, std::memory_order_acq_rel);
+    detached_.store(true, std::memory_order_release);
+  }
+}
+
+Status Arena::claim_holder_slot() {
+  for (int round = 0; round < 2; ++round) {
+    for (uint32_t i = 0; i < kMaxHolders; ++i) {
+      HolderSlot& slot = header_->holders[i];
+      uint32_t expected = kSlotFree;
+      if (!slot.state.compare_exchange_strong(expected, kSlotClaiming, std::memory_order_acq_rel)) {
+        continue;
+      }
+      const HolderIdentity me = backend_->self_identity();
+      slot.identity[0].store(me.words[0], std::memory_order_relaxed);
+      slot.identity[1].store(me.words[1], std::memory_order_relaxed);
+      slot.state.store(kSlotActive, std::memory_order_release);  // identity visible to reapers
+      holder_ = i + 1;
+      return Status::kOk;
+    }
+    reap_dead_holders();  // all slots taken: free those of dead processes, then retry
+  }
+  return Status::kOutOfCapacity;
+}
+
+template <typename Visit>
+void Arena::walk_blocks(Visit&& visit, uint64_t* nodes, uint64_t* bad_cells) {
+  const uint32_t count = std::min(header_->segment_count.load(std::memory_order_acquire), kMaxSegments);
+  const uint64_t carve_at = header_->carve.load(std::memory_order_acquire);
+  for (uint32_t seg = 0; seg < count; ++seg) {
+    uint8_t* base = segment_base(seg);
+    if (base == nullptr) continue;
+    const uint64_t size = sizes_[seg].load(std::memory_order_relaxed);
+    const uint64_t end = seg == segment_of(carve_at) ? std::min(within_segment(carve_at), size) : size;
+    uint64_t at = seg == 0 ? kHeaderBytes : 0;
+    while (at + kUnit <= end) {
+      const uint32_t magic = __atomic_load_n(reinterpret_cast<uint32_t*>(base + at + kCellMagicOffset),
+                                             __ATOMIC_RELAXED);
+      if (magic == kNodeMagic) {
+        ++*nodes;
+        at += kUnit;
+        continue;
+      }
+      if (magic != kBlockMagic) {
+        // A segment's unused tail is zero; anything else before the carve cursor is a cell
+        // carved by a party that died before writing its header. Its size is unknown: stop.
+        if (seg == segment_of(carve_at) || magic != 0) ++*bad_cells;
+        break;
+      }
+      auto* hdr = reinterpret_cast<BlockHeader*>(base + at);
+      const uint32_t cls = hdr->size_class.load(std::memory_order_relaxed);
+      if (cls >= kNumClasses) { ++*bad_cells; break; }
+      const uint64_t bytes = class_units(cls) << kUnitShift;
+      if (bytes > end - at) { ++*bad_cells; break; }
+      visit(make_offset(seg, at), hdr);
+      at += bytes;
+    }
+  }
+}
+
+uint64_t Arena::reclaim_holder(uint32_t holder_id) {
+  uint64_t freed = 0, nodes = 0, bad = 0;
+  walk_blocks([&](Offset off, BlockHeader* hdr) {
+    const uint32_t word = hdr->state.load(std::memory_order_acquire);
+    const BlockState kind = state_kind(word);
+    if (state_holder(word) != holder_id || (kind != kBlockReserved && kind != kBlockReceived)) return;
+    hdr->refcount.store(1, std::memory_order_relaxed);
+    if (free_block(offset_to_ref(off), hdr, word) == Status::kOk) ++freed;
+  }, &nodes, &bad);
+  return freed;
+}
+
+uint64_t Arena::reap_dead_holders() {
+  if (!backend_->tracks_holders()) return 0;
+  uint64_t freed = 0;
+  for (uint32_t i = 0; i < kMaxHolders; ++i) {
+    HolderSlot& slot = header_->holders[i];
+    if (i + 1 == holder_ || slot.state.load(std::memory_order_acquire) != kSlotActive) continue;
+    const HolderIdentity id{{slot.identity[0].load(std::memory_order_relaxed),
+                             slot.identity[1].load(std::memory_order_relaxed)}};
+    if (backend_->liveness(id) != HolderLiveness::kDead) continue;
+    uint32_t expected = kSlotActive;
+    if (!slot.state.compare_exchange_strong(expected, kSlotReclaiming, std::memory_order_acq_rel)) {
+      continue;  // another party reclaims it
+    }
+    const uint64_t n = reclaim_holder(i + 1);
+    slot.reclaimed_blocks.fetch_add(n, std::memory_order_relaxed);
+    header_->reclaimed_blocks.fetch_add(n, std::memory_order_relaxed);
+    freed += n;
+    slot.state.store(kSlotFree, std::memory_order_release);
+    header_->attached_holders.fetch_sub(1, std::memory_order_acq_rel);
+  }
+  return freed;
+}
+
+ArenaCensus Arena::census() {
+  ArenaCensus c;
+  std::vector<BlockRef> free_blocks;
+  walk_blocks([&](Offset off, BlockHeader* hdr) {
+    ++c.blocks;
+    switch (state_kind(hdr->state.load(std::memory_order_acquire))) {
+      case kBlockFree: ++c.free_blocks; free_blocks.push_back(offset_to_ref(off)); break;
+      case kBlockReserved: ++c.reserved; break;
+      case kBlockQueued: ++c.queued; break;
+      case kBlockReceived: ++c.received; break;
+    }
+  }, &c.nodes, &c.bad_cells);
+  // Every block on a free list must be free and listed once (a quiescent check).
+  std::vector<BlockRef> listed;
+  for (uint32_t cls = 0; cls < kNumClasses; ++cls) {
+    BlockRef ref = tagged_ref(header_->free_lists[cls].head.load(std::memory_order_acquire));
+    for (uint64_t steps = 0; ref != 0; ++steps) {
+      BlockHeader* hdr = block_header(ref);
+      if (hdr == nullptr || steps > c.blocks) { c.free_lists_consistent = false; break; }
+      if (state_kind(hdr->state.load(std::memory_order_acquire)) != kBlockFree) c.free_lists_consistent = false;
+      listed.push_back(ref);
+      ref = hdr->next_free.load(std::memory_order_relaxed);
+    }
+  }
+  std::sort(listed.begin(), listed.end());
+  if (std::adjacent_find(listed.begin(), listed.end()) != listed.end()) c.free_lists_consistent = false;
+  c.free_listed = listed.size();
+  return c;
+}
+
 Result<std::shared_ptr<Arena>> Arena::create(std::unique_ptr<MemoryBackend> backend,
                                              uint64_t capacity, uint64_t arena_id) {
   if (capacity < kHeaderBytes + kUnit * 16) return {Status::kInvalidArgument, nullptr};
@@ -40,11 +194,16 @@ Result<std::shared_ptr<Arena>> Arena::create(std::unique_ptr<MemoryBackend> back
   header->segment_count.store(1, std::memory_order_relaxed);
   header->carve.store(make_offset(0, kHeaderBytes), std::memory_order_relaxed);
   header->counters.carved_bytes.store(kHeaderBytes, std::memory_order_relaxed);
-  // Published last: an opener that sees kArenaReady sees every field above (acquire).
-  header->ready.store(kArenaReady, std::memory_order_release);
   std::shared_ptr<Arena> arena(new Arena(std::move(backend), header, capacity));
   arena->sizes_[0].store(seg0, std::memory_order_relaxed);
   arena->bases_[0].store(seg.value, std::memory_order_release);
+  header->attached_holders.store(1, std::memory_order_relaxed);  // the creator
+  if (arena->backend_->tracks_holders()) {
+    const Status s = arena->claim_holder_slot();
+    if (s != Status::kOk) return {s, nullptr};
+  }
+  // Published last: an opener that sees kArenaReady sees every field above (acquire).
+  header->ready.store(kArenaReady, std::memory_order_release);
   return {Status::kOk, std::move(arena)};
 }
 
@@ -67,9 +226,20 @@ Result<std::shared_ptr<Arena>> Arena::attach(std::unique_ptr<MemoryBackend> back
       header->segment_bytes[0].load(std::memory_order_acquire) != segment0_bytes) {
     return {Status::kCorruptedLength, nullptr};
   }
+  // Join the holders unless the last one is already tearing the arena down.
+  uint32_t attached = header->attached_holders.load(std::memory_order_acquire);
+  do {
+    if (attached == 0 || attached > kMaxHolders) return {Status::kNotFound, nullptr};
+  } while (!header->attached_holders.compare_exchange_weak(attached, attached + 1,
+                                                           std::memory_order_acq_rel));
   std::shared_ptr<Arena> arena(new Arena(std::move(backend), header, capacity_untrusted));
   arena->sizes_[0].store(segment0_bytes, std::memory_order_relaxed);
   arena->bases_[0].store(seg.value, std::memory_order_release);
+  if (arena->backend_->tracks_holders()) {
+    arena->reap_dead_holders();
+    const Status s = arena->claim_holder_slot();
+    if (s != Status::kOk) return {s, nullptr};
+  }
   return {Status::kOk, std::move(arena)};
 }
 
@@ -240,8 +410,7 @@ void Arena::push_free(std::atomic<uint64_t>& head, BlockRef ref, bool nodes) {
                                        std::memory_order_release, std::memory_order_relaxed));
 }
 
-Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout& layout,
-                                    uint32_t holder) {
+Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout& layout) {
   const bool plain = is_plain_bytes(layout);
   if (!plain && (layout.ndim > kMaxNdim || layout.format.empty() ||
                  layout.format.size() > kMaxFormatLen || layout.itemsize == 0)) {
@@ -275,7 +444,11 @@ Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout&
           auto stolen = pop_free(header_->free_lists[c].head, false);
           if (stolen.ok()) ref = stolen.value;
         }
-        if (ref == 0) return {Status::kOutOfCapacity, {}};
+        if (ref == 0) {
+          // Allocation pressure: blocks held by dead processes may be what is missing.
+          if (reap_dead_holders() > 0) continue;
+          return {Status::kOutOfCapacity, {}};
+        }
       } else {
         return {carved.status, {}};
       }
@@ -290,8 +463,8 @@ Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout&
       note_corruption();
       continue;
     }
-    const uint32_t generation = (state_generation(word) + 1) & 0xffffff;
-    if (!hdr->state.compare_exchange_strong(word, make_state(generation, kBlockReserved),
+    const uint32_t generation = (state_generation(word) + 1) & kGenerationMask;
+    if (!hdr->state.compare_exchange_strong(word, make_state(generation, holder_, kBlockReserved),
                                             std::memory_order_acq_rel)) {
       note_corruption();
       continue;
@@ -300,7 +473,6 @@ Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout&
     hdr->refcount.store(1, std::memory_order_relaxed);
     hdr->length.store(payload_bytes, std::memory_order_relaxed);
     hdr->meta_bytes.store(static_cast<uint32_t>(meta), std::memory_order_relaxed);
-    hdr->holder.store(holder, std::memory_order_relaxed);
     if (!plain) {
       auto* meta_ptr = reinterpret_cast<uint8_t*>(hdr) + sizeof(BlockHeader);
       const BlockMetaPrefix prefix{layout.itemsize, static_cast<uint16_t>(layout.ndim),
@@ -323,7 +495,7 @@ Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout&
 Status Arena::free_block(BlockRef ref, BlockHeader* hdr, uint32_t expected_state) {
   uint32_t word = expected_state;
   if (!hdr->state.compare_exchange_strong(word,
-                                          make_state(state_generation(expected_state), kBlockFree),
+                                          make_state(state_generation(expected_state), 0, kBlockFree),
                                           std::memory_order_acq_rel)) {
     note_corruption();
     return Status::kDoubleRelease;
@@ -386,7 +558,7 @@ Status Arena::mark_queued(BlockHandle h) {
     return Status::kCorruptedState;
   }
   if (hdr->refcount.load(std::memory_order_relaxed) != 1) return Status::kInvalidArgument;
-  if (!hdr->state.compare_exchange_strong(word, make_state(h.generation, kBlockQueued),
+  if (!hdr->state.compare_exchange_strong(word, make_state(h.generation, 0, kBlockQueued),
                                           std::memory_order_acq_rel)) {
     return Status::kCorruptedState;
   }
@@ -399,8 +571,8 @@ Status Arena::mark_received(BlockHandle h) {
     note_corruption();
     return Status::kCorruptedOffset;
   }
-  uint32_t expected = make_state(h.generation, kBlockQueued);
-  if (!hdr->state.compare_exchange_strong(expected, make_state(h.generation, kBlockReceived),
+  uint32_t expected = make_state(h.generation, 0, kBlockQueued);
+  if (!hdr->state.compare_exchange_strong(expected, make_state(h.generation, holder_, kBlockReceived),
                                           std::memory_order_acq_rel)) {
     note_corruption();
     return Status::kCorruptedState;
@@ -497,7 +669,7 @@ void Arena::free_node(BlockRef ref) {
 }
 
 Result<Offset> Arena::allocate_cells(uint64_t bytes) {
-  auto r = allocate(bytes, PayloadLayout{}, 0);
+  auto r = allocate(bytes, PayloadLayout{});
   if (!r.ok()) return {r.status, 0};
   // Long-lived structures are not user data: keep them out of the data-block counters.
   BlockHeader* hdr = block_header(r.value.ref);
@@ -541,6 +713,8 @@ ArenaStats Arena::stats() const {
   s.bytes_copied = c.bytes_copied.load(std::memory_order_relaxed);
   s.corruption_count = c.corruption_count.load(std::memory_order_relaxed);
   s.nodes_in_use = c.nodes_in_use.load(std::memory_order_relaxed);
+  s.attached_holders = header_->attached_holders.load(std::memory_order_relaxed);
+  s.reclaimed_blocks = header_->reclaimed_blocks.load(std::memory_order_relaxed);
   return s;
 }
 

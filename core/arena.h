@@ -13,6 +13,8 @@
 //   +-------------------------------+
 //   | space EventCount              |    senders waiting for a block to be freed
 //   +-------------------------------+
+//   | holder slots[kMaxHolders]     |    processes attached (shm): identity, state
+//   +-------------------------------+
 //   | node free list                |    64-byte queue nodes
 //   +-------------------------------+
 //   | free lists[kNumClasses]       |    one cache line each (no false sharing)
@@ -53,6 +55,18 @@ inline constexpr uint32_t kArenaReady = 0x52454459u;            // "REDY"
 inline constexpr uint64_t kSegmentCreating = ~0ull;
 inline constexpr uint32_t kNodeMagic = 0x4d434e44u;             // "MCND"
 
+// Processes that may hold blocks. Holder id = slot index + 1 (0 = untracked, heap backend).
+inline constexpr uint32_t kMaxHolders = 128;
+enum HolderSlotState : uint32_t { kSlotFree = 0, kSlotClaiming = 1, kSlotActive = 2, kSlotReclaiming = 3 };
+
+struct alignas(kCacheLine) HolderSlot {
+  std::atomic<uint32_t> state;             // HolderSlotState; identity valid while kSlotActive
+  uint32_t reserved0_;
+  std::atomic<uint64_t> identity[2];       // backend-defined (pid, start time)
+  std::atomic<uint64_t> reclaimed_blocks;  // blocks freed on behalf of a dead occupant
+};
+static_assert(sizeof(HolderSlot) == kCacheLine);
+
 struct alignas(kCacheLine) FreeList {
   std::atomic<uint64_t> head;  // tagged: (pop/push count << 32) | BlockRef of the top block
 };
@@ -82,6 +96,9 @@ struct ArenaHeader {
   std::atomic<uint64_t> segment_bytes[kMaxSegments];
   alignas(kCacheLine) ArenaCounters counters;
   alignas(kCacheLine) EventCount space;                     // woken when blocks are freed
+  std::atomic<uint32_t> attached_holders;                   // live holder slots; 0 = torn down
+  std::atomic<uint64_t> reclaimed_blocks;                   // blocks freed for dead holders
+  HolderSlot holders[kMaxHolders];
   alignas(kCacheLine) std::atomic<uint64_t> node_free;      // tagged free list of QueueNodes
   FreeList free_lists[kNumClasses];
 };
@@ -133,7 +150,15 @@ struct BlockView {
 
 struct ArenaStats {
   uint64_t capacity, mapped_bytes, carved_bytes, blocks_in_use, bytes_in_use, bytes_copied,
-      corruption_count, segments, nodes_in_use;
+      corruption_count, segments, nodes_in_use, attached_holders, reclaimed_blocks;
+};
+
+// What a full walk of arena memory found (crash tests' invariant checker).
+struct ArenaCensus {
+  uint64_t blocks = 0, free_blocks = 0, reserved = 0, queued = 0, received = 0, nodes = 0;
+  uint64_t free_listed = 0;      // blocks reachable from the free lists
+  uint64_t bad_cells = 0;        // cells with an unknown magic before the carve end
+  bool free_lists_consistent = true;  // every listed block is free and listed once
 };
 
 // Concurrency: every member may be called from any thread (and, on a shared backend, any
@@ -149,12 +174,18 @@ class Arena {
 
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
-  ~Arena() = default;
+  // Detaches this process's holder slot; the last holder removes the segments.
+  ~Arena();
+  // The same, ahead of destruction (process exit); later calls do nothing. The memory stays
+  // mapped until the Arena is destroyed. Concurrency: any thread.
+  void detach();
+  // In a child created by fork(): take a holder slot of its own (the inherited one is the
+  // parent's). Concurrency: the forking thread of the child, before other threads exist.
+  void reattach_after_fork();
 
-  // A writable block able to hold `layout` and `payload_bytes`, state kReserved, refcount 1.
-  // kTooLarge if it could never fit; kOutOfCapacity if it cannot fit now.
-  Result<BlockHandle> allocate(uint64_t payload_bytes, const PayloadLayout& layout,
-                               uint32_t holder = 0);
+  // A writable block able to hold `layout` and `payload_bytes`, state kReserved, refcount 1,
+  // held by this process. kTooLarge if it could never fit; kOutOfCapacity if not now.
+  Result<BlockHandle> allocate(uint64_t payload_bytes, const PayloadLayout& layout);
   // Drops one reference of a holder (kReserved or kReceived). At zero the block is free.
   Status release(BlockHandle h);
   // Adds a reference for another holder of the same block (e.g. a second reader).
@@ -181,6 +212,14 @@ class Arena {
   template <typename T>
   T* translate_as(Offset off) { return reinterpret_cast<T*>(translate(off, sizeof(T))); }
 
+  // Holders. holder() is this process's id (0 when the backend does not track holders).
+  uint32_t holder() const { return holder_; }
+  // Frees the blocks held by holders whose process has died; returns how many.
+  // Concurrency: any thread, any process; at most one party reclaims a given dead holder.
+  uint64_t reap_dead_holders();
+  // Walks every carved cell; counts states and checks the free lists (for tests and tools).
+  ArenaCensus census();
+
   void note_corruption() { header_->counters.corruption_count.fetch_add(1, std::memory_order_relaxed); }
   void add_bytes_copied(uint64_t n) { header_->counters.bytes_copied.fetch_add(n, std::memory_order_relaxed); }
   EventCount& space() { return header_->space; }
@@ -199,10 +238,17 @@ class Arena {
   Result<BlockRef> pop_free(std::atomic<uint64_t>& head, bool nodes);
   void push_free(std::atomic<uint64_t>& head, BlockRef ref, bool nodes);
   Status free_block(BlockRef ref, BlockHeader* hdr, uint32_t expected_state);
+  Status claim_holder_slot();
+  uint64_t reclaim_holder(uint32_t holder_id);
+  // Calls visit(offset, header) for each block (nodes skipped) in carve order.
+  template <typename Visit>
+  void walk_blocks(Visit&& visit, uint64_t* nodes, uint64_t* bad_cells);
 
   std::unique_ptr<MemoryBackend> backend_;
   ArenaHeader* header_;                                       // in segment 0
   const uint64_t capacity_;                                   // private copy, bounds growth
+  uint32_t holder_ = 0;                                       // our slot + 1; 0 = untracked
+  std::atomic<bool> detached_{false};
   std::array<std::atomic<uint8_t*>, kMaxSegments> bases_{};   // this process's mappings
   std::array<std::atomic<uint64_t>, kMaxSegments> sizes_{};   // private sizes, bound every access
   std::mutex map_mutex_;                                      // serialises lazy mapping (rare)

@@ -10,6 +10,13 @@
 
 namespace memchannel {
 
+struct HolderIdentity {
+  uint64_t words[2] = {0, 0};
+  bool operator==(const HolderIdentity&) const = default;
+};
+
+enum class HolderLiveness { kAlive, kDead, kUnknown };
+
 class MemoryBackend {
  public:
   virtual ~MemoryBackend() = default;
@@ -28,6 +35,17 @@ class MemoryBackend {
 
   // Last system error (errno) seen by create/map, for messages.
   virtual int last_errno() const { return 0; }
+
+  // --- Holders (processes) sharing the arena. A backend whose users can die independently
+  // (shared memory) tracks them so their blocks can be reclaimed; the heap backend does not.
+  virtual bool tracks_holders() const { return false; }
+  // This process's identity, stored in its holder slot (two opaque words, e.g. pid and start
+  // time). Concurrency: any thread.
+  virtual HolderIdentity self_identity() const { return {}; }
+  // Whether the process with `identity` still runs. Must not be fooled by pid reuse.
+  virtual HolderLiveness liveness(const HolderIdentity&) const { return HolderLiveness::kAlive; }
+  // Called by the last holder to detach: remove the segments (`segments` of them exist).
+  virtual void remove_segments(uint32_t /*segments*/) {}
 };
 
 }  // namespace memchannel

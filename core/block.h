@@ -10,7 +10,9 @@
 //   | payload (length bytes)    |     64-byte aligned, as numpy and SIMD code like it
 //   +---------------------------+
 //
-// States and who may move a block between them (the state word is (generation << 8) | state):
+// States and who may move a block between them. The state word is
+// (generation << 16) | (holder << 8) | state, so a transition and the holder it names change in
+// one CAS (a reclaimer of a dead holder can never free a block another holder just took):
 //
 //   kFree --allocate--> kReserved --send--> kQueued --recv--> kReceived
 //     ^                    |                                   |    |
@@ -20,7 +22,7 @@
 // one receiving holder (kReceived). Allocation bumps the generation, so a stale reference to a
 // recycled block is detected by comparing generations. Every transition is a CAS from the
 // exact expected word; a mismatch is reported (kDoubleRelease, kCorruptedState), never
-// ignored.
+// ignored. Holder 0 means "no tracked holder" (heap backend); shm holders are slot + 1.
 #pragma once
 
 #include <atomic>
@@ -36,24 +38,30 @@ enum BlockState : uint32_t { kBlockFree = 0, kBlockReserved = 1, kBlockQueued = 
 
 inline constexpr uint32_t kBlockMagic = 0x4d43424bu;  // "MCBK"
 
-constexpr uint32_t make_state(uint32_t generation, BlockState s) { return (generation << 8) | s; }
-constexpr uint32_t state_generation(uint32_t word) { return word >> 8; }
+inline constexpr uint32_t kGenerationMask = 0xffff;
+
+constexpr uint32_t make_state(uint32_t generation, uint32_t holder, BlockState s) {
+  return ((generation & kGenerationMask) << 16) | ((holder & 0xff) << 8) | s;
+}
+constexpr uint32_t state_generation(uint32_t word) { return word >> 16; }
+constexpr uint32_t state_holder(uint32_t word) { return (word >> 8) & 0xff; }
 constexpr BlockState state_kind(uint32_t word) { return static_cast<BlockState>(word & 0xff); }
 
 struct BlockHeader {
-  std::atomic<uint32_t> state;      // (generation << 8) | BlockState; CAS-only transitions
+  std::atomic<uint32_t> state;      // generation | holder | BlockState; CAS-only transitions
   std::atomic<uint32_t> refcount;   // holders of this block; the block is freed at 0
   std::atomic<uint32_t> next_free;  // free-list link (BlockRef) while kBlockFree
   std::atomic<uint32_t> size_class; // written when carved; validated on every read
   std::atomic<uint64_t> length;     // payload bytes, written by the owner before publishing
   std::atomic<uint32_t> meta_bytes; // bytes of BlockMeta (multiple of 64), 0 = plain bytes
-  std::atomic<uint32_t> holder;     // process slot of the current holder (shm), 0 on heap
-  uint32_t magic;                   // kBlockMagic
-  uint32_t reserved_[7];            // keeps the payload 64-byte aligned
+  uint32_t magic;                   // kBlockMagic; same offset as QueueNode::magic (cell walk)
+  uint32_t reserved_[8];            // keeps the payload 64-byte aligned
 };
 static_assert(sizeof(BlockHeader) == 64);
 static_assert(std::is_standard_layout_v<BlockHeader>);
 static_assert(offsetof(BlockHeader, length) == 16);
+static_assert(offsetof(BlockHeader, magic) == 28);  // kCellMagicOffset, shared with QueueNode
+inline constexpr uint32_t kCellMagicOffset = 28;
 static_assert(std::atomic<uint32_t>::is_always_lock_free);
 static_assert(std::atomic<uint64_t>::is_always_lock_free);
 

@@ -186,10 +186,10 @@ Result<BlockHandle> Channel::try_dequeue(bool* empty) {
 }
 
 Result<BlockHandle> Channel::allocate(uint64_t payload_bytes, const PayloadLayout& layout,
-                                      const WaitSpec& wait, uint32_t holder) {
+                                      const WaitSpec& wait) {
   Result<BlockHandle> got;
   const Status s = wait_until(arena_->space(), wait, [&] {
-    got = arena_->allocate(payload_bytes, layout, holder);
+    got = arena_->allocate(payload_bytes, layout);
     return got.status != Status::kOutOfCapacity || closed();
   });
   if (s != Status::kOk) return {as_flow(s, Status::kFull), {}};

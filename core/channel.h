@@ -93,7 +93,7 @@ class Channel {
   Status send(BlockHandle block, const WaitSpec& wait);
   // Allocates room for a message, waiting per `wait` while the arena is out of capacity.
   Result<BlockHandle> allocate(uint64_t payload_bytes, const PayloadLayout& layout,
-                               const WaitSpec& wait, uint32_t holder = 0);
+                               const WaitSpec& wait);
   // Takes the oldest message; the caller becomes its holder. kEmpty (non-blocking),
   // kTimedOut, kInterrupted, kClosed (closed and drained).
   Result<BlockHandle> recv(const WaitSpec& wait);

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <unistd.h>
@@ -20,6 +21,9 @@
 #include "core/channel.h"
 #include "core/heap_backend.h"
 #include "pybind/registry.h"
+#include "shm/cleanup.h"
+#include "shm/names.h"
+#include "shm/shm_backend.h"
 
 namespace py = pybind11;
 
@@ -28,8 +32,10 @@ namespace {
 
 constexpr uint64_t kDefaultHeapCapacity = 1ull << 30;  // 1 GiB of address space, mapped lazily
 constexpr int64_t kSignalSliceNs = 100'000'000;        // main interpreter: check signals at 10 Hz
+constexpr int64_t kLivenessSliceNs = 200'000'000;      // shm: look for dead peers at 5 Hz
 constexpr uint64_t kCopyWithoutGil = 256 * 1024;       // copies this large run without the GIL
 constexpr char kHandleMagic[4] = {'M', 'C', 'H', '1'};
+constexpr size_t kHandleFields = 5;
 
 // ---------------------------------------------------------------------------------------------
 // Errors: the one place where core statuses become Python exceptions.
@@ -61,7 +67,7 @@ constexpr char kHandleMagic[4] = {'M', 'C', 'H', '1'};
 // ---------------------------------------------------------------------------------------------
 // Waiting: GIL released, float timeouts on the monotonic clock, Ctrl-C in the main interpreter.
 
-WaitSpec make_wait(bool block, const py::object& timeout) {
+WaitSpec make_wait(bool block, const py::object& timeout, bool shared = false) {
   WaitSpec spec;
   if (!block) return WaitSpec::nonblocking();
   if (!timeout.is_none()) {
@@ -78,14 +84,16 @@ WaitSpec make_wait(bool block, const py::object& timeout) {
       if (seconds == 0) spec.spin_ns = 0;
     }
   }
+  if (shared) spec.slice_ns = kLivenessSliceNs;
   if (PyInterpreterState_Get() == PyInterpreterState_Main()) spec.slice_ns = kSignalSliceNs;
   return spec;
 }
 
 // Runs `attempt(spec)` without the GIL until it returns something other than kInterrupted,
-// checking for signals (KeyboardInterrupt) between slices.
+// checking for signals (KeyboardInterrupt) between slices and, on shared memory, reclaiming
+// what dead peers held (a wait never depends on a dead process).
 template <typename Attempt>
-auto wait_with_gil_released(WaitSpec spec, Attempt&& attempt) {
+auto wait_with_gil_released(WaitSpec spec, Arena& arena, Attempt&& attempt) {
   for (;;) {
     auto result = [&] {
       py::gil_scoped_release nogil;
@@ -95,6 +103,10 @@ auto wait_with_gil_released(WaitSpec spec, Attempt&& attempt) {
     if constexpr (std::is_same_v<decltype(result), Status>) s = result; else s = result.status;
     if (s != Status::kInterrupted) return result;
     if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    if (arena.backend().tracks_holders()) {
+      py::gil_scoped_release nogil;
+      arena.reap_dead_holders();
+    }
   }
 }
 
@@ -214,26 +226,81 @@ extern "C" void buffer_releasebuffer(PyObject* obj, Py_buffer*) {
 struct PyArena {
   std::shared_ptr<Arena> arena;
   std::string backend;
+  std::string name;  // shm: segment-0 name; heap: empty
+
+  bool shared() const { return backend == "shm"; }
 };
 
+std::string shm_failure(const shm::ShmBackend& b, const std::string& what) {
+  std::string msg = what + " '" + b.base_name() + "': " + shm::to_string(b.last_shm_status());
+  if (b.last_errno() != 0) msg += std::string(" (") + std::strerror(b.last_errno()) + ")";
+  return msg;
+}
+
 std::shared_ptr<PyArena> make_arena(uint64_t capacity, const std::string& backend) {
-  if (backend != "heap") {
-    if (backend == "shm") {
-      raise_error("MemChannelError",
-                  "backend='shm' (shared memory between processes) is not available in this "
-                  "build yet; use backend='heap' for threads and subinterpreters");
-    }
-    throw py::value_error("backend must be 'heap' or 'shm', got '" + backend + "'");
+  std::unique_ptr<MemoryBackend> mem;
+  shm::ShmBackend* shm_backend = nullptr;
+  if (backend == "heap") {
+    mem = std::make_unique<HeapBackend>();
+  } else if (backend == "shm") {
+    // Once per process: remove what dead processes left in /dev/shm.
+    static std::once_flag swept;
+    std::call_once(swept, [] { shm::cleanup_dead_arenas(); });
+    auto b = shm::ShmBackend::for_new_arena();
+    shm_backend = b.get();
+    mem = std::move(b);
+  } else {
+    throw py::value_error("backend must be 'shm' (processes and interpreters) or 'heap' "
+                          "(threads and interpreters of this process), got '" + backend + "'");
   }
-  auto created = Arena::create(std::make_unique<HeapBackend>(), capacity, next_id());
+  std::string name = shm_backend != nullptr ? shm_backend->base_name() : "";
+  auto created = Arena::create(std::move(mem), capacity, next_id());
   if (!created.ok()) {
     if (created.status == Status::kInvalidArgument) {
       throw py::value_error("arena capacity of " + std::to_string(capacity) +
                             " bytes is too small (needs at least 16 KiB)");
     }
-    raise_status(created.status, "creating an arena");
+    raise_status(created.status, "creating a " + backend + " arena");
   }
-  return std::make_shared<PyArena>(PyArena{std::move(created.value), backend});
+  if (!name.empty()) register_arena(name, created.value);
+  return std::make_shared<PyArena>(PyArena{std::move(created.value), backend, std::move(name)});
+}
+
+// Maps (or finds already mapped in this process) the shm arena whose segment 0 is `name`.
+std::shared_ptr<Arena> open_shm_arena(const std::string& name) {
+  if (auto found = find_arena(name)) return found;
+  if (!shm::is_memchannel_name(name)) throw py::value_error("not a memchannel segment name: '" + name + "'");
+  auto probe = shm::ShmBackend::probe(name);
+  if (!probe.ok()) {
+    const std::string why = std::string(shm::to_string(probe.status)) +
+                            (probe.sys_errno != 0 ? std::string(" (") + std::strerror(probe.sys_errno) + ")" : "");
+    if (probe.status == shm::Status::kNotFound) {
+      raise_error("ChannelNotFound", "the shared-memory arena '" + name +
+                                         "' no longer exists (every process using it has detached)");
+    }
+    raise_error("MemChannelError", "refusing to open shared-memory arena '" + name + "': " + why);
+  }
+  auto backend = shm::ShmBackend::for_existing(name);
+  shm::ShmBackend* raw = backend.get();
+  auto attached = Arena::attach(std::move(backend), probe.value);
+  if (!attached.ok()) {
+    switch (attached.status) {
+      case Status::kNotReady:
+        raise_error("MemChannelError", "shared-memory arena '" + name +
+                                           "' was never fully initialised (its creator died while "
+                                           "creating it); `python -m memchannel cleanup` removes it");
+      case Status::kBadMagic:
+      case Status::kVersionMismatch:
+        raise_error("CorruptionError", "shared-memory segment '" + name + "' is not a memchannel arena of this "
+                                       "version (" + to_string(attached.status) + ")");
+      case Status::kNotFound:
+        raise_error("ChannelNotFound", "the shared-memory arena '" + name + "' is being torn down");
+      default:
+        raise_error("MemChannelError", shm_failure(*raw, "cannot attach to arena") + ": " + to_string(attached.status));
+    }
+  }
+  register_arena(name, attached.value);
+  return attached.value;
 }
 
 uint64_t to_size(const py::object& value, const char* name) {
@@ -282,6 +349,11 @@ struct PyChannel {
   std::shared_ptr<Channel> channel;
 
   Channel& ch() { return *channel; }
+  WaitSpec wait_spec(bool block, const py::object& timeout) { return make_wait(block, timeout, arena->shared()); }
+  template <typename Attempt>
+  auto waiting(const WaitSpec& spec, Attempt&& attempt) {
+    return wait_with_gil_released(spec, *arena->arena, std::forward<Attempt>(attempt));
+  }
 
   // Copies any buffer-protocol object into a new block (one memcpy) and returns it.
   BlockHandle copy_in(const py::handle& data, const WaitSpec& spec) {
@@ -315,9 +387,7 @@ struct PyChannel {
       throw py::value_error("send(): buffer format string longer than " + std::to_string(kMaxFormatLen));
     }
     const uint64_t nbytes = static_cast<uint64_t>(view.len);
-    auto got = wait_with_gil_released(spec, [&](const WaitSpec& w) {
-      return ch().allocate(nbytes, layout, w);
-    });
+    auto got = waiting(spec, [&](const WaitSpec& w) { return ch().allocate(nbytes, layout, w); });
     if (!got.ok()) {
       raise_status(got.status, got.status == Status::kTooLarge ? capacity_message(*arena->arena, nbytes)
                                                                : "no room for the message");
@@ -338,14 +408,14 @@ struct PyChannel {
   }
 
   void send(const py::handle& data, bool block, const py::object& timeout) {
-    const WaitSpec spec = make_wait(block, timeout);
+    const WaitSpec spec = wait_spec(block, timeout);
     if (py::isinstance<Buffer>(data)) {
       Buffer* b = py::cast<Buffer*>(data);
       b->check_live("send()");
       if (b->arena == arena->arena) {  // same arena: ownership moves, no copy
         b->check_no_exports("send()");
         b->state = Buffer::State::kSent;  // claimed while the GIL is released below
-        const Status s = wait_with_gil_released(spec, [&](const WaitSpec& w) { return ch().send(b->block, w); });
+        const Status s = waiting(spec, [&](const WaitSpec& w) { return ch().send(b->block, w); });
         if (s != Status::kOk) {
           b->state = Buffer::State::kLive;  // not sent: the caller still owns it
           raise_status(s, "");
@@ -354,7 +424,7 @@ struct PyChannel {
       }
     }
     const BlockHandle fresh = copy_in(data, spec);
-    const Status s = wait_with_gil_released(spec, [&](const WaitSpec& w) { return ch().send(fresh, w); });
+    const Status s = waiting(spec, [&](const WaitSpec& w) { return ch().send(fresh, w); });
     if (s != Status::kOk) {
       arena->arena->release(fresh);
       raise_status(s, "");
@@ -371,8 +441,8 @@ struct PyChannel {
   }
 
   std::unique_ptr<Buffer> recv(bool block, const py::object& timeout) {
-    const WaitSpec spec = make_wait(block, timeout);
-    auto got = wait_with_gil_released(spec, [&](const WaitSpec& w) { return ch().recv(w); });
+    const WaitSpec spec = wait_spec(block, timeout);
+    auto got = waiting(spec, [&](const WaitSpec& w) { return ch().recv(w); });
     if (!got.ok()) raise_status(got.status, "");
     return wrap(got.value);
   }
@@ -415,8 +485,8 @@ struct PyChannel {
       throw py::type_error("reserve() needs nbytes or shape");
     }
     PayloadLayout layout{itemsize, ndim, dims.data(), fmt};
-    const WaitSpec spec = make_wait(true, timeout);
-    auto got = wait_with_gil_released(spec, [&](const WaitSpec& w) { return ch().allocate(total, layout, w); });
+    const WaitSpec spec = wait_spec(true, timeout);
+    auto got = waiting(spec, [&](const WaitSpec& w) { return ch().allocate(total, layout, w); });
     if (!got.ok()) {
       raise_status(got.status, got.status == Status::kTooLarge ? capacity_message(*arena->arena, total)
                                                                : "no room to reserve " + std::to_string(total) + " bytes");
@@ -424,38 +494,52 @@ struct PyChannel {
     return wrap(got.value);
   }
 
+  // Handle layout: "MCH1", kind ('h' heap, 's' shm), five u64 fields, then the shm name.
   py::bytes handle() {
     pin_channel(channel);  // a handle may be in flight: keep the channel until it is closed
+    const uint64_t fields[kHandleFields] = {static_cast<uint64_t>(getpid()), ch().arena()->arena_id(),
+                                            ch().channel_id(), ch().offset(),
+                                            arena->shared() ? arena->arena->stats().mapped_bytes : 0};
     std::string out(kHandleMagic, 4);
-    const uint64_t fields[4] = {static_cast<uint64_t>(getpid()), ch().arena()->arena_id(),
-                                ch().channel_id(), 0};
+    out.push_back(arena->shared() ? 's' : 'h');
     out.append(reinterpret_cast<const char*>(fields), sizeof(fields));
-    out.insert(4, 1, 'h');
+    out += arena->name;
     return py::bytes(out);
   }
 
   static std::shared_ptr<PyChannel> attach(const py::bytes& handle_bytes) {
     const std::string h = handle_bytes;
-    if (h.size() != 5 + 32 || std::memcmp(h.data(), kHandleMagic, 4) != 0) {
+    constexpr size_t kFixed = 5 + 8 * kHandleFields;
+    if (h.size() < kFixed || std::memcmp(h.data(), kHandleMagic, 4) != 0 || (h[4] != 'h' && h[4] != 's')) {
       throw py::value_error("not a memchannel channel handle (expected the bytes of Channel.handle)");
     }
-    if (h[4] != 'h') throw py::value_error("unknown memchannel handle kind");
-    uint64_t fields[4];
+    uint64_t fields[kHandleFields];
     std::memcpy(fields, h.data() + 5, sizeof(fields));
-    if (fields[0] != static_cast<uint64_t>(getpid())) {
+    const bool shared = h[4] == 's';
+    const std::string name = h.substr(kFixed);
+    if (!shared && fields[0] != static_cast<uint64_t>(getpid())) {
       raise_error("MemChannelError",
                   "this is a backend='heap' channel of another process (pid " + std::to_string(fields[0]) +
                       "); heap channels only connect threads and subinterpreters of one process. "
                       "Create the channel with backend='shm' to cross processes");
     }
-    auto ch = find_channel(fields[1], fields[2]);
+    auto out = std::make_shared<PyChannel>();
+    std::shared_ptr<Channel> ch = find_channel(fields[1], fields[2]);
+    if (!ch && shared) {
+      auto arena = open_shm_arena(name);
+      auto opened = Channel::open(arena, fields[3]);
+      if (!opened.ok() || opened.value->channel_id() != fields[2]) {
+        raise_error("ChannelNotFound", "the channel of this handle no longer exists in arena '" + name + "'");
+      }
+      ch = std::move(opened.value);
+      register_channel(ch);
+    }
     if (!ch) {
       raise_error("ChannelNotFound",
                   "the channel of this handle no longer exists (it was closed and every object "
                   "using it is gone)");
     }
-    auto out = std::make_shared<PyChannel>();
-    out->arena = std::make_shared<PyArena>(PyArena{ch->arena(), "heap"});
+    out->arena = std::make_shared<PyArena>(PyArena{ch->arena(), shared ? "shm" : "heap", name});
     out->channel = std::move(ch);
     return out;
   }
@@ -480,6 +564,8 @@ struct PyChannel {
     d["bytes_copied"] = a.bytes_copied;
     d["corruption_count"] = a.corruption_count;
     d["segments"] = a.segments;
+    d["attached_processes"] = a.attached_holders;
+    d["reclaimed_blocks"] = a.reclaimed_blocks;
     return d;
   }
 
@@ -572,8 +658,9 @@ send(buf) or buf.release(), any use raises ValueError.)doc");
       .def(py::init([](const py::object& capacity, const std::string& backend) {
              return make_arena(capacity.is_none() ? kDefaultHeapCapacity : to_size(capacity, "capacity"), backend);
            }),
-           py::arg("capacity") = py::none(), py::arg("backend") = "heap")
+           py::arg("capacity") = py::none(), py::arg("backend") = "shm")
       .def_property_readonly("backend", [](PyArena& a) { return a.backend; })
+      .def_property_readonly("name", [](PyArena& a) { return a.name; }, "Segment-0 name (shm) or ''.")
       .def_property_readonly("capacity", [](PyArena& a) { return a.arena->capacity(); })
       .def_property_readonly("max_message_bytes", [](PyArena& a) { return a.arena->max_payload(); })
       .def("stats", [](PyArena& a) {
@@ -588,12 +675,52 @@ send(buf) or buf.release(), any use raises ValueError.)doc");
         d["bytes_copied"] = s.bytes_copied;
         d["corruption_count"] = s.corruption_count;
         d["segments"] = s.segments;
+        d["attached_processes"] = s.attached_holders;
+        d["reclaimed_blocks"] = s.reclaimed_blocks;
         return d;
-      });
+      })
+      .def("reap", [](PyArena& a) {
+        py::gil_scoped_release nogil;
+        return a.arena->reap_dead_holders();
+      }, "Reclaim now the blocks held by processes that died; returns how many.")
+      .def("census", [](PyArena& a) {
+        ArenaCensus c;
+        {
+          py::gil_scoped_release nogil;
+          c = a.arena->census();
+        }
+        py::dict d;
+        d["blocks"] = c.blocks;
+        d["free"] = c.free_blocks;
+        d["reserved"] = c.reserved;
+        d["queued"] = c.queued;
+        d["received"] = c.received;
+        d["nodes"] = c.nodes;
+        d["free_listed"] = c.free_listed;
+        d["bad_cells"] = c.bad_cells;
+        d["free_lists_consistent"] = c.free_lists_consistent;
+        return d;
+      }, "Walk all arena memory and count blocks by state (a consistency check for tests).");
+
+  m.def("_detach_all", [] {
+    py::gil_scoped_release nogil;
+    detach_all();
+  }, "Process exit: detach from every shared-memory arena (the last process removes segments).");
+  m.def("_cleanup", [](const std::string& prefix) {
+    std::vector<std::string> removed;
+    {
+      py::gil_scoped_release nogil;
+      removed = shm::cleanup_dead_arenas(prefix);
+    }
+    return removed;
+  }, py::arg("prefix") = "", "Remove segments of arenas whose every process is dead; returns their names.");
+  m.def("_list_segments", [](const std::string& prefix) {
+    return shm::list_segments(prefix.empty() ? shm::default_prefix() : std::string_view(prefix));
+  }, py::arg("prefix") = "");
 
   py::class_<PyChannel, std::shared_ptr<PyChannel>>(m, "Channel", "A buffer channel (see memchannel.Channel).")
       .def(py::init(&make_channel), py::arg("maxsize") = 0, py::kw_only(), py::arg("maxbytes") = 0,
-           py::arg("backend") = "heap", py::arg("arena") = py::none(), py::arg("_handle") = py::none())
+           py::arg("backend") = "shm", py::arg("arena") = py::none(), py::arg("_handle") = py::none())
       .def("send", &PyChannel::send, py::arg("data"), py::arg("block") = true, py::arg("timeout") = py::none())
       .def("send_nowait", [](PyChannel& c, const py::handle& data) { c.send(data, false, py::none()); },
            py::arg("data"))
@@ -612,8 +739,8 @@ send(buf) or buf.release(), any use raises ValueError.)doc");
       .def_property_readonly("_arena", [](PyChannel& c) { return c.arena; })
       .def("__iter__", [](py::object self) { return self; })
       .def("__next__", [](PyChannel& c) {
-        const WaitSpec spec = make_wait(true, py::none());
-        auto got = wait_with_gil_released(spec, [&](const WaitSpec& w) { return c.ch().recv(w); });
+        const WaitSpec spec = c.wait_spec(true, py::none());
+        auto got = c.waiting(spec, [&](const WaitSpec& w) { return c.ch().recv(w); });
         if (got.status == Status::kClosed) throw py::stop_iteration();
         if (!got.ok()) raise_status(got.status, "");
         return c.wrap(got.value);

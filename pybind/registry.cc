@@ -2,6 +2,8 @@
 
 #include <atomic>
 #include <map>
+#include <pthread.h>
+#include <vector>
 #include <mutex>
 #include <random>
 #include <utility>
@@ -13,6 +15,7 @@ struct Registry {
   std::mutex mutex;
   std::map<std::pair<uint64_t, uint64_t>, std::weak_ptr<Channel>> channels;
   std::map<std::pair<uint64_t, uint64_t>, std::shared_ptr<Channel>> pinned;
+  std::map<std::string, std::weak_ptr<Arena>> arenas;
 };
 
 // Leaked on purpose: interpreters and threads may still run during process teardown.
@@ -25,7 +28,54 @@ std::pair<uint64_t, uint64_t> key_of(const Channel& ch) {
   return {ch.arena()->arena_id(), ch.channel_id()};
 }
 
+// fork(): hold the registry lock across the fork so the child never inherits it locked, and
+// give the child holder slots of its own in every shared-memory arena it inherited.
+void before_fork() { registry().mutex.lock(); }
+void after_fork_in_parent() { registry().mutex.unlock(); }
+void after_fork_in_child() {
+  registry().mutex.unlock();
+  for (auto& [name, weak] : registry().arenas) {
+    if (auto arena = weak.lock()) arena->reattach_after_fork();
+  }
+}
+
+void install_fork_handlers() {
+  static std::once_flag once;
+  std::call_once(once, [] { pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child); });
+}
+
 }  // namespace
+
+void register_arena(const std::string& name, const std::shared_ptr<Arena>& arena) {
+  install_fork_handlers();
+  std::lock_guard<std::mutex> lock(registry().mutex);
+  auto& arenas = registry().arenas;
+  for (auto it = arenas.begin(); it != arenas.end();) {
+    it = it->second.expired() ? arenas.erase(it) : std::next(it);
+  }
+  arenas[name] = arena;
+}
+
+std::shared_ptr<Arena> find_arena(const std::string& name) {
+  std::lock_guard<std::mutex> lock(registry().mutex);
+  auto it = registry().arenas.find(name);
+  return it == registry().arenas.end() ? nullptr : it->second.lock();
+}
+
+void detach_all() {
+  std::vector<std::shared_ptr<Channel>> unpinned;
+  std::vector<std::shared_ptr<Arena>> arenas;
+  {
+    std::lock_guard<std::mutex> lock(registry().mutex);
+    for (auto& [key, ch] : registry().pinned) unpinned.push_back(std::move(ch));
+    registry().pinned.clear();
+    for (auto& [name, weak] : registry().arenas) {
+      if (auto a = weak.lock()) arenas.push_back(std::move(a));
+    }
+  }
+  unpinned.clear();  // channels only this process still used are drained and freed
+  for (auto& a : arenas) a->detach();
+}
 
 uint64_t next_id() {
   // Random start so ids from different processes (and earlier runs) rarely meet.

@@ -25,4 +25,11 @@ void pin_channel(const std::shared_ptr<Channel>& ch);
 void unpin_channel(const Channel& ch);
 std::shared_ptr<Channel> find_channel(uint64_t arena_id, uint64_t channel_id);
 
+// Shared-memory arenas this process has mapped, by segment-0 name: one mapping per process.
+void register_arena(const std::string& name, const std::shared_ptr<Arena>& arena);
+std::shared_ptr<Arena> find_arena(const std::string& name);
+// Process exit: drop pinned channels and detach every shared-memory arena (the last process
+// to detach removes the segments). Idempotent.
+void detach_all();
+
 }  // namespace memchannel::py_glue

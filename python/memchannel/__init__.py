@@ -7,7 +7,7 @@
         print(bytes(buf))
 """
 
-from . import _memchannel
+from . import _lifecycle, _memchannel
 from ._channel import Arena, Buffer, Channel
 from .errors import (
     CapacityError,
@@ -20,6 +20,8 @@ from .errors import (
 )
 
 __version__ = "0.1.0"
+
+_lifecycle.install()
 
 __all__ = [
     "Arena", "Buffer", "Channel", "MemChannelError", "Empty", "Full", "ChannelClosed",

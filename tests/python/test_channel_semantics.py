@@ -193,3 +193,36 @@ def test_stats_report_the_documented_fields(backend):
         assert key in s
     assert s["queued"] == 1 and s["bytes_queued"] == 3 and s["blocks_in_use"] == 1
     assert s["bytes_copied"] == 3
+
+
+def test_ctrl_c_interrupts_a_blocked_recv_in_the_main_thread(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "blocked.py"
+    script.write_text(
+        "import sys, memchannel as mc\n"
+        "ch = mc.Channel()\n"
+        "print('ready', flush=True)\n"
+        "try:\n"
+        "    ch.recv()\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+        "    sys.exit(3)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)  # let it block in recv()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 3 and "interrupted" in out
+
+
+def test_timeouts_are_float_seconds_not_rounded(backend):
+    ch = mc.Channel(backend=backend)
+    t0 = time.monotonic()
+    with pytest.raises(mc.Empty):
+        ch.recv(timeout=0.004)
+    elapsed = time.monotonic() - t0
+    assert 0.003 <= elapsed < 0.5, elapsed  # not rounded up to a whole second, nor down to 0

@@ -1,0 +1,63 @@
+// ShmBackend: arena segments in named POSIX shared memory, so one arena spans processes.
+//
+// Segment 0 of an arena is named `<prefix><32 hex random chars>` (the base name, 128 random
+// bits, never the pid); segment i > 0 is `<base>.<i>`. Segments are created O_EXCL with mode
+// 0600 and their pages reserved up front (a full /dev/shm fails creation, never SIGBUS later);
+// openers check owner, mode and size (shm/segment.h). Every attached process occupies a
+// holder slot in the arena header with its identity (pid + start time, so pid reuse cannot
+// fool the liveness check); the last process to detach unlinks all segments.
+#pragma once
+
+#include <array>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/arena.h"
+#include "core/backend.h"
+#include "shm/segment.h"
+#include "shm/status.h"
+
+namespace memchannel::shm {
+
+class ShmBackend final : public MemoryBackend {
+ public:
+  // For a new arena; names start with `prefix` (empty: default_prefix()).
+  static std::unique_ptr<ShmBackend> for_new_arena(std::string_view prefix = {});
+  // For the existing arena whose segment 0 is `base_name`.
+  static std::unique_ptr<ShmBackend> for_existing(std::string base_name);
+  // Size of segment 0 of an existing arena, or why it cannot be opened.
+  static Result<uint64_t> probe(const std::string& base_name);
+
+  memchannel::Result<uint8_t*> create_segment(uint32_t index, uint64_t bytes) override;
+  memchannel::Result<uint8_t*> map_segment(uint32_t index, uint64_t bytes) override;
+  const char* kind() const override { return "shm"; }
+  int last_errno() const override { return last_errno_; }
+
+  bool tracks_holders() const override { return true; }
+  HolderIdentity self_identity() const override;
+  HolderLiveness liveness(const HolderIdentity& id) const override;
+  void remove_segments(uint32_t segments) override;
+
+  const std::string& base_name() const { return base_; }
+  std::string segment_name(uint32_t index) const;
+  // The shm-level reason of the last failure (wrong owner, wrong mode, no space, ...).
+  Status last_shm_status() const { return last_status_; }
+
+ private:
+  explicit ShmBackend(std::string base) : base_(std::move(base)) {}
+  memchannel::Status fail(Status s, int err);
+
+  std::string base_;
+  std::array<Segment, kMaxSegments> segments_;  // this process's mappings
+  Status last_status_ = Status::kOk;
+  int last_errno_ = 0;
+};
+
+// Removes the segments of arenas whose every holder is dead (or whose creator died before
+// finishing initialisation), and stray `<base>.<i>` segments whose base is gone. Returns the
+// names removed. Concurrency: any process; a live arena is never touched.
+std::vector<std::string> cleanup_dead_arenas(std::string_view prefix = {});
+
+}  // namespace memchannel::shm

@@ -1,0 +1,434 @@
+// Segment: creation never adopts, opening trusts nothing, space and truncation errors are
+// errors and not SIGBUS (RELIABILITY.md items 10 and 11).
+#include "shm/segment.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "shm/cleanup.h"
+#include "shm/names.h"
+
+namespace memchannel::shm {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+
+std::string path_of(const std::string& name) { return std::string(kShmDirectory) + "/" + name; }
+
+bool exists(const std::string& name) {
+  struct stat st {};
+  return ::lstat(path_of(name).c_str(), &st) == 0;
+}
+
+uint32_t mode_of_fd(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return 0xffffffffu;
+  return st.st_mode & 07777;
+}
+
+// Every test gets its own random prefix; TearDown checks the test removed what it made and
+// sweeps anything a failed test left behind so nothing named memchannel-* outlives the suite.
+class ShmSegment : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    prefix_ = random_test_prefix();
+    ASSERT_TRUE(is_valid_prefix(prefix_));
+  }
+
+  void TearDown() override {
+    const std::vector<std::string> left = list_segments(prefix_);
+    for (const std::string& name : left) {
+      ::unlink(path_of(name).c_str());
+      ::rmdir(path_of(name).c_str());
+    }
+    if (!HasFailure()) {
+      EXPECT_TRUE(left.empty()) << "test left " << left.size() << " segment(s)";
+    }
+  }
+
+  std::string fresh_name() { return random_segment_name(prefix_); }
+
+  std::string prefix_;
+};
+
+TEST_F(ShmSegment, CreateThenOpenShareTheSameZeroFilledBytes) {
+  const std::string name = fresh_name();
+  Result<Segment> created = Segment::create(name, 16 * kPage);
+  ASSERT_TRUE(created.ok()) << to_string(created.status);
+  Segment& a = created.value;
+  EXPECT_TRUE(a.valid());
+  EXPECT_EQ(a.size(), 16 * kPage);
+  EXPECT_EQ(a.name(), name);
+  EXPECT_GE(a.fd(), 0);
+  const std::vector<std::byte> zeros(a.size());
+  EXPECT_EQ(std::memcmp(a.data(), zeros.data(), zeros.size()), 0);
+
+  std::memcpy(a.data() + 5 * kPage, "hello", 5);
+  Result<Segment> opened = Segment::open(name, 16 * kPage);
+  ASSERT_TRUE(opened.ok()) << to_string(opened.status);
+  Segment& b = opened.value;
+  EXPECT_NE(b.data(), a.data());  // a second, independent mapping of the same pages
+  EXPECT_EQ(std::memcmp(b.data() + 5 * kPage, "hello", 5), 0);
+  std::memcpy(b.data(), "back", 4);
+  EXPECT_EQ(std::memcmp(a.data(), "back", 4), 0);
+
+  EXPECT_TRUE(Segment::unlink(name).ok());
+}
+
+TEST_F(ShmSegment, AnotherProcessOpensByNameAndSeesTheBytes) {
+  const std::string name = fresh_name();
+  Result<Segment> created = Segment::create(name, kPage);
+  ASSERT_TRUE(created.ok()) << to_string(created.status);
+  std::memcpy(created.value.data(), "ping", 4);
+
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    Result<Segment> opened = Segment::open(name, kPage);
+    if (!opened.ok()) ::_exit(2);
+    if (std::memcmp(opened.value.data(), "ping", 4) != 0) ::_exit(3);
+    std::memcpy(opened.value.data(), "pong", 4);
+    ::_exit(0);
+  }
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(child, &wstatus, 0), child);
+  ASSERT_TRUE(WIFEXITED(wstatus));
+  EXPECT_EQ(WEXITSTATUS(wstatus), 0);
+  EXPECT_EQ(std::memcmp(created.value.data(), "pong", 4), 0);
+  EXPECT_TRUE(Segment::unlink(name).ok());
+}
+
+TEST_F(ShmSegment, CreateGivesMode0600WhateverTheUmask) {
+  for (const mode_t mask : {mode_t{0}, mode_t{022}, mode_t{0177}, mode_t{0777}}) {
+    SCOPED_TRACE(testing::Message() << "umask " << std::oct << mask);
+    const std::string name = fresh_name();
+    const mode_t old = ::umask(mask);
+    Result<Segment> created = Segment::create(name, kPage);
+    ::umask(old);
+    ASSERT_TRUE(created.ok()) << to_string(created.status);
+    EXPECT_EQ(mode_of_fd(created.value.fd()), 0600u);
+    struct stat st {};
+    ASSERT_EQ(::stat(path_of(name).c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0600u);
+    EXPECT_EQ(st.st_uid, ::geteuid());
+    EXPECT_TRUE(Segment::unlink(name).ok());
+  }
+}
+
+// Even a file that looks exactly like one of ours (same owner, mode 0600) is never adopted:
+// whoever put it there may hold it open and read everything we would write.
+TEST_F(ShmSegment, CreateOverAPreexistingFileFailsAndLeavesItUntouched) {
+  const std::string name = fresh_name();
+  const int fd = ::open(path_of(name).c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::write(fd, "not yours", 9), 9);
+  struct stat before {};
+  ASSERT_EQ(::fstat(fd, &before), 0);
+
+  Result<Segment> created = Segment::create(name, 64 * kPage);
+  EXPECT_EQ(created.status, Status::kAlreadyExists);
+  EXPECT_EQ(created.sys_errno, EEXIST);
+  EXPECT_FALSE(created.value.valid());
+
+  struct stat after {};
+  ASSERT_EQ(::stat(path_of(name).c_str(), &after), 0);
+  EXPECT_EQ(after.st_ino, before.st_ino);
+  EXPECT_EQ(after.st_size, 9);
+  EXPECT_EQ(after.st_mode & 07777, 0600u);
+  char content[16] = {};
+  ASSERT_EQ(::pread(fd, content, sizeof content, 0), 9);
+  EXPECT_EQ(std::string(content, 9), "not yours");
+  ::close(fd);
+  ASSERT_EQ(::unlink(path_of(name).c_str()), 0);
+}
+
+// O_EXCL never follows a symlink, dangling or not: the link's target is not created.
+TEST_F(ShmSegment, CreateOverASymlinkFailsAndDoesNotCreateItsTarget) {
+  const std::string name = fresh_name();
+  const std::string target = fresh_name();
+  ASSERT_EQ(::symlink(path_of(target).c_str(), path_of(name).c_str()), 0);
+
+  Result<Segment> created = Segment::create(name, kPage);
+  EXPECT_EQ(created.status, Status::kAlreadyExists);
+  EXPECT_FALSE(exists(target));
+  ASSERT_EQ(::unlink(path_of(name).c_str()), 0);
+}
+
+TEST_F(ShmSegment, OpenRefusesAnyModeButExactly0600) {
+  const std::string name = fresh_name();
+  Result<Segment> created = Segment::create(name, kPage);
+  ASSERT_TRUE(created.ok()) << to_string(created.status);
+  for (const mode_t mode : {mode_t{0644}, mode_t{0660}, mode_t{0606}, mode_t{0700}, mode_t{01600}}) {
+    SCOPED_TRACE(testing::Message() << "mode " << std::oct << mode);
+    ASSERT_EQ(::fchmod(created.value.fd(), mode), 0);
+    Result<Segment> opened = Segment::open(name);
+    EXPECT_EQ(opened.status, Status::kWrongMode);
+    EXPECT_FALSE(opened.value.valid());
+  }
+  // Without owner write the kernel refuses O_RDWR first, except for root, who gets past it
+  // and must then be stopped by the mode check.
+  ASSERT_EQ(::fchmod(created.value.fd(), 0400), 0);
+  const Status read_only = Segment::open(name).status;
+  EXPECT_TRUE(read_only == Status::kWrongMode || read_only == Status::kPermissionDenied)
+      << to_string(read_only);
+  if (::geteuid() == 0) {
+    EXPECT_EQ(read_only, Status::kWrongMode);
+  }
+  ASSERT_EQ(::fchmod(created.value.fd(), 0600), 0);
+  EXPECT_TRUE(Segment::open(name).ok());
+  EXPECT_TRUE(Segment::unlink(name).ok());
+}
+
+TEST_F(ShmSegment, OpenRefusesASegmentOwnedByAnotherUser) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to give a file to another user";
+  const std::string name = fresh_name();
+  Result<Segment> created = Segment::create(name, kPage);
+  ASSERT_TRUE(created.ok()) << to_string(created.status);
+  ASSERT_EQ(::fchown(created.value.fd(), 65534, 65534), 0);
+  Result<Segment> opened = Segment::open(name);
+  EXPECT_EQ(opened.status, Status::kWrongOwner);
+  EXPECT_FALSE(opened.value.valid());
+  EXPECT_TRUE(Segment::unlink(name).ok());
+}
+
+TEST_F(ShmSegment, OpenRefusesTheWrongSize) {
+  const std::string name = fresh_name();
+  Result<Segment> created = Segment::create(name, 16 * kPage);
+  ASSERT_TRUE(created.ok()) << to_string(created.status);
+
+  EXPECT_EQ(Segment::open(name, 32 * kPage).status, Status::kTruncated);
+  EXPECT_EQ(Segment::open(name, 8 * kPage).status, Status::kSizeMismatch);
+  EXPECT_EQ(Segment::open(name, 0, 17 * kPage).status, Status::kTooSmall);
+  EXPECT_TRUE(Segment::open(name, 16 * kPage).ok());
+  Result<Segment> any_size = Segment::open(name, 0, 16 * kPage);
+  ASSERT_TRUE(any_size.ok());
+  EXPECT_EQ(any_size.value.size(), 16 * kPage);  // maps what fstat says, no more
+  EXPECT_TRUE(Segment::unlink(name).ok());
+}
+
+// What a creator that died between shm_open and ftruncate leaves behind.
+TEST_F(ShmSegment, OpenRefusesAnUnsizedSegment) {
+  const std::string name = fresh_name();
+  const int fd = ::shm_open(("/" + name).c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::fchmod(fd, 0600), 0);
+  ::close(fd);
+  Result<Segment> opened = Segment::open(name);
+  EXPECT_EQ(opened.status, Status::kTooSmall);
+  EXPECT_FALSE(opened.value.valid());
+  EXPECT_TRUE(Segment::unlink(name).ok());
+}
+
+TEST_F(ShmSegment, OpenRefusesAMissingName) {
+  const std::string name = fresh_name();
+  Result<Segment> opened = Segment::open(name);
+  EXPECT_EQ(opened.status, Status::kNotFound);
+  EXPECT_EQ(opened.sys_errno, ENOENT);
+  EXPECT_EQ(Segment::unlink(name).status, Status::kNotFound);
+}
+
+TEST_F(ShmSegment, OpenRefusesSymlinksFifosAndDirectories) {
+  const std::string real = fresh_name();
+  Result<Segment> created = Segment::create(real, kPage);
+  ASSERT_TRUE(created.ok()) << to_string(created.status);
+
+  const std::string link = fresh_name();
+  ASSERT_EQ(::symlink(path_of(real).c_str(), path_of(link).c_str()), 0);
+  EXPECT_EQ(Segment::open(link).status, Status::kNotRegularFile);
+
+  const std::string fifo = fresh_name();
+  ASSERT_EQ(::mkfifo(path_of(fifo).c_str(), 0600), 0);
+  EXPECT_EQ(Segment::open(fifo).status, Status::kNotRegularFile);
+
+  const std::string dir = fresh_name();
+  ASSERT_EQ(::mkdir(path_of(dir).c_str(), 0700), 0);
+  EXPECT_EQ(Segment::open(dir).status, Status::kNotRegularFile);
+
+  EXPECT_EQ(::unlink(path_of(link).c_str()), 0);
+  EXPECT_EQ(::unlink(path_of(fifo).c_str()), 0);
+  EXPECT_EQ(::rmdir(path_of(dir).c_str()), 0);
+  EXPECT_TRUE(Segment::unlink(real).ok());
+}
+
+TEST_F(ShmSegment, InvalidNamesAndSizesAreRefusedBeforeTouchingTheFilesystem) {
+  EXPECT_EQ(Segment::create("", kPage).status, Status::kInvalidName);
+  EXPECT_EQ(Segment::create("other-0123", kPage).status, Status::kInvalidName);
+  EXPECT_EQ(Segment::create("memchannel-a/../b", kPage).status, Status::kInvalidName);
+  EXPECT_EQ(Segment::open("/memchannel-abc").status, Status::kInvalidName);
+  EXPECT_EQ(Segment::unlink("..").status, Status::kInvalidName);
+
+  const std::string name = fresh_name();
+  EXPECT_EQ(Segment::create(name, 0).status, Status::kInvalidArgument);
+  EXPECT_EQ(Segment::create(name, kMaxSegmentBytesOs + 1).status, Status::kInvalidArgument);
+  EXPECT_FALSE(exists(name));
+}
+
+// tmpfs checks a fallocate request against its total size before allocating anything, so a
+// request above the total fails at once. A request between free and total space would make
+// the kernel allocate (real memory) up to the limit first: the test asks for more than the
+// total, which is also more than is free.
+TEST_F(ShmSegment, SegmentLargerThanFreeShmSpaceFailsWithNoSpaceAndLeavesNoFile) {
+  struct statvfs vfs {};
+  ASSERT_EQ(::statvfs(std::string(kShmDirectory).c_str(), &vfs), 0);
+  if (vfs.f_blocks == 0) GTEST_SKIP() << "/dev/shm has no size limit";
+  const uint64_t total = static_cast<uint64_t>(vfs.f_blocks) * vfs.f_frsize;
+  const uint64_t free_bytes = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+  const uint64_t request = total + (64ull << 20);
+  ASSERT_GT(request, free_bytes);
+  if (request > kMaxSegmentBytesOs) GTEST_SKIP() << "/dev/shm is larger than any segment";
+
+  const std::string name = fresh_name();
+  Result<Segment> created = Segment::create(name, request);
+  EXPECT_EQ(created.status, Status::kNoSpace) << to_string(created.status);
+  EXPECT_EQ(created.sys_errno, ENOSPC);
+  EXPECT_FALSE(created.value.valid());
+  EXPECT_FALSE(exists(name));
+}
+
+TEST_F(ShmSegment, TruncationByAPeerIsDetected) {
+  const std::string name = fresh_name();
+  Result<Segment> created = Segment::create(name, 64 * kPage);
+  ASSERT_TRUE(created.ok()) << to_string(created.status);
+  Result<Segment> reader = Segment::open(name, 64 * kPage);
+  ASSERT_TRUE(reader.ok()) << to_string(reader.status);
+  EXPECT_TRUE(reader.value.still_valid());
+
+  // The peer: its own descriptor, as another process would have.
+  const int peer = ::open(path_of(name).c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(peer, 0);
+  ASSERT_EQ(::ftruncate(peer, static_cast<off_t>(128 * kPage)), 0);
+  EXPECT_TRUE(reader.value.still_valid()) << "growing the file must not invalidate mappings";
+
+  ASSERT_EQ(::ftruncate(peer, static_cast<off_t>(kPage)), 0);
+  EXPECT_FALSE(reader.value.still_valid());
+  EXPECT_EQ(reader.value.check().status, Status::kTruncated);
+  EXPECT_EQ(created.value.check().status, Status::kTruncated);
+  // A late opener is refused outright instead of mapping past the end.
+  EXPECT_EQ(Segment::open(name, 64 * kPage).status, Status::kTruncated);
+  ::close(peer);
+  EXPECT_TRUE(Segment::unlink(name).ok());
+}
+
+TEST_F(ShmSegment, MovesTransferTheMappingAndReleaseTheOldOne) {
+  const std::string name = fresh_name();
+  Result<Segment> created = Segment::create(name, kPage);
+  ASSERT_TRUE(created.ok()) << to_string(created.status);
+  std::byte* const data = created.value.data();
+  const int fd = created.value.fd();
+
+  Segment moved(std::move(created.value));
+  EXPECT_FALSE(created.value.valid());
+  EXPECT_EQ(created.value.data(), nullptr);
+  EXPECT_EQ(created.value.size(), 0u);
+  EXPECT_EQ(created.value.fd(), -1);
+  EXPECT_EQ(moved.data(), data);
+  EXPECT_EQ(moved.fd(), fd);
+  EXPECT_EQ(moved.name(), name);
+
+  const std::string other_name = fresh_name();
+  Result<Segment> other = Segment::create(other_name, kPage);
+  ASSERT_TRUE(other.ok()) << to_string(other.status);
+  const int other_fd = other.value.fd();
+  other.value = std::move(moved);
+  EXPECT_EQ(other.value.data(), data);
+  EXPECT_EQ(other.value.name(), name);
+  errno = 0;
+  EXPECT_EQ(::fcntl(other_fd, F_GETFD), -1) << "the replaced segment's descriptor is still open";
+  EXPECT_EQ(errno, EBADF);
+  std::memcpy(other.value.data(), "still mapped", 12);
+
+  EXPECT_TRUE(Segment::unlink(name).ok());
+  EXPECT_TRUE(Segment::unlink(other_name).ok());
+}
+
+TEST_F(ShmSegment, UnlinkRemovesTheNameButNotExistingMappings) {
+  const std::string name = fresh_name();
+  Result<Segment> created = Segment::create(name, kPage);
+  ASSERT_TRUE(created.ok()) << to_string(created.status);
+  ASSERT_TRUE(Segment::unlink(name).ok());
+  EXPECT_FALSE(exists(name));
+  EXPECT_EQ(Segment::open(name).status, Status::kNotFound);
+  std::memcpy(created.value.data(), "usable", 6);
+  EXPECT_EQ(std::memcmp(created.value.data(), "usable", 6), 0);
+  EXPECT_TRUE(created.value.still_valid());
+  EXPECT_EQ(Segment::unlink(name).status, Status::kNotFound);
+}
+
+// Resident pages of the mapping at `addr`, from /proc/self/smaps ("Rss:" counts pages this
+// process has in its page tables, which is what MAP_POPULATE fills).
+uint64_t rss_kib_of_mapping(const void* addr) {
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool in_mapping = false;
+  const auto start = reinterpret_cast<uintptr_t>(addr);
+  while (std::getline(smaps, line)) {
+    uintptr_t lo = 0;
+    uintptr_t hi = 0;
+    char dash = 0;
+    std::istringstream head(line);
+    if (head >> std::hex >> lo >> dash >> hi && dash == '-') {
+      in_mapping = lo == start;
+      continue;
+    }
+    if (in_mapping && line.starts_with("Rss:")) {
+      return std::stoull(line.substr(4));
+    }
+  }
+  return ~0ull;
+}
+
+TEST_F(ShmSegment, PrefaultPopulatesThePageTables) {
+  const uint64_t bytes = 64 * kPage;
+  const std::string lazy_name = fresh_name();
+  Result<Segment> lazy = Segment::create(lazy_name, bytes, Prefault::kNo);
+  ASSERT_TRUE(lazy.ok()) << to_string(lazy.status);
+  EXPECT_EQ(rss_kib_of_mapping(lazy.value.data()), 0u);
+
+  const std::string eager_name = fresh_name();
+  Result<Segment> eager = Segment::create(eager_name, bytes, Prefault::kYes);
+  ASSERT_TRUE(eager.ok()) << to_string(eager.status);
+  EXPECT_EQ(rss_kib_of_mapping(eager.value.data()), bytes / 1024);
+
+  Result<Segment> eager_open = Segment::open(eager_name, bytes, 1, Prefault::kYes);
+  ASSERT_TRUE(eager_open.ok()) << to_string(eager_open.status);
+  EXPECT_EQ(rss_kib_of_mapping(eager_open.value.data()), bytes / 1024);
+
+  EXPECT_TRUE(Segment::unlink(lazy_name).ok());
+  EXPECT_TRUE(Segment::unlink(eager_name).ok());
+}
+
+TEST(ShmStatus, EveryStatusHasItsOwnMessage) {
+  std::set<std::string> messages;
+  const auto last = static_cast<uint32_t>(Status::kSystemError);
+  for (uint32_t s = 0; s <= last; ++s) {
+    const char* text = to_string(static_cast<Status>(s));
+    ASSERT_NE(text, nullptr);
+    EXPECT_GT(std::strlen(text), 0u);
+    messages.insert(text);
+  }
+  EXPECT_EQ(messages.size(), last + 1);
+  EXPECT_EQ(status_from_errno(EEXIST), Status::kAlreadyExists);
+  EXPECT_EQ(status_from_errno(ENOENT), Status::kNotFound);
+  EXPECT_EQ(status_from_errno(ELOOP), Status::kNotRegularFile);
+  EXPECT_EQ(status_from_errno(ENOSPC), Status::kNoSpace);
+  EXPECT_EQ(status_from_errno(EIO), Status::kSystemError);
+}
+
+}  // namespace
+}  // namespace memchannel::shm
