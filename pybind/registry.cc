@@ -79,8 +79,9 @@ void detach_all() {
 
 uint64_t next_id() {
   // Random start so ids from different processes (and earlier runs) rarely meet.
-  static std::atomic<uint64_t> counter{std::random_device{}() | (uint64_t{std::random_device{}()} << 32)};
-  return counter.fetch_add(1, std::memory_order_relaxed) | 1;
+  // Odd and stepping by two: never 0, and consecutive ids never collide.
+  static std::atomic<uint64_t> counter{std::random_device{}() | (uint64_t{std::random_device{}()} << 32) | 1};
+  return counter.fetch_add(2, std::memory_order_relaxed);
 }
 
 void register_channel(const std::shared_ptr<Channel>& ch) {

@@ -57,10 +57,11 @@ Limits
   multiprocessing's spawn: keep its side effects under ``if __name__ == "__main__":``.
 * Extension modules that do not support subinterpreters (numpy, and on 3.12 ``_datetime``
   and ``_decimal``, whose pure-Python fallbacks load instead) cannot be imported in an
-  isolated interpreter.  CPython 3.12.1 itself crashes when it destroys an isolated
-  interpreter that imported ``datetime`` or ``decimal`` (a failed single-phase extension
-  import) or that was the first to import ``hashlib``; importing ``hashlib`` in the main
-  interpreter first avoids the latter, which ``create()`` does on 3.12.
+  isolated interpreter.  CPython 3.12.1 corrupts memory when destroying isolated
+  interpreters that were the first in the process to try loading such a module (e.g.
+  via ``datetime``, ``decimal``) or ``hashlib``; on 3.12 ``create()`` therefore loads
+  those stdlib modules in the main interpreter once (see ``_PRELOAD_ON_312``).  Other
+  single-phase extension modules first tried in a subinterpreter can still hit that bug.
 * Ctrl-C reaches the main thread only after the interpreter it is running returns:
   signals are handled by the main interpreter only.
 * An interpreter cannot be closed while a thread runs in it (``InterpreterError``); join
@@ -443,7 +444,7 @@ def _worker_bootstrap(request):
     global _callers_main_name, _callers_main_path
     path, argv, _callers_main_name, _callers_main_path = marshal.loads(request)
     sys.path[:] = path
-    sys.argv[:] = argv
+    sys.argv = argv  # a script imported again by _load_callers_main may read it
     return None
 
 
@@ -580,6 +581,33 @@ def _destroy_quietly(handle):
         pass  # already gone, or a thread still runs in it: nothing safe left to do
 
 
+# Stdlib C modules that CPython 3.12 cannot load in an isolated interpreter (single-phase
+# init), plus hashlib.  On 3.12.1, when the first attempt to load one of them in the
+# process happens inside an isolated interpreter, destroying that interpreter later
+# corrupts memory and aborts the process (seen with datetime, decimal and hashlib; 3.13
+# is not affected).  Loading them once in the main interpreter first avoids it.  Modules
+# with side effects on import (readline, curses, tkinter) are left out.
+_PRELOAD_ON_312 = ("hashlib", "_datetime", "_decimal", "pyexpat", "_elementtree",
+                   "_ctypes", "_lsprof")
+_preloaded_for_312 = False
+
+
+def _preload_for_312():
+    global _preloaded_for_312
+    if _preloaded_for_312 or not isinstance(_backend, _Backend312):
+        return
+    # Only the main interpreter can load them; a failed attempt elsewhere is the bug.
+    if _backend.current_id() != _backend.main_id():
+        return
+    import importlib
+    for module_name in _PRELOAD_ON_312:
+        try:
+            importlib.import_module(module_name)
+        except ImportError:
+            pass  # not built into this Python: then no interpreter can load it either
+    _preloaded_for_312 = True
+
+
 def create(*, isolated=True):
     """Create a new interpreter and return its ``Interpreter``.
 
@@ -588,17 +616,14 @@ def create(*, isolated=True):
     imported in it.  isolated=False: the "legacy" config, sharing the main GIL.
     Concurrency: any thread.
     """
-    if isinstance(_backend, _Backend312):
-        # On 3.12.1 an isolated interpreter that is the first in the process to import
-        # hashlib corrupts memory when destroyed (OpenSSL state initialised inside it).
-        import hashlib  # noqa: F401
+    _preload_for_312()
     handle = _backend.create(isolated)
     interp = Interpreter._new_owned(handle, isolated)
     try:
         main_name, main_path = _describe_main_module()
         bootstrap = marshal.dumps((
             [entry for entry in sys.path if isinstance(entry, str)],
-            [arg for arg in sys.argv if isinstance(arg, str)],
+            [arg for arg in getattr(sys, "argv", []) if isinstance(arg, str)],
             main_name,
             main_path,
         ))

@@ -226,3 +226,13 @@ def test_timeouts_are_float_seconds_not_rounded(backend):
         ch.recv(timeout=0.004)
     elapsed = time.monotonic() - t0
     assert 0.003 <= elapsed < 0.5, elapsed  # not rounded up to a whole second, nor down to 0
+
+
+def test_channels_of_one_arena_stay_distinct_through_handles(backend):
+    arena = mc.Arena(backend=backend)
+    channels = [arena.channel() for _ in range(16)]
+    assert len({ch.handle for ch in channels}) == 16
+    for i, ch in enumerate(channels):
+        ch.send(bytes([i]))
+    for i, ch in enumerate(channels):
+        assert bytes(mc.Channel.attach(ch.handle).recv_nowait()) == bytes([i])

@@ -14,14 +14,9 @@ import sys
 import textwrap
 import threading
 
-from memchannel import interpreters
+import pytest
 
-# Subinterpreters import this module too, and they must not import pytest: pytest pulls
-# in hashlib, datetime and decimal, and CPython 3.12.1 corrupts memory when it destroys
-# an isolated interpreter that imported those (a CPython bug, not one of memchannel's).
-# Test functions, the only users of pytest, run in the main interpreter.
-if interpreters.get_current() == interpreters.get_main():
-    import pytest
+from memchannel import interpreters
 
 
 # --- functions and classes called inside subinterpreters ------------------------------
@@ -375,6 +370,18 @@ def test_call_in_thread_four_interpreters_in_four_threads():
             interp.close()
 
 
+def test_call_in_thread_keeps_and_reports_the_failure(monkeypatch):
+    reported = []
+    monkeypatch.setattr(threading, "excepthook", reported.append)
+    with interpreters.create() as interp:
+        thread = interp.call_in_thread(fail_with, "in a thread")
+        thread.join()
+    assert isinstance(thread.exception, interpreters.ExecutionFailed)
+    assert thread.exception.excinfo.type_name == "CustomError"
+    assert thread.result is None
+    assert [report.exc_value for report in reported] == [thread.exception]
+
+
 def test_threads_sharing_one_interpreter_take_turns():
     with interpreters.create() as interp:
         threads = [interp.call_in_thread(bump_counter) for _ in range(8)]
@@ -407,7 +414,8 @@ if __name__ == "__main__":
 def run_caller_script(tmp_path, *arguments):
     (tmp_path / "caller_script.py").write_text(MAIN_SCRIPT)
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(interpreters.__file__)))
-    env = dict(os.environ, PYTHONPATH=package_root)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     completed = subprocess.run([sys.executable, *arguments], cwd=tmp_path, env=env,
                                capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
