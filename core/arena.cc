@@ -153,6 +153,10 @@ ArenaCensus Arena::census() {
   std::vector<BlockRef> free_blocks;
   walk_blocks([&](Offset off, BlockHeader* hdr) {
     ++c.blocks;
+    if ((hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) {
+      ++c.arena_cells;
+      return;
+    }
     switch (state_kind(hdr->state.load(std::memory_order_acquire))) {
       case kBlockFree: ++c.free_blocks; free_blocks.push_back(offset_to_ref(off)); break;
       case kBlockReserved: ++c.reserved; break;
@@ -471,6 +475,7 @@ Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout&
     }
     const uint32_t actual_cls = hdr->size_class.load(std::memory_order_relaxed);
     hdr->refcount.store(1, std::memory_order_relaxed);
+    hdr->flags.store(0, std::memory_order_relaxed);
     hdr->length.store(payload_bytes, std::memory_order_relaxed);
     hdr->meta_bytes.store(static_cast<uint32_t>(meta), std::memory_order_relaxed);
     if (!plain) {
@@ -671,8 +676,11 @@ void Arena::free_node(BlockRef ref) {
 Result<Offset> Arena::allocate_cells(uint64_t bytes) {
   auto r = allocate(bytes, PayloadLayout{});
   if (!r.ok()) return {r.status, 0};
-  // Long-lived structures are not user data: keep them out of the data-block counters.
+  // Long-lived structures are not user data: keep them out of the data-block counters, and
+  // owned by the arena rather than by this process (a crash must not free them).
   BlockHeader* hdr = block_header(r.value.ref);
+  hdr->flags.store(kBlockFlagArena, std::memory_order_relaxed);
+  hdr->state.store(make_state(r.value.generation, 0, kBlockReserved), std::memory_order_release);
   header_->counters.blocks_in_use.fetch_sub(1, std::memory_order_relaxed);
   header_->counters.bytes_in_use.fetch_sub(
       class_units(hdr->size_class.load(std::memory_order_relaxed)) << kUnitShift,
@@ -687,6 +695,7 @@ void Arena::free_cells(Offset off) {
   if (hdr == nullptr) return;
   const uint32_t word = hdr->state.load(std::memory_order_acquire);
   if (state_kind(word) != kBlockReserved) return;
+  hdr->flags.store(0, std::memory_order_relaxed);
   header_->counters.blocks_in_use.fetch_add(1, std::memory_order_relaxed);
   header_->counters.bytes_in_use.fetch_add(
       class_units(hdr->size_class.load(std::memory_order_relaxed)) << kUnitShift,

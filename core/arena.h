@@ -156,6 +156,7 @@ struct ArenaStats {
 // What a full walk of arena memory found (crash tests' invariant checker).
 struct ArenaCensus {
   uint64_t blocks = 0, free_blocks = 0, reserved = 0, queued = 0, received = 0, nodes = 0;
+  uint64_t arena_cells = 0;      // blocks holding arena structures (channel headers)
   uint64_t free_listed = 0;      // blocks reachable from the free lists
   uint64_t bad_cells = 0;        // cells with an unknown magic before the carve end
   bool free_lists_consistent = true;  // every listed block is free and listed once

@@ -37,6 +37,9 @@ namespace memchannel {
 enum BlockState : uint32_t { kBlockFree = 0, kBlockReserved = 1, kBlockQueued = 2, kBlockReceived = 3 };
 
 inline constexpr uint32_t kBlockMagic = 0x4d43424bu;  // "MCBK"
+// A block that belongs to the arena itself (a channel header), not to any holder: never
+// reclaimed when a process dies, only freed when the structure is destroyed.
+inline constexpr uint32_t kBlockFlagArena = 1;
 
 inline constexpr uint32_t kGenerationMask = 0xffff;
 
@@ -55,7 +58,8 @@ struct BlockHeader {
   std::atomic<uint64_t> length;     // payload bytes, written by the owner before publishing
   std::atomic<uint32_t> meta_bytes; // bytes of BlockMeta (multiple of 64), 0 = plain bytes
   uint32_t magic;                   // kBlockMagic; same offset as QueueNode::magic (cell walk)
-  uint32_t reserved_[8];            // keeps the payload 64-byte aligned
+  std::atomic<uint32_t> flags;      // kBlockFlagArena: holds arena structures (channel headers)
+  uint32_t reserved_[7];            // keeps the payload 64-byte aligned
 };
 static_assert(sizeof(BlockHeader) == 64);
 static_assert(std::is_standard_layout_v<BlockHeader>);

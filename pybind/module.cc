@@ -698,6 +698,7 @@ send(buf) or buf.release(), any use raises ValueError.)doc");
         d["nodes"] = c.nodes;
         d["free_listed"] = c.free_listed;
         d["bad_cells"] = c.bad_cells;
+        d["arena_cells"] = c.arena_cells;
         d["free_lists_consistent"] = c.free_lists_consistent;
         return d;
       }, "Walk all arena memory and count blocks by state (a consistency check for tests).");

@@ -18,6 +18,7 @@ from .errors import (
     Full,
     MemChannelError,
 )
+from .queues import JoinableQueue, Queue, ShutDown, SimpleQueue
 
 __version__ = "0.1.0"
 
@@ -26,4 +27,5 @@ _lifecycle.install()
 __all__ = [
     "Arena", "Buffer", "Channel", "MemChannelError", "Empty", "Full", "ChannelClosed",
     "ChannelNotFound", "CapacityError", "CorruptionError",
+    "Queue", "SimpleQueue", "JoinableQueue", "ShutDown",
 ]

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 import memchannel as mc
+from _workers import process_with_two_interpreters
 
 MESSAGE = 64
 
@@ -23,7 +24,7 @@ def test_spawn_child_exchanges_a_million_64_byte_messages():
     arena = mc.Arena()
     to_child, from_child = arena.channel(maxsize=4096), arena.channel()
     count = 1_000_000
-    child = ctx.Process(target=echo_child, args=(to_child, from_child, count))
+    child = ctx.Process(daemon=True, target=echo_child, args=(to_child, from_child, count))
     child.start()
     payload = bytearray(MESSAGE)
 
@@ -49,7 +50,7 @@ def test_spawn_child_exchanges_a_million_64_byte_messages():
 def test_pickled_channel_reaches_every_start_method(method):
     ctx = mp.get_context(method)
     ch, back = mc.Channel(), mc.Channel()
-    child = ctx.Process(target=echo_child, args=(ch, back, 3))
+    child = ctx.Process(daemon=True, target=echo_child, args=(ch, back, 3))
     child.start()
     for word in (b"alpha", b"beta", b"gamma"):
         ch.send(word)
@@ -61,7 +62,7 @@ def test_pickled_channel_reaches_every_start_method(method):
 def test_channel_travels_through_another_channel():
     ctx = mp.get_context("spawn")
     control = mc.Channel()
-    child = ctx.Process(target=_receive_channel_then_echo, args=(control,))
+    child = ctx.Process(daemon=True, target=_receive_channel_then_echo, args=(control,))
     child.start()
     data, back = mc.Channel(), mc.Channel()
     import pickle
@@ -86,7 +87,7 @@ def test_heap_channel_pickled_into_another_process_says_to_use_shm():
     ctx = mp.get_context("spawn")
     heap = mc.Channel(backend="heap")
     carrier, out = mc.Channel(), mc.Channel()
-    child = ctx.Process(target=_unpickle_and_report, args=(carrier, out))
+    child = ctx.Process(daemon=True, target=_unpickle_and_report, args=(carrier, out))
     child.start()
     carrier.send(pickle.dumps(heap))
     message = bytes(out.recv(timeout=30)).decode()
@@ -109,7 +110,7 @@ def test_heap_handle_from_another_process_is_refused():
     ctx = mp.get_context("spawn")
     heap = mc.Channel(backend="heap")
     out = mc.Channel()
-    child = ctx.Process(target=_attach_handle, args=(heap.handle, out))
+    child = ctx.Process(daemon=True, target=_attach_handle, args=(heap.handle, out))
     child.start()
     child.join(30)
     message = bytes(out.recv(timeout=30)).decode()
@@ -125,37 +126,11 @@ def _attach_handle(handle, out):
         out.send(b"attached?!")
 
 
-def interpreter_sender(handle, sender_id, count):
-    """Runs inside a subinterpreter of a child process."""
-    import struct as _struct
-
-    import memchannel as _mc
-
-    ch = _mc.Channel.attach(handle)
-    for seq in range(count):
-        ch.send(_struct.pack("<II", sender_id, seq))
-    return count
-
-
-def process_with_two_interpreters(ch, process_id, count):
-    from memchannel import interpreters
-
-    workers = [interpreters.create() for _ in range(2)]
-    threads = [
-        w.call_in_thread(interpreter_sender, ch.handle, process_id * 2 + i, count)
-        for i, w in enumerate(workers)
-    ]
-    for t in threads:
-        t.join()
-    for w in workers:
-        w.close()
-
-
 def test_four_processes_each_with_two_interpreters_send_into_one_channel():
     ctx = mp.get_context("spawn")
     ch = mc.Channel(maxsize=1024)  # bounded: senders block while the parent drains
     processes, per_sender = 4, 20_000
-    children = [ctx.Process(target=process_with_two_interpreters, args=(ch, p, per_sender))
+    children = [ctx.Process(daemon=True, target=process_with_two_interpreters, args=(ch, p, per_sender))
                 for p in range(processes)]
     for c in children:
         c.start()
@@ -193,8 +168,8 @@ def array_child(inbox, outbox):
         buf = inbox.recv()
         view = numpy.asarray(buf)
         zero_copy = view.ctypes.data == buf.address if view.size else True
-        outbox.send(struct.pack("<?", zero_copy) + view.dtype.str.encode() + b"|" +
-                    repr(view.shape).encode() + b"|" + str(int(view.astype("f8").sum())).encode())
+        outbox.send(struct.pack("<?", zero_copy) + view.dtype.str.encode() + b"\n" +
+                    repr(view.shape).encode() + b"\n" + str(int(view.real.astype("f8").sum())).encode())
         del view
         buf.release()
 
@@ -202,7 +177,7 @@ def array_child(inbox, outbox):
 def test_numpy_arrays_cross_processes_with_dtype_shape_and_no_copy_on_receive():
     ctx = mp.get_context("spawn")
     inbox, outbox = mc.Channel(), mc.Channel()
-    child = ctx.Process(target=array_child, args=(inbox, outbox))
+    child = ctx.Process(daemon=True, target=array_child, args=(inbox, outbox))
     child.start()
     rng = np.random.default_rng(7)
     for dtype, shape in ARRAYS:
@@ -210,10 +185,10 @@ def test_numpy_arrays_cross_processes_with_dtype_shape_and_no_copy_on_receive():
         inbox.send(arr)
         reply = bytes(outbox.recv(timeout=60))
         zero_copy = struct.unpack("<?", reply[:1])[0]
-        dtype_str, shape_repr, total = reply[1:].decode().split("|")
+        dtype_str, shape_repr, total = reply[1:].decode().split("\n")
         assert zero_copy
         assert np.dtype(dtype_str) == arr.dtype
         assert shape_repr == repr(arr.shape)
-        assert int(total) == int(arr.astype("f8").sum())
+        assert int(total) == int(arr.real.astype("f8").sum())
     child.join(30)
     assert child.exitcode == 0
