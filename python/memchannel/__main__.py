@@ -91,9 +91,11 @@ def main(argv=None) -> int:
                              ("bench", _cmd_bench, "run the side-by-side benchmarks"),
                              ("compare", _cmd_compare, "compare processes, interpreters and threads")):
         p = sub.add_parser(name, help=text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=func)
-    args = parser.parse_args(argv)
+        p.set_defaults(func=func, passthrough=True)
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "passthrough", False):
+        parser.error("unrecognized arguments: " + " ".join(rest))
+    args.rest = rest
     return args.func(args)
 
 
