@@ -633,6 +633,33 @@ send(buf) or buf.release(), any use raises ValueError.)doc");
         return reinterpret_cast<uintptr_t>(b.data);
       }, "Address of the payload in this process (to check zero-copy).")
       .def("release", &Buffer::release, "Return the block to the arena now (no-op if already released).")
+      .def("write", [](Buffer& b, const py::handle& data, const py::object& offset_obj) {
+        b.check_live("write()");
+        const uint64_t offset = to_size(offset_obj, "offset");
+        Py_buffer view;
+        if (PyObject_GetBuffer(data.ptr(), &view, PyBUF_C_CONTIGUOUS) != 0) {
+          PyErr_Clear();
+          throw py::type_error(std::string("write() needs a C-contiguous bytes-like object, got ") +
+                               Py_TYPE(data.ptr())->tp_name);
+        }
+        const uint64_t n = static_cast<uint64_t>(view.len);
+        if (offset > b.nbytes || n > b.nbytes - offset) {
+          PyBuffer_Release(&view);
+          throw py::value_error("write() of " + std::to_string(n) + " bytes at offset " +
+                                std::to_string(offset) + " overruns the Buffer's " +
+                                std::to_string(b.nbytes) + " bytes");
+        }
+        if (n >= kCopyWithoutGil) {
+          py::gil_scoped_release nogil;
+          std::memcpy(b.data + offset, view.buf, n);
+        } else {
+          std::memcpy(b.data + offset, view.buf, n);
+        }
+        PyBuffer_Release(&view);
+        b.arena->add_bytes_copied(n);  // a copy into channel memory: counted like send(bytes)
+        return n;
+      }, py::arg("data"), py::arg("offset") = 0,
+         "Copy `data` into this Buffer at `offset` (counted in stats()['bytes_copied']).")
       .def("tobytes", [](Buffer& b) {
         b.check_live("tobytes()");
         return py::bytes(reinterpret_cast<const char*>(b.data), b.nbytes);

@@ -23,10 +23,9 @@ memoryview slice of the Buffer, so a received numpy array views channel memory (
 keep the Buffer exported; the block returns to the arena when the last array or view made
 from it is gone. An object without out-of-band buffers frees its block at once.
 
-Copies: one per out-of-band buffer on the send side (into the block), none on the receive
-side. ``stats()["bytes_copied"]`` counts only the copies the extension makes in
-``send(bytes_like)``, so it includes the pickle of a small object but not the copies made
-here into a reserved block (there is no API to add to that counter, and it is not faked).
+Copies: one per out-of-band buffer on the send side (into the block, through
+``Buffer.write``), none on the receive side; all of them are counted in
+``stats()["bytes_copied"]``.
 
 ``recv_object`` runs ``pickle.loads``: like ``multiprocessing.Queue``, only receive objects
 from peers you trust. The frame itself is checked (bounds of every offset and length)
@@ -74,7 +73,7 @@ def send_object(channel, obj, block: bool = True, timeout=None) -> None:
     message's block, 64-byte aligned; the receiver's arrays view that block with no copy.
     Plain ``bytes`` and ``bytearray`` are pickled in-band, as pickle always does; wrap a large
     bytearray in ``pickle.PickleBuffer`` to send it out of band. One copy per out-of-band
-    buffer is made here and is not counted in ``stats()["bytes_copied"]``.
+    buffer is made here and counted in ``stats()["bytes_copied"]``.
 
     ``block``/``timeout`` as in ``send()``; the timeout covers waiting for arena room and for
     queue room together. Pickling errors are raised as the original exception, before
@@ -102,9 +101,9 @@ def send_object(channel, obj, block: bool = True, timeout=None) -> None:
                 _HEADER.pack_into(dst, 0, _MAGIC, len(raws), len(data))
                 for i, (start, raw) in enumerate(zip(offsets, raws)):
                     _ENTRY.pack_into(dst, _HEADER.size + _ENTRY.size * i, start, raw.nbytes)
-                dst[table_end:table_end + len(data)] = data
-                for start, raw in zip(offsets, raws):
-                    dst[start:start + raw.nbytes] = raw
+            block_buf.write(data, table_end)  # counted in stats()["bytes_copied"]
+            for start, raw in zip(offsets, raws):
+                block_buf.write(raw, start)
         except BaseException:
             block_buf.release()
             raise

@@ -429,3 +429,16 @@ def test_objects_between_subinterpreters(backend):
     for obj, (type_name, got) in zip(objects[:-1], replies):
         assert type_name == type(obj).__name__ and got == obj
     assert replies[-1][1] == ("memoryview", b"sub" * 50, False, "Buffer")
+
+
+def test_send_object_copy_of_out_of_band_buffers_is_counted():
+    np = pytest.importorskip("numpy")
+    ch = mc.Channel()
+    arr = np.arange(100_000, dtype=np.int64)
+    before = ch.stats()["bytes_copied"]
+    ch.send_object({"a": arr})
+    after = ch.stats()["bytes_copied"]
+    assert after - before >= arr.nbytes
+    out = ch.recv_object()["a"]
+    assert ch.stats()["bytes_copied"] == after  # receiving copies nothing
+    assert np.array_equal(out, arr)
