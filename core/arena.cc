@@ -643,6 +643,26 @@ Result<BlockView> Arena::view(BlockHandle h) {
   return out;
 }
 
+Result<uint64_t> Arena::held_length(BlockHandle h) {
+  BlockHeader* hdr = block_header(h.ref);
+  if (hdr == nullptr) {
+    note_corruption();
+    return {Status::kCorruptedOffset, 0};
+  }
+  if (state_generation(hdr->state.load(std::memory_order_acquire)) != h.generation) {
+    return {Status::kCorruptedState, 0};
+  }
+  const uint64_t room = (class_units(hdr->size_class.load(std::memory_order_relaxed)) << kUnitShift) -
+                        sizeof(BlockHeader);
+  const uint64_t meta = hdr->meta_bytes.load(std::memory_order_relaxed);
+  const uint64_t length = hdr->length.load(std::memory_order_relaxed);
+  if (meta > room || length > room - meta) {
+    note_corruption();
+    return {Status::kCorruptedLength, 0};
+  }
+  return {Status::kOk, length};
+}
+
 uint8_t* Arena::payload(BlockHandle h, uint64_t* length_out) {
   auto v = view(h);
   if (!v.ok()) return nullptr;

@@ -198,8 +198,9 @@ Result<BlockHandle> Channel::allocate(uint64_t payload_bytes, const PayloadLayou
 }
 
 Status Channel::send(BlockHandle block, const WaitSpec& wait) {
-  uint64_t length = 0;
-  if (arena_->payload(block, &length) == nullptr) return Status::kCorruptedState;
+  const auto held = arena_->held_length(block);
+  if (!held.ok()) return held.status;
+  const uint64_t length = held.value;
   // A queue node first: if the arena is full we wait for space before taking a slot.
   Result<BlockRef> node;
   Status s = wait_until(arena_->space(), wait, [&] {
