@@ -19,6 +19,8 @@ from .errors import (
     MemChannelError,
 )
 from .queues import JoinableQueue, Queue, ShutDown, SimpleQueue
+from .executor import InterpreterPoolExecutor
+from .compare import compare
 
 __version__ = "0.1.0"
 
@@ -28,4 +30,5 @@ __all__ = [
     "Arena", "Buffer", "Channel", "MemChannelError", "Empty", "Full", "ChannelClosed",
     "ChannelNotFound", "CapacityError", "CorruptionError",
     "Queue", "SimpleQueue", "JoinableQueue", "ShutDown",
+    "InterpreterPoolExecutor", "compare",
 ]

@@ -1,0 +1,583 @@
+"""Run the same work serially, in threads, in subinterpreters and in processes; check that
+every way gives the same results; report what each costs.
+
+    from memchannel import compare
+    report = compare(count_primes, ranges, workers=(1, 2))
+    print(report.table())
+    report.plot("compare.png")
+
+    python -m memchannel compare --workload cpu --workers 1,2 --png cpu.png
+
+Kinds (``memchannel.executor.make_executor``):
+
+================== ==========================================================================
+serial             a plain loop in the calling thread: the baseline
+threads            ``concurrent.futures.ThreadPoolExecutor``
+interpreters       ``memchannel.InterpreterPoolExecutor``: isolated subinterpreters, own GIL
+processes          ``memchannel.executor.ProcessPoolExecutor``: processes, memchannel transport
+processes-pickle   ``concurrent.futures.ProcessPoolExecutor``: processes, pickles over pipes
+================== ==========================================================================
+
+"processes" in ``kinds`` runs both process pools: memchannel's, and the stdlib one with its
+default pickling as the reference.  "ideal" (POSIX, not a default) is a control, not an
+executor: n forked copies of this process each run their share of the tasks on inputs they
+already have (no pool, no transport, results not collected).  Its speedup is what the
+machine gives n workers at that moment, the ceiling for every other kind.
+
+Measured for each kind and worker count, in this order, on a fresh pool:
+
+* start-up: pool creation until the first no-op task's result is back (lazy pools start
+  one worker for it; process pools with the fork method start all of them);
+* then every worker is started (one short sleep per worker), untimed;
+* per-task overhead: mean round trip of ``submit(noop).result()``, one at a time;
+* wall: the workload itself (``list(pool.map(fn, inputs))`` or the workload's runner).
+
+With ``repeat`` > 1 all of this is done that many times, round robin over the kinds (each
+run on a fresh pool), and the medians are reported: on a shared or virtual machine one run
+can be much slower than the next, and the wall range shows how much.  Also measured:
+
+* bytes moved: bytes sent to and from workers (memchannel pools count them; for the stdlib
+  process pool, the size of the pickles of each call and result; threads move nothing);
+* bytes copied: ``stats()["bytes_copied"]`` of the memchannel pool's arena during the run,
+  i.e. every copy made into channel memory (none on the receiving side).
+
+No timing here is a unit-test assertion: numbers depend on the machine; the guide
+(docs/guide-parallelism.md) shows a measured run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+# Imported by the package in every interpreter, workers included: heavier modules
+# (argparse, statistics, platform, matplotlib, multiprocessing) are imported where used.
+
+__all__ = ["compare", "Comparison", "Row", "ResultsDiffer", "measure_startup", "main",
+           "DEFAULT_KINDS", "KINDS"]
+
+KINDS = ("serial", "threads", "interpreters", "processes", "processes-pickle", "ideal")
+DEFAULT_KINDS = ("serial", "threads", "interpreters", "processes")
+
+
+class ResultsDiffer(Exception):
+    """Two kinds of execution returned different results for the same work."""
+
+
+class Row:
+    """One kind at one worker count.  Times in seconds; None where not applicable."""
+
+    FIELDS = ("kind", "workers", "tasks", "startup_s", "wall_s", "overhead_s",
+              "bytes_moved", "bytes_copied", "speedup", "wall_runs")
+    __slots__ = FIELDS
+
+    def __init__(self, kind, workers, tasks, startup_s, wall_s, overhead_s, bytes_moved,
+                 bytes_copied, speedup=None):
+        self.kind, self.workers, self.tasks = kind, workers, tasks
+        self.startup_s, self.wall_s, self.overhead_s = startup_s, wall_s, overhead_s
+        self.bytes_moved, self.bytes_copied, self.speedup = bytes_moved, bytes_copied, speedup
+        self.wall_runs = [wall_s]  # every timed run; wall_s is their median
+
+    def as_dict(self):
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def __repr__(self):
+        return "Row(" + ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items()) + ")"
+
+
+class Comparison:
+    """What ``compare`` measured.  ``rows``: one Row per kind and worker count;
+    ``results[(kind, workers)]``: the results of its first run (all equal, or compare would
+    have raised ResultsDiffer; the "ideal" control has none); ``startup``: worker start-up
+    per label, when measured."""
+
+    def __init__(self, name, description, rows, results, startup=None, machine=""):
+        self.name, self.description = name, description
+        self.rows, self.results = rows, results
+        self.startup = dict(startup or {})
+        self.machine = machine
+
+    def row(self, kind, workers):
+        for row in self.rows:
+            if row.kind == kind and row.workers == workers:
+                return row
+        raise KeyError((kind, workers))
+
+    def table(self) -> str:
+        title = f"{self.name}: {self.description}" if self.description else self.name
+        lines = [f"workload: {title}", f"machine:  {self.machine}", ""]
+        repeated = any(len(r.wall_runs) > 1 for r in self.rows)
+        header = ("kind", "workers", "start-up", "wall", "speedup", "per-task", "moved",
+                  "copied") + (("wall range",) if repeated else ())
+        body = []
+        for r in self.rows:
+            cells = (r.kind, str(r.workers), _ms(r.startup_s), _secs(r.wall_s),
+                     "-" if r.speedup is None else f"{r.speedup:.2f}x",
+                     _us(r.overhead_s), _bytes(r.bytes_moved), _bytes(r.bytes_copied))
+            if repeated:
+                cells += (f"{min(r.wall_runs):.3f}-{max(r.wall_runs):.3f} s",)
+            body.append(cells)
+        widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+        fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
+        lines.append(fmt.format(*header))
+        lines.append(fmt.format(*("-" * w for w in widths)))
+        lines.extend(fmt.format(*b) for b in body)
+        if repeated:
+            runs = max(len(r.wall_runs) for r in self.rows)
+            lines.append(f"(times: medians of {runs} runs, round robin over the kinds, each "
+                         "on a fresh pool)")
+        if self.startup:
+            lines += ["", "worker start-up (pool of 1: creation + first no-op task, median):"]
+            for label, seconds in self.startup.items():
+                lines.append(f"  {label:<28} {_ms(seconds):>10}")
+        return "\n".join(lines)
+
+    __str__ = table
+
+    def plot(self, path):
+        """Write a PNG: wall time and speedup per kind and worker count (and worker
+        start-up when measured).  Needs matplotlib."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        kinds = list(dict.fromkeys(r.kind for r in self.rows))
+        counts = sorted({r.workers for r in self.rows})
+        panels = 3 if self.startup else 2
+        fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2))
+        width = 0.8 / len(counts)
+        for ax, metric, label in ((axes[0], "wall_s", "wall time (s, median; bars: range), "
+                                   "lower is better"),
+                                  (axes[1], "speedup", "speedup over serial, higher is better")):
+            for j, n in enumerate(counts):
+                xs, ys, low, high = [], [], [], []
+                for i, kind in enumerate(kinds):
+                    row = next((r for r in self.rows if r.kind == kind and
+                                (r.workers == n or (kind == "serial" and r.workers == 1))), None)
+                    value = None if row is None else getattr(row, metric)
+                    if value is None or (kind == "serial" and j > 0):
+                        continue
+                    xs.append(i + (j - (len(counts) - 1) / 2) * width if kind != "serial" else i)
+                    ys.append(value)
+                    low.append(value - min(row.wall_runs) if metric == "wall_s" else 0)
+                    high.append(max(row.wall_runs) - value if metric == "wall_s" else 0)
+                errors = [low, high] if metric == "wall_s" and any(low + high) else None
+                bars = ax.bar(xs, ys, width, yerr=errors, capsize=2,
+                              label=f"{n} worker{'s' if n > 1 else ''}")
+                ax.bar_label(bars, fmt="%.2f", fontsize=7)
+            ax.set_xticks(range(len(kinds)), kinds, rotation=20, fontsize=8)
+            ax.set_title(label, fontsize=9)
+            ax.margins(y=0.15)
+            if metric == "speedup":
+                ax.axhline(1.0, color="grey", linewidth=0.8)
+        axes[1].legend(fontsize=8, loc="upper left")
+        if self.startup:
+            ax = axes[2]
+            names = list(self.startup)
+            values = [self.startup[k] * 1e3 for k in names]
+            bars = ax.barh(range(len(names)), values, color="tab:gray")
+            ax.bar_label(bars, fmt="%.1f", fontsize=7)
+            ax.set_yticks(range(len(names)), names, fontsize=8)
+            ax.invert_yaxis()
+            ax.set_title("worker start-up (ms): pool of 1, first task", fontsize=9)
+        title = f"{self.name}: {self.description}" if self.description else self.name
+        fig.suptitle(f"{title}\n{self.machine}", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
+
+def _ms(seconds):
+    return "-" if seconds is None else f"{seconds * 1e3:.1f} ms"
+
+
+def _us(seconds):
+    return "-" if seconds is None else f"{seconds * 1e6:.1f} us"
+
+
+def _secs(seconds):
+    return f"{seconds:.3f} s"
+
+
+def _bytes(n):
+    if n is None:
+        return "-"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def machine_description():
+    import platform
+    return (f"{os.cpu_count()} CPUs, {platform.python_implementation()} "
+            f"{platform.python_version()}, {platform.system()} {platform.machine()}")
+
+
+# -- running -----------------------------------------------------------------------------
+
+def _expand_kinds(kinds):
+    out = []
+    for kind in kinds:
+        names = ("processes", "processes-pickle") if kind == "processes" else (kind,)
+        for name in names:
+            if name not in KINDS:
+                raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def _default_runner(pool, fn, inputs):
+    return list(pool.map(fn, inputs))
+
+
+class _CountingFile:
+    """A file that only counts what is written to it."""
+
+    def __init__(self):
+        self.count = 0
+
+    def write(self, data):
+        n = memoryview(data).nbytes
+        self.count += n
+        return n
+
+
+def _pickled_size(obj):
+    """Bytes of ``obj`` pickled as multiprocessing pickles it (default protocol, in band)."""
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+    sink = _CountingFile()
+    ForkingPickler(sink, pickle.DEFAULT_PROTOCOL).dump(obj)
+    return sink.count
+
+
+def _run_ideal(n, fn, inputs):
+    """The "ideal" control: n forked children share the tasks; nothing is transported."""
+    data = inputs(None) if callable(inputs) else inputs
+    t = time.perf_counter()
+    children = []
+    for index in range(n):
+        pid = os.fork()
+        if pid == 0:  # the child: its share of the work, then leave at once
+            status = 0
+            try:
+                for x in data[index::n]:
+                    fn(x)
+            except BaseException:
+                status = 1
+            os._exit(status)
+        children.append(pid)
+    failed = [pid for pid in children if os.waitpid(pid, 0)[1] != 0]
+    wall = time.perf_counter() - t
+    if failed:
+        raise RuntimeError(f"the ideal control failed in {len(failed)} of its {n} children")
+    return (None, None, wall, 0, None), None
+
+
+def _run_one(kind, n, fn, inputs, runner, overhead_tasks, pool_kwargs, count_bytes=True):
+    """One run on a fresh pool: (startup, overhead, wall, moved, copied), results."""
+    from . import workloads
+    from .executor import make_executor
+
+    if kind == "ideal":
+        return _run_ideal(n, fn, inputs)
+
+    t0 = time.perf_counter()
+    pool = make_executor(kind, n, **pool_kwargs)
+    try:
+        pool.submit(workloads.noop).result()
+        startup = None if kind == "serial" else time.perf_counter() - t0
+        if kind != "serial":  # start every worker before anything is timed
+            for future in [pool.submit(workloads.pause, 0.05) for _ in range(n)]:
+                future.result()
+        t = time.perf_counter()
+        for _ in range(overhead_tasks):
+            pool.submit(workloads.noop).result()
+        overhead = (time.perf_counter() - t) / overhead_tasks
+        data = inputs(pool) if callable(inputs) else inputs
+        stats = getattr(pool, "stats", None)
+        before = stats() if stats else None
+        t = time.perf_counter()
+        results = runner(pool, fn, data)
+        wall = time.perf_counter() - t
+        moved = copied = None
+        if count_bytes:
+            moved, copied = _bytes_of_run(kind, fn, data, results, stats, before)
+        del data
+    finally:
+        pool.shutdown(wait=True)
+    return (startup, overhead, wall, moved, copied), results
+
+
+def _median(values):
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _row(kind, n, tasks, samples):
+    """The Row of one kind and worker count from its runs' samples: medians of the times."""
+    startups = [x[0] for x in samples if x[0] is not None]
+    overheads = [x[1] for x in samples if x[1] is not None]
+    walls = [x[2] for x in samples]
+    moved, copied = samples[0][3], samples[0][4]  # counted in the first run only
+    row = Row(kind, n, tasks, _median(startups) if startups else None, _median(walls),
+              _median(overheads) if overheads else None, moved, copied)
+    row.wall_runs = walls
+    return row
+
+
+def _bytes_of_run(kind, fn, data, results, stats, before):
+    """(bytes moved, bytes copied) of one run; None where not known."""
+    if before is not None:
+        after = stats()
+        moved = (after["bytes_sent"] - before["bytes_sent"]
+                 + after["bytes_received"] - before["bytes_received"])
+        return moved, after["bytes_copied"] - before["bytes_copied"]
+    if kind in ("serial", "threads"):
+        return 0, None
+    if kind == "processes-pickle":
+        try:
+            moved = sum(_pickled_size((fn, (x,), {})) for x in data)
+            return moved + sum(_pickled_size(r) for r in results), None
+        except Exception:
+            return None, None
+    return None, None
+
+
+def _plain(obj):
+    """A form of a result that compares by value: buffers become (format, shape, list)."""
+    if isinstance(obj, (list, tuple)):
+        return type(obj).__name__, [_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return "dict", {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, float) and obj != obj:
+        return "nan"
+    if isinstance(obj, (str, bytes, int, float, complex, bool, type(None))):
+        return obj
+    try:
+        view = memoryview(obj)
+    except TypeError:
+        return obj
+    with view:
+        return "buffer", view.shape, view.tolist()
+
+
+def _check_same(reference, other):
+    (ref_kind, ref_n, ref), (kind, n, got) = reference, other
+    if len(ref) != len(got):
+        raise ResultsDiffer(f"{kind} with {n} workers returned {len(got)} results, "
+                            f"{ref_kind} returned {len(ref)}")
+    for i, (a, b) in enumerate(zip(ref, got)):
+        if _plain(a) != _plain(b):
+            raise ResultsDiffer(
+                f"results differ by kind: task {i} gave {_short(a)} with {ref_kind} "
+                f"({ref_n} worker{'s' if ref_n > 1 else ''}) but {_short(b)} with {kind} "
+                f"({n} worker{'s' if n > 1 else ''})")
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) < 120 else text[:117] + "..."
+
+
+def compare(fn, inputs, kinds=DEFAULT_KINDS, workers=(1, 2), *, runner=None, name=None,
+            description="", repeat=1, overhead_tasks=100, mp_context=None, startup=False,
+            progress=None):
+    """Run ``fn`` over ``inputs`` each way in ``kinds`` with each worker count in
+    ``workers``; raise ResultsDiffer unless every way returns the same results; return a
+    Comparison (``.rows``, ``.table()``, ``.plot(path)``).
+
+    ``fn`` must be importable by module and qualified name (workers import it).
+    ``inputs``: a list, or a callable ``inputs(pool) -> list`` called once per run before
+    the timed part (a memchannel pool has ``reserve()``, to build inputs in its memory).
+    ``runner(pool, fn, inputs) -> results`` replaces ``list(pool.map(fn, inputs))``.
+    ``repeat``: runs per kind and worker count, each on a fresh pool, taken round robin
+    across the configurations; times reported are medians (``Row.wall_runs`` has every
+    wall time).
+    ``mp_context``: the multiprocessing context of both process pools (default: the
+    platform's).  ``startup=True`` also measures worker start-up (``measure_startup``).
+    ``progress``: called with a line of text before each run.
+    """
+    if "ideal" in kinds and (runner is not None or not hasattr(os, "fork")):
+        raise ValueError("the 'ideal' control needs os.fork and the default runner")
+    runner = runner or _default_runner
+    pool_kwargs = {} if mp_context is None else {"mp_context": mp_context}
+    configs = [(kind, n) for kind in _expand_kinds(kinds)
+               for n in ((1,) if kind == "serial" else tuple(workers))]
+    repeat = max(1, int(repeat))
+    samples = {config: [] for config in configs}
+    results, reference = {}, None
+    # Round robin: run r of every configuration before run r+1 of any, so that a slow
+    # spell of the machine does not land on one configuration only.
+    for run in range(repeat):
+        for kind, n in configs:
+            if progress:
+                progress(f"{kind}, {n} worker{'s' if n > 1 else ''}"
+                         + (f" (run {run + 1} of {repeat})" if repeat > 1 else "") + " ...")
+            kwargs = pool_kwargs if kind.startswith("processes") else {}
+            sample, got = _run_one(kind, n, fn, inputs, runner, overhead_tasks, kwargs,
+                                   count_bytes=run == 0)
+            samples[(kind, n)].append(sample)
+            if kind == "ideal":
+                continue  # a control: it returns no results
+            if reference is None:
+                reference = (kind, n, got)
+            else:
+                _check_same(reference, (kind, n, got))
+            if run == 0:
+                results[(kind, n)] = got
+            del got
+    tasks = len(reference[2]) if reference is not None else 0
+    rows = [_row(kind, n, tasks, samples[(kind, n)]) for kind, n in configs]
+    serial = next((r for r in rows if r.kind == "serial"), None)
+    if serial is not None:
+        for row in rows:
+            row.speedup = serial.wall_s / row.wall_s if row.wall_s > 0 else None
+    report = Comparison(name or getattr(fn, "__qualname__", str(fn)), description, rows,
+                        results, machine=machine_description())
+    if startup:
+        report.startup = measure_startup(kinds=_expand_kinds(kinds))
+    return report
+
+
+def measure_startup(kinds=KINDS, repeat=3, start_methods=None):
+    """Worker start-up: seconds from creating a pool of one worker to its first no-op
+    result, median of ``repeat``, per kind (and per multiprocessing start method for the
+    memchannel process pool: fork, spawn, forkserver where available)."""
+    import multiprocessing
+    import statistics
+
+    from . import workloads
+    from .executor import make_executor
+
+    plans = []
+    for kind in kinds:
+        if kind in ("serial", "ideal"):
+            continue
+        if kind == "processes":
+            methods = start_methods or [m for m in ("fork", "forkserver", "spawn")
+                                        if m in multiprocessing.get_all_start_methods()]
+            for method in methods:
+                plans.append((f"process ({method})", kind,
+                              {"mp_context": multiprocessing.get_context(method)}))
+        elif kind == "processes-pickle":
+            method = multiprocessing.get_start_method()
+            plans.append((f"stdlib process ({method})", kind, {}))
+        else:
+            plans.append(({"threads": "thread", "interpreters": "interpreter"}[kind], kind, {}))
+    out = {}
+    for label, kind, kwargs in plans:
+        samples = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            pool = make_executor(kind, 1, **kwargs)
+            try:
+                pool.submit(workloads.noop).result()
+                samples.append(time.perf_counter() - t)
+            finally:
+                pool.shutdown(wait=True)
+        out[label] = statistics.median(samples)
+    return out
+
+
+def main(argv=None) -> int:
+    """``python -m memchannel compare ...``; returns the exit status."""
+    import argparse
+
+    from . import workloads
+
+    parser = argparse.ArgumentParser(
+        prog="python -m memchannel compare",
+        description="Run one workload serially, in threads, in isolated subinterpreters "
+                    "and in processes (memchannel transport, and the stdlib process pool "
+                    "with pickling as the reference); check the results agree; print a "
+                    "table and optionally write a PNG chart.")
+    parser.add_argument("--workload", default="cpu",
+                        help="cpu, arrays, pipeline, or FILE:FUNC (default: cpu)")
+    parser.add_argument("--workers", default="1,2", help="worker counts (default: 1,2)")
+    parser.add_argument("--kinds", default=",".join(DEFAULT_KINDS),
+                        help=f"comma-separated, from {', '.join(KINDS)}; 'processes' runs "
+                             "both process pools; 'ideal' is a control: forked copies of "
+                             "this process sharing the tasks, no transport (default: "
+                             "%(default)s)")
+    parser.add_argument("--tasks", type=int, help="number of tasks (default: per workload)")
+    parser.add_argument("--png", help="write a bar chart to this PNG file")
+    parser.add_argument("--json", help="write the rows as JSON to this file")
+    parser.add_argument("--repeat", type=int,
+                        help="timed runs per kind and worker count; the median is reported "
+                             "(default: 3, or 1 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument("--copy-inputs", action="store_true",
+                        help="arrays: give memchannel pools numpy arrays (copied into "
+                             "channel memory) instead of Buffers written in their memory")
+    parser.add_argument("--start-method", choices=("fork", "spawn", "forkserver"),
+                        help="multiprocessing start method of both process pools")
+    parser.add_argument("--startup", choices=("auto", "yes", "no"), default="auto",
+                        help="measure worker start-up per kind (auto: unless --quick)")
+    args = parser.parse_args(argv)
+
+    try:
+        counts = tuple(int(x) for x in args.workers.split(",") if x.strip())
+        if not counts or min(counts) < 1:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--workers: comma-separated positive integers, not {args.workers!r}")
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    try:
+        _expand_kinds(kinds)
+        workload = workloads.get_workload(args.workload, tasks=args.tasks, quick=args.quick,
+                                          copy_inputs=args.copy_inputs)
+    except (ValueError, ImportError) as exc:
+        parser.error(str(exc))
+    mp_context = None
+    if args.start_method:
+        import multiprocessing
+        mp_context = multiprocessing.get_context(args.start_method)
+
+    def progress(text):
+        print(f"  running {text}", file=sys.stderr, flush=True)
+
+    try:
+        report = compare(workload.fn, workload.make_inputs, kinds, counts,
+                         runner=workload.runner, name=workload.name,
+                         description=workload.description, mp_context=mp_context,
+                         repeat=args.repeat or (1 if args.quick else 3),
+                         overhead_tasks=20 if args.quick else 200, progress=progress)
+    except ResultsDiffer as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # e.g. the ideal control with the pipeline's own runner
+        parser.error(str(exc))
+    if args.startup == "yes" or (args.startup == "auto" and not args.quick):
+        progress("worker start-up ...")
+        report.startup = measure_startup(_expand_kinds(kinds), repeat=1 if args.quick else 3)
+    print(report.table())
+    if args.json:
+        import json
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump({"workload": report.name, "description": report.description,
+                       "machine": report.machine,
+                       "rows": [r.as_dict() for r in report.rows],
+                       "startup_s": report.startup}, out, indent=2)
+        print(f"wrote {args.json}")
+    if args.png:
+        report.plot(args.png)
+        print(f"wrote {args.png}")
+    return 0
+
+
+# The package exports the function `compare` under this module's own name, so
+# `memchannel.compare` and `from memchannel import compare` (what `python -m memchannel
+# compare` does) give the function, not this module: it carries the module's other public
+# names.  (`from memchannel.compare import ResultsDiffer` reads this module as usual.)
+for _name in ("main", "ResultsDiffer", "Comparison", "Row", "measure_startup", "KINDS",
+              "DEFAULT_KINDS"):
+    setattr(compare, _name, globals()[_name])
+del _name

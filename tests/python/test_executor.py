@@ -1,0 +1,639 @@
+"""memchannel.InterpreterPoolExecutor: the behaviours CPython's test_concurrent_futures
+checks for executors (submit, map, exceptions, shutdown, initializer, context manager,
+max_workers), plus what is particular to isolated subinterpreters (arrays as memoryviews,
+Buffers moved without a copy, no interpreter left behind), on CPython 3.12 and 3.13.
+
+The module-level functions below are the tasks: worker interpreters import this module
+by name to find them, so it imports nothing that cannot load in an isolated
+subinterpreter (numpy is imported inside tests only).
+"""
+
+import gc
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import weakref
+from concurrent import futures
+
+import pytest
+
+import memchannel as mc
+from memchannel import executor as mc_executor
+from memchannel import interpreters
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# --- tasks (run in worker interpreters) -------------------------------------------------
+
+def mul(x, y):
+    return x * y
+
+
+def capture(*args, **kwargs):
+    return args, kwargs
+
+
+def interpreter_id():
+    return interpreters.get_current().id
+
+
+def sleep_then(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+class MyObject:
+    def my_method(self):
+        pass
+
+
+def make_dummy_object(_):
+    return MyObject()
+
+
+class CustomError(Exception):
+    def __init__(self, message, code):
+        super().__init__(message, code)
+        self.code = code
+
+
+def raise_custom(code):
+    raise CustomError("custom failure", code)
+
+
+class UnpicklableError(Exception):
+    def __init__(self, first, second):
+        super().__init__(f"{first}-{second}")  # args hold one value: unpickling fails
+
+
+def raise_unpicklable():
+    raise UnpicklableError("a", "b")
+
+
+def exit_task():
+    sys.exit(3)
+
+
+def return_a_lock():
+    return threading.Lock()
+
+
+def describe_view(view):
+    return type(view).__name__, view.format, view.shape, view.readonly, view.tolist()
+
+
+def sum_buffer(buf):
+    with memoryview(buf) as view:
+        return type(buf).__name__, view.format, view.shape, sum(view)
+
+
+def double_in_place(view):
+    """Returns a new memoryview (results travel back out of band)."""
+    import array
+    out = array.array("d", (2 * x for x in view))
+    return memoryview(out)
+
+
+def wait_for_release(handle):
+    channel = mc.Channel.attach(handle)
+    channel.recv().release()
+    return interpreters.get_current().id
+
+
+def numpy_version():
+    import numpy
+    return numpy.__version__
+
+
+INITIALIZER_STATUS = "uninitialized"
+
+
+def init(value):
+    global INITIALIZER_STATUS
+    INITIALIZER_STATUS = value
+
+
+def get_init_status():
+    return INITIALIZER_STATUS
+
+
+def init_fail():
+    time.sleep(0.1)  # let some futures be scheduled
+    raise ValueError("error in initializer")
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+def interpreter_ids():
+    return {interp.id for interp in interpreters.list_all()}
+
+
+@pytest.fixture
+def no_leaked_interpreters():
+    before = interpreter_ids()
+    yield
+    gc.collect()
+    assert interpreter_ids() == before
+
+
+@pytest.fixture
+def pool(no_leaked_interpreters):
+    executor = mc.InterpreterPoolExecutor(max_workers=2)
+    yield executor
+    executor.shutdown(wait=True)
+
+
+# --- submit -----------------------------------------------------------------------------
+
+def test_submit_runs_in_another_interpreter(pool):
+    assert pool.submit(pow, 2, 8).result() == 256
+    assert pool.submit(interpreter_id).result() != interpreters.get_current().id
+
+
+def test_submit_keyword_arguments(pool):
+    assert pool.submit(mul, 2, y=8).result() == 16
+    assert pool.submit(capture, 1, self=2, fn=3).result() == ((1,), {"self": 2, "fn": 3})
+    with pytest.raises(TypeError):
+        pool.submit(fn=capture, arg=1)
+    with pytest.raises(TypeError):
+        pool.submit(arg=1)
+
+
+def test_idle_worker_is_reused(no_leaked_interpreters):
+    before = interpreter_ids()
+    executor = mc.InterpreterPoolExecutor()
+    try:
+        ids = {executor.submit(interpreter_id).result() for _ in range(3)}
+        assert len(ids) == 1
+        assert len(interpreter_ids() - before) == 1
+    finally:
+        executor.shutdown(wait=True)
+
+
+def test_workers_are_started_up_to_max_workers_only(no_leaked_interpreters):
+    before = interpreter_ids()
+    blocker = mc.Channel(backend="heap")
+    executor = mc.InterpreterPoolExecutor(max_workers=3)
+    try:
+        fs = [executor.submit(wait_for_release, blocker.handle) for _ in range(15)]
+        time.sleep(0.5)
+        assert len(interpreter_ids() - before) == 3
+        for _ in fs:
+            blocker.send(b"go")
+        assert len({f.result(timeout=60) for f in fs}) == 3
+    finally:
+        executor.shutdown(wait=True)
+
+
+def test_unpicklable_argument_fails_the_future_not_the_pool(pool):
+    future = pool.submit(mul, threading.Lock(), 2)
+    with pytest.raises(TypeError, match="lock"):
+        future.result()
+    assert pool.submit(mul, 3, 4).result() == 12
+
+
+def test_lambdas_cannot_be_sent(pool):
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        pool.submit(lambda: 1).result()
+
+
+def test_unpicklable_result_is_reported(pool):
+    with pytest.raises(TypeError, match="lock"):
+        pool.submit(return_a_lock).result()
+
+
+def test_no_stale_references(pool):
+    my_object = MyObject()
+    collected = threading.Event()
+    ref = weakref.ref(my_object, lambda obj: collected.set())
+    pool.submit(my_object.my_method)  # the future is deliberately dropped
+    del my_object
+    for _ in range(100):
+        gc.collect()
+        if collected.wait(0.1):
+            break
+    assert ref() is None
+
+
+# --- map --------------------------------------------------------------------------------
+
+def test_map_keeps_order(pool):
+    assert list(pool.map(pow, range(10), range(10))) == list(map(pow, range(10), range(10)))
+
+
+@pytest.mark.parametrize("chunksize", [1, 2, 3, 7, 50])
+def test_map_with_chunksize_keeps_order(pool, chunksize):
+    got = list(pool.map(pow, range(40), range(40), chunksize=chunksize))
+    assert got == list(map(pow, range(40), range(40)))
+
+
+def test_map_rejects_chunksize_below_one(pool):
+    with pytest.raises(ValueError, match="chunksize"):
+        pool.map(pow, range(3), range(3), chunksize=0)
+
+
+def test_map_exception_arrives_at_its_position(pool):
+    results = pool.map(divmod, [1, 1, 1, 1], [2, 3, 0, 5])
+    assert next(results) == (0, 1)
+    assert next(results) == (0, 1)
+    with pytest.raises(ZeroDivisionError):
+        next(results)
+
+
+def test_map_timeout(pool):
+    results = []
+    with pytest.raises(futures.TimeoutError):
+        for value in pool.map(sleep_then, [0, 0, 3], timeout=1):
+            results.append(value)
+    assert results == [None, None]
+
+
+def test_map_does_not_keep_results_alive(pool):
+    for obj in pool.map(make_dummy_object, range(10)):
+        ref = weakref.ref(obj)
+        del obj
+        gc.collect()
+        assert ref() is None
+
+
+def test_wait_and_as_completed_work_with_the_futures(pool):
+    fs = [pool.submit(sleep_then, 0.01 * i, i) for i in range(6)]
+    fs.append(pool.submit(divmod, 1, 0))
+    done, not_done = futures.wait(fs, timeout=60, return_when=futures.ALL_COMPLETED)
+    assert not not_done and len(done) == 7
+    assert sorted(f.result() for f in futures.as_completed(fs[:6])) == list(range(6))
+
+
+# --- exceptions -------------------------------------------------------------------------
+
+def test_exception_keeps_its_type_and_carries_the_worker_traceback(pool):
+    with pytest.raises(CustomError) as info:
+        pool.submit(raise_custom, 7).result()
+    assert info.value.code == 7
+    cause = info.value.__cause__
+    assert isinstance(cause, mc_executor.RemoteTraceback)
+    text = str(cause)
+    assert "raise_custom" in text and 'raise CustomError("custom failure", code)' in text
+    assert "CustomError: ('custom failure', 7)" in text
+    assert "_worker_loop" not in text  # the executor's own frames are hidden
+
+
+def test_builtin_exception_type_is_kept(pool):
+    with pytest.raises(ZeroDivisionError) as info:
+        pool.submit(divmod, 1, 0).result()
+    assert "ZeroDivisionError" in str(info.value.__cause__)
+
+
+def test_exception_that_does_not_unpickle_becomes_remote_error(pool):
+    with pytest.raises(mc_executor.RemoteError) as info:
+        pool.submit(raise_unpicklable).result()
+    assert info.value.type_name.endswith("UnpicklableError")
+    assert "a-b" in str(info.value)
+    assert "raise_unpicklable" in str(info.value.__cause__)
+
+
+def test_system_exit_in_a_task_is_reported_and_the_worker_lives_on(pool):
+    with pytest.raises(SystemExit):
+        pool.submit(exit_task).result()
+    assert pool.submit(mul, 6, 7).result() == 42
+
+
+def test_a_module_the_worker_cannot_import_gives_an_error_naming_it(pool, tmp_path):
+    pool.submit(pow, 1, 1).result()  # the worker starts with today's sys.path
+    module_name = "late_module_%s" % os.getpid()
+    (tmp_path / f"{module_name}.py").write_text("def triple(x):\n    return 3 * x\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        module = __import__(module_name)
+        with pytest.raises(ModuleNotFoundError, match=module_name) as info:
+            pool.submit(module.triple, 2).result()
+        assert info.value.name == module_name
+        assert "triple" in str(info.value)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop(module_name, None)
+
+
+def test_numpy_in_a_task_gives_a_clear_import_error(pool):
+    pytest.importorskip("numpy")
+    with pytest.raises(ImportError) as info:
+        pool.submit(numpy_version).result()
+    assert "numpy" in str(info.value) or "numpy" in str(info.value.__cause__)
+
+
+# --- arrays and buffers -----------------------------------------------------------------
+
+def test_numpy_array_arrives_as_memoryview_with_format_and_shape(pool):
+    np = pytest.importorskip("numpy")
+    arr = np.arange(12, dtype=np.float64).reshape(3, 4)
+    kind, fmt, shape, readonly, values = pool.submit(describe_view, arr).result()
+    assert (kind, fmt, shape, readonly) == ("memoryview", "d", (3, 4), False)
+    assert values == arr.tolist()
+    readonly_arr = np.arange(4, dtype=np.int32)
+    readonly_arr.flags.writeable = False
+    assert pool.submit(describe_view, readonly_arr).result()[1:4] == ("i", (4,), True)
+
+
+def test_memoryview_result_comes_back_as_memoryview(pool):
+    import array
+    src = memoryview(array.array("d", [1.0, 2.5, -3.0]))
+    result = pool.submit(double_in_place, src).result()
+    assert isinstance(result, memoryview)
+    assert (result.format, result.tolist()) == ("d", [2.0, 5.0, -6.0])
+
+
+def test_reserved_buffer_is_moved_to_the_worker_without_a_copy(pool):
+    n = 1 << 20  # 8 MiB of float64
+    buf = pool.reserve(shape=(n,), format="d")
+    with memoryview(buf) as view:
+        for i in range(0, n, 4096):
+            view[i] = 1.0
+    copied_before = pool.stats()["bytes_copied"]
+    kind, fmt, shape, total = pool.submit(sum_buffer, buf).result()
+    assert (kind, fmt, shape, total) == ("Buffer", "d", (n,), n // 4096)
+    assert buf.released  # ownership moved to the worker
+    assert pool.stats()["bytes_copied"] - copied_before < 4096  # only the small task message
+
+
+def test_buffers_moved_from_many_threads_at_once_reach_the_right_tasks(pool):
+    def submit_some(thread_index, out):
+        for i in range(20):
+            buf = pool.reserve(shape=(64,), format="d")
+            with memoryview(buf) as view:
+                view[0] = thread_index * 1000 + i
+            out.append((thread_index * 1000 + i, pool.submit(sum_buffer, buf)))
+
+    submitted = []
+    threads = [threading.Thread(target=submit_some, args=(t, submitted)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(submitted) == 80
+    for expected, future in submitted:
+        assert future.result(timeout=60) == ("Buffer", "d", (64,), expected)
+
+
+def test_buffer_still_viewed_cannot_be_moved(pool):
+    buf = pool.reserve(16)
+    view = memoryview(buf)
+    with pytest.raises(BufferError, match="still viewed"):
+        pool.submit(sum_buffer, buf).result()
+    view.release()
+    assert pool.submit(sum_buffer, buf).result()[0] == "Buffer"
+
+
+# --- initializer ------------------------------------------------------------------------
+
+def test_initializer_runs_in_every_worker(no_leaked_interpreters):
+    executor = mc.InterpreterPoolExecutor(max_workers=2, initializer=init,
+                                          initargs=("initialized",))
+    try:
+        fs = [executor.submit(get_init_status) for _ in range(4)]
+        assert [f.result() for f in fs] == ["initialized"] * 4
+    finally:
+        executor.shutdown(wait=True)
+    assert INITIALIZER_STATUS == "uninitialized"  # it ran in the workers, not here
+
+
+def test_failing_initializer_breaks_the_pool(no_leaked_interpreters, caplog):
+    executor = mc.InterpreterPoolExecutor(max_workers=2, initializer=init_fail)
+    try:
+        with caplog.at_level(logging.CRITICAL, logger="concurrent.futures"):
+            try:
+                future = executor.submit(get_init_status)
+            except futures.BrokenExecutor:
+                pass
+            else:
+                with pytest.raises(mc_executor.BrokenInterpreterPool) as info:
+                    future.result(timeout=60)
+                assert "error in initializer" in str(info.value.__cause__)
+            deadline = time.monotonic() + 60
+            while not executor._broken and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert executor._broken
+        with pytest.raises(futures.BrokenExecutor):
+            executor.submit(get_init_status)
+        assert any("ValueError: error in initializer" in r.getMessage() for r in caplog.records)
+    finally:
+        executor.shutdown(wait=True)
+
+
+def test_initializer_must_be_callable():
+    with pytest.raises(TypeError, match="initializer"):
+        mc.InterpreterPoolExecutor(initializer=42)
+
+
+# --- max_workers ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("number", [0, -1])
+def test_max_workers_must_be_positive(number):
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        mc.InterpreterPoolExecutor(max_workers=number)
+
+
+def test_max_workers_defaults_to_cpu_count():
+    executor = mc.InterpreterPoolExecutor()
+    try:
+        assert executor._max_workers == (os.cpu_count() or 1)
+    finally:
+        executor.shutdown()
+
+
+# --- shutdown ---------------------------------------------------------------------------
+
+def test_submit_after_shutdown_raises(no_leaked_interpreters):
+    executor = mc.InterpreterPoolExecutor(max_workers=1)
+    executor.shutdown()
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        executor.submit(pow, 2, 5)
+
+
+def test_shutdown_waits_for_every_submitted_task(no_leaked_interpreters):
+    executor = mc.InterpreterPoolExecutor(max_workers=2)
+    fs = [executor.submit(sleep_then, 0.01, i) for i in range(50)]
+    executor.shutdown(wait=True)
+    assert all(f.done() for f in fs)
+    assert [f.result() for f in fs] == list(range(50))
+
+
+def test_shutdown_race_with_queued_work(no_leaked_interpreters):
+    executor = mc.InterpreterPoolExecutor(max_workers=2)
+    executor.map(str, [2] * 3)
+    executor.shutdown()
+
+
+def test_shutdown_cancel_futures(no_leaked_interpreters):
+    executor = mc.InterpreterPoolExecutor(max_workers=2)
+    fs = [executor.submit(sleep_then, 0.1) for _ in range(50)]
+    executor.shutdown(cancel_futures=True)
+    cancelled = [f for f in fs if f.cancelled()]
+    assert len(cancelled) > 20
+    others = [f for f in fs if not f.cancelled()]
+    assert others
+    for f in others:
+        assert f.done() and f.exception() is None
+
+
+def test_shutdown_without_wait_lets_the_workers_finish(no_leaked_interpreters):
+    executor = mc.InterpreterPoolExecutor(max_workers=2)
+    results = executor.map(abs, range(-5, 5))
+    executor.shutdown(wait=False)
+    assert list(results) == [5, 4, 3, 2, 1, 0, 1, 2, 3, 4]
+    threads = list(executor._engine.threads) + [w.handle for w in
+                                                executor._engine.workers.values()]
+    for thread in threads:
+        thread.join(60)
+        assert not thread.is_alive()
+
+
+def test_shutdown_after_a_cancelled_future_does_not_hang(no_leaked_interpreters):
+    executor = mc.InterpreterPoolExecutor(max_workers=1)
+    executor.submit(int).result()
+    executor.submit(int).cancel()
+    executor.shutdown(wait=True)
+
+
+def test_context_manager_shuts_down(no_leaked_interpreters):
+    before = interpreter_ids()
+    with mc.InterpreterPoolExecutor(max_workers=2) as executor:
+        assert list(executor.map(abs, range(-5, 5))) == [5, 4, 3, 2, 1, 0, 1, 2, 3, 4]
+        assert interpreter_ids() - before
+    assert interpreter_ids() == before
+    with pytest.raises(RuntimeError):
+        executor.submit(abs, 1)
+
+
+def test_dropped_executor_finishes_its_work(no_leaked_interpreters):
+    executor = mc.InterpreterPoolExecutor(max_workers=2)
+    results = executor.map(abs, range(-5, 5))
+    engine = executor._engine
+    del executor
+    gc.collect()
+    assert list(results) == [5, 4, 3, 2, 1, 0, 1, 2, 3, 4]
+    for thread in list(engine.threads) + [w.handle for w in engine.workers.values()]:
+        thread.join(60)
+
+
+# --- whole programs ---------------------------------------------------------------------
+
+def run_script(tmp_path, source):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    completed = subprocess.run([sys.executable, str(script)], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=120)
+    return completed
+
+
+def test_functions_of_the_main_script_run_in_the_pool(tmp_path):
+    completed = run_script(tmp_path, """\
+        import memchannel as mc
+
+        def square(x):
+            return x * x
+
+        class Box:
+            def __init__(self, value):
+                self.value = value
+
+        def boxed(x):
+            return Box(x)
+
+        if __name__ == "__main__":
+            with mc.InterpreterPoolExecutor(2) as pool:
+                print(list(pool.map(square, range(5))))
+                box = pool.submit(boxed, 7).result()
+                print(type(box).__module__, type(box).__name__, box.value)
+        """)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == ["[0, 1, 4, 9, 16]", "__main__ Box 7"]
+
+
+def test_pool_left_running_at_exit_finishes_its_work(tmp_path):
+    completed = run_script(tmp_path, """\
+        import time
+        import memchannel as mc
+
+        def sleep_and_print(seconds, message):
+            time.sleep(seconds)
+            print(message, flush=True)
+
+        if __name__ == "__main__":
+            pool = mc.InterpreterPoolExecutor(3)
+            pool.submit(sleep_and_print, 0.5, "apple")
+        """)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stderr == ""
+    assert completed.stdout.strip() == "apple"
+
+
+def test_shutdown_without_wait_at_exit_does_not_hang(tmp_path):
+    completed = run_script(tmp_path, """\
+        import time
+        import memchannel as mc
+
+        def sleep_and_print(seconds, message):
+            time.sleep(seconds)
+            print(message, flush=True)
+
+        if __name__ == "__main__":
+            pool = mc.InterpreterPoolExecutor(max_workers=3)
+            pool.submit(sleep_and_print, 0.5, "apple")
+            pool.shutdown(wait=False)
+        """)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stderr == ""
+    assert completed.stdout.strip() == "apple"
+
+
+# --- the process pool with the same engine ----------------------------------------------
+
+def crash_process():
+    os._exit(7)
+
+
+def test_process_pool_runs_tasks_and_moves_arrays_out_of_band():
+    np = pytest.importorskip("numpy")
+    with mc_executor.ProcessPoolExecutor(max_workers=2) as pool:
+        assert list(pool.map(mul, range(10), range(10), chunksize=3)) == [i * i for i in range(10)]
+        arr = np.arange(1 << 16, dtype=np.float64)
+        assert pool.submit(np.sum, arr).result() == arr.sum()
+        with pytest.raises(CustomError) as info:
+            pool.submit(raise_custom, 3).result()
+        assert "raise_custom" in str(info.value.__cause__)
+
+
+def test_process_pool_initializer_failure_breaks_the_pool():
+    from concurrent.futures.process import BrokenProcessPool
+    pool = mc_executor.ProcessPoolExecutor(max_workers=2, initializer=init_fail)
+    try:
+        with pytest.raises(BrokenProcessPool):
+            pool.submit(get_init_status).result(timeout=60)
+        with pytest.raises(BrokenProcessPool):
+            pool.submit(get_init_status)
+    finally:
+        pool.shutdown(wait=True)
+
+
+def test_process_pool_worker_death_breaks_the_pool():
+    from concurrent.futures.process import BrokenProcessPool
+    pool = mc_executor.ProcessPoolExecutor(max_workers=2)
+    try:
+        with pytest.raises(BrokenProcessPool, match="ended abruptly"):
+            pool.submit(crash_process).result(timeout=60)
+    finally:
+        pool.shutdown(wait=True)
+
+
+def test_make_executor_switches_kind_with_one_argument():
+    for kind in mc_executor.EXECUTOR_KINDS:
+        with mc_executor.make_executor(kind, 2) as pool:
+            assert list(pool.map(mul, range(5), range(5))) == [0, 1, 4, 9, 16], kind
+    with pytest.raises(ValueError, match="unknown executor kind"):
+        mc_executor.make_executor("fibers")
