@@ -420,6 +420,25 @@ Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout&
                  layout.format.size() > kMaxFormatLen || layout.itemsize == 0)) {
     return {Status::kInvalidArgument, {}};
   }
+  if (!plain) {
+    if (layout.shape == nullptr && layout.ndim > 1) return {Status::kInvalidArgument, {}};
+    uint64_t elements = 1;
+    for (uint32_t i = 0; i < layout.ndim && layout.shape != nullptr; ++i) {
+      if (layout.shape[i] < 0 ||
+          __builtin_mul_overflow(elements, static_cast<uint64_t>(layout.shape[i]), &elements)) {
+        return {Status::kInvalidArgument, {}};
+      }
+    }
+    uint64_t total = 0;
+    if (layout.shape == nullptr) {
+      const bool fits = layout.ndim == 0 ? payload_bytes == layout.itemsize
+                                         : payload_bytes % layout.itemsize == 0;
+      if (!fits) return {Status::kInvalidArgument, {}};
+    } else if (__builtin_mul_overflow(elements, uint64_t{layout.itemsize}, &total) ||
+               total != payload_bytes) {
+      return {Status::kInvalidArgument, {}};
+    }
+  }
   const uint64_t meta = plain ? 0 : meta_bytes_for(layout.ndim, static_cast<uint32_t>(layout.format.size()));
   if (payload_bytes > kMaxBlockBytes || payload_bytes > max_payload() ||
       payload_bytes + meta > max_payload()) {
@@ -519,6 +538,10 @@ Status Arena::release(BlockHandle h) {
     note_corruption();
     return Status::kCorruptedOffset;
   }
+  if ((hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) {
+    note_corruption();  // arena structures are freed by their owner (free_cells), never here
+    return Status::kCorruptedState;
+  }
   const uint32_t word = hdr->state.load(std::memory_order_acquire);
   const BlockState kind = state_kind(word);
   if (state_generation(word) != h.generation || kind == kBlockFree) {
@@ -559,7 +582,9 @@ Status Arena::mark_queued(BlockHandle h) {
   }
   uint32_t word = hdr->state.load(std::memory_order_acquire);
   const BlockState kind = state_kind(word);
-  if (state_generation(word) != h.generation || (kind != kBlockReserved && kind != kBlockReceived)) {
+  if (state_generation(word) != h.generation || (kind != kBlockReserved && kind != kBlockReceived) ||
+      (hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) {
+    note_corruption();
     return Status::kCorruptedState;
   }
   if (hdr->refcount.load(std::memory_order_relaxed) != 1) return Status::kInvalidArgument;
@@ -593,7 +618,10 @@ Result<BlockView> Arena::view(BlockHandle h) {
     return {Status::kCorruptedOffset, {}};
   }
   const uint32_t word = hdr->state.load(std::memory_order_acquire);
-  if (state_generation(word) != h.generation) return {Status::kCorruptedState, {}};
+  if (state_generation(word) != h.generation ||
+      (state_kind(word) != kBlockReserved && state_kind(word) != kBlockReceived)) {
+    return {Status::kCorruptedState, {}};
+  }
   // Read each peer-written field once, then check it against private bounds.
   const uint64_t class_bytes = class_units(hdr->size_class.load(std::memory_order_relaxed)) << kUnitShift;
   const uint64_t meta = hdr->meta_bytes.load(std::memory_order_relaxed);
@@ -649,7 +677,10 @@ Result<uint64_t> Arena::held_length(BlockHandle h) {
     note_corruption();
     return {Status::kCorruptedOffset, 0};
   }
-  if (state_generation(hdr->state.load(std::memory_order_acquire)) != h.generation) {
+  const uint32_t word = hdr->state.load(std::memory_order_acquire);
+  if (state_generation(word) != h.generation ||
+      (state_kind(word) != kBlockReserved && state_kind(word) != kBlockReceived) ||
+      (hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) {
     return {Status::kCorruptedState, 0};
   }
   const uint64_t room = (class_units(hdr->size_class.load(std::memory_order_relaxed)) << kUnitShift) -

@@ -57,10 +57,22 @@ Result<std::shared_ptr<Channel>> Channel::create(std::shared_ptr<Arena> arena, u
 
 Result<std::shared_ptr<Channel>> Channel::open(std::shared_ptr<Arena> arena, Offset offset) {
   auto* header = arena->translate_as<ChannelHeader>(offset);
-  if (header == nullptr) return {Status::kCorruptedOffset, nullptr};
-  if (header->magic != kChannelMagic) return {Status::kBadMagic, nullptr};
-  if (header->version != kChannelLayoutVersion) return {Status::kVersionMismatch, nullptr};
-  if (header->maxsize >= kClosedBit) return {Status::kCorruptedLength, nullptr};
+  if (header == nullptr) {
+    arena->note_corruption();
+    return {Status::kCorruptedOffset, nullptr};
+  }
+  if (header->magic != kChannelMagic) {
+    arena->note_corruption();
+    return {Status::kBadMagic, nullptr};
+  }
+  if (header->version != kChannelLayoutVersion) {
+    arena->note_corruption();
+    return {Status::kVersionMismatch, nullptr};
+  }
+  if (header->maxsize >= kClosedBit) {
+    arena->note_corruption();
+    return {Status::kCorruptedLength, nullptr};
+  }
   uint32_t attached = header->attached.load(std::memory_order_acquire);
   do {
     if (attached == 0) return {Status::kNotFound, nullptr};  // already being torn down
@@ -172,7 +184,10 @@ Result<BlockHandle> Channel::try_dequeue(bool* empty) {
       continue;
     }
     arena_->free_node(tagged_ref(head));
-    header_->count.fetch_sub(1, std::memory_order_acq_rel);
+    // The last message of a closed channel: receivers that saw it "in flight" must re-check.
+    if (header_->count.fetch_sub(1, std::memory_order_acq_rel) == (kClosedBit | 1)) {
+      notify_all(header_->not_empty);
+    }
     saturating_sub(header_->bytes, length);
     if (maxsize_ != 0 || maxbytes_ != 0) notify_all(header_->not_full);
     if (arena_->mark_received(block) != Status::kOk) {
@@ -224,6 +239,8 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
     header_->count.fetch_sub(1, std::memory_order_acq_rel);
     saturating_sub(header_->bytes, length);
     arena_->free_node(node.value);
+    notify_all(header_->not_full);
+    notify_all(header_->not_empty);
     return s;
   }
   QueueNode* n = arena_->node(node.value);

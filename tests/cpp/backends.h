@@ -28,6 +28,8 @@
 #include "core/heap_backend.h"
 #include "core/layout.h"
 #include "core/status.h"
+#include "shm/names.h"
+#include "shm/shm_backend.h"
 
 namespace memchannel {
 
@@ -46,8 +48,18 @@ struct HeapFactory {
   static const char* name() { return "Heap"; }
 };
 
+// Named shared-memory segments; each arena gets a random test prefix, and the last detach
+// (the Arena's destructor) removes its segments.
+struct ShmFactory {
+  static std::unique_ptr<MemoryBackend> make() {
+    static const std::string prefix = shm::random_test_prefix();
+    return shm::ShmBackend::for_new_arena(prefix);
+  }
+  static const char* name() { return "Shm"; }
+};
+
 // The backends every core suite runs against. Adding a backend is one entry here.
-using BackendTypes = ::testing::Types<HeapFactory>;
+using BackendTypes = ::testing::Types<HeapFactory, ShmFactory>;
 
 // Names typed tests after their backend ("ArenaTest/Heap.RoundTrip") instead of "/0".
 struct BackendNames {
