@@ -344,6 +344,20 @@ std::string capacity_message(const Arena& arena, uint64_t nbytes) {
          " capacity); create the channel from mc.Arena(capacity=...) with a larger capacity";
 }
 
+// The arena's counters, as both Channel.stats() and Arena.stats() report them.
+void add_arena_stats(py::dict& d, const ArenaStats& a) {
+  d["capacity"] = a.capacity;
+  d["mapped_bytes"] = a.mapped_bytes;
+  d["carved_bytes"] = a.carved_bytes;
+  d["blocks_in_use"] = a.blocks_in_use;
+  d["bytes_in_use"] = a.bytes_in_use;
+  d["bytes_copied"] = a.bytes_copied;
+  d["corruption_count"] = a.corruption_count;
+  d["segments"] = a.segments;
+  d["attached_processes"] = a.attached_holders;
+  d["reclaimed_blocks"] = a.reclaimed_blocks;
+}
+
 struct PyChannel {
   std::shared_ptr<PyArena> arena;
   std::shared_ptr<Channel> channel;
@@ -556,16 +570,7 @@ struct PyChannel {
     d["closed"] = c.closed;
     d["maxsize"] = c.maxsize;
     d["maxbytes"] = c.maxbytes;
-    d["blocks_in_use"] = a.blocks_in_use;
-    d["bytes_in_use"] = a.bytes_in_use;
-    d["capacity"] = a.capacity;
-    d["mapped_bytes"] = a.mapped_bytes;
-    d["carved_bytes"] = a.carved_bytes;
-    d["bytes_copied"] = a.bytes_copied;
-    d["corruption_count"] = a.corruption_count;
-    d["segments"] = a.segments;
-    d["attached_processes"] = a.attached_holders;
-    d["reclaimed_blocks"] = a.reclaimed_blocks;
+    add_arena_stats(d, a);
     return d;
   }
 
@@ -691,19 +696,9 @@ send(buf) or buf.release(), any use raises ValueError.)doc");
       .def_property_readonly("capacity", [](PyArena& a) { return a.arena->capacity(); })
       .def_property_readonly("max_message_bytes", [](PyArena& a) { return a.arena->max_payload(); })
       .def("stats", [](PyArena& a) {
-        const ArenaStats s = a.arena->stats();
         py::dict d;
         d["backend"] = a.backend;
-        d["capacity"] = s.capacity;
-        d["mapped_bytes"] = s.mapped_bytes;
-        d["carved_bytes"] = s.carved_bytes;
-        d["blocks_in_use"] = s.blocks_in_use;
-        d["bytes_in_use"] = s.bytes_in_use;
-        d["bytes_copied"] = s.bytes_copied;
-        d["corruption_count"] = s.corruption_count;
-        d["segments"] = s.segments;
-        d["attached_processes"] = s.attached_holders;
-        d["reclaimed_blocks"] = s.reclaimed_blocks;
+        add_arena_stats(d, a.arena->stats());
         return d;
       })
       .def("reap", [](PyArena& a) {
