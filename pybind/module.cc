@@ -89,6 +89,11 @@ WaitSpec make_wait(bool block, const py::object& timeout, bool shared = false) {
   return spec;
 }
 
+template <typename R>
+Status status_of(const R& r) {
+  if constexpr (std::is_same_v<R, Status>) return r; else return r.status;
+}
+
 // Runs `attempt(spec)` without the GIL until it returns something other than kInterrupted,
 // checking for signals (KeyboardInterrupt) between slices and, on shared memory, reclaiming
 // what dead peers held (a wait never depends on a dead process).
@@ -99,15 +104,24 @@ auto wait_with_gil_released(WaitSpec spec, Arena& arena, Attempt&& attempt) {
       py::gil_scoped_release nogil;
       return attempt(spec);
     }();
-    Status s;
-    if constexpr (std::is_same_v<decltype(result), Status>) s = result; else s = result.status;
-    if (s != Status::kInterrupted) return result;
+    if (status_of(result) != Status::kInterrupted) return result;
     if (PyErr_CheckSignals() != 0) throw py::error_already_set();
     if (arena.backend().tracks_holders()) {
       py::gil_scoped_release nogil;
       arena.reap_dead_holders();
     }
   }
+}
+
+// The channel operations are lock-free and take well under a microsecond, less than dropping
+// and re-taking the GIL (two mutex round trips). So a call first tries once with the GIL held
+// and drops the GIL only when it has to wait (channel full or empty, arena out of space).
+template <typename Attempt>
+auto attempt_then_wait(const WaitSpec& spec, Arena& arena, Attempt&& attempt) {
+  auto first = attempt(WaitSpec::nonblocking());
+  const Status s = status_of(first);
+  if ((s != Status::kFull && s != Status::kEmpty) || spec.deadline_ns == 0) return first;
+  return wait_with_gil_released(spec, arena, std::forward<Attempt>(attempt));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -177,16 +191,44 @@ struct Buffer {
   }
 };
 
-Buffer* as_buffer(PyObject* obj) { return py::cast<Buffer*>(py::handle(obj)); }
+// Buffer objects are a plain CPython type, not a pybind11 class: one is made and freed per
+// received message, and pybind11's instance registry (a hash-map insert and erase per object)
+// and dispatch cost more than the channel operation itself. Each interpreter makes its own
+// type object from buffer_spec (see make_buffer_type); they all share these slot functions.
+struct BufferObject {
+  PyObject_HEAD
+  Buffer buf;  // constructed in place by new_buffer(), destroyed by buffer_dealloc()
+};
+
+Buffer* as_buffer(PyObject* obj) { return &reinterpret_cast<BufferObject*>(obj)->buf; }
+
+// Runs a slot body, turning C++ exceptions (pybind11's included) into a set Python error.
+template <typename F>
+auto guarded(F&& f, decltype(f()) on_error) noexcept -> decltype(f()) {
+  try {
+    return f();
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (py::builtin_exception& e) {
+    e.set_error();
+  } catch (std::bad_alloc&) {
+    PyErr_NoMemory();
+  } catch (std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return on_error;
+}
+
+extern "C" int buffer_getbuffer(PyObject* obj, Py_buffer* view, int flags);
+
+// A memchannel Buffer of any interpreter (each has its own type object; all share the slot).
+bool is_buffer(PyObject* obj) {
+  const PyBufferProcs* procs = Py_TYPE(obj)->tp_as_buffer;
+  return procs != nullptr && procs->bf_getbuffer == &buffer_getbuffer;
+}
 
 extern "C" int buffer_getbuffer(PyObject* obj, Py_buffer* view, int flags) {
-  Buffer* b = nullptr;
-  try {
-    b = as_buffer(obj);
-  } catch (...) {
-    PyErr_SetString(PyExc_BufferError, "not a memchannel Buffer");
-    return -1;
-  }
+  Buffer* b = as_buffer(obj);
   if (b->state != Buffer::State::kLive) {
     PyErr_SetString(PyExc_ValueError,
                     b->state == Buffer::State::kSent
@@ -212,12 +254,196 @@ extern "C" int buffer_getbuffer(PyObject* obj, Py_buffer* view, int flags) {
 }
 
 extern "C" void buffer_releasebuffer(PyObject* obj, Py_buffer*) {
-  try {
-    Buffer* b = as_buffer(obj);
-    if (b->exports > 0) --b->exports;
-  } catch (...) {
-    PyErr_Clear();
+  Buffer* b = as_buffer(obj);
+  if (b->exports > 0) --b->exports;
+}
+
+extern "C" void buffer_dealloc(PyObject* self) {
+  PyTypeObject* type = Py_TYPE(self);
+  as_buffer(self)->~Buffer();  // a live block goes back to the arena
+  type->tp_free(self);
+  Py_DECREF(type);
+}
+
+// A new Buffer object of `type` (this interpreter's Buffer type) owning `block`.
+py::object new_buffer(PyTypeObject* type, std::shared_ptr<Arena> arena, BlockHandle block, const BlockView& v) {
+  PyObject* self = type->tp_alloc(type, 0);
+  if (self == nullptr) {
+    arena->release(block);
+    throw py::error_already_set();
   }
+  try {
+    new (&reinterpret_cast<BufferObject*>(self)->buf) Buffer(std::move(arena), block, v);
+  } catch (...) {
+    // The memory is not a Buffer: free it without running buffer_dealloc.
+    PyTypeObject* t = Py_TYPE(self);
+    t->tp_free(self);
+    Py_DECREF(t);
+    throw;
+  }
+  return py::reinterpret_steal<py::object>(self);
+}
+
+template <typename T>
+PyObject* to_python(const T& value) {
+  if constexpr (std::is_base_of_v<py::handle, T>) {
+    return py::handle(value).inc_ref().ptr();
+  } else {
+    return py::cast(value).release().ptr();
+  }
+}
+
+// Getters: every attribute but `released` and `exports` needs a live Buffer.
+template <auto Field>
+PyObject* buffer_get(PyObject* self, void* name) {
+  return guarded([&]() -> PyObject* {
+    Buffer* b = as_buffer(self);
+    b->check_live(static_cast<const char*>(name));
+    return to_python(Field(*b));
+  }, nullptr);
+}
+
+extern "C" PyObject* buffer_get_released(PyObject* self, void*) {
+  return PyBool_FromLong(as_buffer(self)->state != Buffer::State::kLive);
+}
+extern "C" PyObject* buffer_get_exports(PyObject* self, void*) {
+  return PyLong_FromLong(as_buffer(self)->exports);
+}
+
+extern "C" PyObject* buffer_release(PyObject* self, PyObject*) {
+  return guarded([&]() -> PyObject* {
+    as_buffer(self)->release();
+    Py_RETURN_NONE;
+  }, nullptr);
+}
+
+extern "C" PyObject* buffer_exit(PyObject* self, PyObject* const*, Py_ssize_t) {
+  return guarded([&]() -> PyObject* {
+    as_buffer(self)->release();
+    Py_RETURN_FALSE;
+  }, nullptr);
+}
+
+extern "C" PyObject* buffer_enter(PyObject* self, PyObject*) {
+  return guarded([&]() -> PyObject* {
+    as_buffer(self)->check_live("__enter__");
+    return Py_NewRef(self);
+  }, nullptr);
+}
+
+extern "C" PyObject* buffer_tobytes(PyObject* self, PyObject*) {
+  return guarded([&]() -> PyObject* {
+    Buffer* b = as_buffer(self);
+    b->check_live("tobytes()");
+    return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(b->data), static_cast<Py_ssize_t>(b->nbytes));
+  }, nullptr);
+}
+
+uint64_t to_size(const py::object& value, const char* name);
+
+extern "C" PyObject* buffer_write(PyObject* self, PyObject* args, PyObject* kwargs) {
+  static const char* kwlist[] = {"data", "offset", nullptr};
+  PyObject* data = nullptr;
+  PyObject* offset_obj = nullptr;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:write", const_cast<char**>(kwlist), &data, &offset_obj)) {
+    return nullptr;
+  }
+  return guarded([&]() -> PyObject* {
+    Buffer* b = as_buffer(self);
+    b->check_live("write()");
+    const uint64_t offset =
+        offset_obj == nullptr ? 0 : to_size(py::reinterpret_borrow<py::object>(offset_obj), "offset");
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_C_CONTIGUOUS) != 0) {
+      PyErr_Clear();
+      throw py::type_error(std::string("write() needs a C-contiguous bytes-like object, got ") +
+                           Py_TYPE(data)->tp_name);
+    }
+    const uint64_t n = static_cast<uint64_t>(view.len);
+    if (offset > b->nbytes || n > b->nbytes - offset) {
+      PyBuffer_Release(&view);
+      throw py::value_error("write() of " + std::to_string(n) + " bytes at offset " + std::to_string(offset) +
+                            " overruns the Buffer's " + std::to_string(b->nbytes) + " bytes");
+    }
+    if (n >= kCopyWithoutGil) {
+      py::gil_scoped_release nogil;
+      std::memcpy(b->data + offset, view.buf, n);
+    } else {
+      std::memcpy(b->data + offset, view.buf, n);
+    }
+    PyBuffer_Release(&view);
+    b->arena->add_bytes_copied(n);  // a copy into channel memory: counted like send(bytes)
+    return PyLong_FromUnsignedLongLong(n);
+  }, nullptr);
+}
+
+extern "C" Py_ssize_t buffer_len(PyObject* self) {
+  return guarded([&]() -> Py_ssize_t {
+    Buffer* b = as_buffer(self);
+    b->check_live("len()");
+    return b->ndim == 0 ? 1 : b->shape[0];
+  }, -1);
+}
+
+extern "C" PyObject* buffer_repr(PyObject* self) {
+  return guarded([&]() -> PyObject* {
+    Buffer* b = as_buffer(self);
+    std::string r;
+    if (b->state != Buffer::State::kLive) {
+      r = std::string("<memchannel.Buffer ") + (b->state == Buffer::State::kSent ? "sent" : "released") + ">";
+    } else {
+      r = "<memchannel.Buffer nbytes=" + std::to_string(b->nbytes) + " format='" + b->format +
+          "' shape=" + std::string(py::repr(b->shape_tuple())) + ">";
+    }
+    return PyUnicode_FromStringAndSize(r.data(), static_cast<Py_ssize_t>(r.size()));
+  }, nullptr);
+}
+
+PyMethodDef buffer_methods[] = {
+    {"release", buffer_release, METH_NOARGS, "Return the block to the arena now (no-op if already released)."},
+    {"write", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(buffer_write)), METH_VARARGS | METH_KEYWORDS,
+     "write(data, offset=0): copy `data` into this Buffer at `offset` (counted in stats()['bytes_copied'])."},
+    {"tobytes", buffer_tobytes, METH_NOARGS, "A bytes copy of the payload."},
+    {"__enter__", buffer_enter, METH_NOARGS, nullptr},
+    {"__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(buffer_exit)), METH_FASTCALL, nullptr},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyGetSetDef buffer_getset[] = {
+    {"nbytes", buffer_get<[](Buffer& b) { return b.nbytes; }>, nullptr, "Payload bytes.", const_cast<char*>("nbytes")},
+    {"format", buffer_get<[](Buffer& b) { return b.format; }>, nullptr, "PEP 3118 format.", const_cast<char*>("format")},
+    {"itemsize", buffer_get<[](Buffer& b) { return b.itemsize; }>, nullptr, nullptr, const_cast<char*>("itemsize")},
+    {"ndim", buffer_get<[](Buffer& b) { return b.ndim; }>, nullptr, nullptr, const_cast<char*>("ndim")},
+    {"shape", buffer_get<[](Buffer& b) { return b.shape_tuple(); }>, nullptr, nullptr, const_cast<char*>("shape")},
+    {"readonly", buffer_get<[](Buffer&) { return false; }>, nullptr, nullptr, const_cast<char*>("readonly")},
+    {"address", buffer_get<[](Buffer& b) { return reinterpret_cast<uintptr_t>(b.data); }>, nullptr,
+     "Address of the payload in this process (to check zero-copy).", const_cast<char*>("address")},
+    {"released", buffer_get_released, nullptr, "True once sent or released.", nullptr},
+    {"exports", buffer_get_exports, nullptr, "Live memoryviews / arrays over this Buffer.", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr}};
+
+constexpr const char* kBufferDoc =
+    "A block of channel memory held by this interpreter. Exports the PEP 3118 buffer protocol with\n"
+    "the sender's format and shape: memoryview(buf) and numpy.asarray(buf) are zero-copy. After\n"
+    "send(buf) or buf.release(), any use raises ValueError.";
+
+PyType_Slot buffer_slots[] = {
+    {Py_tp_dealloc, reinterpret_cast<void*>(buffer_dealloc)},
+    {Py_tp_repr, reinterpret_cast<void*>(buffer_repr)},
+    {Py_tp_methods, buffer_methods},
+    {Py_tp_getset, buffer_getset},
+    {Py_tp_doc, const_cast<char*>(kBufferDoc)},
+    {Py_bf_getbuffer, reinterpret_cast<void*>(buffer_getbuffer)},
+    {Py_bf_releasebuffer, reinterpret_cast<void*>(buffer_releasebuffer)},
+    {Py_sq_length, reinterpret_cast<void*>(buffer_len)},
+    {0, nullptr}};
+
+PyType_Spec buffer_spec = {"memchannel.Buffer", sizeof(BufferObject), 0,
+                           Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+                           buffer_slots};
+
+// This interpreter's Buffer type (the module attribute), for the Channel objects it creates.
+py::object current_buffer_type() {
+  return py::module_::import("memchannel._memchannel").attr("Buffer");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -361,12 +587,13 @@ void add_arena_stats(py::dict& d, const ArenaStats& a) {
 struct PyChannel {
   std::shared_ptr<PyArena> arena;
   std::shared_ptr<Channel> channel;
+  py::object buffer_type = current_buffer_type();  // of the interpreter that made this object
 
   Channel& ch() { return *channel; }
   WaitSpec wait_spec(bool block, const py::object& timeout) { return make_wait(block, timeout, arena->shared()); }
   template <typename Attempt>
   auto waiting(const WaitSpec& spec, Attempt&& attempt) {
-    return wait_with_gil_released(spec, *arena->arena, std::forward<Attempt>(attempt));
+    return attempt_then_wait(spec, *arena->arena, std::forward<Attempt>(attempt));
   }
 
   // Copies any buffer-protocol object into a new block (one memcpy) and returns it.
@@ -423,8 +650,8 @@ struct PyChannel {
 
   void send(const py::handle& data, bool block, const py::object& timeout) {
     const WaitSpec spec = wait_spec(block, timeout);
-    if (py::isinstance<Buffer>(data)) {
-      Buffer* b = py::cast<Buffer*>(data);
+    if (is_buffer(data.ptr())) {
+      Buffer* b = as_buffer(data.ptr());
       b->check_live("send()");
       if (b->arena == arena->arena) {  // same arena: ownership moves, no copy
         b->check_no_exports("send()");
@@ -445,23 +672,23 @@ struct PyChannel {
     }
   }
 
-  std::unique_ptr<Buffer> wrap(BlockHandle block) {
+  py::object wrap(BlockHandle block) {
     auto v = arena->arena->view(block);
     if (!v.ok()) {
       arena->arena->release(block);
       raise_status(v.status, "received a message with corrupted metadata");
     }
-    return std::make_unique<Buffer>(arena->arena, block, v.value);
+    return new_buffer(reinterpret_cast<PyTypeObject*>(buffer_type.ptr()), arena->arena, block, v.value);
   }
 
-  std::unique_ptr<Buffer> recv(bool block, const py::object& timeout) {
+  py::object recv(bool block, const py::object& timeout) {
     const WaitSpec spec = wait_spec(block, timeout);
     auto got = waiting(spec, [&](const WaitSpec& w) { return ch().recv(w); });
     if (!got.ok()) raise_status(got.status, "");
     return wrap(got.value);
   }
 
-  std::unique_ptr<Buffer> reserve(const py::object& nbytes, const std::string& format,
+  py::object reserve(const py::object& nbytes, const std::string& format,
                                   const py::object& shape, const py::object& timeout) {
     uint32_t itemsize = 1;
     std::string fmt = format;
@@ -607,6 +834,96 @@ std::shared_ptr<PyChannel> make_channel(const py::object& maxsize, const py::obj
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Channel.send and Channel.recv as METH_FASTCALL methods: the per-message path skips pybind11's
+// generic dispatcher (argument-vector building, overload loop, type-caster lookups), which
+// costs more than the channel operation. Everything else on Channel stays a pybind11 method.
+
+// The PyChannel of a Channel object (the method descriptor has already checked the type).
+PyChannel& channel_of(PyObject* self) {
+  auto* inst = reinterpret_cast<py::detail::instance*>(self);
+  void* value = inst->get_value_and_holder().value_ptr();
+  if (value == nullptr) throw py::type_error("Channel object is not initialised (missing __init__ call?)");
+  return *static_cast<PyChannel*>(value);
+}
+
+// Positional-or-keyword arguments of a fastcall method: `out` gets at most names.size() values
+// (nullptr where not given); the first `required` must be given.
+template <size_t N>
+void parse_fastcall(const char* fn, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames,
+                    const std::array<const char*, N>& names, size_t required, std::array<PyObject*, N>& out) {
+  out.fill(nullptr);
+  if (static_cast<size_t>(nargs) > N) {
+    throw py::type_error(std::string(fn) + "() takes at most " + std::to_string(N) + " arguments (" +
+                         std::to_string(nargs) + " given)");
+  }
+  for (Py_ssize_t i = 0; i < nargs; ++i) out[static_cast<size_t>(i)] = args[i];
+  const Py_ssize_t nkw = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
+  for (Py_ssize_t k = 0; k < nkw; ++k) {
+    PyObject* key = PyTuple_GET_ITEM(kwnames, k);
+    size_t i = 0;
+    while (i < N && PyUnicode_CompareWithASCIIString(key, names[i]) != 0) ++i;
+    if (i == N) {
+      throw py::type_error(std::string(fn) + "() got an unexpected keyword argument '" +
+                           std::string(py::str(key)) + "'");
+    }
+    if (out[i] != nullptr) {
+      throw py::type_error(std::string(fn) + "() got multiple values for argument '" + names[i] + "'");
+    }
+    out[i] = args[nargs + k];
+  }
+  for (size_t i = 0; i < required; ++i) {
+    if (out[i] == nullptr) {
+      throw py::type_error(std::string(fn) + "() missing required argument '" + names[i] + "'");
+    }
+  }
+}
+
+bool block_flag(PyObject* block) {
+  if (block == nullptr) return true;
+  const int truth = PyObject_IsTrue(block);
+  if (truth < 0) throw py::error_already_set();
+  return truth != 0;
+}
+
+py::object timeout_arg(PyObject* timeout) {
+  return timeout == nullptr ? py::none() : py::reinterpret_borrow<py::object>(timeout);
+}
+
+extern "C" PyObject* channel_send(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  return guarded([&]() -> PyObject* {
+    std::array<PyObject*, 3> a;
+    parse_fastcall("send", args, nargs, kwnames, std::array<const char*, 3>{"data", "block", "timeout"}, 1, a);
+    channel_of(self).send(a[0], block_flag(a[1]), timeout_arg(a[2]));
+    Py_RETURN_NONE;
+  }, nullptr);
+}
+
+extern "C" PyObject* channel_recv(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  return guarded([&]() -> PyObject* {
+    std::array<PyObject*, 2> a;
+    parse_fastcall("recv", args, nargs, kwnames, std::array<const char*, 2>{"block", "timeout"}, 0, a);
+    return channel_of(self).recv(block_flag(a[0]), timeout_arg(a[1])).release().ptr();
+  }, nullptr);
+}
+
+PyMethodDef channel_send_def = {
+    "send", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(channel_send)), METH_FASTCALL | METH_KEYWORDS,
+    "send(data, block=True, timeout=None): queue a copy of the bytes-like `data` (one memcpy), or "
+    "move a Buffer of this channel's arena without a copy."};
+PyMethodDef channel_recv_def = {
+    "recv", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(channel_recv)), METH_FASTCALL | METH_KEYWORDS,
+    "recv(block=True, timeout=None) -> Buffer: the next message, viewing channel memory."};
+
+void add_fast_method(py::handle cls, PyMethodDef* def) {
+  PyObject* descr = PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(cls.ptr()), def);
+  if (descr == nullptr || PyObject_SetAttrString(cls.ptr(), def->ml_name, descr) != 0) {
+    Py_XDECREF(descr);
+    throw py::error_already_set();
+  }
+  Py_DECREF(descr);
+}
+
 }  // namespace
 }  // namespace memchannel::py_glue
 
@@ -616,75 +933,9 @@ using namespace memchannel::py_glue;
 PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreters::per_interpreter_gil()) {
   m.doc() = "memchannel core bindings; use the `memchannel` package.";
 
-  auto buffer_cls = py::class_<Buffer>(m, "Buffer", py::buffer_protocol(), R"doc(
-A block of channel memory held by this interpreter. Exports the PEP 3118 buffer protocol with
-the sender's format and shape: memoryview(buf) and numpy.asarray(buf) are zero-copy. After
-send(buf) or buf.release(), any use raises ValueError.)doc");
-  // Our own buffer slots: pybind11's do not tell us when the last export is released.
-  auto* heap_type = reinterpret_cast<PyHeapTypeObject*>(buffer_cls.ptr());
-  heap_type->as_buffer.bf_getbuffer = buffer_getbuffer;
-  heap_type->as_buffer.bf_releasebuffer = buffer_releasebuffer;
-  buffer_cls
-      .def_property_readonly("nbytes", [](Buffer& b) { b.check_live("nbytes"); return b.nbytes; })
-      .def_property_readonly("format", [](Buffer& b) { b.check_live("format"); return b.format; })
-      .def_property_readonly("itemsize", [](Buffer& b) { b.check_live("itemsize"); return b.itemsize; })
-      .def_property_readonly("ndim", [](Buffer& b) { b.check_live("ndim"); return b.ndim; })
-      .def_property_readonly("shape", [](Buffer& b) { b.check_live("shape"); return b.shape_tuple(); })
-      .def_property_readonly("readonly", [](Buffer& b) { b.check_live("readonly"); return false; })
-      .def_property_readonly("released", [](Buffer& b) { return b.state != Buffer::State::kLive; })
-      .def_property_readonly("exports", [](Buffer& b) { return b.exports; })
-      .def_property_readonly("address", [](Buffer& b) {
-        b.check_live("address");
-        return reinterpret_cast<uintptr_t>(b.data);
-      }, "Address of the payload in this process (to check zero-copy).")
-      .def("release", &Buffer::release, "Return the block to the arena now (no-op if already released).")
-      .def("write", [](Buffer& b, const py::handle& data, const py::object& offset_obj) {
-        b.check_live("write()");
-        const uint64_t offset = to_size(offset_obj, "offset");
-        Py_buffer view;
-        if (PyObject_GetBuffer(data.ptr(), &view, PyBUF_C_CONTIGUOUS) != 0) {
-          PyErr_Clear();
-          throw py::type_error(std::string("write() needs a C-contiguous bytes-like object, got ") +
-                               Py_TYPE(data.ptr())->tp_name);
-        }
-        const uint64_t n = static_cast<uint64_t>(view.len);
-        if (offset > b.nbytes || n > b.nbytes - offset) {
-          PyBuffer_Release(&view);
-          throw py::value_error("write() of " + std::to_string(n) + " bytes at offset " +
-                                std::to_string(offset) + " overruns the Buffer's " +
-                                std::to_string(b.nbytes) + " bytes");
-        }
-        if (n >= kCopyWithoutGil) {
-          py::gil_scoped_release nogil;
-          std::memcpy(b.data + offset, view.buf, n);
-        } else {
-          std::memcpy(b.data + offset, view.buf, n);
-        }
-        PyBuffer_Release(&view);
-        b.arena->add_bytes_copied(n);  // a copy into channel memory: counted like send(bytes)
-        return n;
-      }, py::arg("data"), py::arg("offset") = 0,
-         "Copy `data` into this Buffer at `offset` (counted in stats()['bytes_copied']).")
-      .def("tobytes", [](Buffer& b) {
-        b.check_live("tobytes()");
-        return py::bytes(reinterpret_cast<const char*>(b.data), b.nbytes);
-      })
-      .def("__enter__", [](py::object self) {
-        self.cast<Buffer&>().check_live("__enter__");
-        return self;
-      })
-      .def("__exit__", [](Buffer& b, py::args) { b.release(); return false; })
-      .def("__len__", [](Buffer& b) {
-        b.check_live("len()");
-        return b.ndim == 0 ? size_t{1} : static_cast<size_t>(b.shape[0]);
-      })
-      .def("__repr__", [](Buffer& b) {
-        if (b.state != Buffer::State::kLive) {
-          return std::string("<memchannel.Buffer ") + (b.state == Buffer::State::kSent ? "sent" : "released") + ">";
-        }
-        return "<memchannel.Buffer nbytes=" + std::to_string(b.nbytes) + " format='" + b.format +
-               "' shape=" + std::string(py::repr(b.shape_tuple())) + ">";
-      });
+  PyObject* buffer_type = PyType_FromSpec(&buffer_spec);
+  if (buffer_type == nullptr) throw py::error_already_set();
+  m.add_object("Buffer", py::reinterpret_steal<py::object>(buffer_type));
 
   py::class_<PyArena, std::shared_ptr<PyArena>>(m, "Arena", "Memory shared by the channels made from it.")
       .def(py::init([](const py::object& capacity, const std::string& backend) {
@@ -741,13 +992,14 @@ send(buf) or buf.release(), any use raises ValueError.)doc");
     return shm::list_segments(prefix.empty() ? shm::default_prefix() : std::string_view(prefix));
   }, py::arg("prefix") = "");
 
-  py::class_<PyChannel, std::shared_ptr<PyChannel>>(m, "Channel", "A buffer channel (see memchannel.Channel).")
+  auto channel_cls = py::class_<PyChannel, std::shared_ptr<PyChannel>>(m, "Channel", "A buffer channel (see memchannel.Channel).");
+  add_fast_method(channel_cls, &channel_send_def);
+  add_fast_method(channel_cls, &channel_recv_def);
+  channel_cls
       .def(py::init(&make_channel), py::arg("maxsize") = 0, py::kw_only(), py::arg("maxbytes") = 0,
            py::arg("backend") = "shm", py::arg("arena") = py::none(), py::arg("_handle") = py::none())
-      .def("send", &PyChannel::send, py::arg("data"), py::arg("block") = true, py::arg("timeout") = py::none())
       .def("send_nowait", [](PyChannel& c, const py::handle& data) { c.send(data, false, py::none()); },
            py::arg("data"))
-      .def("recv", &PyChannel::recv, py::arg("block") = true, py::arg("timeout") = py::none())
       .def("recv_nowait", [](PyChannel& c) { return c.recv(false, py::none()); })
       .def("reserve", &PyChannel::reserve, py::arg("nbytes") = py::none(), py::kw_only(),
            py::arg("format") = "B", py::arg("shape") = py::none(), py::arg("timeout") = py::none())
