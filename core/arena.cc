@@ -259,33 +259,20 @@ uint64_t Arena::max_payload() const {
   return bytes > sizeof(BlockHeader) ? bytes - sizeof(BlockHeader) : 0;
 }
 
-uint8_t* Arena::segment_base(uint32_t index) {
-  uint8_t* base = bases_[index].load(std::memory_order_acquire);
-  if (base != nullptr) return base;
+uint8_t* Arena::map_segment_slow(uint32_t index) {
   const uint64_t bytes_untrusted = header_->segment_bytes[index].load(std::memory_order_acquire);
   if (bytes_untrusted == 0 || bytes_untrusted == kSegmentCreating ||
       bytes_untrusted > kMaxSegmentBytes) {
     return nullptr;
   }
   std::lock_guard<std::mutex> lock(map_mutex_);
-  base = bases_[index].load(std::memory_order_acquire);
+  uint8_t* base = bases_[index].load(std::memory_order_acquire);
   if (base != nullptr) return base;
   auto mapped = backend_->map_segment(index, bytes_untrusted);
   if (!mapped.ok()) return nullptr;
   sizes_[index].store(bytes_untrusted, std::memory_order_relaxed);
-  bases_[index].store(mapped.value, std::memory_order_release);  // pairs with the load above
+  bases_[index].store(mapped.value, std::memory_order_release);  // pairs with segment_base's load
   return mapped.value;
-}
-
-uint8_t* Arena::translate(Offset off, uint64_t len) {
-  const uint32_t seg = segment_of(off);
-  if (seg >= kMaxSegments) return nullptr;
-  uint8_t* base = segment_base(seg);
-  if (base == nullptr) return nullptr;
-  const uint64_t size = sizes_[seg].load(std::memory_order_relaxed);
-  const uint64_t within = within_segment(off);
-  if (within > size || len > size - within) return nullptr;
-  return base + within;
 }
 
 BlockHeader* Arena::block_header(BlockRef ref) {

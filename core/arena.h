@@ -214,7 +214,17 @@ class Arena {
   void free_cells(Offset off);
 
   // Translates an arena offset of `len` bytes into a pointer, or nullptr if out of bounds.
-  uint8_t* translate(Offset off, uint64_t len);
+  // Inline: every queue and block access goes through it (several times per message).
+  uint8_t* translate(Offset off, uint64_t len) {
+    const uint32_t seg = segment_of(off);
+    if (seg >= kMaxSegments) return nullptr;
+    uint8_t* base = segment_base(seg);
+    if (base == nullptr) return nullptr;
+    const uint64_t size = sizes_[seg].load(std::memory_order_relaxed);
+    const uint64_t within = within_segment(off);
+    if (within > size || len > size - within) return nullptr;
+    return base + within;
+  }
   template <typename T>
   T* translate_as(Offset off) { return reinterpret_cast<T*>(translate(off, sizeof(T))); }
 
@@ -240,7 +250,12 @@ class Arena {
   BlockHeader* block_header(BlockRef ref);
   Result<Offset> carve(uint64_t bytes);
   Status grow(uint32_t current_segment, uint64_t at_least);
-  uint8_t* segment_base(uint32_t index);
+  // This process's mapping of segment `index`, mapped on first use; nullptr if it cannot be.
+  uint8_t* segment_base(uint32_t index) {
+    uint8_t* base = bases_[index].load(std::memory_order_acquire);
+    return base != nullptr ? base : map_segment_slow(index);
+  }
+  uint8_t* map_segment_slow(uint32_t index);
   Result<BlockRef> pop_free(std::atomic<uint64_t>& head, bool nodes);
   void push_free(std::atomic<uint64_t>& head, BlockRef ref, bool nodes);
   Status free_block(BlockRef ref, BlockHeader* hdr, uint32_t expected_state);
