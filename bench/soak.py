@@ -184,11 +184,7 @@ def run(seconds: float, participants: int, kill_every: float, seed: int) -> dict
     rss_warm = rss_warm or samples[0]["rss"]
     work.close()
     echo.close()
-    del work, echo, arena
-    import gc
-
-    gc.collect()
-    mc._memchannel._detach_all()
+    mc._memchannel._detach_all()  # as at exit: the last process to detach removes the segments
     shm_after = _segments(prefix)
     if shm_after != shm_before:
         print(f"[soak] left in /dev/shm: {sorted(set(shm_after) - set(shm_before))}", flush=True)
