@@ -1,6 +1,6 @@
 """Side-by-side benchmark harness: memchannel against its peers, in the same run.
 
-    python -m bench.harness [--quick|--smoke] [--only NAME[,NAME]] [--out DIR]
+    python -m bench.harness [--quick|--smoke] [--only NAME[,NAME]] [--out DIR] [--docs FILE]
     python -m bench.harness --install-peers
 
 This package's ``__init__`` stays import-light: parties import ``bench.harness.party``
@@ -8,10 +8,11 @@ inside isolated subinterpreters.
 """
 
 
-def run(mode="full", only=None, out_dir=None, plots=True):
-    """Run the benchmarks; returns (run_info, {"json": path, "markdown": path})."""
+def run(mode="full", only=None, out_dir=None, plots=True, docs=None):
+    """Run the benchmarks; returns (run_info, {"json": path, "markdown": path[, "docs": path]})."""
     from . import cli
-    return cli.run(mode=mode, only=only, out_dir=out_dir or cli.DEFAULT_OUT, plots=plots)
+    return cli.run(mode=mode, only=only, out_dir=out_dir or cli.DEFAULT_OUT, plots=plots,
+                   docs=docs)
 
 
 def install_peers(out_dir=None):

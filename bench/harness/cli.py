@@ -1,15 +1,19 @@
 """``python -m bench.harness``: run every scenario over every transport, one fresh
 interpreter per measurement, and write JSON, markdown and plots.
 
-    python -m bench.harness [--quick|--smoke] [--only NAME[,NAME]] [--out DIR]
+    python -m bench.harness [--quick|--smoke] [--only NAME[,NAME]] [--out DIR] [--docs FILE]
     python -m bench.harness --install-peers
     python -m bench.harness --list
+
+Scenarios S1-S6 (throughput, zero-copy, latency, frames, objects, M:N) and M1 (memory of
+1,000,000 queued 64 B messages); the targets table is the issue's (report.TARGETS).
 """
 
 import argparse
 import json
 import os
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -37,7 +41,12 @@ MEMCPY = {"name": "memcpy", "label": "memcpy, 1 thread", "domain": "", "library"
           "notes": "single-thread copy of the payload between two preallocated buffers "
                    "(numpy.copyto): the ceiling for one copy per message"}
 
-SUMMARY_FIELDS = ["value", "bytes_per_s", "p50_us", "p99_us", "cpu_us_per_msg", "csw_per_msg"]
+SUMMARY_FIELDS = ["value", "bytes_per_s", "us_per_msg", "p50_us", "p99_us", "cpu_us_per_msg",
+                  "csw_per_msg",
+                  # M1 (memory.py)
+                  "primary_bytes", "rss_delta_bytes", "rss_anon_delta_bytes",
+                  "rss_shmem_delta_bytes", "arena_carved_bytes", "arena_data_bytes",
+                  "arena_mapped_bytes", "held_bytes", "fill_s"]
 
 
 def _transport_info(t):
@@ -46,7 +55,7 @@ def _transport_info(t):
 
 
 def select(only):
-    """--only: names are scenario keys (S1..S6) or transport names / name prefixes."""
+    """--only: names are scenario keys (S1..S6, M1) or transport names / name prefixes."""
     scenarios, transports = list(SCENARIOS), list(TRANSPORTS)
     with_memcpy = True
     if only:
@@ -79,6 +88,7 @@ def run_job(job, timeout):
     """Run one measurement in a fresh interpreter; always returns a result dict."""
     job = dict(job, timeout=max(5, timeout - 5))
     cmd = [sys.executable, "-m", "bench.harness.worker", json.dumps(job)]
+    load = env.loadavg()
     busy0, own0 = env.CpuMeter.busy_ns(), resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -95,8 +105,19 @@ def run_job(job, timeout):
             result = json.loads(lines[-1])
         except (IndexError, ValueError):
             tail = (err or out).strip().splitlines()[-1:] or ["no output"]
-            result = {"status": "error",
-                      "reason": f"worker exited {proc.returncode}: {tail[0][:300]}"}
+            if proc.returncode is not None and proc.returncode < 0:
+                # Killed by a signal (SIGSEGV, SIGABRT...): a crash inside the measured
+                # library's native code, reported as such rather than as a broken adapter.
+                try:
+                    sig = signal.Signals(-proc.returncode).name
+                except ValueError:
+                    sig = f"signal {-proc.returncode}"
+                result = {"status": "crashed",
+                          "reason": f"worker killed by {sig} (a crash in the library's native "
+                                    f"code): {tail[0][:300]}"}
+            else:
+                result = {"status": "error",
+                          "reason": f"worker exited {proc.returncode}: {tail[0][:300]}"}
     elapsed = time.monotonic() - t0
     own1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy1 = env.CpuMeter.busy_ns()
@@ -106,6 +127,7 @@ def run_job(job, timeout):
         result["foreign_cpu_cores"] = round(foreign, 3)
         result["busy"] = foreign > BUSY_FOREIGN_CORES
     result["elapsed_s"] = round(elapsed, 2)
+    result["loadavg_before"] = load
     if err and result["status"] != "ok":
         result["stderr_tail"] = err.strip().splitlines()[-5:]
     return result
@@ -116,6 +138,11 @@ def _progress(i, total, scen, param, label, result):
         s = result["summary"]
         if scen == "S3":
             what = (f"p50 {s['p50_us']['median']:.1f} us  p99 {s['p99_us']['median']:.1f} us")
+        elif scen == "M1":
+            what = (f"{s['value']['median']:,.1f} bytes/msg ({s['primary_bytes']['median'] / 1e6:,.1f}"
+                    f" MB for {result['count']:,})")
+            if "rss_delta_bytes" in s:
+                what += f"  RSS +{s['rss_delta_bytes']['median'] / 1e6:,.1f} MB"
         else:
             v = s["value"]
             what = (f"{v['median']:,.0f} {SCENARIOS[scen].unit} "
@@ -133,7 +160,7 @@ def _progress(i, total, scen, param, label, result):
           file=sys.stderr, flush=True)
 
 
-def run(mode="full", only=None, out_dir=DEFAULT_OUT, plots=True):
+def run(mode="full", only=None, out_dir=DEFAULT_OUT, plots=True, docs=None):
     warmup, reps, timeout = MODES[mode]
     scenario_keys, transports, with_memcpy = select(only)
     install_failures = peers.install_failures(out_dir)
@@ -143,12 +170,22 @@ def run(mode="full", only=None, out_dir=DEFAULT_OUT, plots=True):
         "machine": env.machine(), "versions": env.library_versions(),
         "method": {"warmup": warmup, "reps": reps, "timeout_s": timeout,
                    "statistic": "median (min-max) over repetitions",
-                   "pinning": "party i pinned to usable CPU i mod N (sched_setaffinity)",
+                   "pinning": "party i pinned to usable CPU i mod N (os.sched_setaffinity of "
+                              "its thread or process): consecutive parties on different cores"
+                              + ("" if len(os.sched_getaffinity(0)) > 1 else
+                                 "; ONLY ONE USABLE CPU: parties share it"),
+                   "cpu_and_csw": "CPU time (thread clock for threads and subinterpreters, "
+                                  "process clock for processes) and getrusage voluntary + "
+                                  "involuntary context switches of every party, per message",
+                   "memory": "M1: fresh forked process per repetition; /proc/self/status "
+                             "VmRSS/RssAnon/RssShmem before creating the queue and after "
+                             "queueing; memchannel: Channel.stats() arena counters",
                    "isolation": "fresh interpreter per measurement; processes forked from it"},
         "subinterpreters": subinterp.backend_name(),
         "transports": [_transport_info(t) for t in transports],
         "baselines": [MEMCPY] if with_memcpy else [],
-        "scenarios": {k: {"title": s.title, "unit": s.unit, "params": s.params(mode)}
+        "scenarios": {k: {"title": s.title, "unit": s.unit, "params": s.params(mode),
+                          "counts": {param_label(p): s.count(p, mode) for p in s.params(mode)}}
                       for k, s in SCENARIOS.items() if k in scenario_keys},
         "results": [],
     }
@@ -170,8 +207,11 @@ def run(mode="full", only=None, out_dir=DEFAULT_OUT, plots=True):
     for i, (key, param, t) in enumerate(jobs, 1):
         name = t.name if t else "memcpy"
         label = report.row_label(_transport_info(t)) if t else MEMCPY["label"]
+        static_skip = t().skip_reason(key, param) if t else None
         if name in transport_skips:
             result = dict(transport_skips[name])
+        elif static_skip:       # known without starting a worker
+            result = {"status": "skipped", "reason": static_skip}
         else:
             job = {"transport": name, "scenario": key, "param": param, "mode": mode,
                    "warmup": warmup, "reps": reps}
@@ -193,9 +233,12 @@ def run(mode="full", only=None, out_dir=DEFAULT_OUT, plots=True):
     load_after = env.loadavg()
     run_info["load"] = {"before": load_before, "after": load_after, "busy": busy or any(
         r.get("busy") for r in run_info["results"]),
+        "foreign_threshold": BUSY_FOREIGN_CORES, "loadavg_threshold_per_cpu": BUSY_LOADAVG_PER_CPU,
         "note": "after includes this run's own load; busy = load before the run above "
                 f"{BUSY_LOADAVG_PER_CPU}/CPU or another process using more than "
                 f"{BUSY_FOREIGN_CORES} CPU during a measurement"}
+    run_info["method"]["pinned_apart"] = all(
+        r.get("pinned_apart", True) for r in run_info["results"] if r["status"] == "ok")
     run_info["finished"] = env.now_iso()
     run_info["targets"] = report.compute_targets(run_info["results"])
 
@@ -203,26 +246,28 @@ def run(mode="full", only=None, out_dir=DEFAULT_OUT, plots=True):
     stem = f"{date}-{host}" + ("-smoke" if mode == "smoke" else "")   # quick and full: the same name
     paths = {"json": os.path.join(out_dir, stem + ".json"),
              "markdown": os.path.join(out_dir, stem + ".md")}
-    md = report.markdown(run_info)
-    with open(paths["markdown"], "w") as f:
-        f.write(md)
     run_info["plots"] = report.plots(run_info, out_dir, stem) if plots else []
+    with open(paths["markdown"], "w") as f:
+        f.write(report.markdown(run_info, image_dir=""))
     with open(paths["json"], "w") as f:
         json.dump(run_info, f, indent=1)
         f.write("\n")
+    if docs:
+        paths["docs"] = report.write_docs(run_info, docs, out_dir)
     _print_targets(run_info["targets"])
     print(f"wrote {paths['json']}\n      {paths['markdown']}", file=sys.stderr)
+    if "docs" in paths:
+        print(f"      {paths['docs']}", file=sys.stderr)
     for p in run_info["plots"]:
         print(f"      {p}", file=sys.stderr)
     return run_info, paths
 
 
 def _print_targets(targets):
-    print("\ntargets (ratios from this run):", file=sys.stderr)
+    print("\ntargets (the issue's, from this run):", file=sys.stderr)
     for t in targets:
-        ratio = f"{t['ratio']:.2f}x" if t["ratio"] is not None else "-"
         extra = f"  ({t['why']})" if t["why"] else ""
-        print(f"  {t['target']:<60} goal >= {t['threshold']:<4g} measured {ratio:>8}  "
+        print(f"  {t['target']:<62} goal {t['goal']:<9} measured {t['measured_text']:>10}  "
               f"{t['status']}{extra}", file=sys.stderr)
 
 
@@ -234,10 +279,13 @@ def main(argv=None):
     g.add_argument("--smoke", action="store_true",
                    help="tiny counts, 1 repetition: checks every cell runs, not timings")
     ap.add_argument("--only", metavar="NAME[,NAME]",
-                    help="scenario keys (S1..S6) and/or transport names or prefixes")
+                    help="scenario keys (S1..S6, M1) and/or transport names or prefixes")
     ap.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
                     help="output directory (default bench/results)")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    ap.add_argument("--docs", metavar="FILE",
+                    help="also write the tables into FILE (e.g. docs/benchmarks.md): text "
+                         f"above the line {report.DOCS_MARKER!r} is kept, the rest replaced")
     ap.add_argument("--install-peers", action="store_true",
                     help="pip-install the peer libraries into this interpreter and exit")
     ap.add_argument("--list", action="store_true", help="list transports and scenarios")
@@ -255,5 +303,6 @@ def main(argv=None):
             print(f"{k:<28} {s.title}")
         return 0
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    run(mode=mode, only=args.only, out_dir=os.path.abspath(args.out), plots=not args.no_plots)
+    run(mode=mode, only=args.only, out_dir=os.path.abspath(args.out), plots=not args.no_plots,
+        docs=os.path.abspath(args.docs) if args.docs else None)
     return 0

@@ -9,7 +9,10 @@ import sys
 from importlib import metadata
 
 LIBRARIES = ["memchannel", "numpy", "pyzmq", "faster-fifo", "iceoryx2", "interpreters-pep-734",
-             "matplotlib"]
+             "backports-interpreters", "matplotlib",
+             # how memchannel was built
+             "pybind11", "scikit-build-core"]
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _cpu_model():
@@ -41,6 +44,15 @@ def library_versions():
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = None
+    versions["checkout_commit"] = _git_describe()   # the harness checkout (the build may differ)
+    try:
+        from .transports import interp_queues_module
+        mod = interp_queues_module()
+        versions["interpreter_queues_module"] = mod.__name__ if mod else None
+    except Exception:  # noqa: BLE001 - informative only
+        pass
+    libc = platform.libc_ver()
+    versions["libc"] = " ".join(libc) if libc[0] else None
     if versions.get("pyzmq"):
         try:
             import zmq
@@ -48,6 +60,29 @@ def library_versions():
         except Exception:  # noqa: BLE001 - informative only
             pass
     return versions
+
+
+def _git_describe():
+    """Commit of the checkout the harness runs from (+ '-dirty' with local changes)."""
+    import subprocess
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain",
+                                "--untracked-files=no"],
+                               cwd=ROOT, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("-dirty" if dirty else "")) if head else None
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def machine():
@@ -59,6 +94,9 @@ def machine():
         "usable_cpus": cpus,
         "ram_bytes": _mem_total_bytes(),
         "kernel": platform.release(),
+        "kernel_build": platform.version(),
+        "arch": platform.machine(),
+        "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "os": platform.platform(),
         "python": sys.version.split()[0],
         "python_implementation": platform.python_implementation(),

@@ -52,6 +52,15 @@ def _usage(who):
     return cpu_ns, ru.ru_nvcsw + ru.ru_nivcsw
 
 
+def _last_cpu():
+    """The CPU this thread last ran on (field 39 of /proc/thread-self/stat), or None."""
+    try:
+        with open("/proc/thread-self/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def main(args):
     """Run one party; ``args`` is a dict (a literal when it crossed into a subinterpreter)."""
     up, down = args["ctl_up"], args["ctl_down"]
@@ -59,7 +68,8 @@ def main(args):
     endpoints = {}
     try:
         if args.get("core") is not None:
-            os.sched_setaffinity(0, {args["core"]})
+            os.sched_setaffinity(0, {args["core"]})     # pid 0: this thread only
+        allowed = sorted(os.sched_getaffinity(0))
         transport = BY_NAME[args["transport"]]
         for link, side, index in args["ends"]:
             endpoints[(link, side)] = transport.open(args["specs"][link], side, index,
@@ -79,6 +89,8 @@ def main(args):
             cpu1, csw1 = _usage(who)
             timing["cpu_ns"] = cpu1 - cpu0
             timing["csw"] = csw1 - csw0
+            timing["cpus_allowed"] = allowed
+            timing["ran_on_cpu"] = _last_cpu()
             reps.append(timing)
         _write(up, "J" + json.dumps(reps) + "\n")
     except BaseException:  # noqa: BLE001 - report everything to the worker

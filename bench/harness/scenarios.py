@@ -1,4 +1,4 @@
-"""Scenarios S1-S6: which links and parties a measurement has, what each party does,
+"""Scenarios S1-S6 and M1: which links and parties a measurement has, what each party does,
 and how one repetition's party timings become one number.
 
 Role code runs inside parties (threads, isolated subinterpreters, processes), so this
@@ -17,6 +17,12 @@ FRAME_SHAPE = (1080, 1920, 3)
 FRAME_BYTES = 1080 * 1920 * 3
 S1_SIZES = [64, 4 << 10, 64 << 10, 1 << 20, 16 << 20]
 S2_SIZES = [1 << 20, 16 << 20]
+# S2 without page touching: what one zero-copy message costs apart from the data, at 64 B
+# and at 16 MiB (the per-message-cost target compares the two). Run on transports that
+# hand over memory without copying it; the others copy 16 MiB per message (see S2 16 MiB).
+S2_UNTOUCHED = {"64B-untouched": 64, "16MiB-untouched": 16 << 20}
+M1_PAYLOAD = 64
+M1_MESSAGES = 1_000_000
 S3_SIZES = [64, 1 << 20]
 SMALL_TUPLE = (1, 2.5, "three", b"four", None)
 SMALL_DICT = {"id": 7, "name": "sensor-3", "value": 21.5, "ok": True, "tags": ["a", "b"]}
@@ -38,6 +44,17 @@ def touch_fill(nbytes):
     def fill(mv):
         mv[::PAGE] = pattern
     return fill
+
+
+def no_fill(mv):
+    """The untouched S2 variant: the producer writes nothing into the reserved message."""
+
+
+def s2_size(param):
+    """(payload bytes, touches pages) for an S2 parameter."""
+    if param in S2_UNTOUCHED:
+        return S2_UNTOUCHED[param], False
+    return param, True
 
 
 def touch_read(ep, msg):
@@ -81,7 +98,8 @@ class S1Receiver(Role):
 
 class S2Sender(Role):
     def prepare(self, param, count):
-        return {"n": count, "size": param, "fill": touch_fill(param)}
+        size, touch = s2_size(param)
+        return {"n": count, "size": size, "fill": touch_fill(size) if touch else no_fill}
 
     def run(self, eps, st):
         ep, size, fill = eps["a"], st["size"], st["fill"]
@@ -92,11 +110,19 @@ class S2Sender(Role):
 
 
 class S2Receiver(Role):
+    def prepare(self, param, count):
+        return {"n": count, "touch": s2_size(param)[1]}
+
     def run(self, eps, st):
         ep = eps["a"]
+        recv, release = ep.recv, ep.release
         t0 = now()
-        for _ in range(st["n"]):
-            touch_read(ep, ep.recv())
+        if st["touch"]:
+            for _ in range(st["n"]):
+                touch_read(ep, recv())
+        else:
+            for _ in range(st["n"]):
+                release(recv())
         return {"t0": t0, "t1": now(), "received": st["n"]}
 
 
@@ -253,6 +279,8 @@ class Scenario:
     key = ""
     title = ""
     unit = ""
+    kind = "parties"    # "parties": links and parties (worker.py); "memory": memory.py
+    lower_is_better = False
 
     def params(self, mode):
         raise NotImplementedError
@@ -305,15 +333,29 @@ class S1(Scenario):
 
 
 class S2(S1):
-    key, title = "S2", "zero-copy 1->1 (produce in place, receiver reads 1 byte per page)"
+    key, title = "S2", ("zero-copy 1->1 (produce in place, receiver reads 1 byte per page; "
+                        "'untouched': no page written or read)")
 
     def params(self, mode):
-        return S2_SIZES
+        return S2_SIZES + list(S2_UNTOUCHED)
+
+    def links(self, param):
+        return {"a": _link(1, 1, s2_size(param)[0])}
 
     def count(self, param, mode):
+        if param in S2_UNTOUCHED:       # per-message cost, not bandwidth: as many as S1 64 B
+            return _by_mode(mode, 200_000, 30_000, 50)
         budget, lo, hi = _by_mode(mode, (4 << 30, 100, 20_000), (1 << 30, 30, 3_000),
                                   (16 << 20, 2, 20))
         return max(lo, min(hi, budget // param))
+
+    def summarize(self, param, count, parties):
+        secs = _span(parties, {"sender"}, {"receiver"}) / 1e9
+        size, touch = s2_size(param)
+        out = {"value": count / secs, "us_per_msg": secs * 1e6 / count, "messages": count}
+        if touch:       # untouched messages move no data: no bandwidth to speak of
+            out["bytes_per_s"] = count * size / secs
+        return out
 
 
 class S3(Scenario):
@@ -417,7 +459,21 @@ class S6(Scenario):
         return {"value": total / secs, "messages": total}
 
 
-SCENARIOS = {s.key: s for s in (S1(), S2(), S3(), S4(), S5(), S6())}
+class M1(Scenario):
+    key, unit = "M1", "bytes/msg"
+    title = (f"memory: {M1_MESSAGES:,} queued {M1_PAYLOAD} B messages, nobody receiving "
+             "(bytes per message = MB per 1,000,000 messages)")
+    kind = "memory"
+    lower_is_better = True
+
+    def params(self, mode):
+        return [M1_PAYLOAD]
+
+    def count(self, param, mode):
+        return _by_mode(mode, M1_MESSAGES, M1_MESSAGES, 20_000)
+
+
+SCENARIOS = {s.key: s for s in (S1(), S2(), S3(), S4(), S5(), S6(), M1())}
 
 
 def param_label(param):
@@ -426,4 +482,5 @@ def param_label(param):
             if param >= 1 << shift and param % (1 << shift) == 0:
                 return f"{param >> shift} {unit}"
         return f"{param} B"
-    return {"2to1": "2->1", "1to2": "1->2"}.get(param, str(param))
+    return {"2to1": "2->1", "1to2": "1->2", "64B-untouched": "64 B untouched",
+            "16MiB-untouched": "16 MiB untouched"}.get(param, str(param))

@@ -109,13 +109,33 @@ class Transport:
     domain = THREAD    # where the parties run
     library = ""       # distribution whose version is recorded
     notes = ""         # how the peer is used, shown under the tables
+    # send_zc hands the receiver the producer's memory without copying the payload
+    # (the untouched S2 variants run only on these; the others copy 16 MiB per message)
+    zero_copy = False
+    # M1 (memory of queued messages): why this transport is not measured, or None when
+    # memory_holder() is implemented
+    memory_skip = "not measured: no memory holder for this transport"
 
     def check(self):
         pass
 
     def unsupported(self, scenario, param):
-        """Reason this scenario cannot run on this transport, or None."""
+        """Reason this scenario cannot run on this transport, or None (adapter-specific)."""
         return None
+
+    def skip_reason(self, scenario, param):
+        """Reason this (scenario, param) is not measured on this transport, or None."""
+        from .scenarios import S2_UNTOUCHED
+        if scenario == "M1" and self.memory_skip:
+            return self.memory_skip
+        if scenario == "S2" and param in S2_UNTOUCHED and not self.zero_copy:
+            return ("not applicable: this transport copies the payload on every send, so "
+                    "untouched zero-copy cost is not defined (see S2 1 MiB / 16 MiB)")
+        return self.unsupported(scenario, param)
+
+    def memory_holder(self):
+        """M1: an unbounded queue of this transport, filled by the calling process (see memory.py)."""
+        raise NotImplementedError
 
     def create_link(self, link):
         raise NotImplementedError
@@ -133,6 +153,36 @@ class Transport:
 
 def _depth(link):
     return link["depth"]
+
+
+class Holder:
+    """M1: one queue that the calling process fills with messages nobody receives."""
+
+    what = "growth of the process's resident memory (VmRSS)"
+
+    def put(self, data):
+        raise NotImplementedError
+
+    def queued(self):
+        """Messages the queue reports holding (None when it cannot tell)."""
+        return None
+
+    def measure(self):
+        """Extra measurements right after filling; ``primary_bytes`` overrides RSS growth."""
+        return {}
+
+    def get(self):
+        raise NotImplementedError
+
+    def verify(self, count, make, first):
+        """The first messages come out intact and in order (the queue really holds them)."""
+        for i in range(min(count, first)):
+            got = self.get()
+            if bytes(got) != make(i):
+                raise AssertionError(f"message {i} changed while queued")
+
+    def close(self):
+        pass
 
 
 # --------------------------------------------------------------------------- memchannel
@@ -179,6 +229,7 @@ class _McEndpoint(Endpoint):
 class MemchannelTransport(Transport):
     library = "memchannel"
     backend = "heap"
+    zero_copy = True
     notes = ("`ch.send(bytes)`, `ch.recv()` -> Buffer, released after use; zero-copy "
              "with `ch.reserve(n)` + `ch.send(buf)`; stages forward the received Buffer; "
              "`send_object`/`recv_object` when present, else pickle")
@@ -237,17 +288,68 @@ class MemchannelTransport(Transport):
         return _McEndpoint(spec)
 
 
+class _McHolder(Holder):
+    what = ("arena bytes carved for the messages: Channel.stats()['carved_bytes'] after "
+            "minus before (data blocks + queue nodes, fresh arena)")
+    capacity = 1 << 30
+
+    def __init__(self, backend):
+        import memchannel as mc
+        self.arena = mc.Arena(capacity=self.capacity, backend=backend)
+        self.ch = self.arena.channel(maxsize=0)
+        self.put = self.ch.send
+        self.before = self.ch.stats()
+
+    def queued(self):
+        return self.ch.qsize()
+
+    def measure(self):
+        s, b = self.ch.stats(), self.before
+        return {"primary_bytes": s["carved_bytes"] - b["carved_bytes"],
+                "arena_carved_bytes": s["carved_bytes"] - b["carved_bytes"],
+                "arena_data_bytes": s["bytes_in_use"] - b["bytes_in_use"],
+                "arena_blocks": s["blocks_in_use"] - b["blocks_in_use"],
+                "arena_mapped_bytes": s["mapped_bytes"],
+                "arena_mapped_growth_bytes": s["mapped_bytes"] - b["mapped_bytes"],
+                "arena_segments": s["segments"],
+                "arena_capacity": s["capacity"]}
+
+    def verify(self, count, make, first):
+        """Every message comes out intact and the arena returns to where it started."""
+        for i in range(count):
+            buf = self.ch.recv(timeout=10)
+            if i < first and bytes(buf) != make(i):
+                raise AssertionError(f"message {i} changed while queued")
+            buf.release()
+        s, b = self.ch.stats(), self.before
+        if s["queued"] or s["bytes_in_use"] != b["bytes_in_use"]:
+            raise AssertionError(f"arena not back to its start after draining: {s}")
+
+    def close(self):
+        self.ch.close()
+
+
 class McHeapThreads(MemchannelTransport):
     name, label, domain, backend = "memchannel-heap-threads", "memchannel heap", THREAD, "heap"
+    memory_skip = None
+
+    def memory_holder(self):
+        return _McHolder("heap")
 
 
 class McHeapSubinterp(MemchannelTransport):
     name, label, domain, backend = ("memchannel-heap-subinterp", "memchannel heap",
                                     SUBINTERP, "heap")
+    memory_skip = ("measured as memchannel heap (threads): the same heap arena and queue; "
+                   "the domain of the parties does not change what is stored")
 
 
 class McShmProcesses(MemchannelTransport):
     name, label, domain, backend = "memchannel-shm-processes", "memchannel shm", PROCESS, "shm"
+    memory_skip = None
+
+    def memory_holder(self):
+        return _McHolder("shm")
 
 
 # --------------------------------------------------------------------------- queue.Queue
@@ -270,9 +372,28 @@ class _QueueEndpoint(Endpoint):
         return self.q.get()
 
 
+class _QueueHolder(Holder):
+    what = "growth of the process's resident memory (VmRSS): the bytes objects and the deque"
+
+    def __init__(self, q):
+        self.q = q
+        self.put = q.put_nowait
+
+    def queued(self):
+        return self.q.qsize()
+
+    def get(self):
+        return self.q.get(timeout=10)
+
+
 class QueueQueue(Transport):
     name, label, domain, library = "queue.Queue", "queue.Queue", THREAD, "python"
     notes = "passes object references (no copy, no pickle): the in-process reference"
+    zero_copy = True        # a reference to the producer's buffer
+    memory_skip = None
+
+    def memory_holder(self):
+        return _QueueHolder(queue.Queue())
 
     def create_link(self, link):
         return queue.Queue(maxsize=_depth(link))
@@ -289,9 +410,22 @@ def _mp():
     return multiprocessing.get_context("fork")
 
 
+class _MpQueueHolder(_QueueHolder):
+    what = ("growth of the process's resident memory (VmRSS): with nobody reading, the "
+            "messages wait in the feeder thread's buffer (the pipe holds at most 64 KiB)")
+
+    def close(self):
+        self.q.cancel_join_thread()     # the feeder is blocked on a full pipe
+        self.q.close()
+
+
 class MpQueue(Transport):
     name, label, domain, library = ("mp.Queue", "multiprocessing.Queue", PROCESS, "python")
     notes = "`put`/`get` (pickled by the feeder thread, written to a pipe)"
+    memory_skip = None
+
+    def memory_holder(self):
+        return _MpQueueHolder(_mp().Queue())
 
     def create_link(self, link):
         return _mp().Queue(maxsize=_depth(link))
@@ -305,6 +439,8 @@ class MpSimpleQueue(Transport):
     name, label, domain, library = ("mp.SimpleQueue", "multiprocessing.SimpleQueue",
                                     PROCESS, "python")
     notes = "`put`/`get` (pickled in the caller, a pipe guarded by locks; unbounded)"
+    memory_skip = ("not applicable: put/send write into an OS pipe (64 KiB) and block while "
+                   "nobody reads: nothing can hold 1,000,000 messages")
 
     def create_link(self, link):
         return _mp().SimpleQueue()
@@ -335,6 +471,8 @@ class _PipeEndpoint(Endpoint):
 class MpPipe(Transport):
     name, label, domain, library = "mp.Pipe", "multiprocessing.Pipe", PROCESS, "python"
     notes = "`send_bytes`/`recv_bytes` (objects: `send`/`recv`); one-way pipe, point to point"
+    memory_skip = ("not applicable: put/send write into an OS pipe (64 KiB) and block while "
+                   "nobody reads: nothing can hold 1,000,000 messages")
 
     def unsupported(self, scenario, param):
         if scenario == "S6":
@@ -414,6 +552,8 @@ class ShmRecipe(Transport):
                                     PROCESS, "python")
     notes = ("the hand-made recipe: a new `SharedMemory` per message, its name through a "
              "`multiprocessing.Queue`; receiver attaches, reads, unlinks; stages forward the name")
+    memory_skip = ("not measured: one SharedMemory segment (a /dev/shm file of at least one "
+                   "4 KiB page) per message; 1,000,000 queued messages are 1,000,000 files")
 
     def create_link(self, link):
         return _mp().Queue(maxsize=_depth(link))
@@ -494,8 +634,32 @@ class _InterpQueueEndpoint(Endpoint):
         self.send(msg)
 
 
+class _InterpQueueHolder(Holder):
+    what = ("growth of the process's resident memory (VmRSS): the queue's items live in "
+            "the runtime's memory, filled from the main interpreter of a fresh process")
+
+    def __init__(self, as_memoryview):
+        queues = interp_queues_module()
+        self.q = queues.create(maxsize=0, syncobj=True)
+        if as_memoryview:
+            self.put = lambda data: self.q.put_nowait(memoryview(data), syncobj=True)
+        else:
+            self.put = lambda data: self.q.put_nowait(data, syncobj=True)
+
+    def queued(self):
+        return self.q.qsize()
+
+    def get(self):
+        return self.q.get_nowait()
+
+
 class _InterpQueueBase(Transport):
     domain, library = SUBINTERP, "interpreters-pep-734"
+    memory_skip = None
+    as_memoryview = False
+
+    def memory_holder(self):
+        return _InterpQueueHolder(self.as_memoryview)
 
     def check(self):
         if interp_queues_module() is None:
@@ -528,6 +692,7 @@ class InterpQueueBytes(_InterpQueueBase):
 
 class InterpQueueMemoryview(_InterpQueueBase):
     name, label = "interpqueue-memoryview", "interpreter queue (memoryview)"
+    zero_copy = as_memoryview = True     # a view of the producer's buffer
     notes = ("PEP 734 queue carrying `memoryview`s (shared as a buffer view, no copy; the "
              "producer reuses one buffer); busy-polled like the bytes variant")
 
@@ -549,9 +714,30 @@ class _FasterFifoEndpoint(_QueueEndpoint):
     recv_obj = recv
 
 
+class _FasterFifoHolder(_QueueHolder):
+    what = ("bytes held in its circular buffer, Queue.data_size() (the smallest max_size_bytes "
+            "that fits them; the buffer is allocated up front)")
+    buffer_bytes = 256 << 20
+
+    def __init__(self):
+        import faster_fifo
+        super().__init__(faster_fifo.Queue(max_size_bytes=self.buffer_bytes))
+
+    def measure(self):
+        held = self.q.data_size()
+        return {"primary_bytes": held, "held_bytes": held, "buffer_bytes": self.buffer_bytes}
+
+    def get(self):
+        return self.q.get(timeout=10)
+
+
 class FasterFifo(Transport):
     name, label, domain, library = "faster-fifo", "faster-fifo", PROCESS, "faster-fifo"
     notes = "`put`/`get` one message at a time (pickled into its shared circular buffer)"
+    memory_skip = None
+
+    def memory_holder(self):
+        return _FasterFifoHolder()
 
     def check(self):
         try:
@@ -642,6 +828,9 @@ class Iceoryx2(Transport):
     notes = ("publish-subscribe with `Slice[c_uint8]`, `loan_slice_uninit` + copy (S1) or "
              "fill in place (S2/S4), backpressure RetryUntilDelivered; subscriber busy-polls "
              "`receive()` (pub/sub has no blocking receive); stages copy into a new loan")
+    zero_copy = True
+    memory_skip = ("not measured: subscriber buffers and publisher data segments are sized "
+                   "up front by the service configuration, not by what is queued")
 
     def check(self):
         try:
@@ -676,11 +865,34 @@ class _ZmqEndpoint(Endpoint):
         self.sock.setsockopt(zmq.SNDHWM if side == "send" else zmq.RCVHWM, hwm)
         # the single party binds; the side with several parties connects
         binds = link["receivers"] == 1 if side == "recv" else link["receivers"] > 1
+        # A PUSH that binds for several receivers round-robins over the peers connected at
+        # send time: one that connects late gets nothing (and never its sentinel). sync()
+        # waits, once, until every receiver has completed its handshake.
+        self._await_peers, self._monitor = 0, None
+        if binds and side == "send":
+            self._monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+            self._await_peers = link["receivers"]
         if binds:
             self.sock.bind(addr)
         else:       # the peer may not have bound yet: retry soon, not after 100 ms
             self.sock.setsockopt(zmq.RECONNECT_IVL, 2)
             self.sock.connect(addr)
+
+    def sync(self):
+        if self._monitor is None:
+            return
+        from zmq.utils.monitor import recv_monitor_message
+        deadline = time.monotonic() + 30
+        while self._await_peers > 0:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0 or not self._monitor.poll(left_ms):
+                raise RuntimeError(f"{self._await_peers} PULL peer(s) never connected")
+            if recv_monitor_message(self._monitor)["event"] == self.zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._await_peers -= 1
+        self.sock.disable_monitor()
+        self._monitor.close(linger=0)
+        self._monitor = None
+        time.sleep(0.02)     # let the socket attach the new pipes (commands from the I/O thread)
 
     def send(self, data):
         self.sock.send(data, copy=False)
@@ -707,6 +919,9 @@ class _ZmqEndpoint(Endpoint):
 class Zmq(Transport):
     name, label, domain, library = "pyzmq", "pyzmq PUSH/PULL ipc://", PROCESS, "pyzmq"
     notes = "PUSH/PULL over `ipc://`, `send(copy=False)`/`recv(copy=False)`; objects via `send_pyobj`"
+    memory_skip = ("not measured: unreceived messages sit in both sockets' libzmq pipes and "
+                   "the kernel's socket buffers, moved there by I/O threads; no single "
+                   "process holds them")
 
     def check(self):
         try:

@@ -136,9 +136,11 @@ def run_transport_job(job, deadline):
         transport.check()
     except Skip as exc:     # the whole transport is unavailable, not just this scenario
         raise Failure("skipped", str(exc), scope="transport")
-    reason = transport.unsupported(scenario.key, param)
+    reason = transport.skip_reason(scenario.key, param)
     if reason:
         raise Failure("skipped", reason)
+    if scenario.kind == "memory":
+        return run_memory_job(job, transport, scenario, deadline)
     links = scenario.links(param)
     count = scenario.count(param, job["mode"])
     specs = {name: transport.create_link(info) for name, info in links.items()}
@@ -184,9 +186,36 @@ def run_transport_job(job, deadline):
         summary["csw_per_msg"] = sum(t["csw"] for _r, t in rows) / messages
         summary["party_cpu_ms"] = {f"{r}#{i}": t["cpu_ns"] / 1e6 for i, (r, t) in enumerate(rows)}
         reps.append(summary)
+    placement = [{"party": f"{p.role}#{p.index}", "cpus_allowed": timings[i][0].get("cpus_allowed"),
+                  "ran_on_cpu": sorted({t.get("ran_on_cpu") for t in timings[i]} - {None})}
+                 for i, p in enumerate(parties)]
     return {"status": "ok", "count": count, "warmup": reps[:job["warmup"]],
-            "reps": reps[job["warmup"]:], "subinterpreters": (
+            "reps": reps[job["warmup"]:], "placement": placement,
+            "pinned_apart": _pinned_apart(placement), "subinterpreters": (
                 subinterp.backend_name() if transport.domain == SUBINTERP else None)}
+
+
+def _pinned_apart(placement):
+    """True when consecutive parties (sender/receiver, adjacent stages) have disjoint CPU sets."""
+    sets = [set(p["cpus_allowed"] or ()) for p in placement]
+    return all(a and b and not (a & b) for a, b in zip(sets, sets[1:]))
+
+
+def run_memory_job(job, transport, scenario, deadline):
+    """M1: each repetition queues the messages in a freshly forked process (memory.py)."""
+    from . import memory
+    count = scenario.count(job["param"], job["mode"])
+    core = sorted(os.sched_getaffinity(0))[0] if job.get("pin", True) else None
+    reps = []
+    for rep in range(job["warmup"] + job["reps"]):
+        try:
+            reps.append(memory.run_repetition(transport.name, count, core, deadline))
+        except TimeoutError as exc:
+            raise Failure("timeout", f"rep {rep}: {exc}")
+        except RuntimeError as exc:
+            raise Failure("error", f"rep {rep}: {exc}")
+    return {"status": "ok", "count": count, "measured_as": reps[-1]["measured_as"],
+            "warmup": reps[:job["warmup"]], "reps": reps[job["warmup"]:]}
 
 
 def run_memcpy_job(job, deadline):
@@ -209,6 +238,8 @@ def run_memcpy_job(job, deadline):
             mv[:] = src
         how = "memoryview slice assignment"
     n = scenarios.SCENARIOS["S1"].count(size, mode)
+    if job.get("pin", True):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     reps = []
     for rep in range(job["warmup"] + job["reps"]):
         t0 = time.perf_counter_ns()
