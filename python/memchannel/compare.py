@@ -28,9 +28,12 @@ Measured for each kind and worker count, in this order, on a fresh pool:
 
 * start-up: pool creation until the first no-op task's result is back (lazy pools start
   one worker for it; process pools with the fork method start all of them);
-* then every worker is started (one short sleep per worker), untimed;
+* then every worker is started and made to import the workload's function (one short
+  sleep per worker, with the function as an argument), untimed;
 * per-task overhead: mean round trip of ``submit(noop).result()``, one at a time;
-* wall: the workload itself (``list(pool.map(fn, inputs))`` or the workload's runner).
+* wall: the workload itself (``list(pool.map(fn, inputs))`` or the workload's runner), on
+  those warm workers: the steady state, start-up excluded.  Every kind runs the same
+  function on the same inputs, and its results are checked against the others.
 
 With ``repeat`` > 1 all of this is done that many times, round robin over the kinds (each
 run on a fresh pool), and the medians are reported: on a shared or virtual machine one run
@@ -40,6 +43,11 @@ can be much slower than the next, and the wall range shows how much.  Also measu
   process pool, the size of the pickles of each call and result; threads move nothing);
 * bytes copied: ``stats()["bytes_copied"]`` of the memchannel pool's arena during the run,
   i.e. every copy made into channel memory (none on the receiving side).
+
+Worker start-up is also measured on its own (``measure_startup``; ``startup=True``, and
+the CLI unless ``--quick``): a pool of one worker until its first result, per kind and
+start method, and the bare worker with no pool: an interpreter created and closed
+against a process started and joined with fork, forkserver and spawn.
 
 No timing here is a unit-test assertion: numbers depend on the machine; the guide
 (docs/guide-parallelism.md) shows a measured run.
@@ -123,14 +131,31 @@ class Comparison:
         lines.append(fmt.format(*header))
         lines.append(fmt.format(*("-" * w for w in widths)))
         lines.extend(fmt.format(*b) for b in body)
+        lines.append("(wall: the workload on a pool whose workers have all started and "
+                     "imported the task's function;\n start-up, until a new pool's first "
+                     "result, is not part of it; speedup: serial wall / wall)")
         if repeated:
             runs = max(len(r.wall_runs) for r in self.rows)
             lines.append(f"(times: medians of {runs} runs, round robin over the kinds, each "
                          "on a fresh pool)")
+        busy = [r for r in self.rows if r.kind == "ideal" and r.workers > 1
+                and r.speedup is not None and r.speedup < 0.8 * r.workers]
+        for r in busy:
+            lines.append(f"note: the ideal control got only {r.speedup:.2f}x from {r.workers} "
+                         "workers: the machine was busy, and no kind can beat that; compare "
+                         "the kinds with it, not with the worker count")
         if self.startup:
-            lines += ["", "worker start-up (pool of 1: creation + first no-op task, median):"]
-            for label, seconds in self.startup.items():
-                lines.append(f"  {label:<28} {_ms(seconds):>10}")
+            pools = {k: v for k, v in self.startup.items() if not k.startswith(BARE_PREFIX)}
+            bare = {k[len(BARE_PREFIX):]: v for k, v in self.startup.items()
+                    if k.startswith(BARE_PREFIX)}
+            width = max(len(k) for k in (*pools, *bare))
+            lines += ["", "worker start-up (median; not part of wall):"]
+            if pools:
+                lines.append("  pool of 1 worker, creation until its first no-op result:")
+                lines.extend(f"    {k:<{width}}  {_ms(v):>9}" for k, v in pools.items())
+            if bare:
+                lines.append("  the worker alone, no pool:")
+                lines.extend(f"    {k:<{width}}  {_ms(v):>9}" for k, v in bare.items())
         return "\n".join(lines)
 
     __str__ = table
@@ -176,11 +201,13 @@ class Comparison:
             ax = axes[2]
             names = list(self.startup)
             values = [self.startup[k] * 1e3 for k in names]
-            bars = ax.barh(range(len(names)), values, color="tab:gray")
+            colors = ["tab:olive" if k.startswith(BARE_PREFIX) else "tab:gray" for k in names]
+            bars = ax.barh(range(len(names)), values, color=colors)
             ax.bar_label(bars, fmt="%.1f", fontsize=7)
-            ax.set_yticks(range(len(names)), names, fontsize=8)
+            ax.set_yticks(range(len(names)), names, fontsize=7)
             ax.invert_yaxis()
-            ax.set_title("worker start-up (ms): pool of 1, first task", fontsize=9)
+            ax.set_title("worker start-up (ms): pool of 1 until its first result;\n"
+                         "bare: the worker alone, no pool", fontsize=9)
         title = f"{self.name}: {self.description}" if self.description else self.name
         fig.suptitle(f"{title}\n{self.machine}", fontsize=9)
         fig.tight_layout()
@@ -291,8 +318,10 @@ def _run_one(kind, n, fn, inputs, runner, overhead_tasks, pool_kwargs, count_byt
     try:
         pool.submit(workloads.noop).result()
         startup = None if kind == "serial" else time.perf_counter() - t0
-        if kind != "serial":  # start every worker before anything is timed
-            for future in [pool.submit(workloads.pause, 0.05) for _ in range(n)]:
+        if kind != "serial":
+            # Start every worker, and have each import the workload's function (the task
+            # carries it), before anything is timed: wall is the steady state.
+            for future in [pool.submit(workloads.pause, 0.05, fn) for _ in range(n)]:
                 future.result()
         t = time.perf_counter()
         for _ in range(overhead_tasks):
@@ -447,23 +476,37 @@ def compare(fn, inputs, kinds=DEFAULT_KINDS, workers=(1, 2), *, runner=None, nam
     return report
 
 
-def measure_startup(kinds=KINDS, repeat=3, start_methods=None):
-    """Worker start-up: seconds from creating a pool of one worker to its first no-op
-    result, median of ``repeat``, per kind (and per multiprocessing start method for the
-    memchannel process pool: fork, spawn, forkserver where available)."""
+BARE_PREFIX = "bare "
+
+
+def measure_startup(kinds=KINDS, repeat=3, start_methods=None, bare=True):
+    """Worker start-up in seconds (median of ``repeat``), by label.
+
+    Pools: from creating a pool of one worker to its first no-op result, per kind, and
+    per multiprocessing start method for the memchannel process pool (fork, forkserver,
+    spawn where available).  This is what a program pays before its first task.
+
+    ``bare`` (labels starting with "bare "): the worker alone, no pool, no memchannel in
+    it: an interpreter made and destroyed (``interpreters.create()`` then ``close()``;
+    create returns once the interpreter has run its bootstrap), against a process started
+    and joined (``multiprocessing`` ``Process(target=os.getpid)``, ``start()`` then
+    ``join()``), per start method.  The difference between a pool row and its bare row is
+    the pool's own start-up: its threads and channels, and importing memchannel in the
+    worker (for processes with fork, already imported).
+    """
     import multiprocessing
     import statistics
 
     from . import workloads
     from .executor import make_executor
 
+    methods = start_methods or [m for m in ("fork", "forkserver", "spawn")
+                                if m in multiprocessing.get_all_start_methods()]
     plans = []
     for kind in kinds:
         if kind in ("serial", "ideal"):
             continue
         if kind == "processes":
-            methods = start_methods or [m for m in ("fork", "forkserver", "spawn")
-                                        if m in multiprocessing.get_all_start_methods()]
             for method in methods:
                 plans.append((f"process ({method})", kind,
                               {"mp_context": multiprocessing.get_context(method)}))
@@ -484,7 +527,36 @@ def measure_startup(kinds=KINDS, repeat=3, start_methods=None):
             finally:
                 pool.shutdown(wait=True)
         out[label] = statistics.median(samples)
+    if bare:
+        if "interpreters" in kinds:
+            out[BARE_PREFIX + "interpreter (create+close)"] = statistics.median(
+                _time_bare_interpreter() for _ in range(repeat))
+        if any(kind.startswith("processes") for kind in kinds):
+            for method in methods:
+                context = multiprocessing.get_context(method)
+                out[BARE_PREFIX + f"process, {method} (start+join)"] = statistics.median(
+                    _time_bare_process(context) for _ in range(repeat))
     return out
+
+
+def _time_bare_interpreter():
+    from . import interpreters
+
+    t = time.perf_counter()
+    interpreters.create().close()
+    return time.perf_counter() - t
+
+
+def _time_bare_process(context):
+    t = time.perf_counter()
+    process = context.Process(target=os.getpid)
+    process.start()
+    process.join()
+    elapsed = time.perf_counter() - t
+    if process.exitcode != 0:
+        raise RuntimeError(f"a bare {context.get_start_method()} process exited with code "
+                           f"{process.exitcode}")
+    return elapsed
 
 
 def main(argv=None) -> int:

@@ -48,8 +48,12 @@ Engine
 
 Errors: an exception raised by a task arrives as the same exception (when it pickles; else
 ``RemoteError``) whose ``__cause__`` is a ``RemoteTraceback`` holding the worker's formatted
-traceback, as ``concurrent.futures.process`` does.  A worker that cannot import a function
-or class raises ImportError naming the module.  A failing initializer, or a worker that
+traceback, as ``concurrent.futures.process`` does.  A function that cannot be pickled by
+reference (lambda, nested function, local class) fails its future with a PicklingError
+saying so; an initializer that cannot, the constructor.  A worker that cannot import a
+function or class raises ImportError naming the module.  (Unpickling, the ImportError and
+the worker's exception report are memchannel.interpreters' own: one implementation for
+``Interpreter.call()`` and the pools.)  A failing initializer, or a worker that
 dies, breaks the pool (``BrokenInterpreterPool`` / ``BrokenProcessPool``): running and
 pending futures fail with it and ``submit`` raises it.
 
@@ -100,6 +104,21 @@ class RemoteTraceback(Exception):
 
     def __str__(self):
         return self.tb
+
+
+class Future(_base.Future):
+    """``concurrent.futures.Future`` whose ``result()`` raises every exception, also one
+    that is false in a boolean context (CPython gh-132063: 3.12 and 3.13 before the fix
+    return None for an exception class with ``__bool__`` or ``__len__`` giving false)."""
+
+    # The base class's private method, by its mangled name: result() calls it.
+    def _Future__get_result(self):
+        if self._exception is not None:
+            try:
+                raise self._exception
+            finally:
+                self = None  # no reference cycle through the traceback
+        return self._result
 
 
 class RemoteError(Exception):
@@ -197,139 +216,57 @@ def _dump(obj, *, arrays_as_views, moved=None, in_band=False):
     return file.getvalue(), buffers
 
 
-class _CallerUnpickler(pickle.Unpickler):
-    """Results and exceptions: objects the worker found in the caller's main script point
-    back at this interpreter's ``__main__``."""
+_INTERPRETERS_WORKER_MODULE = "_memchannel_interpreters_worker"
+_interpreters_module = None
 
-    def find_class(self, module, name):
-        if module in ("__memchannel_main__", "__mp_main__"):
-            module = "__main__"
-        return super().find_class(module, name)
+
+def _interpreters():
+    """memchannel.interpreters as this interpreter knows it.  In a worker interpreter that
+    is the copy its bootstrap loaded (``_memchannel_interpreters_worker``), which knows the
+    caller's main script; elsewhere (the caller, a worker process) the package module.
+    Both sides of the pools use its pickling and exception-reporting helpers, so that an
+    ``Interpreter.call()`` and a pool's task fail and resolve ``__main__`` alike."""
+    global _interpreters_module
+    if _interpreters_module is None:
+        module = sys.modules.get(_INTERPRETERS_WORKER_MODULE)
+        if module is None:
+            from . import interpreters as module
+        _interpreters_module = module
+    return _interpreters_module
 
 
 def _load_here(payload, views):
-    return _CallerUnpickler(io.BytesIO(payload), buffers=views).load()
+    """Unpickle a result or an exception in the caller: objects a worker found in the
+    caller's main script point back at ``__main__``."""
+    unpickler = _interpreters()._CallerSideUnpickler
+    return unpickler(io.BytesIO(payload), buffers=views).load()
 
 
 # ---------------------------------------------------------------------------------------
 # Worker side: runs in the worker interpreter or process.  Imports nothing numpy-like.
 
-class _ImportFailure(Exception):
-    def __init__(self, module, name, error):
-        super().__init__(module, name, error)
-        self.module, self.name, self.error = module, name, error
-
-
-_worker_unpickler_class = None
-
-
-def _worker_unpickler():
-    """An unpickler that reports what it could not import; in an interpreter made by
-    memchannel.interpreters, ``__main__`` means the caller's main script."""
-    global _worker_unpickler_class
-    if _worker_unpickler_class is None:
-        base = pickle.Unpickler
-        interp_worker = sys.modules.get("_memchannel_interpreters_worker")
-        if interp_worker is not None:
-            base = interp_worker._TargetSideUnpickler
-
-        class _WorkerUnpickler(base):
-            def find_class(self, module, name):
-                try:
-                    return super().find_class(module, name)
-                except Exception as exc:
-                    raise _ImportFailure(module, name, exc) from exc
-
-        _worker_unpickler_class = _WorkerUnpickler
-    return _worker_unpickler_class
-
-
-def _root_cause(exc):
-    seen = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        deeper = exc.__cause__ or exc.__context__
-        if deeper is None:
-            break
-        exc = deeper
-    return exc
-
-
-def _one_line(exc):
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = lines[-1] if lines else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _import_error(failure: _ImportFailure, where: str) -> ImportError:
-    """The ImportError a task gets when its worker cannot import what it needs."""
-    module, name, error = failure.module, failure.name, failure.error
-    root = _root_cause(error)
-    if "subinterpreter" in str(root):
-        hint = ("an extension module that cannot be loaded in an isolated subinterpreter "
-                "(numpy is one) was imported on the way: import it only inside the "
-                "functions that need it, not at the top of a module the worker imports "
-                "(in the main script, under `if __name__ == '__main__':`), pass arrays as "
-                "arguments (they arrive as memoryview), or use processes")
-    elif module in ("__main__", "__memchannel_main__"):
-        hint = ("functions of the main script are found by importing the script again in "
-                "the worker, which cannot work for an interactive session or `python -c`: "
-                "put them in a module or a script file")
-    else:
-        hint = ("functions and classes sent to a worker must be importable there by module "
-                "and qualified name (no lambdas, nested functions or local classes), from "
-                "the sys.path the worker started with")
-    cls = ModuleNotFoundError if isinstance(error, ModuleNotFoundError) else ImportError
-    return cls(f"{where} could not import {name!r} from module {module!r} "
-               f"({_one_line(root)}); {hint}", name=module)
-
-
 def _worker_load(payload, views, moved, where):
+    """Unpickle a task (or the initializer) in the worker.  ``__main__`` means the
+    caller's main script in an interpreter; anything the worker cannot import raises an
+    ImportError naming the module (memchannel.interpreters' unpickler and message)."""
+    support = _interpreters()
     _moving.buffers = moved
     try:
-        return _worker_unpickler()(io.BytesIO(payload), buffers=views).load()
-    except _ImportFailure as failure:
-        raise _import_error(failure, where) from failure.error
+        return support._TargetSideUnpickler(io.BytesIO(payload), buffers=views).load()
+    except support._ImportFailure as failure:
+        raise support._import_error(failure, where) from failure.error
     finally:
         _moving.buffers = None
 
 
 def _describe(exc):
-    """(pickled exception or None, "module.qualname", message, traceback text)."""
-    tb = exc.__traceback__
-    own = globals()
-    while tb is not None and tb.tb_frame.f_globals is own:  # hide the loop's frames
-        tb = tb.tb_next
-    try:
-        text = "".join(traceback.format_exception(type(exc), exc, tb))
-    except BaseException:
-        text = f"{type(exc).__name__}\n"
-    try:
-        message = str(exc)
-    except BaseException:
-        message = "<str() failed>"
-    try:
-        pickled = pickle.dumps(exc, protocol=_PROTOCOL)
-    except BaseException:
-        pickled = None
-    return pickled, f"{type(exc).__module__}.{type(exc).__qualname__}", message, text
+    """How a worker reports an exception: memchannel.interpreters' description (type
+    name, qualname, module, message, traceback text, pickled exception or None), with
+    this module's frames (the worker loop's) left out of the traceback."""
+    return _interpreters()._describe_exception(exc, hide=globals())
 
 
-def _adopt_callers_main(callers_main):
-    """In a worker interpreter: tell memchannel.interpreters' worker side where the
-    caller's main script is, when it could not see it itself.  (CPython removes
-    ``__main__.__file__`` once the script has run, so an interpreter created while the
-    program exits, to finish work submitted without waiting, would not find it.)"""
-    interp_worker = sys.modules.get("_memchannel_interpreters_worker")
-    if (callers_main is None or interp_worker is None
-            or interp_worker._callers_main_name is not None
-            or interp_worker._callers_main_path is not None):
-        return
-    interp_worker._callers_main_name, interp_worker._callers_main_path = callers_main
-
-
-def _worker_loop(task_handle, result_handle, init_blob, worker_id, arrays_as_views, where,
-                 callers_main=None):
+def _worker_loop(task_handle, result_handle, init_blob, worker_id, arrays_as_views, where):
     """Serve tasks until the task channel is closed and drained.  Runs in the worker.
 
     Messages sent on the result channel: ("ok", wid, task_id, pickle, views),
@@ -339,7 +276,6 @@ def _worker_loop(task_handle, result_handle, init_blob, worker_id, arrays_as_vie
     """
     from ._channel import Channel
 
-    _adopt_callers_main(callers_main)
     tasks = Channel.attach(task_handle)
     results = Channel.attach(result_handle)
     try:
@@ -474,8 +410,14 @@ class _Engine:
         self.eager = eager
         self.init_blob = None
         if initializer is not None:  # pickled once, here: errors show at construction
-            self.init_blob, _ = _dump((initializer, tuple(initargs)),
-                                      arrays_as_views=arrays_as_views, in_band=True)
+            try:
+                self.init_blob, _ = _dump((initializer, tuple(initargs)),
+                                          arrays_as_views=arrays_as_views, in_band=True)
+            except Exception as exc:
+                error = _unsendable_callable(initializer, "the initializer")
+                if error is None:
+                    raise
+                raise error from exc
         self.arena = Arena(backend=backend)
         self.results = self.arena.channel()
         self.lock = threading.Lock()
@@ -505,7 +447,7 @@ class _Engine:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if _global_shutdown:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-            future = _base.Future()
+            future = Future()
             item = _WorkItem(future, fn, args, kwargs)
             self.outstanding += 1
             if not self.threads:
@@ -625,6 +567,8 @@ class _Engine:
                         "memoryview or array: delete those views before submitting it (the "
                         "Buffer is moved to the worker, not copied)")
         except BaseException as exc:
+            if isinstance(exc, Exception):
+                exc = _unsendable_callable(item.fn, "the function") or exc
             with self.lock:
                 self.outstanding -= 1
                 worker.in_flight -= 1
@@ -678,7 +622,7 @@ class _Engine:
                 if abrupt:
                     self._break(f"{self.broken_text}: a worker ended abruptly", error)
             elif kind == "init-failed":
-                _, worker_id, (pickled, type_name, text_msg, text) = message
+                text = message[2][4]  # the traceback text of _describe()
                 _base.LOGGER.critical("Exception in initializer:\n%s", text)
                 self._break(f"{self.broken_text}: a worker initializer failed", text)
             elif kind == "feeder-done":
@@ -782,7 +726,10 @@ def _drain(channel):
 
 
 def _rebuild_exception(description):
-    pickled, type_name, message, text = description
+    """The exception a future gets for a task that raised ``description`` (``_describe``):
+    the same exception, or a RemoteError when it does not unpickle here, caused by a
+    RemoteTraceback holding the worker's traceback text."""
+    type_name, type_qualname, type_module, message, text, pickled = description
     exc = None
     if pickled is not None:
         try:
@@ -790,9 +737,27 @@ def _rebuild_exception(description):
         except Exception:
             exc = None
     if not isinstance(exc, BaseException):
-        exc = RemoteError(type_name, message)
+        exc = RemoteError(f"{type_module}.{type_qualname}", message)
     exc.__cause__ = RemoteTraceback(f'\n"""\n{text.rstrip()}\n"""')
     return exc
+
+
+def _unsendable_callable(fn, what):
+    """The PicklingError to report when ``fn`` itself cannot be pickled for a worker (None
+    when it can: then an argument was the problem and its own error says so)."""
+    if isinstance(fn, functools.partial) and fn.func is _call_chunk:
+        fn = fn.args[0]  # map(chunksize=n): the user's function
+    try:
+        _dump(fn, arrays_as_views=True, moved=[])  # as the pool pickles it; nothing is sent
+    except Exception as exc:
+        error = pickle.PicklingError(
+            f"{what} {fn!r} cannot be sent to a worker ({type(exc).__name__}: {exc}): "
+            "workers import functions and classes by module and qualified name, so "
+            "lambdas, nested functions and local classes (and their methods) cannot run "
+            "there; define it at the top level of a module or of the main script")
+        error.__cause__ = exc
+        return error
+    return None
 
 
 def _check_max_workers(max_workers):
@@ -889,9 +854,10 @@ class _InterpreterEngine(_Engine):
 
         _warm_argument_parsers()
         super().__init__(**kwargs)
-        # Where the caller's main script is, seen now, while __main__.__file__ exists.
-        described = interpreters._describe_main_module()
-        self.callers_main = described if described != (None, None) else None
+        # Workers may be created after the main script has ended (a pool finishing at
+        # exit what was submitted without waiting), when __main__.__file__ is gone: have
+        # memchannel.interpreters note now where the main script is, for create().
+        interpreters._remember_main()
 
     def launch(self, worker):
         thread = threading.Thread(target=self._drive, args=(worker,),
@@ -908,8 +874,7 @@ class _InterpreterEngine(_Engine):
             interp = interpreters.create()
             try:
                 interp.call(_worker_loop, worker.tasks.handle, self.results.handle,
-                            self.init_blob, worker.id, True, f"worker interpreter {interp.id}",
-                            self.callers_main)
+                            self.init_blob, worker.id, True, f"worker interpreter {interp.id}")
             finally:
                 interp.close()
         except BaseException as exc:
@@ -1011,7 +976,7 @@ class SerialExecutor(_base.Executor):
     def submit(self, fn, /, *args, **kwargs):
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        future = _base.Future()
+        future = Future()
         future.set_running_or_notify_cancel()
         try:
             future.set_result(fn(*args, **kwargs))

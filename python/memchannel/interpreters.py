@@ -19,7 +19,10 @@ through a process-global channel.  Everything here is built from those two opera
 * At ``create()`` the new interpreter runs a bootstrap that loads this very file (its
   compiled code is passed in as marshal bytes) as the private module
   ``_memchannel_interpreters_worker``, and copies in the caller's ``sys.path`` and
-  ``sys.argv`` so the same packages import there.
+  ``sys.argv`` so the same packages import there, and where the caller's main script is.
+  That is read from ``__main__`` when this module is imported and at every ``create()``;
+  CPython deletes ``__main__.__file__`` once the script has run, so an interpreter
+  created later (at exit) uses the last place seen (``_remember_main``).
 * Every operation (exec, prepare_main, call) is one request: the caller creates a
   low-level channel, binds the request bytes and the channel id in the target's
   ``__main__``, and runs a one-line script that calls the worker.  The worker does the
@@ -39,7 +42,12 @@ through a process-global channel.  Everything here is built from those two opera
   are unpickled in the caller.
 * Failures come back as ``ExecutionFailed`` carrying the remote exception's type name,
   message and formatted traceback (``.excinfo``), plus the exception itself
-  (``.remote_exception``) when it pickles and unpickles.
+  (``.remote_exception``) when it pickles and unpickles.  A callable or argument the
+  target cannot import fails with an ImportError (ModuleNotFoundError) naming the module,
+  the object and what to do.
+* memchannel.executor's pools use the same pieces on both sides (``_TargetSideUnpickler``,
+  ``_import_error``, ``_describe_exception``, ``_CallerSideUnpickler``), so a pool's task
+  and ``call()`` resolve ``__main__`` and report failures alike.
 
 Threads: each interpreter runs one request at a time (a per-interpreter lock makes a
 second thread wait; CPython itself refuses to run one interpreter in two threads at once
@@ -347,26 +355,43 @@ def _resolve_qualname(module, qualname):
 
 class _CallerSideUnpickler(pickle.Unpickler):
     """Unpickles replies: objects the target found in the caller's main script point
-    back at this interpreter's ``__main__``."""
+    back at this interpreter's ``__main__`` (so do multiprocessing's spawned workers',
+    found under ``__mp_main__``)."""
 
     def find_class(self, module_name, qualname):
-        if module_name == _MAIN_ALIAS:
+        if module_name in (_MAIN_ALIAS, "__mp_main__"):
             module_name = "__main__"
         return super().find_class(module_name, qualname)
 
 
+class _ImportFailure(Exception):
+    """Raised by ``_TargetSideUnpickler`` when a pickle names something that cannot be
+    imported here; ``_import_error`` turns it into the ImportError the caller sees."""
+
+    def __init__(self, module, name, error):
+        super().__init__(module, name, error)
+        self.module, self.name, self.error = module, name, error
+
+
 class _TargetSideUnpickler(pickle.Unpickler):
-    """Unpickles requests in the target: ``__main__.name`` means the *caller's* main."""
+    """Unpickles requests in the target.  In an interpreter made by ``create()``,
+    ``__main__.name`` means the *caller's* main script (imported here on first use).
+    Anything that cannot be imported raises ``_ImportFailure``.  (memchannel.executor's
+    workers, interpreters and processes, unpickle their tasks with this class too; in a
+    process it only does the reporting.)"""
 
     def find_class(self, module_name, qualname):
-        if module_name == "__main__":
-            callers_main = _load_callers_main()
-            if callers_main is not None:
-                try:
-                    return _resolve_qualname(callers_main, qualname)
-                except AttributeError:
-                    pass  # maybe defined by exec() in this interpreter's own __main__
-        return super().find_class(module_name, qualname)
+        try:
+            if module_name == "__main__" and _callers_main is not None:
+                callers_main = _load_callers_main()
+                if callers_main is not None:
+                    try:
+                        return _resolve_qualname(callers_main, qualname)
+                    except AttributeError:
+                        pass  # maybe defined by exec() in this interpreter's own __main__
+            return super().find_class(module_name, qualname)
+        except Exception as exc:
+            raise _ImportFailure(module_name, qualname, exc) from exc
 
 
 def _loads(unpickler_class, data):
@@ -374,8 +399,86 @@ def _loads(unpickler_class, data):
     return unpickler_class(io.BytesIO(data)).load()
 
 
+def _root_cause(exc):
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        deeper = exc.__cause__ if exc.__cause__ is not None else exc.__context__
+        if deeper is None:
+            break
+        exc = deeper
+    return exc
+
+
+def _one_line(exc):
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    text = lines[-1] if lines else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _import_error(failure, where):
+    """The ImportError (ModuleNotFoundError when a module is missing) to raise when
+    ``where`` (e.g. "worker interpreter 3") cannot import what a pickle names: it names
+    the module and the object, says why, and what to do about it."""
+    module, name, error = failure.module, failure.name, failure.error
+    root = _root_cause(error)
+    if "subinterpreter" in str(root):
+        hint = ("an extension module that cannot be loaded in an isolated subinterpreter "
+                "(numpy is one) was imported on the way: import it only inside the "
+                "functions that need it, not at the top of a module the worker imports "
+                "(in the main script, under `if __name__ == '__main__':`), pass arrays as "
+                "arguments (they arrive as memoryview), or use processes")
+    elif module in ("__main__", _MAIN_ALIAS):
+        hint = ("functions of the main script are found by importing the script again in "
+                "the worker, which cannot work for an interactive session or `python -c`: "
+                "put them in a module or a script file")
+    else:
+        hint = ("functions and classes sent to a worker must be importable there by module "
+                "and qualified name (no lambdas, nested functions or local classes), from "
+                "the sys.path the worker started with")
+    cls = ModuleNotFoundError if isinstance(error, ModuleNotFoundError) else ImportError
+    return cls(f"{where} could not import {name!r} from module {module!r} "
+               f"({_one_line(root)}); {hint}", name=module)
+
+
+def _describe_exception(exc, hide=None):
+    """(type name, qualname, module, message, traceback text, pickled exception or None)
+    of an exception about to be reported to another interpreter or process.
+
+    Frames at the top of the traceback whose globals are ``hide`` (default: this
+    module's) are left out: the user's code starts below them.  Never raises.
+    """
+    import traceback
+    exc_type = type(exc)
+    try:
+        message = str(exc)
+    except BaseException:
+        message = "<str() of the exception failed>"
+    tb = exc.__traceback__
+    hidden = globals() if hide is None else hide
+    while tb is not None and tb.tb_frame.f_globals is hidden:
+        tb = tb.tb_next
+    try:
+        formatted = "".join(traceback.format_exception(exc_type, exc, tb))
+    except BaseException:
+        formatted = f"{exc_type.__name__}: {message}\n"
+    try:
+        pickled = pickle.dumps(exc, protocol=_PICKLE_PROTOCOL)
+    except BaseException:
+        pickled = None
+    return (exc_type.__name__, exc_type.__qualname__, exc_type.__module__,
+            message, formatted, pickled)
+
+
 def _describe_main_module():
-    """What the target needs to re-import this interpreter's __main__ (see _load_callers_main)."""
+    """What the target needs to re-import this interpreter's __main__ (see
+    _load_callers_main): (module name, None) for ``-m``, (None, path) for a script,
+    (None, None) when it cannot be seen (interactive, ``-c``, or the script has ended:
+    CPython deletes ``__main__.__file__`` once the main script has run)."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     if spec is not None and spec.name:
@@ -387,12 +490,40 @@ def _describe_main_module():
     return None, None
 
 
+# The main module that interpreters created from here resolve ``__main__`` references
+# against, as last seen (see _remember_main).
+_main_seen = (None, None)
+_main_seen_lock = threading.Lock()
+
+
+def _remember_main():
+    """Record where this interpreter's ``__main__`` comes from, if that can be seen now,
+    and return the last record: (module name, path), or (None, None).
+
+    Called when this module is imported, by every ``create()``, and by
+    memchannel.executor when a pool is made.  An interpreter created after the main
+    script has ended (a pool finishing, at exit, work submitted without waiting) can no
+    longer see ``__main__.__file__`` and uses the record.  In an interpreter made by
+    ``create()``, whose own ``__main__`` has no script, the record is the caller's main
+    script, so interpreters it creates resolve ``__main__`` the same way.
+    """
+    global _main_seen
+    with _main_seen_lock:
+        described = _describe_main_module()
+        if described != (None, None):
+            _main_seen = described
+        return _main_seen
+
+
+_remember_main()  # this module is usually imported while the main script runs
+
+
 # ---------------------------------------------------------------------------------------
 # Worker side: runs inside the target interpreter, in the module _WORKER_MODULE_NAME.
 
-# Set by _worker_bootstrap() in the target: how to find the caller's main module.
-_callers_main_name = None
-_callers_main_path = None
+# Set by _worker_bootstrap() in a target interpreter: (name, path) of the caller's main
+# module, as _describe_main_module gave it; None outside interpreters made by create().
+_callers_main = None
 _callers_main_lock = threading.Lock()
 
 
@@ -403,9 +534,11 @@ def _load_callers_main():
         module = sys.modules.get(_MAIN_ALIAS)
         if module is not None:
             return module
+        if _callers_main is None:
+            return None
         import importlib.machinery
         import importlib.util
-        name, path = _callers_main_name, _callers_main_path
+        name, path = _callers_main
         if name is not None:
             # Like multiprocessing: never re-run a package's __main__ (e.g. "pytest").
             if name == "__main__" or name.endswith(".__main__"):
@@ -441,11 +574,18 @@ def _load_callers_main():
 
 
 def _worker_bootstrap(request):
-    global _callers_main_name, _callers_main_path
-    path, argv, _callers_main_name, _callers_main_path = marshal.loads(request)
+    """The first request in a new interpreter: the caller's sys.path, sys.argv and main
+    module (see create())."""
+    global _callers_main, _main_seen
+    path, argv, main_name, main_path = marshal.loads(request)
     sys.path[:] = path
     sys.argv = argv  # a script imported again by _load_callers_main may read it
+    _callers_main = _main_seen = (main_name, main_path)
     return None
+
+
+def _where():
+    return f"interpreter {_backend.current_id()}"
 
 
 def _worker_exec(request):
@@ -459,6 +599,8 @@ def _worker_exec(request):
 def _worker_prepare_main(request):
     try:
         namespace = _loads(_TargetSideUnpickler, request)
+    except _ImportFailure as failure:
+        raise _import_error(failure, f"prepare_main() in {_where()}") from failure.error
     except Exception as exc:
         raise pickle.UnpicklingError(
             f"prepare_main(): could not unpickle the values here: {exc}") from exc
@@ -469,6 +611,8 @@ def _worker_prepare_main(request):
 def _worker_call(request):
     try:
         function, args, kwargs = _loads(_TargetSideUnpickler, request)
+    except _ImportFailure as failure:
+        raise _import_error(failure, f"call() in {_where()}") from failure.error
     except Exception as exc:
         raise pickle.UnpicklingError(
             f"call(): could not unpickle the callable or its arguments here: {exc}") from exc
@@ -487,31 +631,6 @@ _WORKER_OPERATIONS = {
     "prepare_main": _worker_prepare_main,
     "call": _worker_call,
 }
-
-
-def _describe_exception(exc):
-    """(type name, qualname, module, message, traceback text, pickled exception or None)."""
-    import traceback
-    exc_type = type(exc)
-    try:
-        message = str(exc)
-    except BaseException:
-        message = "<str() of the exception failed>"
-    # Hide this module's own frames at the top: the user's code starts below them.
-    tb = exc.__traceback__
-    worker_globals = globals()
-    while tb is not None and tb.tb_frame.f_globals is worker_globals:
-        tb = tb.tb_next
-    try:
-        formatted = "".join(traceback.format_exception(exc_type, exc, tb))
-    except BaseException:
-        formatted = f"{exc_type.__name__}: {message}\n"
-    try:
-        pickled = pickle.dumps(exc, protocol=_PICKLE_PROTOCOL)
-    except BaseException:
-        pickled = None
-    return (exc_type.__name__, exc_type.__qualname__, exc_type.__module__,
-            message, formatted, pickled)
 
 
 def _serve(operation):
@@ -617,10 +736,10 @@ def create(*, isolated=True):
     Concurrency: any thread.
     """
     _preload_for_312()
+    main_name, main_path = _remember_main()
     handle = _backend.create(isolated)
     interp = Interpreter._new_owned(handle, isolated)
     try:
-        main_name, main_path = _describe_main_module()
         bootstrap = marshal.dumps((
             [entry for entry in sys.path if isinstance(entry, str)],
             [arg for arg in getattr(sys, "argv", []) if isinstance(arg, str)],

@@ -37,8 +37,10 @@ def noop():
     return None
 
 
-def pause(seconds):
-    """Keeps a worker busy for a moment, so that a pool starts all its workers."""
+def pause(seconds, preload=None):
+    """Keeps a worker busy for a moment, so that a pool starts all its workers.
+    ``preload`` is not used: passing a function makes the worker import its module
+    (arguments are unpickled before the call), so that happens before timing starts."""
     time.sleep(seconds)
     return None
 

@@ -73,6 +73,16 @@ def test_ideal_control_times_forked_copies_and_returns_no_results():
     assert list(report.results) == [("serial", 1)]
 
 
+@pytest.mark.parametrize("ideal_speedup, noted", [(1.05, True), (1.9, False)])
+def test_table_says_when_the_ideal_control_shows_a_busy_machine(ideal_speedup, noted):
+    from memchannel.compare import Comparison, Row
+    rows = [Row("serial", 1, 4, None, 1.0, 1e-6, 0, None, speedup=1.0),
+            Row("ideal", 2, 4, None, 1.0 / ideal_speedup, None, 0, None,
+                speedup=ideal_speedup)]
+    table = Comparison("w", "", rows, {}).table()
+    assert ("the machine was busy" in table) == noted
+
+
 def test_compare_raises_when_results_differ_by_kind():
     with pytest.raises(ResultsDiffer, match="results differ by kind"):
         mc.compare(where_it_ran, [1, 2, 3], kinds=("serial", "interpreters"), workers=(1,),
@@ -96,6 +106,11 @@ def test_arrays_move_through_memchannel_without_copies():
         assert row.bytes_moved >= 3 * workload.bytes_per_task
         # Only the small task and result messages are copied; the arrays are moved.
         assert row.bytes_copied < workload.bytes_per_task
+    # "processes" brings the stdlib pool, with its default pickling, as the baseline.
+    baseline = report.row("processes-pickle", 2)
+    assert baseline.bytes_moved >= 3 * workload.bytes_per_task
+    assert baseline.bytes_copied is None
+    assert report.results[("processes-pickle", 2)] == reference
 
 
 def test_arrays_copied_into_channel_memory_when_asked():
@@ -155,3 +170,20 @@ def test_cli_reports_unknown_workloads():
     with pytest.raises(SystemExit) as info:
         main(["--workload", "nonesuch"])
     assert info.value.code == 2
+
+
+def test_startup_is_measured_for_pools_and_for_bare_workers():
+    import multiprocessing
+    methods = [m for m in ("fork", "spawn") if m in multiprocessing.get_all_start_methods()]
+    startup = mc.compare.measure_startup(kinds=("threads", "interpreters", "processes"),
+                                         repeat=1, start_methods=methods)
+    expected = ["thread", "interpreter"] + [f"process ({m})" for m in methods]
+    expected += ["bare interpreter (create+close)"]
+    expected += [f"bare process, {m} (start+join)" for m in methods]
+    assert list(startup) == expected
+    assert all(seconds > 0 for seconds in startup.values())
+    report = mc.compare(square_plus, [1, 2], kinds=("serial",), overhead_tasks=1)
+    report.startup = startup
+    table = report.table()
+    assert "pool of 1 worker" in table and "the worker alone, no pool" in table
+    assert "interpreter (create+close)" in table and "bare " not in table

@@ -111,6 +111,60 @@ def numpy_version():
     return numpy.__version__
 
 
+def wait_and_raise(handle):
+    wait_for_release(handle)
+    raise Exception("this is an exception")
+
+
+def get_current_name():
+    return __name__
+
+
+def raise_with_a_comment():
+    raise RuntimeError(123)  # some comment
+
+
+def raise_chained():
+    try:
+        {}["missing"]
+    except KeyError as exc:
+        raise ValueError("lookup failed") from exc
+
+
+def raiser(exception, message="std"):
+    raise exception(message)
+
+
+def timeout_on_one(x):
+    if x == 1:
+        raise TimeoutError
+    return x
+
+
+class FalseyBoolException(Exception):
+    def __bool__(self):
+        return False
+
+
+class FalseyLenException(Exception):
+    def __len__(self):
+        return 0
+
+
+class FailsToUnpickle:
+    """Pickles here; unpickling it in the worker raises (CPython gh-125864)."""
+
+    def __init__(self, value):
+        if value == 1:
+            raise RuntimeError("gotcha")
+
+    def __reduce__(self):
+        return (self.__class__, (1,))
+
+    def __call__(self):
+        return "called"
+
+
 INITIALIZER_STATUS = "uninitialized"
 
 
@@ -199,8 +253,56 @@ def test_unpicklable_argument_fails_the_future_not_the_pool(pool):
 
 
 def test_lambdas_cannot_be_sent(pool):
-    with pytest.raises((pickle.PicklingError, AttributeError)):
+    with pytest.raises(pickle.PicklingError, match="cannot be sent to a worker"):
         pool.submit(lambda: 1).result()
+
+
+def test_local_functions_classes_and_their_methods_cannot_be_sent(pool):
+    spam = True
+
+    def closure():
+        return spam
+
+    class Local:
+        def run(self):
+            return True
+
+    for fn in (closure, Local, Local().run):
+        with pytest.raises(pickle.PicklingError, match="module and qualified name") as info:
+            pool.submit(fn).result()
+        assert fn.__qualname__ in str(info.value)
+        assert info.value.__cause__ is not None  # pickle's own error
+    with pytest.raises(pickle.PicklingError, match="closure"):
+        list(pool.map(closure, [1, 2], chunksize=2))
+    assert pool.submit(mul, 2, 3).result() == 6  # the pool is unharmed
+
+
+def test_bound_method_of_a_module_level_class_can_be_sent(pool):
+    assert pool.submit(MyObject().my_method).result() is None
+
+
+def test_function_runs_with_its_own_module_globals(pool):
+    # CPython's test_submit_func_globals: the function's module is imported in the
+    # worker under its own name, not run as the worker's __main__.
+    assert pool.submit(get_current_name).result() == __name__ != "__main__"
+
+
+def test_callable_that_fails_to_unpickle_in_the_worker_fails_its_future(pool):
+    # CPython gh-125864: an error while unpickling in the worker must not hang.
+    with pytest.raises(RuntimeError, match="gotcha") as info:
+        pool.submit(FailsToUnpickle(0)).result(timeout=60)
+    assert "gotcha" in str(info.value.__cause__)
+    assert pool.submit(mul, 3, 4).result() == 12
+
+
+def test_run_in_executor_of_an_asyncio_loop(pool):
+    import asyncio
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(pool, interpreter_id)
+
+    assert asyncio.run(main()) != interpreters.get_current().id
 
 
 def test_unpicklable_result_is_reported(pool):
@@ -233,9 +335,16 @@ def test_map_with_chunksize_keeps_order(pool, chunksize):
     assert got == list(map(pow, range(40), range(40)))
 
 
-def test_map_rejects_chunksize_below_one(pool):
+@pytest.mark.parametrize("chunksize", [40, 6])
+def test_map_with_chunksize_and_several_iterables(pool, chunksize):
+    got = list(pool.map(pow, range(40), range(40), chunksize=chunksize))
+    assert got == list(map(pow, range(40), range(40)))
+
+
+@pytest.mark.parametrize("chunksize", [0, -1])
+def test_map_rejects_chunksize_below_one(pool, chunksize):
     with pytest.raises(ValueError, match="chunksize"):
-        pool.map(pow, range(3), range(3), chunksize=0)
+        list(pool.map(pow, range(3), range(3), chunksize=chunksize))
 
 
 def test_map_exception_arrives_at_its_position(pool):
@@ -246,12 +355,57 @@ def test_map_exception_arrives_at_its_position(pool):
         next(results)
 
 
+def test_map_exception_with_chunksize(pool):
+    # As ProcessPoolExecutor on 3.12 and 3.13: a chunk is one task, so the calls of a
+    # chunk in which one raised give no results.
+    results = pool.map(divmod, [5, 5, 5, 5], [2, 3, 0, 5], chunksize=2)
+    assert next(results) == (2, 1)
+    assert next(results) == (1, 2)
+    with pytest.raises(ZeroDivisionError) as info:
+        next(results)
+    assert isinstance(info.value.__cause__, mc_executor.RemoteTraceback)
+
+
 def test_map_timeout(pool):
     results = []
+    iterator = pool.map(sleep_then, [0, 0, 3], timeout=1.5)
     with pytest.raises(futures.TimeoutError):
-        for value in pool.map(sleep_then, [0, 0, 3], timeout=1):
+        for value in iterator:
             results.append(value)
-    assert results == [None, None]
+    # A slow start of the first worker may eat into the timeout (CPython gh-110097).
+    assert results in ([None, None], [None], [])
+    # The remaining calls are cancelled: the iterator is exhausted.
+    with pytest.raises(StopIteration):
+        next(iterator)
+
+
+@pytest.mark.parametrize("chunksize", [1, 2])
+def test_map_timeout_raised_by_the_function_is_its_result(pool, chunksize):
+    # A TimeoutError from the callable is not the map() timeout, with or without one.
+    for timeout in (None, 60):
+        results = pool.map(timeout_on_one, [0, 1, 2, 3], timeout=timeout, chunksize=chunksize)
+        if chunksize == 1:
+            assert next(results) == 0
+        with pytest.raises(TimeoutError) as info:
+            next(results)
+        assert isinstance(info.value.__cause__, mc_executor.RemoteTraceback)
+        assert "timeout_on_one" in str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("chunksize", [1, 2])
+def test_map_close(pool, chunksize):
+    results = pool.map(divmod, [5, 5, 5, 5], [2, 3, 0, 5], chunksize=chunksize)
+    assert next(results) == (2, 1)
+    results.close()
+    with pytest.raises(StopIteration):
+        next(results)
+    with pytest.raises(StopIteration):
+        next(results)
+
+
+def test_map_of_nothing(pool):
+    assert list(pool.map(abs, [])) == []
+    assert list(pool.map(abs, [], chunksize=4)) == []
 
 
 def test_map_does_not_keep_results_alive(pool):
@@ -270,6 +424,84 @@ def test_wait_and_as_completed_work_with_the_futures(pool):
     assert sorted(f.result() for f in futures.as_completed(fs[:6])) == list(range(6))
 
 
+# CPython's test_wait, with a memchannel channel for the event (threading.Event does not
+# cross interpreters): a task waiting for it is released by sending it a message.
+
+@pytest.fixture
+def event():
+    channel = mc.Channel(backend="heap")
+    yield channel
+    channel.close()
+
+
+def test_wait_same_future_twice(pool):
+    future = pool.submit(mul, 1, 2)
+    done, not_done = futures.wait([future, future], return_when=futures.ALL_COMPLETED)
+    assert (done, not_done) == ({future}, set())
+
+
+def test_wait_first_completed(pool, event):
+    future1 = pool.submit(mul, 21, 2)
+    future2 = pool.submit(wait_for_release, event.handle)
+    try:
+        done, not_done = futures.wait([future1, future2], timeout=60,
+                                      return_when=futures.FIRST_COMPLETED)
+        assert (done, not_done) == ({future1}, {future2})
+    finally:
+        event.send(b"go")
+    future2.result(timeout=60)
+
+
+def test_wait_first_exception(pool, event):
+    release_second = mc.Channel(backend="heap")
+    future1 = pool.submit(mul, 2, 21)
+    future2 = pool.submit(wait_and_raise, event.handle)
+    future3 = pool.submit(wait_for_release, release_second.handle)
+
+    def after_future1():
+        future1.result()
+        event.send(b"go")
+
+    thread = threading.Thread(target=after_future1)
+    thread.start()
+    try:
+        done, not_done = futures.wait([future1, future2, future3], timeout=60,
+                                      return_when=futures.FIRST_EXCEPTION)
+        assert (done, not_done) == ({future1, future2}, {future3})
+        with pytest.raises(Exception, match="this is an exception"):
+            future2.result()
+    finally:
+        thread.join()
+        release_second.send(b"go")
+    future3.result(timeout=60)
+    release_second.close()
+
+
+def test_wait_timeout(pool, event):
+    future = pool.submit(wait_for_release, event.handle)
+    try:
+        done, not_done = futures.wait([future], timeout=0.05,
+                                      return_when=futures.ALL_COMPLETED)
+        assert (done, not_done) == (set(), {future})
+    finally:
+        event.send(b"go")
+    future.result(timeout=60)
+
+
+def test_as_completed_timeout(pool, event):
+    quick = pool.submit(mul, 6, 7)
+    slow = pool.submit(wait_for_release, event.handle)
+    seen = []
+    try:
+        with pytest.raises(futures.TimeoutError, match=r"1 \(of 2\) futures unfinished"):
+            for future in futures.as_completed([quick, slow], timeout=1):
+                seen.append(future)
+    finally:
+        event.send(b"go")
+    assert seen == [quick]
+    slow.result(timeout=60)
+
+
 # --- exceptions -------------------------------------------------------------------------
 
 def test_exception_keeps_its_type_and_carries_the_worker_traceback(pool):
@@ -282,6 +514,44 @@ def test_exception_keeps_its_type_and_carries_the_worker_traceback(pool):
     assert "raise_custom" in text and 'raise CustomError("custom failure", code)' in text
     assert "CustomError: ('custom failure', 7)" in text
     assert "_worker_loop" not in text  # the executor's own frames are hidden
+
+
+def test_remote_traceback_shows_the_source_line_and_reaches_excepthook(pool, capsys):
+    # CPython's test_traceback for the process pool.
+    with pytest.raises(Exception) as info:
+        pool.submit(raise_with_a_comment).result()
+    exc = info.value
+    assert type(exc) is RuntimeError and exc.args == (123,)
+    assert type(exc.__cause__) is mc_executor.RemoteTraceback
+    assert "raise RuntimeError(123)  # some comment" in exc.__cause__.tb
+    sys.excepthook(type(exc), exc, exc.__traceback__)
+    assert "raise RuntimeError(123)  # some comment" in capsys.readouterr().err
+
+
+def test_chained_exception_keeps_the_whole_chain_in_the_worker_traceback(pool):
+    with pytest.raises(ValueError, match="lookup failed") as info:
+        pool.submit(raise_chained).result()
+    text = str(info.value.__cause__)
+    assert "KeyError: 'missing'" in text
+    assert "The above exception was the direct cause of the following exception" in text
+    assert text.index("KeyError") < text.index("ValueError: lookup failed")
+
+
+def test_falsey_exceptions_are_not_swallowed(pool):
+    # CPython gh-132063.
+    with pytest.raises(FalseyBoolException, match="boolbool"):
+        pool.submit(raiser, FalseyBoolException, "boolbool").result()
+    with pytest.raises(FalseyLenException, match="lenlen"):
+        pool.submit(raiser, FalseyLenException, "lenlen").result()
+
+
+def test_exception_of_exactly_the_base_type(pool):
+    # CPython's test_submit_exception_in_func (3.14 puts an ExecutionFailed in
+    # __cause__; here it is a RemoteTraceback, as ProcessPoolExecutor does).
+    with pytest.raises(Exception) as info:
+        pool.submit(raiser, Exception, "spam").result()
+    assert type(info.value) is Exception and str(info.value) == "spam"
+    assert "Exception: spam" in str(info.value.__cause__)
 
 
 def test_builtin_exception_type_is_kept(pool):
@@ -425,9 +695,57 @@ def test_failing_initializer_breaks_the_pool(no_leaked_interpreters, caplog):
         executor.shutdown(wait=True)
 
 
+def test_failing_initializer_gives_each_future_its_own_error(no_leaked_interpreters, caplog):
+    # CPython's test_broken_process_pool_traceback: one shared exception would gather a
+    # traceback entry per result() call.
+    executor = mc.InterpreterPoolExecutor(max_workers=1, initializer=init_fail)
+    try:
+        with caplog.at_level(logging.CRITICAL, logger="concurrent.futures"):
+            fs = [executor.submit(get_init_status) for _ in range(4)]
+            errors = [f.exception(timeout=60) for f in fs]
+        assert all(isinstance(e, mc_executor.BrokenInterpreterPool) for e in errors)
+        assert len({id(e) for e in errors}) == len(errors)
+        assert "initializer" in str(errors[0])
+    finally:
+        executor.shutdown(wait=True)
+
+
+def test_initializer_runs_before_the_first_task(no_leaked_interpreters):
+    read_fd, write_fd = os.pipe()
+    try:
+        executor = mc.InterpreterPoolExecutor(max_workers=1, initializer=os.write,
+                                              initargs=(write_fd, b"init;"))
+        try:
+            future = executor.submit(os.write, write_fd, b"task;")
+            future.result(timeout=60)
+        finally:
+            executor.shutdown(wait=True)
+        assert os.read(read_fd, 100) == b"init;task;"
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
 def test_initializer_must_be_callable():
     with pytest.raises(TypeError, match="initializer"):
         mc.InterpreterPoolExecutor(initializer=42)
+
+
+def test_initializer_that_cannot_be_sent_fails_at_construction(no_leaked_interpreters):
+    # 3.14 logs NotShareableError and breaks the pool at the first submit; here the
+    # initializer is pickled once, by the constructor, so the error comes at once.
+    count = 0
+
+    def closure():
+        assert count == 0
+
+    class Spam:
+        def initializer(self):
+            raise NotImplementedError
+
+    for initializer in (closure, Spam().initializer):
+        with pytest.raises(pickle.PicklingError, match="the initializer .* cannot be sent"):
+            mc.InterpreterPoolExecutor(initializer=initializer)
 
 
 # --- max_workers ------------------------------------------------------------------------
@@ -436,6 +754,11 @@ def test_initializer_must_be_callable():
 def test_max_workers_must_be_positive(number):
     with pytest.raises(ValueError, match="max_workers must be greater than 0"):
         mc.InterpreterPoolExecutor(max_workers=number)
+
+
+def test_max_workers_must_be_a_number():
+    with pytest.raises(TypeError):
+        mc.InterpreterPoolExecutor(max_workers="2")
 
 
 def test_max_workers_defaults_to_cpu_count():
@@ -479,6 +802,35 @@ def test_shutdown_cancel_futures(no_leaked_interpreters):
     assert others
     for f in others:
         assert f.done() and f.exception() is None
+    with pytest.raises(futures.CancelledError):
+        cancelled[0].result()
+
+
+def test_shutdown_without_wait_returns_at_once(no_leaked_interpreters):
+    executor = mc.InterpreterPoolExecutor(max_workers=1)
+    executor.submit(int).result()  # the worker is up
+    future = executor.submit(sleep_then, 1.0, "done")
+    started = time.monotonic()
+    executor.shutdown(wait=False)
+    assert time.monotonic() - started < 0.5
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(int)
+    assert future.result(timeout=60) == "done"
+    engine = executor._engine
+    for thread in list(engine.threads) + [w.handle for w in engine.workers.values()]:
+        thread.join(60)
+        assert not thread.is_alive()
+
+
+def test_shutdown_twice_and_after_cancel_futures(no_leaked_interpreters):
+    executor = mc.InterpreterPoolExecutor(max_workers=1)
+    fs = [executor.submit(sleep_then, 0.05, i) for i in range(6)]
+    executor.shutdown(wait=False, cancel_futures=True)
+    executor.shutdown(wait=True, cancel_futures=True)
+    executor.shutdown()
+    assert all(f.done() for f in fs)
+    ran = [f.result() for f in fs if not f.cancelled()]
+    assert ran == list(range(len(ran)))  # the first ones were sent; the rest cancelled
 
 
 def test_shutdown_without_wait_lets_the_workers_finish(no_leaked_interpreters):
@@ -553,6 +905,100 @@ def test_functions_of_the_main_script_run_in_the_pool(tmp_path):
         """)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.splitlines() == ["[0, 1, 4, 9, 16]", "__main__ Box 7"]
+
+
+def test_initializer_and_exceptions_of_the_main_script(tmp_path):
+    # CPython's test_init_with___main___global, plus an exception class of the script.
+    completed = run_script(tmp_path, """\
+        import memchannel as mc
+
+        INITIALIZER_STATUS = "uninitialized"
+
+        def init(x):
+            global INITIALIZER_STATUS
+            INITIALIZER_STATUS = x
+
+        def get_init_status():
+            return INITIALIZER_STATUS
+
+        class ScriptError(Exception):
+            pass
+
+        def fail():
+            raise ScriptError("from the script")
+
+        if __name__ == "__main__":
+            with mc.InterpreterPoolExecutor(initializer=init, initargs=("initialized",)) as pool:
+                print(pool.submit(get_init_status).result())
+                try:
+                    pool.submit(fail).result()
+                except ScriptError as exc:
+                    print(type(exc).__module__, type(exc).__name__, exc)
+            print(INITIALIZER_STATUS)
+        """)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == [
+        "initialized", "__main__ ScriptError from the script", "uninitialized"]
+
+
+def test_main_script_functions_are_found_once_main_file_is_gone(tmp_path):
+    # CPython deletes __main__.__file__ when the script has run; interpreters created
+    # after that (at exit) still find the script, remembered earlier.
+    completed = run_script(tmp_path, """\
+        import sys
+        import memchannel as mc
+
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            pool = mc.InterpreterPoolExecutor(2)
+            del sys.modules["__main__"].__file__  # as at exit
+            print(pool.submit(square, 7).result())
+            pool.shutdown()
+        """)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["49"]
+
+
+def test_submit_after_interpreter_shutdown_raises(tmp_path):
+    completed = run_script(tmp_path, """\
+        import atexit
+        import memchannel as mc
+
+        @atexit.register
+        def run_last():
+            try:
+                pool.submit(id, None)
+            except RuntimeError:
+                print("runtime-error")
+                raise
+
+        if __name__ == "__main__":
+            pool = mc.InterpreterPoolExecutor(5)
+            pool.submit(id, 42).result()
+        """)
+    assert "RuntimeError: cannot schedule new futures" in completed.stderr
+    assert completed.stdout.strip() == "runtime-error"
+
+
+def test_shutdown_without_wait_and_with_cancel_futures_at_exit(tmp_path):
+    completed = run_script(tmp_path, """\
+        import time
+        import memchannel as mc
+
+        def sleep_and_print(seconds, message):
+            time.sleep(seconds)
+            print(message, flush=True)
+
+        if __name__ == "__main__":
+            pool = mc.InterpreterPoolExecutor()
+            pool.submit(sleep_and_print, 0.1, "apple")
+            pool.shutdown(wait=False, cancel_futures=True)
+        """)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stderr == ""
+    assert completed.stdout.strip() in ("apple", "")
 
 
 def test_pool_left_running_at_exit_finishes_its_work(tmp_path):

@@ -343,6 +343,25 @@ def test_sys_path_matches_the_caller():
         assert interp.call(current_sys_path) == [p for p in sys.path if isinstance(p, str)]
 
 
+def test_a_callable_the_interpreter_cannot_import_gives_an_error_naming_its_module(tmp_path):
+    module_name = f"made_after_create_{os.getpid()}"
+    with interpreters.create() as interp:  # its sys.path is today's
+        (tmp_path / f"{module_name}.py").write_text("def triple(x):\n    return 3 * x\n")
+        sys.path.insert(0, str(tmp_path))
+        try:
+            module = __import__(module_name)
+            with pytest.raises(interpreters.ExecutionFailed) as caught:
+                interp.call(module.triple, 2)
+        finally:
+            sys.path.remove(str(tmp_path))
+            sys.modules.pop(module_name, None)
+    assert caught.value.excinfo.type_name == "ModuleNotFoundError"
+    remote = caught.value.remote_exception
+    assert isinstance(remote, ModuleNotFoundError) and remote.name == module_name
+    assert f"could not import 'triple' from module {module_name!r}" in str(remote)
+    assert f"interpreter {interp.id}" in str(remote)
+
+
 def test_module_globals_are_isolated_between_interpreters():
     global counter
     counter = 0
@@ -435,3 +454,34 @@ def test_functions_of_the_callers_main_script_are_found(tmp_path):
 
 def test_functions_of_a_main_module_run_with_dash_m_are_found(tmp_path):
     assert run_caller_script(tmp_path, "-m", "caller_script") == EXPECTED_MAIN_SCRIPT_OUTPUT
+
+
+AT_EXIT_SCRIPT = '''
+import atexit
+import sys
+from memchannel import interpreters
+
+def square(x):
+    return x * x
+
+def at_exit():
+    print("main file at exit:", getattr(sys.modules["__main__"], "__file__", None))
+    with interpreters.create() as interp:
+        print("square at exit:", interp.call(square, 7))
+
+if __name__ == "__main__":
+    atexit.register(at_exit)
+    print("script ran")
+'''
+
+
+def test_an_interpreter_created_after_the_script_ended_still_finds_its_functions(tmp_path):
+    # CPython deletes __main__.__file__ once the script has run: create() uses where the
+    # main script was seen earlier (at import of memchannel.interpreters, at each create).
+    (tmp_path / "at_exit_script.py").write_text(AT_EXIT_SCRIPT)
+    completed = subprocess.run([sys.executable, "at_exit_script.py"], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stderr == ""
+    assert completed.stdout.splitlines() == [
+        "script ran", "main file at exit: None", "square at exit: 49"]
