@@ -206,7 +206,7 @@ def comparison(quick: bool) -> None:
         print("\n3. (memchannel.compare is not available in this build)")
         return
     print("\n3. The same pure-Python CPU work, serial vs threads vs interpreters vs processes")
-    compare.main(["--workload", "cpu", "--workers", "1,2"] + (["--quick"] if quick else []))
+    compare.main(["--workload", "cpu", "--workers", "1,2", "--startup", "no"] + (["--quick"] if quick else []))
 
 
 def main(argv=None) -> int:
