@@ -6,6 +6,8 @@
 #include <thread>
 #include <vector>
 
+#include "core/channel.h"
+
 namespace memchannel {
 namespace {
 
@@ -13,6 +15,10 @@ constexpr uint64_t kInitialSegmentBytes = 4ull << 20;
 constexpr uint64_t kHeaderBytes = (sizeof(ArenaHeader) + kUnit - 1) & ~(kUnit - 1);
 constexpr int kMaxClaimRetries = 16;     // free-list entries that fail validation before giving up
 constexpr uint32_t kStealClasses = 16;   // larger classes searched when capacity is exhausted
+// How long a carve waits for another party to finish creating the next segment (a creator that
+// died leaves it "creating" forever: the carve then reports kOutOfCapacity, and callers wait on
+// the arena's space EventCount with their own deadlines).
+constexpr int64_t kMaxGrowStallNs = 2'000'000'000;
 
 uint64_t round_up_pow2(uint64_t v) { return v <= 1 ? 1 : (1ull << std::bit_width(v - 1)); }
 
@@ -20,7 +26,56 @@ bool is_plain_bytes(const PayloadLayout& layout) {
   return layout.itemsize == 1 && layout.ndim == 1 && layout.format == "B";
 }
 
+// The 64-bit word of a cell that holds its magic (see block.h, "Carving").
+uint64_t* cell_word(uint8_t* cell) { return reinterpret_cast<uint64_t*>(cell + kCellWordOffset); }
+uint64_t load_cell_word(uint8_t* cell) { return __atomic_load_n(cell_word(cell), __ATOMIC_ACQUIRE); }
+
+void saturating_sub(std::atomic<uint64_t>& counter, uint64_t n) {
+  uint64_t cur = counter.load(std::memory_order_relaxed);
+  while (!counter.compare_exchange_weak(cur, cur > n ? cur - n : 0, std::memory_order_relaxed)) {
+  }
+}
+
 }  // namespace
+
+#if defined(MEMCHANNEL_TEST_HOOKS)
+namespace detail {
+std::atomic<CrashHook> g_crash_hook{nullptr};
+}  // namespace detail
+#endif
+
+const char* to_string(CrashPoint p) {
+  switch (p) {
+    case CrashPoint::kAllocPopped: return "alloc_popped";
+    case CrashPoint::kAllocCarveLocked: return "alloc_carve_locked";
+    case CrashPoint::kAllocCarved: return "alloc_carved";
+    case CrashPoint::kAllocClaimed: return "alloc_claimed";
+    case CrashPoint::kReleaseRefDropped: return "release_ref_dropped";
+    case CrashPoint::kReleaseMarkedFree: return "release_marked_free";
+    case CrashPoint::kReleasePushed: return "release_pushed";
+    case CrashPoint::kNodePopped: return "node_popped";
+    case CrashPoint::kNodeCarveLocked: return "node_carve_locked";
+    case CrashPoint::kNodeCarved: return "node_carved";
+    case CrashPoint::kNodeClaimed: return "node_claimed";
+    case CrashPoint::kNodeConvertClaimed: return "node_convert_claimed";
+    case CrashPoint::kNodeConvertCells: return "node_convert_cells";
+    case CrashPoint::kNodeConverted: return "node_converted";
+    case CrashPoint::kNodeMarkedFree: return "node_marked_free";
+    case CrashPoint::kSendNodeAllocated: return "send_node_allocated";
+    case CrashPoint::kSendAdmitted: return "send_admitted";
+    case CrashPoint::kSendMarkedSending: return "send_marked_sending";
+    case CrashPoint::kSendLinked: return "send_linked";
+    case CrashPoint::kSendTailSwung: return "send_tail_swung";
+    case CrashPoint::kSendMarkedQueued: return "send_marked_queued";
+    case CrashPoint::kSendNotified: return "send_notified";
+    case CrashPoint::kRecvClaimed: return "recv_claimed";
+    case CrashPoint::kRecvTaken: return "recv_taken";
+    case CrashPoint::kRecvHeadAdvanced: return "recv_head_advanced";
+    case CrashPoint::kRecvOldHeadFreed: return "recv_old_head_freed";
+    case CrashPoint::kCount: break;
+  }
+  return "unknown crash point";
+}
 
 Arena::Arena(std::unique_ptr<MemoryBackend> backend, ArenaHeader* header, uint64_t capacity)
     : backend_(std::move(backend)), header_(header), capacity_(capacity) {}
@@ -79,7 +134,7 @@ Status Arena::claim_holder_slot() {
 }
 
 template <typename Visit>
-void Arena::walk_blocks(Visit&& visit, uint64_t* nodes, uint64_t* bad_cells) {
+void Arena::walk_cells(Visit&& visit, uint64_t* bad_cells) {
   const uint32_t count = std::min(header_->segment_count.load(std::memory_order_acquire), kMaxSegments);
   const uint64_t carve_at = header_->carve.load(std::memory_order_acquire);
   for (uint32_t seg = 0; seg < count; ++seg) {
@@ -89,39 +144,153 @@ void Arena::walk_blocks(Visit&& visit, uint64_t* nodes, uint64_t* bad_cells) {
     const uint64_t end = seg == segment_of(carve_at) ? std::min(within_segment(carve_at), size) : size;
     uint64_t at = seg == 0 ? kHeaderBytes : 0;
     while (at + kUnit <= end) {
-      const uint32_t magic = __atomic_load_n(reinterpret_cast<uint32_t*>(base + at + kCellMagicOffset),
-                                             __ATOMIC_RELAXED);
-      if (magic == kNodeMagic) {
-        ++*nodes;
-        at += kUnit;
-        continue;
-      }
-      if (magic != kBlockMagic) {
-        // A segment's unused tail is zero; anything else before the carve cursor is a cell
-        // carved by a party that died before writing its header. Its size is unknown: stop.
-        if (seg == segment_of(carve_at) || magic != 0) ++*bad_cells;
+      uint8_t* cell = base + at;
+      const uint64_t word = load_cell_word(cell);
+      const uint32_t magic = static_cast<uint32_t>(word >> 32);
+      CellInfo info{CellInfo::kBlock, make_offset(seg, at), kUnit, nullptr, nullptr, 0};
+      if (is_carving_word(word)) {
+        // A carve in progress, or one whose carver died: its size is in the word.
+        const uint64_t bytes = carving_units(word) << kUnitShift;
+        if (bytes > end - at) { ++*bad_cells; break; }
+        info.kind = CellInfo::kCarving;
+        info.bytes = bytes;
+        info.carving_word = word;
+      } else if (magic == kNodeMagic) {
+        info.kind = CellInfo::kNode;
+        info.node = reinterpret_cast<QueueNode*>(cell);
+      } else if (magic == kBlockMagic) {
+        auto* hdr = reinterpret_cast<BlockHeader*>(cell);
+        const uint32_t cls = hdr->size_class.load(std::memory_order_relaxed);
+        if (cls >= kNumClasses) { ++*bad_cells; break; }
+        const uint64_t bytes = class_units(cls) << kUnitShift;
+        if (bytes > end - at) { ++*bad_cells; break; }
+        info.bytes = bytes;
+        info.block = hdr;
+      } else {
+        // A segment's unused tail is zero; anything else before the carve cursor is unknown
+        // (carves publish their size before the cursor moves, so it is garbage): stop.
+        if (seg == segment_of(carve_at) || magic != 0 || static_cast<uint32_t>(word) != 0) ++*bad_cells;
         break;
       }
-      auto* hdr = reinterpret_cast<BlockHeader*>(base + at);
-      const uint32_t cls = hdr->size_class.load(std::memory_order_relaxed);
-      if (cls >= kNumClasses) { ++*bad_cells; break; }
-      const uint64_t bytes = class_units(cls) << kUnitShift;
-      if (bytes > end - at) { ++*bad_cells; break; }
-      visit(make_offset(seg, at), hdr);
-      at += bytes;
+      visit(info);
+      at += info.bytes;
     }
   }
 }
 
+uint64_t Arena::for_each_cell(const std::function<void(const CellInfo&)>& visit) {
+  uint64_t bad = 0;
+  walk_cells([&](const CellInfo& c) { visit(c); }, &bad);
+  return bad;
+}
+
+bool Arena::holder_alive(uint32_t holder) {
+  if (!backend_->tracks_holders() || holder == 0 || holder == holder_) return true;
+  if (holder > kMaxHolders) return false;
+  HolderSlot& slot = header_->holders[holder - 1];
+  const uint32_t state = slot.state.load(std::memory_order_acquire);
+  if (state == kSlotClaiming) return true;  // identity not yet published: assume alive
+  if (state != kSlotActive) return false;
+  const HolderIdentity id{{slot.identity[0].load(std::memory_order_relaxed),
+                           slot.identity[1].load(std::memory_order_relaxed)}};
+  return backend_->liveness(id) != HolderLiveness::kDead;
+}
+
+Status Arena::reclaim_block(BlockRef ref, uint32_t expected) {
+  BlockHeader* hdr = block_header(ref);
+  if (hdr == nullptr) return Status::kCorruptedOffset;
+  if (state_kind(expected) == kBlockFree) return Status::kDoubleRelease;
+  uint32_t word = expected;
+  // Make the block ours first, so resetting its reference count and flags races nobody.
+  const uint32_t mine = make_state(state_generation(expected), holder_, kBlockReserved);
+  if (!hdr->state.compare_exchange_strong(word, mine, std::memory_order_acq_rel)) {
+    return Status::kDoubleRelease;
+  }
+  hdr->refcount.store(1, std::memory_order_relaxed);
+  hdr->flags.store(0, std::memory_order_relaxed);
+  return free_block(ref, hdr, mine);
+}
+
+bool Arena::complete_send(BlockRef ref, uint32_t expected) {
+  BlockHeader* hdr = block_header(ref);
+  if (hdr == nullptr || state_kind(expected) != kBlockSending) return false;
+  uint32_t word = expected;
+  return hdr->state.compare_exchange_strong(word, make_state(state_generation(expected), 0, kBlockQueued),
+                                            std::memory_order_acq_rel);
+}
+
+void Arena::help_carve(uint64_t cursor, uint64_t carving_word) {
+  const uint32_t seg = segment_of(cursor);
+  const uint64_t size = seg < kMaxSegments ? sizes_[seg].load(std::memory_order_relaxed) : 0;
+  const uint64_t within = within_segment(cursor);
+  const uint64_t bytes = carving_units(carving_word) << kUnitShift;
+  if (within > size || bytes > size - within) {
+    // No carver writes a word that does not fit: garbage. Clear it so carving can go on.
+    note_corruption();
+    if (uint8_t* cell = translate(cursor, kUnit)) {
+      uint64_t w = carving_word;
+      __atomic_compare_exchange_n(cell_word(cell), &w, uint64_t{0}, false, __ATOMIC_ACQ_REL,
+                                  __ATOMIC_ACQUIRE);
+    }
+    return;
+  }
+  uint64_t c = cursor;
+  header_->carve.compare_exchange_strong(c, cursor + bytes, std::memory_order_acq_rel);
+}
+
 uint64_t Arena::reclaim_holder(uint32_t holder_id) {
-  uint64_t freed = 0, nodes = 0, bad = 0;
-  walk_blocks([&](Offset off, BlockHeader* hdr) {
-    const uint32_t word = hdr->state.load(std::memory_order_acquire);
+  uint64_t freed = 0, bad = 0;
+  // A carve the dead holder left at the cursor: move the cursor past it, so the walk sees it.
+  const uint64_t cursor = header_->carve.load(std::memory_order_acquire);
+  uint8_t* at_cursor = (within_segment(cursor) % kUnit) == 0 ? translate(cursor, kUnit) : nullptr;
+  if (uint8_t* cell = at_cursor) {
+    const uint64_t w = load_cell_word(cell);
+    if (is_carving_word(w) && carving_holder(w) == holder_id) help_carve(cursor, w);
+  }
+  // Queues first: a send the dead holder had linked is completed, one it had not is rolled
+  // back; messages it had claimed are freed; dummies it had advanced past are freed.
+  freed += recover_queues(*this, holder_id);
+  walk_cells([&](const CellInfo& c) {
+    if (c.kind == CellInfo::kCarving) {
+      if (carving_holder(c.carving_word) != holder_id) return;
+      // The carver died before initialising its cell: make it a free block of its class.
+      const uint64_t units = carving_units(c.carving_word);
+      const uint32_t cls = class_for_units(units);
+      if (cls >= kNumClasses || class_units(cls) != units) return;  // not a carve we make
+      uint8_t* cell = translate(c.offset, c.bytes);
+      if (cell == nullptr) return;
+      uint64_t w = c.carving_word;
+      if (!__atomic_compare_exchange_n(cell_word(cell), &w, make_carving_word(holder_, units), false,
+                                       __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        return;
+      }
+      auto* hdr = reinterpret_cast<BlockHeader*>(cell);
+      hdr->state.store(make_state(0, 0, kBlockFree), std::memory_order_relaxed);
+      hdr->refcount.store(0, std::memory_order_relaxed);
+      hdr->size_class.store(cls, std::memory_order_relaxed);
+      hdr->length.store(0, std::memory_order_relaxed);
+      hdr->flags.store(0, std::memory_order_relaxed);
+      publish_cell(cell, kBlockMagic);
+      push_free(header_->free_lists[cls].head, offset_to_ref(c.offset), &hdr->next_free);
+      notify_all(header_->space);
+      ++freed;
+      return;
+    }
+    if (c.kind == CellInfo::kNode) {
+      const uint64_t s = c.node->state.load(std::memory_order_acquire);
+      if (node_kind(s) == kNodeHeld && node_holder(s) == holder_id) {
+        free_node_at(c.node, offset_to_ref(c.offset), s, true);
+      }
+      return;
+    }
+    const uint32_t word = c.block->state.load(std::memory_order_acquire);
     const BlockState kind = state_kind(word);
-    if (state_holder(word) != holder_id || (kind != kBlockReserved && kind != kBlockReceived)) return;
-    hdr->refcount.store(1, std::memory_order_relaxed);
-    if (free_block(offset_to_ref(off), hdr, word) == Status::kOk) ++freed;
-  }, &nodes, &bad);
+    if (state_holder(word) != holder_id ||
+        (kind != kBlockReserved && kind != kBlockReceived && kind != kBlockSending)) {
+      return;
+    }
+    if (reclaim_block(offset_to_ref(c.offset), word) == Status::kOk) ++freed;
+  }, &bad);
   return freed;
 }
 
@@ -150,28 +319,46 @@ uint64_t Arena::reap_dead_holders() {
 
 ArenaCensus Arena::census() {
   ArenaCensus c;
-  std::vector<BlockRef> free_blocks;
-  walk_blocks([&](Offset off, BlockHeader* hdr) {
+  walk_cells([&](const CellInfo& cell) {
+    if (cell.kind == CellInfo::kCarving) {
+      ++c.carving_cells;
+      return;
+    }
+    if (cell.kind == CellInfo::kNode) {
+      ++c.nodes;
+      switch (node_kind(cell.node->state.load(std::memory_order_acquire))) {
+        case kNodeFree: ++c.nodes_free; break;
+        case kNodeHeld: ++c.nodes_held; break;
+        case kNodeLinked: ++c.nodes_linked; break;
+        case kNodeClaimed: ++c.nodes_claimed; break;
+      }
+      return;
+    }
     ++c.blocks;
-    if ((hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) {
+    if ((cell.block->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) {
       ++c.arena_cells;
       return;
     }
-    switch (state_kind(hdr->state.load(std::memory_order_acquire))) {
-      case kBlockFree: ++c.free_blocks; free_blocks.push_back(offset_to_ref(off)); break;
+    switch (state_kind(cell.block->state.load(std::memory_order_acquire))) {
+      case kBlockFree: ++c.free_blocks; break;
       case kBlockReserved: ++c.reserved; break;
       case kBlockQueued: ++c.queued; break;
       case kBlockReceived: ++c.received; break;
+      case kBlockSending: ++c.sending; break;
     }
-  }, &c.nodes, &c.bad_cells);
-  // Every block on a free list must be free and listed once (a quiescent check).
+  }, &c.bad_cells);
+  // Every block on a free list must be free, of the list's class, and listed once (a quiescent
+  // check); the same for the node free list.
   std::vector<BlockRef> listed;
   for (uint32_t cls = 0; cls < kNumClasses; ++cls) {
     BlockRef ref = tagged_ref(header_->free_lists[cls].head.load(std::memory_order_acquire));
     for (uint64_t steps = 0; ref != 0; ++steps) {
       BlockHeader* hdr = block_header(ref);
       if (hdr == nullptr || steps > c.blocks) { c.free_lists_consistent = false; break; }
-      if (state_kind(hdr->state.load(std::memory_order_acquire)) != kBlockFree) c.free_lists_consistent = false;
+      if (state_kind(hdr->state.load(std::memory_order_acquire)) != kBlockFree ||
+          hdr->size_class.load(std::memory_order_relaxed) != cls) {
+        c.free_lists_consistent = false;
+      }
       listed.push_back(ref);
       ref = hdr->next_free.load(std::memory_order_relaxed);
     }
@@ -179,6 +366,20 @@ ArenaCensus Arena::census() {
   std::sort(listed.begin(), listed.end());
   if (std::adjacent_find(listed.begin(), listed.end()) != listed.end()) c.free_lists_consistent = false;
   c.free_listed = listed.size();
+  std::vector<BlockRef> nodes_listed;
+  BlockRef ref = tagged_ref(header_->node_free.load(std::memory_order_acquire));
+  for (uint64_t steps = 0; ref != 0; ++steps) {
+    QueueNode* n = find_node(ref);
+    if (n == nullptr || steps > c.nodes) { c.node_list_consistent = false; break; }
+    if (node_kind(n->state.load(std::memory_order_acquire)) != kNodeFree) c.node_list_consistent = false;
+    nodes_listed.push_back(ref);
+    ref = n->free_next.load(std::memory_order_relaxed);
+  }
+  std::sort(nodes_listed.begin(), nodes_listed.end());
+  if (std::adjacent_find(nodes_listed.begin(), nodes_listed.end()) != nodes_listed.end()) {
+    c.node_list_consistent = false;
+  }
+  c.nodes_free_listed = nodes_listed.size();
   return c;
 }
 
@@ -278,7 +479,7 @@ uint8_t* Arena::map_segment_slow(uint32_t index) {
 BlockHeader* Arena::block_header(BlockRef ref) {
   if (ref == 0) return nullptr;
   auto* hdr = translate_as<BlockHeader>(ref_to_offset(ref));
-  if (hdr == nullptr || hdr->magic != kBlockMagic) return nullptr;
+  if (hdr == nullptr || load_cell_magic(hdr) != kBlockMagic) return nullptr;
   const uint32_t cls = hdr->size_class.load(std::memory_order_relaxed);
   if (cls >= kNumClasses || translate(ref_to_offset(ref), class_units(cls) << kUnitShift) == nullptr) {
     return nullptr;
@@ -286,13 +487,17 @@ BlockHeader* Arena::block_header(BlockRef ref) {
   return hdr;
 }
 
-QueueNode* Arena::node(BlockRef ref) {
+QueueNode* Arena::find_node(BlockRef ref) {
   if (ref == 0) return nullptr;
   auto* n = translate_as<QueueNode>(ref_to_offset(ref));
-  if (n == nullptr || n->magic != kNodeMagic) {
-    note_corruption();
-    return nullptr;
-  }
+  if (n == nullptr || load_cell_magic(n) != kNodeMagic) return nullptr;
+  return n;
+}
+
+QueueNode* Arena::node(BlockRef ref) {
+  if (ref == 0) return nullptr;
+  QueueNode* n = find_node(ref);
+  if (n == nullptr) note_corruption();
   return n;
 }
 
@@ -302,7 +507,7 @@ Status Arena::grow(uint32_t current, uint64_t at_least) {
   const uint64_t existing = header_->segment_bytes[next].load(std::memory_order_acquire);
   if (existing == kSegmentCreating) {  // another party is creating it: let it finish
     std::this_thread::yield();
-    return Status::kOk;
+    return Status::kInterrupted;
   }
   if (existing == 0) {
     uint64_t total = 0;
@@ -342,63 +547,146 @@ Status Arena::grow(uint32_t current, uint64_t at_least) {
   return Status::kOk;
 }
 
-Result<Offset> Arena::carve(uint64_t bytes) {
+void Arena::publish_cell(uint8_t* cell, uint32_t magic) {
+  // One 64-bit store replaces the carving word: the cell's fields written before it are
+  // visible to whoever sees the magic (acquire).
+  __atomic_store_n(cell_word(cell), static_cast<uint64_t>(magic) << 32, __ATOMIC_RELEASE);
+}
+
+Result<Offset> Arena::carve(uint64_t bytes, bool node) {
+  const uint64_t mine = make_carving_word(holder_, bytes >> kUnitShift);
+  int64_t stalled_since = 0;
   for (;;) {
-    uint64_t cur = header_->carve.load(std::memory_order_acquire);
+    const uint64_t cur = header_->carve.load(std::memory_order_acquire);
     const uint32_t seg = segment_of(cur);
-    if (seg >= kMaxSegments || segment_base(seg) == nullptr) {
-      note_corruption();
+    const uint64_t within = within_segment(cur);
+    uint8_t* base = seg < kMaxSegments ? segment_base(seg) : nullptr;
+    const uint64_t size = base != nullptr ? sizes_[seg].load(std::memory_order_relaxed) : 0;
+    if (base == nullptr || (within & (kUnit - 1)) != 0 || within > size ||
+        (seg == 0 && within < kHeaderBytes)) {
+      note_corruption();  // a cursor outside the segments, off the 64-byte grid, or in the header
       return {Status::kCorruptedOffset, 0};
     }
-    const uint64_t size = sizes_[seg].load(std::memory_order_relaxed);
-    const uint64_t within = within_segment(cur);
-    if (within <= size && bytes <= size - within) {
-      if (header_->carve.compare_exchange_weak(cur, cur + bytes, std::memory_order_acq_rel)) {
+    if (size - within >= kUnit) {
+      uint8_t* cell = base + within;
+      const uint64_t w = load_cell_word(cell);
+      if (is_carving_word(w)) {  // another carver claimed this cell: move the cursor for it
+        help_carve(cur, w);
+        continue;
+      }
+      if (w != 0) {
+        // An initialised cell at the cursor: our cursor read is stale, or the cursor is forged.
+        if (header_->carve.load(std::memory_order_acquire) != cur) continue;
+        note_corruption();
+        return {Status::kCorruptedOffset, 0};
+      }
+      if (bytes <= size - within) {
+        uint64_t expected = 0;
+        if (!__atomic_compare_exchange_n(cell_word(cell), &expected, mine, false, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE)) {
+          continue;
+        }
+        if (node) {
+          MEMCHANNEL_CRASH_POINT(kNodeCarveLocked);
+        } else {
+          MEMCHANNEL_CRASH_POINT(kAllocCarveLocked);
+        }
+        // If this CAS fails, someone moved the cursor on our behalf (help_carve) or on to the
+        // next segment (grow): either way the cell at `cur` is carved, and ours.
+        uint64_t c = cur;
+        header_->carve.compare_exchange_strong(c, cur + bytes, std::memory_order_acq_rel);
         header_->counters.carved_bytes.fetch_add(bytes, std::memory_order_relaxed);
         return {Status::kOk, cur};
       }
-      continue;
     }
     const Status s = grow(seg, bytes);
+    if (s == Status::kInterrupted) {  // another party is creating the next segment
+      const int64_t now = monotonic_ns();
+      if (stalled_since == 0) stalled_since = now;
+      if (now - stalled_since > kMaxGrowStallNs) return {Status::kOutOfCapacity, 0};
+      continue;
+    }
     if (s != Status::kOk) return {s, 0};
   }
 }
 
-Result<BlockRef> Arena::pop_free(std::atomic<uint64_t>& head, bool nodes) {
+Result<BlockRef> Arena::pop_free(std::atomic<uint64_t>& head, bool nodes, uint32_t cls, uint64_t* word,
+                                 void** cell) {
   uint64_t h = head.load(std::memory_order_acquire);
   for (;;) {
     const BlockRef ref = tagged_ref(h);
     if (ref == 0) return {Status::kEmpty, 0};
     std::atomic<uint32_t>* link = nullptr;
+    uint64_t state = 0;
+    bool ok = false;
+    void* at = nullptr;
     if (nodes) {
-      QueueNode* n = node(ref);
-      if (n != nullptr) link = &n->free_next;
+      if (QueueNode* n = find_node(ref)) {
+        at = n;
+        link = &n->free_next;
+        state = n->state.load(std::memory_order_acquire);
+        ok = node_kind(state) == kNodeFree;
+      }
     } else if (BlockHeader* hdr = block_header(ref)) {
+      at = hdr;
       link = &hdr->next_free;
+      state = hdr->state.load(std::memory_order_acquire);
+      ok = state_kind(static_cast<uint32_t>(state)) == kBlockFree &&
+           hdr->size_class.load(std::memory_order_relaxed) == cls;
     }
-    if (link == nullptr) {
-      // The list head points outside arena memory: drop the list rather than follow it.
+    // A stale `next` (the top was popped and re-pushed meanwhile) fails the tag CAS below.
+    const BlockRef next = link != nullptr ? link->load(std::memory_order_relaxed) : 0;
+    if (!ok || next == ref) {
+      // Only corruption if the head still names this entry: an entry just popped by another
+      // party is no longer free, and its pop moved the head (acquire pairs with its claim).
+      const uint64_t again = head.load(std::memory_order_acquire);
+      if (again != h) {
+        h = again;
+        continue;
+      }
+      // A head outside arena memory, a block that is held or of another class, a cycle:
+      // detach the whole list. Its blocks leak rather than risk handing one out twice.
       note_corruption();
       head.compare_exchange_strong(h, make_tagged(tagged_tag(h) + 1, 0), std::memory_order_acq_rel);
       return {Status::kCorruptedIndex, 0};
     }
-    // A stale `next` (the top was popped and re-pushed meanwhile) fails the tag CAS below.
-    const BlockRef next = link->load(std::memory_order_relaxed);
     if (head.compare_exchange_weak(h, make_tagged(tagged_tag(h) + 1, next),
                                    std::memory_order_acquire, std::memory_order_acquire)) {
+      *word = state;
+      *cell = at;
       return {Status::kOk, ref};
     }
   }
 }
 
-void Arena::push_free(std::atomic<uint64_t>& head, BlockRef ref, bool nodes) {
-  std::atomic<uint32_t>* link = nodes ? &node(ref)->free_next : &block_header(ref)->next_free;
+void Arena::push_free(std::atomic<uint64_t>& head, BlockRef ref, std::atomic<uint32_t>* link) {
   uint64_t h = head.load(std::memory_order_relaxed);
   do {
     link->store(tagged_ref(h), std::memory_order_relaxed);
     // release: the link store and the block's last contents happen-before the next pop (acquire).
   } while (!head.compare_exchange_weak(h, make_tagged(tagged_tag(h) + 1, ref),
                                        std::memory_order_release, std::memory_order_relaxed));
+}
+
+Result<BlockRef> Arena::take_free_block(uint32_t cls, uint32_t* generation, BlockHeader** hdr_out) {
+  for (int attempt = 0; attempt < kMaxClaimRetries; ++attempt) {
+    uint64_t word = 0;
+    void* cell = nullptr;
+    auto popped = pop_free(header_->free_lists[cls].head, false, cls, &word, &cell);
+    if (!popped.ok()) return popped;
+    MEMCHANNEL_CRASH_POINT(kAllocPopped);
+    auto* hdr = static_cast<BlockHeader*>(cell);
+    uint32_t expected = static_cast<uint32_t>(word);
+    const uint32_t gen = (state_generation(expected) + 1) & kGenerationMask;
+    if (hdr->state.compare_exchange_strong(expected, make_state(gen, holder_, kBlockReserved),
+                                           std::memory_order_acq_rel)) {
+      *generation = gen;
+      *hdr_out = hdr;
+      return popped;
+    }
+    note_corruption();  // popped by us, yet claimed by someone else: listed twice
+  }
+  return {Status::kCorruptedIndex, 0};
 }
 
 Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout& layout) {
@@ -437,21 +725,31 @@ Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout&
 
   for (int attempt = 0; attempt < kMaxClaimRetries; ++attempt) {
     BlockRef ref = 0;
-    auto popped = pop_free(header_->free_lists[cls].head, false);
-    if (popped.ok()) {
-      ref = popped.value;
+    uint32_t generation = 0;
+    BlockHeader* hdr = nullptr;
+    auto taken = take_free_block(cls, &generation, &hdr);
+    if (taken.ok()) {
+      ref = taken.value;
     } else {
-      auto carved = carve(class_bytes);
+      auto carved = carve(class_bytes, false);
       if (carved.ok()) {
-        auto* fresh = reinterpret_cast<BlockHeader*>(translate(carved.value, class_bytes));
-        if (fresh == nullptr) return {Status::kCorruptedOffset, {}};
+        uint8_t* cell = translate(carved.value, class_bytes);
+        if (cell == nullptr) return {Status::kCorruptedOffset, {}};
+        MEMCHANNEL_CRASH_POINT(kAllocCarved);
+        auto* fresh = reinterpret_cast<BlockHeader*>(cell);
+        hdr = fresh;
+        generation = 1;
+        fresh->state.store(make_state(generation, holder_, kBlockReserved), std::memory_order_relaxed);
+        fresh->next_free.store(0, std::memory_order_relaxed);
         fresh->size_class.store(cls, std::memory_order_relaxed);
-        fresh->magic = kBlockMagic;
+        fresh->flags.store(0, std::memory_order_relaxed);
+        publish_cell(cell, kBlockMagic);
         ref = offset_to_ref(carved.value);
       } else if (carved.status == Status::kOutOfCapacity) {
         // Capacity is spent: a free block of a larger class is better than waiting.
         for (uint32_t c = cls + 1; c < kNumClasses && c <= cls + kStealClasses && ref == 0; ++c) {
-          auto stolen = pop_free(header_->free_lists[c].head, false);
+          if (tagged_ref(header_->free_lists[c].head.load(std::memory_order_relaxed)) == 0) continue;
+          auto stolen = take_free_block(c, &generation, &hdr);
           if (stolen.ok()) ref = stolen.value;
         }
         if (ref == 0) {
@@ -463,23 +761,11 @@ Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout&
         return {carved.status, {}};
       }
     }
-    BlockHeader* hdr = block_header(ref);
-    if (hdr == nullptr) {
-      note_corruption();
-      continue;
-    }
-    uint32_t word = hdr->state.load(std::memory_order_acquire);
-    if (state_kind(word) != kBlockFree) {  // on a free list but not free: drop it, count it
-      note_corruption();
-      continue;
-    }
-    const uint32_t generation = (state_generation(word) + 1) & kGenerationMask;
-    if (!hdr->state.compare_exchange_strong(word, make_state(generation, holder_, kBlockReserved),
-                                            std::memory_order_acq_rel)) {
-      note_corruption();
-      continue;
-    }
     const uint32_t actual_cls = hdr->size_class.load(std::memory_order_relaxed);
+    header_->counters.blocks_in_use.fetch_add(1, std::memory_order_relaxed);
+    header_->counters.bytes_in_use.fetch_add(class_units(actual_cls) << kUnitShift,
+                                             std::memory_order_relaxed);
+    MEMCHANNEL_CRASH_POINT(kAllocClaimed);
     hdr->refcount.store(1, std::memory_order_relaxed);
     hdr->flags.store(0, std::memory_order_relaxed);
     hdr->length.store(payload_bytes, std::memory_order_relaxed);
@@ -495,9 +781,6 @@ Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout&
       std::memcpy(meta_ptr + sizeof(prefix) + 8ull * layout.ndim, layout.format.data(),
                   layout.format.size());
     }
-    header_->counters.blocks_in_use.fetch_add(1, std::memory_order_relaxed);
-    header_->counters.bytes_in_use.fetch_add(class_units(actual_cls) << kUnitShift,
-                                             std::memory_order_relaxed);
     return {Status::kOk, {ref, generation}};
   }
   return {Status::kCorruptedIndex, {}};
@@ -512,9 +795,11 @@ Status Arena::free_block(BlockRef ref, BlockHeader* hdr, uint32_t expected_state
     return Status::kDoubleRelease;
   }
   const uint32_t cls = hdr->size_class.load(std::memory_order_relaxed);
-  header_->counters.blocks_in_use.fetch_sub(1, std::memory_order_relaxed);
-  header_->counters.bytes_in_use.fetch_sub(class_units(cls) << kUnitShift, std::memory_order_relaxed);
-  push_free(header_->free_lists[cls].head, ref, false);
+  saturating_sub(header_->counters.blocks_in_use, 1);
+  saturating_sub(header_->counters.bytes_in_use, class_units(cls) << kUnitShift);
+  MEMCHANNEL_CRASH_POINT(kReleaseMarkedFree);
+  push_free(header_->free_lists[cls].head, ref, &hdr->next_free);
+  MEMCHANNEL_CRASH_POINT(kReleasePushed);
   notify_all(header_->space);
   return Status::kOk;
 }
@@ -531,6 +816,11 @@ Status Arena::release(BlockHandle h) {
   }
   const uint32_t word = hdr->state.load(std::memory_order_acquire);
   const BlockState kind = state_kind(word);
+  if (kind == kBlockQueued || kind == kBlockSending) {
+    // A message in a queue (its sender's handle is one generation behind: send bumps it).
+    note_corruption();
+    return Status::kCorruptedState;
+  }
   if (state_generation(word) != h.generation || kind == kBlockFree) {
     note_corruption();
     return Status::kDoubleRelease;
@@ -546,6 +836,7 @@ Status Arena::release(BlockHandle h) {
     return Status::kDoubleRelease;
   }
   if (before > 1) return Status::kOk;
+  MEMCHANNEL_CRASH_POINT(kReleaseRefDropped);
   return free_block(h.ref, hdr, word);
 }
 
@@ -583,18 +874,67 @@ Status Arena::mark_queued(BlockHandle h) {
 }
 
 Status Arena::mark_received(BlockHandle h) {
-  BlockHeader* hdr = block_header(h.ref);
+  BlockHeader* hdr = block_cell(h.ref);
   if (hdr == nullptr) {
     note_corruption();
     return Status::kCorruptedOffset;
   }
-  uint32_t expected = make_state(h.generation, 0, kBlockQueued);
-  if (!hdr->state.compare_exchange_strong(expected, make_state(h.generation, holder_, kBlockReceived),
+  uint32_t word = hdr->state.load(std::memory_order_acquire);
+  for (;;) {
+    const BlockState kind = state_kind(word);
+    if (state_generation(word) != h.generation || (kind != kBlockQueued && kind != kBlockSending) ||
+        (hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) {
+      note_corruption();  // a forged or duplicated descriptor: not a message queued as this one
+      return Status::kCorruptedState;
+    }
+    // A kSending block is linked but its sender has not yet marked it kQueued: take it anyway.
+    if (hdr->state.compare_exchange_weak(word, make_state(h.generation, holder_, kBlockReceived),
+                                         std::memory_order_acq_rel, std::memory_order_acquire)) {
+      return Status::kOk;
+    }
+  }
+}
+
+Status Arena::begin_send(BlockHandle h, uint32_t* previous) {
+  BlockHeader* hdr = block_cell(h.ref);
+  if (hdr == nullptr) {
+    note_corruption();
+    return Status::kCorruptedOffset;
+  }
+  uint32_t word = hdr->state.load(std::memory_order_acquire);
+  const BlockState kind = state_kind(word);
+  if (state_generation(word) != h.generation || (kind != kBlockReserved && kind != kBlockReceived) ||
+      (hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) {
+    note_corruption();
+    return Status::kCorruptedState;
+  }
+  if (hdr->refcount.load(std::memory_order_relaxed) != 1) return Status::kInvalidArgument;
+  if (!hdr->state.compare_exchange_strong(word, make_state(sending_generation(h), holder_, kBlockSending),
                                           std::memory_order_acq_rel)) {
+    return Status::kCorruptedState;
+  }
+  *previous = word;
+  return Status::kOk;
+}
+
+Status Arena::abort_send(BlockHandle message, uint32_t previous) {
+  BlockHeader* hdr = block_cell(message.ref);
+  uint32_t word = make_state(message.generation, holder_, kBlockSending);
+  if (hdr == nullptr ||
+      !hdr->state.compare_exchange_strong(word, previous, std::memory_order_acq_rel)) {
     note_corruption();
     return Status::kCorruptedState;
   }
   return Status::kOk;
+}
+
+void Arena::finish_send(BlockHandle message) {
+  BlockHeader* hdr = block_cell(message.ref);
+  if (hdr == nullptr) return;
+  uint32_t word = make_state(message.generation, holder_, kBlockSending);
+  // Fails when a receiver took the message first (kSending -> kReceived): nothing to do.
+  hdr->state.compare_exchange_strong(word, make_state(message.generation, 0, kBlockQueued),
+                                     std::memory_order_acq_rel);
 }
 
 Result<BlockView> Arena::view(BlockHandle h) {
@@ -689,26 +1029,112 @@ uint8_t* Arena::payload(BlockHandle h, uint64_t* length_out) {
 }
 
 Result<BlockRef> Arena::allocate_node() {
-  auto popped = pop_free(header_->node_free, true);
-  BlockRef ref = 0;
-  if (popped.ok()) {
-    ref = popped.value;
-  } else {
-    auto carved = carve(kUnit);
-    if (!carved.ok()) return {carved.status, 0};
-    auto* n = reinterpret_cast<QueueNode*>(translate(carved.value, kUnit));
-    if (n == nullptr) return {Status::kCorruptedOffset, 0};
-    n->magic = kNodeMagic;
-    ref = offset_to_ref(carved.value);
+  for (int attempt = 0; attempt < kMaxClaimRetries; ++attempt) {
+    uint64_t word = 0;
+    void* listed = nullptr;
+    auto popped = pop_free(header_->node_free, true, 0, &word, &listed);
+    if (popped.ok()) {
+      MEMCHANNEL_CRASH_POINT(kNodePopped);
+      auto* n = static_cast<QueueNode*>(listed);
+      const uint64_t held = make_node_state(0, node_generation(word) + 1, holder_, kNodeHeld);
+      if (!n->state.compare_exchange_strong(word, held, std::memory_order_acq_rel)) {
+        note_corruption();  // popped by us, yet claimed by someone else: listed twice
+        continue;
+      }
+      header_->counters.nodes_in_use.fetch_add(1, std::memory_order_relaxed);
+      MEMCHANNEL_CRASH_POINT(kNodeClaimed);
+      return popped;
+    }
+    auto carved = carve(kUnit, true);
+    if (carved.ok()) {
+      uint8_t* cell = translate(carved.value, kUnit);
+      if (cell == nullptr) return {Status::kCorruptedOffset, 0};
+      MEMCHANNEL_CRASH_POINT(kNodeCarved);
+      auto* n = reinterpret_cast<QueueNode*>(cell);
+      n->next.store(0, std::memory_order_relaxed);
+      n->state.store(make_node_state(0, 1, holder_, kNodeHeld), std::memory_order_relaxed);
+      publish_cell(cell, kNodeMagic);
+      header_->counters.nodes_in_use.fetch_add(1, std::memory_order_relaxed);
+      MEMCHANNEL_CRASH_POINT(kNodeClaimed);
+      return {Status::kOk, offset_to_ref(carved.value)};
+    }
+    if (carved.status != Status::kOutOfCapacity) return {carved.status, 0};
+    // Capacity is carved: cut a free data block into nodes (a queue must not wait for a node
+    // while data blocks are free), or reclaim what dead holders held.
+    auto converted = convert_block_to_nodes();
+    if (converted.ok()) return converted;
+    if (reap_dead_holders() > 0) continue;
+    return {Status::kOutOfCapacity, 0};
   }
-  header_->counters.nodes_in_use.fetch_add(1, std::memory_order_relaxed);
-  return {Status::kOk, ref};
+  return {Status::kCorruptedIndex, 0};
+}
+
+Result<BlockRef> Arena::convert_block_to_nodes() {
+  for (uint32_t cls = 0; cls < kNumClasses; ++cls) {
+    if (tagged_ref(header_->free_lists[cls].head.load(std::memory_order_relaxed)) == 0) continue;
+    uint32_t generation = 0;
+    BlockHeader* hdr = nullptr;
+    auto taken = take_free_block(cls, &generation, &hdr);
+    if (!taken.ok()) continue;
+    const uint64_t units = class_units(cls);
+    // Counted as a block in use while it is one (a reclaimer frees it as a block).
+    header_->counters.blocks_in_use.fetch_add(1, std::memory_order_relaxed);
+    header_->counters.bytes_in_use.fetch_add(units << kUnitShift, std::memory_order_relaxed);
+    MEMCHANNEL_CRASH_POINT(kNodeConvertClaimed);
+    uint8_t* base = translate(ref_to_offset(taken.value), units << kUnitShift);
+    if (base == nullptr) continue;
+    const uint64_t held = make_node_state(0, 1, holder_, kNodeHeld);
+    auto make_node = [&](uint8_t* cell) {
+      auto* n = reinterpret_cast<QueueNode*>(cell);
+      n->state.store(held, std::memory_order_relaxed);  // valid before the magic says "node"
+      publish_cell(cell, kNodeMagic);
+      n->next.store(0, std::memory_order_relaxed);
+      n->block.store(0, std::memory_order_relaxed);
+      n->generation.store(0, std::memory_order_relaxed);
+      n->length.store(0, std::memory_order_relaxed);
+    };
+    // Cells inside the payload first: until the header cell turns, a walker sees one block
+    // (kReserved by us, reclaimed whole if we die); after it, only nodes (held by us).
+    for (uint64_t u = 1; u < units; ++u) make_node(base + (u << kUnitShift));
+    MEMCHANNEL_CRASH_POINT(kNodeConvertCells);
+    make_node(base);
+    saturating_sub(header_->counters.blocks_in_use, 1);
+    saturating_sub(header_->counters.bytes_in_use, units << kUnitShift);
+    header_->counters.nodes_in_use.fetch_add(units, std::memory_order_relaxed);
+    MEMCHANNEL_CRASH_POINT(kNodeConverted);
+    for (uint64_t u = 1; u < units; ++u) free_node_from(taken.value + static_cast<BlockRef>(u), held);
+    return taken;
+  }
+  return {Status::kOutOfCapacity, 0};
+}
+
+bool Arena::free_node_from(BlockRef ref, uint64_t expected, bool count_refusal) {
+  QueueNode* n = find_node(ref);
+  if (n == nullptr) {
+    if (count_refusal) note_corruption();
+    return false;
+  }
+  return free_node_at(n, ref, expected, count_refusal);
+}
+
+bool Arena::free_node_at(QueueNode* n, BlockRef ref, uint64_t expected, bool count_refusal) {
+  uint64_t word = expected;
+  if (node_kind(expected) == kNodeFree ||
+      !n->state.compare_exchange_strong(word, make_node_state(0, node_generation(expected), 0, kNodeFree),
+                                        std::memory_order_acq_rel)) {
+    if (count_refusal) note_corruption();  // freed twice, or not a node
+    return false;
+  }
+  saturating_sub(header_->counters.nodes_in_use, 1);
+  MEMCHANNEL_CRASH_POINT(kNodeMarkedFree);
+  push_free(header_->node_free, ref, &n->free_next);
+  return true;
 }
 
 void Arena::free_node(BlockRef ref) {
-  if (node(ref) == nullptr) return;
-  header_->counters.nodes_in_use.fetch_sub(1, std::memory_order_relaxed);
-  push_free(header_->node_free, ref, true);
+  QueueNode* n = node(ref);
+  if (n == nullptr) return;
+  free_node_at(n, ref, n->state.load(std::memory_order_acquire), true);
 }
 
 Result<Offset> Arena::allocate_cells(uint64_t bytes) {
@@ -717,6 +1143,10 @@ Result<Offset> Arena::allocate_cells(uint64_t bytes) {
   // Long-lived structures are not user data: keep them out of the data-block counters, and
   // owned by the arena rather than by this process (a crash must not free them).
   BlockHeader* hdr = block_header(r.value.ref);
+  if (hdr == nullptr) {  // a block that no longer passes its checks: a peer rewrote it
+    note_corruption();
+    return {Status::kCorruptedOffset, 0};
+  }
   hdr->flags.store(kBlockFlagArena, std::memory_order_relaxed);
   hdr->state.store(make_state(r.value.generation, 0, kBlockReserved), std::memory_order_release);
   header_->counters.blocks_in_use.fetch_sub(1, std::memory_order_relaxed);

@@ -27,15 +27,26 @@
 // are never split or merged, so their memory stays type-stable: a stale reader of a freed block
 // reads valid memory and fails its CAS). Memory is never unmapped while the arena lives.
 //
+// Fresh memory is carved in two CAS steps (a carving word in the cell, then the cursor; see
+// block.h), so a carver that dies leaves a cell of known size that walkers skip and reclaimers
+// finish. Once the capacity is carved, a queue node can still be had: a free data block is cut
+// into 64-byte nodes (blocks are never merged back, so converted memory stays nodes).
+//
 // Trust: every reference, length and state read from arena memory is checked against the
 // mapping sizes this process holds privately; failures return a typed Status and bump
-// `corruption_count`, and the arena keeps serving valid traffic.
+// `corruption_count`, and the arena keeps serving valid traffic. A free-list entry is checked
+// before it is popped (it must be free, of the list's class, with the head unchanged since it
+// was read); a list found corrupted is detached whole: its blocks leak, none is handed out twice.
+//
+// Crash points (test builds, MEMCHANNEL_TEST_HOOKS): named steps of the data path where a test
+// may kill the process (see CrashPoint below and tests/cpp/test_crash_points.cc).
 #pragma once
 
 #include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string_view>
@@ -50,10 +61,69 @@
 namespace memchannel {
 
 inline constexpr uint64_t kArenaMagic = 0x314e524148434d4dull;  // "MMCHARN1"
-inline constexpr uint32_t kArenaLayoutVersion = 1;
+inline constexpr uint32_t kArenaLayoutVersion = 2;  // 2: node states, kBlockSending, carving
 inline constexpr uint32_t kArenaReady = 0x52454459u;            // "REDY"
 inline constexpr uint64_t kSegmentCreating = ~0ull;
 inline constexpr uint32_t kNodeMagic = 0x4d434e44u;             // "MCND"
+
+// ---- Crash points (RELIABILITY.md item 3) --------------------------------------------------------
+// Each names the moment just after one step of reserve -> write descriptor -> publish -> wake and
+// recv -> release. In builds with MEMCHANNEL_TEST_HOOKS a test installs a hook (a plain function
+// pointer) that may kill the process there; in other builds MEMCHANNEL_CRASH_POINT is empty.
+enum class CrashPoint : uint32_t {
+  // Arena::allocate
+  kAllocPopped,         // a block is off its free list, not yet claimed (still kFree)
+  kAllocCarveLocked,    // a fresh cell holds this holder's carving word; cursor not yet moved
+  kAllocCarved,         // the cursor is past the fresh cell; its header not yet written
+  kAllocClaimed,        // the block is kReserved by this holder; metadata not yet written
+  // Arena::release
+  kReleaseRefDropped,   // the last reference is dropped; the block still names its holder
+  kReleaseMarkedFree,   // the block is kFree, not yet on its free list
+  kReleasePushed,       // the block is on its free list; waiters not yet woken
+  // Arena::allocate_node / free_node
+  kNodePopped,          // a node is off the node free list, not yet claimed (still kNodeFree)
+  kNodeCarveLocked,     // as kAllocCarveLocked, for a node
+  kNodeCarved,          // as kAllocCarved, for a node
+  kNodeClaimed,         // the node is kNodeHeld by this holder
+  kNodeConvertClaimed,  // capacity spent: a free data block is kReserved to be cut into nodes
+  kNodeConvertCells,    // its cells after the first are kNodeHeld nodes; the first not yet
+  kNodeConverted,       // every cell is a kNodeHeld node; none is on the free list yet
+  kNodeMarkedFree,      // a node is kNodeFree, not yet on the node free list
+  // Channel::send
+  kSendNodeAllocated,   // a node is held; the message is not admitted
+  kSendAdmitted,        // admitted (count, bytes); the node is kNodeLinked with the descriptor
+  kSendMarkedSending,   // the block is kSending
+  kSendLinked,          // the node is linked after the last node (not yet the tail)
+  kSendTailSwung,       // the tail names the node
+  kSendMarkedQueued,    // the block is kQueued
+  kSendNotified,        // receivers woken
+  // Channel::recv
+  kRecvClaimed,         // the first message node is kNodeClaimed; count and bytes decremented
+  kRecvTaken,           // its block is kReceived by this holder
+  kRecvHeadAdvanced,    // the head names the claimed node; the old dummy not yet freed
+  kRecvOldHeadFreed,    // the old dummy is free
+  kCount
+};
+inline constexpr uint32_t kCrashPointCount = static_cast<uint32_t>(CrashPoint::kCount);
+const char* to_string(CrashPoint p);
+
+using CrashHook = void (*)(CrashPoint);
+#if defined(MEMCHANNEL_TEST_HOOKS)
+inline constexpr bool kCrashHooksCompiled = true;
+namespace detail {
+extern std::atomic<CrashHook> g_crash_hook;
+}  // namespace detail
+// Installs `hook` (nullptr: none) for every crash point of this process.
+inline void set_crash_hook(CrashHook hook) { detail::g_crash_hook.store(hook, std::memory_order_seq_cst); }
+inline void crash_point(CrashPoint p) {
+  if (CrashHook hook = detail::g_crash_hook.load(std::memory_order_relaxed)) hook(p);
+}
+#define MEMCHANNEL_CRASH_POINT(name) ::memchannel::crash_point(::memchannel::CrashPoint::name)
+#else
+inline constexpr bool kCrashHooksCompiled = false;
+inline void set_crash_hook(CrashHook) {}
+#define MEMCHANNEL_CRASH_POINT(name) static_cast<void>(0)
+#endif
 
 // Processes that may hold blocks. Holder id = slot index + 1 (0 = untracked, heap backend).
 inline constexpr uint32_t kMaxHolders = 128;
@@ -108,6 +178,29 @@ static_assert(alignof(ArenaHeader) == kCacheLine);
 static_assert(sizeof(ArenaHeader) % kCacheLine == 0);
 
 // A 64-byte cell of a channel's descriptor queue (see channel.h).
+//
+//   0       8      12     16      24     28      32              40
+//   +-------+------+------+-------+------+-------+---------------+-------------+
+//   | next  |block | gen  |length |free_ |magic  | state         | reserved    |
+//   |tagged |      |      |       |next  |       |               |             |
+//   +-------+------+------+-------+------+-------+---------------+-------------+
+//
+// Node state (one 64-bit word, changed by CAS or by its exclusive owner):
+//
+//    63               32 31        16 15      8 7       0
+//   +-------------------+------------+---------+---------+
+//   | channel tag       | generation |  holder |  kind   |
+//   +-------------------+------------+---------+---------+
+//
+//   kNodeFree --allocate_node--> kNodeHeld(holder) --send admitted--> kNodeLinked(channel, sender)
+//      ^                             |                                      | a receiver claims it
+//      +--------- free_node ---------+                                      v
+//      +<------- advanced past as the queue's dummy ---------- kNodeClaimed(channel, receiver)
+//
+// The generation is bumped by every allocation, so a stale claim or free of a recycled node
+// fails its CAS. A queue holds a kNodeClaimed dummy at its head, then kNodeLinked messages; a
+// link to a node in any other state, or of another channel, is corruption. The holder field
+// lets a reclaimer find what a dead process held or was sending (Arena::reap_dead_holders).
 struct QueueNode {
   std::atomic<uint64_t> next;        // tagged link to the next node; ref 0 = end
   std::atomic<uint32_t> block;       // BlockRef of the message
@@ -115,11 +208,28 @@ struct QueueNode {
   std::atomic<uint64_t> length;      // payload bytes, for the channel's byte count
   std::atomic<uint32_t> free_next;   // node free-list link
   uint32_t magic;                    // kNodeMagic
-  std::atomic<uint64_t> sender;      // sender tag (process slot), for diagnostics
+  std::atomic<uint64_t> state;       // node state, see above
   uint64_t reserved_[3];
 };
 static_assert(sizeof(QueueNode) == 64);
 static_assert(std::is_standard_layout_v<QueueNode>);
+static_assert(offsetof(QueueNode, free_next) == kCellWordOffset);
+static_assert(offsetof(QueueNode, magic) == kCellMagicOffset);
+static_assert(offsetof(QueueNode, state) == 32);
+
+enum NodeKind : uint32_t { kNodeFree = 0, kNodeHeld = 1, kNodeLinked = 2, kNodeClaimed = 3 };
+
+constexpr uint64_t make_node_state(uint32_t channel, uint32_t generation, uint32_t holder, NodeKind kind) {
+  return (static_cast<uint64_t>(channel) << 32) | (static_cast<uint64_t>(generation & 0xffff) << 16) |
+         (static_cast<uint64_t>(holder & 0xff) << 8) | kind;
+}
+constexpr NodeKind node_kind(uint64_t s) { return static_cast<NodeKind>(s & 0xff); }
+constexpr uint32_t node_holder(uint64_t s) { return static_cast<uint32_t>(s >> 8) & 0xff; }
+constexpr uint32_t node_generation(uint64_t s) { return static_cast<uint32_t>(s >> 16) & 0xffff; }
+constexpr uint32_t node_channel(uint64_t s) { return static_cast<uint32_t>(s >> 32); }
+constexpr uint64_t with_node_kind(uint64_t s, uint32_t channel, uint32_t holder, NodeKind kind) {
+  return make_node_state(channel, node_generation(s), holder, kind);
+}
 
 // A reference to a block by one holder: the ref plus the generation it was handed out with.
 struct BlockHandle {
@@ -156,13 +266,29 @@ struct ArenaStats {
       corruption_count, segments, nodes_in_use, attached_holders, reclaimed_blocks;
 };
 
-// What a full walk of arena memory found (crash tests' invariant checker).
+// What a full walk of arena memory found (crash tests' invariant checker; see also
+// core/invariants.h for the full cross-check of lists, queues and holders).
 struct ArenaCensus {
   uint64_t blocks = 0, free_blocks = 0, reserved = 0, queued = 0, received = 0, nodes = 0;
   uint64_t arena_cells = 0;      // blocks holding arena structures (channel headers)
   uint64_t free_listed = 0;      // blocks reachable from the free lists
   uint64_t bad_cells = 0;        // cells with an unknown magic before the carve end
   bool free_lists_consistent = true;  // every listed block is free and listed once
+  uint64_t sending = 0;          // blocks kSending
+  uint64_t carving_cells = 0;    // cells whose carver has not finished (or died)
+  uint64_t nodes_free = 0, nodes_held = 0, nodes_linked = 0, nodes_claimed = 0;
+  uint64_t nodes_free_listed = 0;     // nodes reachable from the node free list
+  bool node_list_consistent = true;   // every listed node is free and listed once
+};
+
+// One carved cell, as Arena::for_each_cell reports it.
+struct CellInfo {
+  enum Kind { kBlock, kNode, kCarving } kind;
+  Offset offset;
+  uint64_t bytes;             // cell size (a block's class size; 64 for a node)
+  BlockHeader* block;         // kBlock
+  QueueNode* node;            // kNode
+  uint64_t carving_word;      // kCarving
 };
 
 // Concurrency: every member may be called from any thread (and, on a shared backend, any
@@ -203,12 +329,31 @@ class Arena {
 
   // Moves a held block to kQueued / a queued block to kReceived (used by Channel).
   Status mark_queued(BlockHandle h);
+  // kQueued or kSending with h's generation -> kReceived by this holder.
   Status mark_received(BlockHandle h);
+  // The send protocol (Channel::send): a block this process holds alone (kReserved or
+  // kReceived, refcount 1, not an arena cell) -> kSending(generation + 1, this holder).
+  // *previous receives the word abort_send restores; the message's handle is
+  // {h.ref, sending_generation(h)}.
+  Status begin_send(BlockHandle h, uint32_t* previous);
+  static uint32_t sending_generation(BlockHandle h) { return (h.generation + 1) & kGenerationMask; }
+  // Undoes begin_send (the message was never linked): kSending -> `previous`.
+  Status abort_send(BlockHandle message, uint32_t previous);
+  // kSending -> kQueued once the message is linked; a receiver may have taken it already.
+  void finish_send(BlockHandle message);
 
-  // Queue nodes and other small fixed cells (64 bytes each).
+  // Queue nodes and other small fixed cells (64 bytes each). A node is handed out kNodeHeld by
+  // this holder with a fresh generation; it is freed by the party that owns it.
   Result<BlockRef> allocate_node();
+  // Frees a node in any state but kNodeFree (a second free is counted and refused).
   void free_node(BlockRef ref);
+  // Frees a node only if its state word is still `expected`; false otherwise (counted as
+  // corruption unless `count_refusal` is false: a caller that may lose an honest race).
+  bool free_node_from(BlockRef ref, uint64_t expected, bool count_refusal = true);
+  // The same for a node the caller has found already (n == find_node(ref)).
+  bool free_node_at(QueueNode* n, BlockRef ref, uint64_t expected, bool count_refusal = true);
   QueueNode* node(BlockRef ref);               // nullptr (and a corruption count) if invalid
+  QueueNode* find_node(BlockRef ref);          // the same without counting (caller confirms)
   // Cells of `bytes` for long-lived structures (channel headers); freed with free_cells.
   Result<Offset> allocate_cells(uint64_t bytes);
   void free_cells(Offset off);
@@ -230,11 +375,25 @@ class Arena {
 
   // Holders. holder() is this process's id (0 when the backend does not track holders).
   uint32_t holder() const { return holder_; }
-  // Frees the blocks held by holders whose process has died; returns how many.
+  // Frees the blocks held by holders whose process has died; returns how many. Also finishes
+  // what a dead process left half done: cells it was carving, nodes it held, sends it had
+  // linked (completed) or not (rolled back), messages it had claimed, dummies it had advanced
+  // past (see recover_queues in channel.h).
   // Concurrency: any thread, any process; at most one party reclaims a given dead holder.
   uint64_t reap_dead_holders();
   // Walks every carved cell; counts states and checks the free lists (for tests and tools).
   ArenaCensus census();
+  // Calls visit for every carved cell in carve order (blocks, nodes, unfinished carves); stops
+  // at a cell it cannot size. Returns the number of such unknown cells (0 or 1 per segment).
+  // Concurrency: any thread; cells may change state while visited.
+  uint64_t for_each_cell(const std::function<void(const CellInfo&)>& visit);
+  // Frees a block whose state word is still exactly `expected` (recovery of a dead holder's
+  // block; refcount ignored). kDoubleRelease if the state moved on.
+  Status reclaim_block(BlockRef ref, uint32_t expected);
+  // kSending(expected) -> kQueued for a dead sender whose message is linked.
+  bool complete_send(BlockRef ref, uint32_t expected);
+  // Whether holder id `holder` names a live process (always true for untracked holders).
+  bool holder_alive(uint32_t holder);
 
   void note_corruption() { header_->counters.corruption_count.fetch_add(1, std::memory_order_relaxed); }
   void add_bytes_copied(uint64_t n) { header_->counters.bytes_copied.fetch_add(n, std::memory_order_relaxed); }
@@ -248,7 +407,6 @@ class Arena {
  private:
   Arena(std::unique_ptr<MemoryBackend> backend, ArenaHeader* header, uint64_t capacity);
   BlockHeader* block_header(BlockRef ref);
-  Result<Offset> carve(uint64_t bytes);
   Status grow(uint32_t current_segment, uint64_t at_least);
   // This process's mapping of segment `index`, mapped on first use; nullptr if it cannot be.
   uint8_t* segment_base(uint32_t index) {
@@ -256,14 +414,35 @@ class Arena {
     return base != nullptr ? base : map_segment_slow(index);
   }
   uint8_t* map_segment_slow(uint32_t index);
-  Result<BlockRef> pop_free(std::atomic<uint64_t>& head, bool nodes);
-  void push_free(std::atomic<uint64_t>& head, BlockRef ref, bool nodes);
+  // Pops the top entry of a free list after checking it (see the header comment); *word gets
+  // the entry's state word as checked, from which the caller claims it.
+  // *cell gets the entry's memory (a BlockHeader or QueueNode).
+  Result<BlockRef> pop_free(std::atomic<uint64_t>& head, bool nodes, uint32_t cls, uint64_t* word,
+                            void** cell);
+  // Pushes `ref`, whose free-list link is `link` (the caller has validated the cell).
+  void push_free(std::atomic<uint64_t>& head, BlockRef ref, std::atomic<uint32_t>* link);
+  // Pops and claims (kFree -> kReserved by this holder) a free block of class `cls`.
+  Result<BlockRef> take_free_block(uint32_t cls, uint32_t* generation, BlockHeader** hdr);
+  // The header of a block for a state transition: in bounds with the block magic (its size
+  // class is not checked: only the 64-byte header is touched). nullptr otherwise.
+  BlockHeader* block_cell(BlockRef ref) {
+    if (ref == 0) return nullptr;
+    auto* hdr = translate_as<BlockHeader>(ref_to_offset(ref));
+    return hdr != nullptr && load_cell_magic(hdr) == kBlockMagic ? hdr : nullptr;
+  }
   Status free_block(BlockRef ref, BlockHeader* hdr, uint32_t expected_state);
+  // Carves `bytes` of fresh memory. The cell is returned still holding this holder's carving
+  // word: the caller initialises it and publishes its magic (publish_cell).
+  Result<Offset> carve(uint64_t bytes, bool node);
+  void publish_cell(uint8_t* cell, uint32_t magic);
+  // Moves the carve cursor past a cell a carver claimed at `cursor` (helping a slow carver).
+  void help_carve(uint64_t cursor, uint64_t carving_word);
+  Result<BlockRef> convert_block_to_nodes();
   Status claim_holder_slot();
   uint64_t reclaim_holder(uint32_t holder_id);
-  // Calls visit(offset, header) for each block (nodes skipped) in carve order.
+  // Calls the visitor for each carved cell in carve order; stops a segment at an unknown cell.
   template <typename Visit>
-  void walk_blocks(Visit&& visit, uint64_t* nodes, uint64_t* bad_cells);
+  void walk_cells(Visit&& visit, uint64_t* bad_cells);
 
   std::unique_ptr<MemoryBackend> backend_;
   ArenaHeader* header_;                                       // in segment 0

@@ -14,15 +14,20 @@
 // (generation << 16) | (holder << 8) | state, so a transition and the holder it names change in
 // one CAS (a reclaimer of a dead holder can never free a block another holder just took):
 //
-//   kFree --allocate--> kReserved --send--> kQueued --recv--> kReceived
-//     ^                    |                                   |    |
-//     +----release---------+<-------------release--------------+    +--send--> kQueued ...
+//   kFree --allocate--> kReserved --send--> kSending --linked--> kQueued --recv--> kReceived
+//     ^                    |                   |                     |   (claimer)    |    |
+//     +----release---------+                   +------recv (early)---+--------------->+    |
+//     +<------------------------------------------------release--------------------------+
+//                                                                     kReceived --send--> kSending
 //
-// A block has one owner at a time: the allocating holder (kReserved), the queue (kQueued), or
-// one receiving holder (kReceived). Allocation bumps the generation, so a stale reference to a
-// recycled block is detected by comparing generations. Every transition is a CAS from the
-// exact expected word; a mismatch is reported (kDoubleRelease, kCorruptedState), never
-// ignored. Holder 0 means "no tracked holder" (heap backend); shm holders are slot + 1.
+// A block has one owner at a time: the allocating holder (kReserved), the sending holder while
+// its descriptor is being linked into a queue (kSending: the holder is named, so a reclaimer
+// can tell a send interrupted by a crash), the queue (kQueued), or one receiving holder
+// (kReceived). Allocation and send bump the generation, so a (ref, generation) pair names one
+// message: a stale reference to a recycled or forwarded block is detected by comparing
+// generations. Every transition is a CAS from the exact expected word; a mismatch is reported
+// (kDoubleRelease, kCorruptedState), never ignored. Holder 0 means "no tracked holder" (heap
+// backend); shm holders are slot + 1.
 #pragma once
 
 #include <atomic>
@@ -34,7 +39,13 @@
 
 namespace memchannel {
 
-enum BlockState : uint32_t { kBlockFree = 0, kBlockReserved = 1, kBlockQueued = 2, kBlockReceived = 3 };
+enum BlockState : uint32_t {
+  kBlockFree = 0,
+  kBlockReserved = 1,
+  kBlockQueued = 2,
+  kBlockReceived = 3,
+  kBlockSending = 4,  // linked (or being linked) into a queue by the holder it names
+};
 
 inline constexpr uint32_t kBlockMagic = 0x4d43424bu;  // "MCBK"
 // A block that belongs to the arena itself (a channel header), not to any holder: never
@@ -66,6 +77,38 @@ static_assert(std::is_standard_layout_v<BlockHeader>);
 static_assert(offsetof(BlockHeader, length) == 16);
 static_assert(offsetof(BlockHeader, magic) == 28);  // kCellMagicOffset, shared with QueueNode
 inline constexpr uint32_t kCellMagicOffset = 28;
+
+// Carving (Arena::carve): fresh memory is claimed in two steps, a CAS on the cell's 64-bit word
+// at kCellWordOffset (BlockHeader's meta_bytes + magic, QueueNode's free_next + magic) from 0 to
+// a carving word, then a CAS on the arena's carve cursor. Anyone who meets a carving word at the
+// cursor moves the cursor on the carver's behalf, so a carver that dies never blocks others; a
+// walker skips the `units` cells it names, and a reclaimer finishes the cell of a dead carver as
+// a free block. The carver replaces the word with the final magic when the cell is initialised.
+//
+//     63            32 31      24 23                  0
+//    +----------------+----------+---------------------+
+//    | kCarvingMagic  |  holder  |      units - 1      |
+//    +----------------+----------+---------------------+
+inline constexpr uint32_t kCellWordOffset = 24;
+inline constexpr uint32_t kCarvingMagic = 0x4d434356u;  // "MCCV"
+inline constexpr uint64_t kCarvingMaxUnits = 1ull << 24;  // 1 GiB in 64-byte units
+
+constexpr uint64_t make_carving_word(uint32_t holder, uint64_t units) {
+  return (static_cast<uint64_t>(kCarvingMagic) << 32) | (static_cast<uint64_t>(holder & 0xff) << 24) |
+         ((units - 1) & (kCarvingMaxUnits - 1));
+}
+constexpr bool is_carving_word(uint64_t w) { return static_cast<uint32_t>(w >> 32) == kCarvingMagic; }
+constexpr uint32_t carving_holder(uint64_t w) { return static_cast<uint32_t>(w >> 24) & 0xff; }
+constexpr uint64_t carving_units(uint64_t w) { return (w & (kCarvingMaxUnits - 1)) + 1; }
+static_assert(carving_units(make_carving_word(3, kCarvingMaxUnits)) == kCarvingMaxUnits);
+
+// The magic of a cell (BlockHeader::magic / QueueNode::magic), read atomically: the word it is
+// part of is written by the carving CAS and publish (release) while others may look at the cell.
+inline uint32_t load_cell_magic(const void* cell) {
+  const auto* magic = reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(cell) + kCellMagicOffset);
+  return __atomic_load_n(magic, __ATOMIC_ACQUIRE);  // pairs with the release that published the cell
+}
+static_assert(carving_holder(make_carving_word(128, 1)) == 128);
 static_assert(std::atomic<uint32_t>::is_always_lock_free);
 static_assert(std::atomic<uint64_t>::is_always_lock_free);
 

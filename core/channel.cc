@@ -1,12 +1,21 @@
 #include "core/channel.h"
 
 #include <new>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
 
 namespace memchannel {
 namespace {
 
-// A corrupted queue can hold a cycle; no honest dequeue needs anywhere near this many retries.
+// A corrupted queue can hold a cycle; no honest operation needs anywhere near this many retries.
 constexpr uint64_t kMaxQueueSteps = 1ull << 22;
+// Tail swings one enqueue may help with before it suspects a cycle among linked nodes (each
+// honest swing is another sender's completed link, so this many in one call does not happen).
+constexpr uint64_t kMaxTailHelps = 1u << 12;
+// Walks a repair or a recount retries while receivers keep moving the head.
+constexpr int kRepairAttempts = 16;
 
 void saturating_sub(std::atomic<uint64_t>& counter, uint64_t n) {
   uint64_t cur = counter.load(std::memory_order_relaxed);
@@ -19,12 +28,64 @@ Status as_flow(Status s, Status when_out_of_time) {
   return s == Status::kTimedOut ? when_out_of_time : s;
 }
 
+// Takes one message off `count` (never below zero: a message nobody admitted is corruption).
+// Returns false if there was none. Wakes receivers when the last message of a closed channel
+// goes: they saw it "in flight" and must re-check.
+bool take_count(ChannelHeader& h) {
+  uint64_t c = h.count.load(std::memory_order_acquire);
+  for (;;) {
+    if ((c & ~kClosedBit) == 0) return false;
+    if (h.count.compare_exchange_weak(c, c - 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
+      if (c == (kClosedBit | 1)) notify_all(h.not_empty);
+      return true;
+    }
+  }
+}
+
+// A block header in arena memory, or nullptr (tests the magic only; callers CAS exact words).
+BlockHeader* find_block(Arena& arena, BlockRef ref) {
+  if (ref == 0) return nullptr;
+  auto* hdr = arena.translate_as<BlockHeader>(ref_to_offset(ref));
+  if (hdr == nullptr || load_cell_magic(hdr) != kBlockMagic) return nullptr;
+  return hdr;
+}
+
+// The nodes reachable from the head of `h`, seen with the head unchanged from start to end.
+// Empty (and *consistent false) if no attempt saw a still head. Stops at the first link that
+// leaves the channel (a corrupted queue keeps its valid prefix).
+std::unordered_set<BlockRef> snapshot_queue(Arena& arena, ChannelHeader& h, uint32_t tag, bool* consistent) {
+  std::unordered_set<BlockRef> seen;
+  *consistent = false;
+  for (int attempt = 0; attempt < kRepairAttempts; ++attempt) {
+    seen.clear();
+    const uint64_t head = h.head.load(std::memory_order_acquire);
+    BlockRef ref = tagged_ref(head);
+    for (uint64_t steps = 0; ref != 0 && steps < kMaxQueueSteps; ++steps) {
+      QueueNode* n = arena.find_node(ref);
+      if (n == nullptr || !seen.insert(ref).second) break;
+      const uint64_t s = n->state.load(std::memory_order_acquire);
+      if (node_channel(s) != tag || (node_kind(s) != kNodeLinked && node_kind(s) != kNodeClaimed)) {
+        seen.erase(ref);
+        break;
+      }
+      ref = tagged_ref(n->next.load(std::memory_order_acquire));
+    }
+    if (h.head.load(std::memory_order_acquire) == head) {
+      *consistent = true;
+      return seen;
+    }
+  }
+  seen.clear();
+  return seen;
+}
+
 }  // namespace
 
 Channel::Channel(std::shared_ptr<Arena> arena, ChannelHeader* header, Offset offset)
     : arena_(std::move(arena)),
       header_(header),
       offset_(offset),
+      tag_(channel_tag(offset)),
       maxsize_(header->maxsize),
       maxbytes_(header->maxbytes) {}
 
@@ -38,10 +99,16 @@ Result<std::shared_ptr<Channel>> Channel::create(std::shared_ptr<Arena> arena, u
     arena->free_cells(cells.value);
     return {dummy.status, nullptr};
   }
-  QueueNode* node = arena->node(dummy.value);
+  QueueNode* node = arena->find_node(dummy.value);
   node->block.store(0, std::memory_order_relaxed);
+  node->generation.store(0, std::memory_order_relaxed);
+  node->length.store(0, std::memory_order_relaxed);
   node->next.store(make_tagged(tagged_tag(node->next.load(std::memory_order_relaxed)) + 1, 0),
                    std::memory_order_relaxed);
+  // The dummy is a consumed message: claimed, by nobody in particular.
+  node->state.store(with_node_kind(node->state.load(std::memory_order_relaxed), channel_tag(cells.value), 0,
+                                   kNodeClaimed),
+                    std::memory_order_relaxed);
   void* mem = arena->translate(cells.value, sizeof(ChannelHeader));
   auto* header = new (mem) ChannelHeader{};
   header->magic = kChannelMagic;
@@ -56,7 +123,9 @@ Result<std::shared_ptr<Channel>> Channel::create(std::shared_ptr<Arena> arena, u
 }
 
 Result<std::shared_ptr<Channel>> Channel::open(std::shared_ptr<Arena> arena, Offset offset) {
-  auto* header = arena->translate_as<ChannelHeader>(offset);
+  // Channel headers sit 64 bytes into a block: an offset off the grid is forged, and its
+  // atomics would be misaligned.
+  auto* header = (offset % kUnit) == 0 ? arena->translate_as<ChannelHeader>(offset) : nullptr;
   if (header == nullptr) {
     arena->note_corruption();
     return {Status::kCorruptedOffset, nullptr};
@@ -85,119 +154,348 @@ Channel::~Channel() {
 }
 
 void Channel::drain_and_free() {
-  for (;;) {
+  // A repair reports itself once (a corruption status) and the queue then serves again.
+  for (int failures = 0; failures < 16;) {
     bool empty = false;
     auto got = try_dequeue(&empty);
-    if (!got.ok()) break;
-    arena_->release(got.value);
+    if (got.ok()) {
+      arena_->release(got.value);
+      continue;
+    }
+    if (empty) break;
+    ++failures;
   }
-  arena_->free_node(tagged_ref(header_->head.load(std::memory_order_acquire)));
+  const uint64_t head = header_->head.load(std::memory_order_acquire);
+  if (QueueNode* dummy = arena_->find_node(tagged_ref(head))) {
+    const uint64_t s = dummy->state.load(std::memory_order_acquire);
+    if (node_channel(s) == tag_ && node_kind(s) == kNodeClaimed) arena_->free_node_from(tagged_ref(head), s);
+  }
   header_->magic = 0;
   arena_->free_cells(offset_);
 }
 
+bool Channel::node_in_channel(uint64_t state) const {
+  return node_channel(state) == tag_ &&
+         (node_kind(state) == kNodeLinked || node_kind(state) == kNodeClaimed);
+}
+
 Channel::Admit Channel::try_admit(uint64_t length) {
-  if (maxbytes_ != 0) {
-    uint64_t b = header_->bytes.load(std::memory_order_relaxed);
-    do {
-      // An empty channel always admits one message, however large, so nothing deadlocks.
-      if (b != 0 && (length > maxbytes_ || b > maxbytes_ - length)) return Admit::kFull;
-    } while (!header_->bytes.compare_exchange_weak(b, b + length, std::memory_order_relaxed));
-  } else {
-    header_->bytes.fetch_add(length, std::memory_order_relaxed);
-  }
-  uint64_t c = header_->count.load(std::memory_order_acquire);
-  for (;;) {
-    const bool closed = (c & kClosedBit) != 0;
-    if (closed || (maxsize_ != 0 && c >= maxsize_)) {
-      saturating_sub(header_->bytes, length);
-      if (maxbytes_ != 0) notify_all(header_->not_full);
-      return closed ? Admit::kClosed : Admit::kFull;
+  for (int repairs = 0;; ++repairs) {
+    bool impossible = false;
+    if (maxbytes_ != 0) {
+      uint64_t b = header_->bytes.load(std::memory_order_relaxed);
+      do {
+        // At most maxbytes are queued, or one message alone (an empty channel always admits
+        // one message, however large, so nothing deadlocks): anything above is corruption.
+        if (b > maxbytes_ && b > arena_->max_payload()) {
+          impossible = true;
+          break;
+        }
+        if (b != 0 && (length > maxbytes_ || b > maxbytes_ - length)) return Admit::kFull;
+      } while (!header_->bytes.compare_exchange_weak(b, b + length, std::memory_order_relaxed));
+    } else {
+      header_->bytes.fetch_add(length, std::memory_order_relaxed);
     }
-    if (header_->count.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel)) {
-      return Admit::kAdmitted;
+    if (!impossible) {
+      uint64_t c = header_->count.load(std::memory_order_acquire);
+      for (;;) {
+        const bool closed = (c & kClosedBit) != 0;
+        const uint64_t queued = c & ~kClosedBit;
+        if (closed || (maxsize_ != 0 && queued >= maxsize_)) {
+          saturating_sub(header_->bytes, length);
+          if (maxbytes_ != 0) notify_all(header_->not_full);
+          if (closed) return Admit::kClosed;
+          if (queued == maxsize_) return Admit::kFull;
+          impossible = true;  // admission never lets count pass maxsize
+          break;
+        }
+        if (header_->count.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel)) {
+          return Admit::kAdmitted;
+        }
+      }
     }
+    // count or bytes hold a value no honest sequence produces: count it, recount from the
+    // queue, and try again (a few times: a forger may keep writing).
+    arena_->note_corruption();
+    if (repairs >= 3) return Admit::kFull;
+    recount();
   }
 }
 
+void Channel::unadmit(uint64_t length) {
+  take_count(*header_);
+  saturating_sub(header_->bytes, length);
+  notify_all(header_->not_full);
+  notify_all(header_->not_empty);
+}
+
 Status Channel::enqueue(BlockRef node_ref) {
-  QueueNode* node = arena_->node(node_ref);
-  if (node == nullptr) return Status::kCorruptedIndex;
-  const uint64_t old_next = node->next.load(std::memory_order_relaxed);
-  node->next.store(make_tagged(tagged_tag(old_next) + 1, 0), std::memory_order_relaxed);
+  uint64_t helps = 0;
   for (uint64_t step = 0; step < kMaxQueueSteps; ++step) {
-    uint64_t tail = header_->tail.load(std::memory_order_acquire);
-    QueueNode* last = arena_->node(tagged_ref(tail));
-    if (last == nullptr) return Status::kCorruptedIndex;
-    uint64_t next = last->next.load(std::memory_order_acquire);
+    const uint64_t tail = header_->tail.load(std::memory_order_acquire);
+    QueueNode* last = arena_->find_node(tagged_ref(tail));
+    const uint64_t last_state = last != nullptr ? last->state.load(std::memory_order_acquire) : 0;
+    const uint64_t next = last != nullptr ? last->next.load(std::memory_order_acquire) : 0;
     if (tail != header_->tail.load(std::memory_order_acquire)) continue;
-    if (tagged_ref(next) == 0) {
+    // With the tail unchanged its node cannot have been freed (the head passes a node only
+    // after the tail has): a tail that is not a node of this queue is corruption.
+    if (last == nullptr || !node_in_channel(last_state)) {
+      if (repair() == Repair::kFailed) return Status::kCorruptedIndex;
+      continue;
+    }
+    const BlockRef next_ref = tagged_ref(next);
+    if (next_ref == 0) {
       // release: the node's fields and the message payload happen-before the receiver's
       // acquire load of this link in try_dequeue.
-      if (last->next.compare_exchange_weak(next, make_tagged(tagged_tag(next) + 1, node_ref),
+      uint64_t expected = next;
+      if (last->next.compare_exchange_weak(expected, make_tagged(tagged_tag(next) + 1, node_ref),
                                            std::memory_order_release, std::memory_order_relaxed)) {
-        header_->tail.compare_exchange_strong(tail, make_tagged(tagged_tag(tail) + 1, node_ref),
+        MEMCHANNEL_CRASH_POINT(kSendLinked);
+        uint64_t t = tail;
+        header_->tail.compare_exchange_strong(t, make_tagged(tagged_tag(tail) + 1, node_ref),
                                               std::memory_order_release, std::memory_order_relaxed);
+        MEMCHANNEL_CRASH_POINT(kSendTailSwung);
         return Status::kOk;
       }
-    } else {
-      // The tail lags (a sender linked its node but has not swung the tail yet): help it.
-      header_->tail.compare_exchange_strong(tail, make_tagged(tagged_tag(tail) + 1, tagged_ref(next)),
-                                            std::memory_order_release, std::memory_order_relaxed);
+      continue;
     }
+    // The tail lags (a sender linked its node but has not swung the tail yet): help it, once
+    // the node it links to is known to be a message of this channel.
+    QueueNode* successor = arena_->find_node(next_ref);
+    const uint64_t successor_state =
+        successor != nullptr ? successor->state.load(std::memory_order_acquire) : 0;
+    if (successor == nullptr || next_ref == tagged_ref(tail) || !node_in_channel(successor_state) ||
+        ++helps > kMaxTailHelps) {
+      if (tail != header_->tail.load(std::memory_order_acquire) ||
+          last->next.load(std::memory_order_acquire) != next) {
+        continue;  // moved on meanwhile: an honest race
+      }
+      // A link that leaves the queue, or (after this many helps) a suspected cycle.
+      if (repair() == Repair::kFailed) return Status::kCorruptedIndex;
+      helps = 0;
+      continue;
+    }
+    uint64_t t = tail;
+    header_->tail.compare_exchange_strong(t, make_tagged(tagged_tag(tail) + 1, next_ref),
+                                          std::memory_order_release, std::memory_order_relaxed);
   }
   arena_->note_corruption();
   return Status::kCorruptedIndex;
 }
 
+void Channel::advance(uint64_t head, QueueNode* first, uint64_t head_state, BlockRef next) {
+  uint64_t expected = head;
+  if (header_->head.compare_exchange_strong(expected, make_tagged(tagged_tag(head) + 1, next),
+                                            std::memory_order_acq_rel, std::memory_order_relaxed)) {
+    MEMCHANNEL_CRASH_POINT(kRecvHeadAdvanced);
+    // Refused only if a crash reclaimer freed this old dummy first (recover_queues).
+    arena_->free_node_at(first, tagged_ref(head), head_state, /*count_refusal=*/false);
+    MEMCHANNEL_CRASH_POINT(kRecvOldHeadFreed);
+  }
+}
+
 Result<BlockHandle> Channel::try_dequeue(bool* empty) {
   *empty = false;
   for (uint64_t step = 0; step < kMaxQueueSteps; ++step) {
-    uint64_t head = header_->head.load(std::memory_order_acquire);
+    const uint64_t head = header_->head.load(std::memory_order_acquire);
     const uint64_t tail = header_->tail.load(std::memory_order_acquire);
-    QueueNode* first = arena_->node(tagged_ref(head));
-    if (first == nullptr) return {Status::kCorruptedIndex, {}};
-    const uint64_t next = first->next.load(std::memory_order_acquire);  // pairs with enqueue's CAS
+    QueueNode* first = arena_->find_node(tagged_ref(head));
+    const uint64_t head_state = first != nullptr ? first->state.load(std::memory_order_acquire) : 0;
+    // acquire: pairs with enqueue's link CAS (release), so the successor's state and descriptor
+    // written before the link are visible.
+    const uint64_t next = first != nullptr ? first->next.load(std::memory_order_acquire) : 0;
+    QueueNode* second = arena_->find_node(tagged_ref(next));
+    const uint64_t second_state = second != nullptr ? second->state.load(std::memory_order_acquire) : 0;
+    // Everything above was read while the head named `first` (same tag: no dequeue between):
+    // `first` was the dummy, `second` its successor, and second_state the state of that very
+    // incarnation of the node (nothing frees or reuses a node before the head passes it). A
+    // claim from second_state therefore claims the first message, never a recycled node.
     if (head != header_->head.load(std::memory_order_acquire)) continue;
-    if (tagged_ref(next) == tagged_ref(head)) {
-      arena_->note_corruption();
+    // The head, unchanged, is this channel's dummy: nothing frees it before the head moves.
+    if (first == nullptr || node_channel(head_state) != tag_ || node_kind(head_state) != kNodeClaimed) {
+      if (repair() != Repair::kRepaired) arena_->note_corruption();  // seen, if not repaired here
       return {Status::kCorruptedIndex, {}};
     }
-    if (tagged_ref(head) == tagged_ref(tail)) {
-      if (tagged_ref(next) == 0) {
+    const BlockRef next_ref = tagged_ref(next);
+    if (next_ref == 0) {
+      if (tagged_ref(head) == tagged_ref(tail)) {
         *empty = true;
         return {Status::kEmpty, {}};
       }
-      uint64_t expected = tail;
-      header_->tail.compare_exchange_strong(expected, make_tagged(tagged_tag(tail) + 1, tagged_ref(next)),
+      // The head is before the tail, so the dummy has a successor: unless the tail is not in
+      // the queue at all (the head was unchanged across both reads).
+      if (repair() != Repair::kRepaired) arena_->note_corruption();  // seen, if not repaired here
+      return {Status::kCorruptedIndex, {}};
+    }
+    if (second == nullptr || next_ref == tagged_ref(head) || !node_in_channel(second_state)) {
+      // Nodes after the dummy are freed only after the head passed them: with the head and
+      // its link unchanged, this link leads outside the queue (out of bounds, a free or held
+      // node, another channel's node, a cycle).
+      if (head != header_->head.load(std::memory_order_acquire) ||
+          first->next.load(std::memory_order_acquire) != next) {
+        continue;
+      }
+      if (repair() != Repair::kRepaired) arena_->note_corruption();  // seen, if not repaired here
+      return {Status::kCorruptedIndex, {}};
+    }
+    if (tagged_ref(head) == tagged_ref(tail)) {
+      // The tail lags behind a linked node: help it before moving the head past it.
+      uint64_t t = tail;
+      header_->tail.compare_exchange_strong(t, make_tagged(tagged_tag(tail) + 1, next_ref),
                                             std::memory_order_release, std::memory_order_relaxed);
       continue;
     }
-    QueueNode* second = arena_->node(tagged_ref(next));
-    if (second == nullptr) return {Status::kCorruptedIndex, {}};
-    // Read the message before the CAS: afterwards the node may be recycled by another receiver.
+    if (node_kind(second_state) == kNodeClaimed) {
+      advance(head, first, head_state, next_ref);  // another receiver owns it: move the head for it
+      continue;
+    }
+    // Read the message before claiming it: once claimed, others may move the head onto the
+    // node and past it, and free it, before this thread reads on. A claim that succeeds proves
+    // the node is still the incarnation these fields were read from (its generation is in the
+    // state word).
     const BlockHandle block{second->block.load(std::memory_order_relaxed),
                             second->generation.load(std::memory_order_relaxed)};
     const uint64_t length = second->length.load(std::memory_order_relaxed);
-    if (!header_->head.compare_exchange_weak(head, make_tagged(tagged_tag(head) + 1, tagged_ref(next)),
-                                             std::memory_order_acq_rel, std::memory_order_relaxed)) {
-      continue;
-    }
-    arena_->free_node(tagged_ref(head));
-    // The last message of a closed channel: receivers that saw it "in flight" must re-check.
-    if (header_->count.fetch_sub(1, std::memory_order_acq_rel) == (kClosedBit | 1)) {
-      notify_all(header_->not_empty);
-    }
+    // Claim the message: whoever turns the node kNodeClaimed owns it.
+    const uint64_t claimed = with_node_kind(second_state, tag_, arena_->holder(), kNodeClaimed);
+    uint64_t expected = second_state;
+    if (!second->state.compare_exchange_strong(expected, claimed, std::memory_order_acq_rel)) continue;
+    if (!take_count(*header_)) arena_->note_corruption();  // a message nobody admitted
     saturating_sub(header_->bytes, length);
     if (maxsize_ != 0 || maxbytes_ != 0) notify_all(header_->not_full);
-    if (arena_->mark_received(block) != Status::kOk) {
-      continue;  // a forged descriptor: counted by the arena; serve the next message
-    }
+    MEMCHANNEL_CRASH_POINT(kRecvClaimed);
+    const Status taken = arena_->mark_received(block);
+    MEMCHANNEL_CRASH_POINT(kRecvTaken);
+    advance(head, first, head_state, next_ref);
+    if (taken != Status::kOk) continue;  // a forged descriptor: counted by the arena; serve the next
     header_->received.fetch_add(1, std::memory_order_relaxed);
     return {Status::kOk, block};
   }
   arena_->note_corruption();
   return {Status::kCorruptedIndex, {}};
+}
+
+// Repair (counted as corruption when it changes something). With the head unchanged from the start of a
+// walk to its end, the walk sees the queue as it is: the dummy, then messages, each link stable
+// (links change only from 0, at the end). The walk follows links while they lead to this
+// channel's nodes in the right state, and stops at the first that does not, or at a node seen
+// before (a cycle). Then:
+//  - the link out of the last good node is cut (CAS from the bad value to 0), so senders link
+//    after it again; the messages past the break were unreachable already and are lost (their
+//    blocks stay kQueued and their nodes are not freed: a crash reclaimer frees such nodes only
+//    when they are claimed ones);
+//  - a tail that was not on the walk is pointed at the last good node (CAS from the value read
+//    before the walk);
+//  - a head that is not this channel's dummy is replaced by a fresh dummy (CAS), the tail
+//    pointed at it, and everything the old head led to is lost;
+//  - count and bytes are set to what the walk found (recount).
+// Every change is a CAS from a value the walk saw, so an honest operation that raced the repair
+// is never undone: the repair retries instead. Senders that had already read a tail in the lost
+// part link after it and their messages are lost too; senders admitted but not yet linked are
+// not in the recount, so the channel may briefly admit that many more than maxsize.
+Channel::Repair Channel::repair() {
+  for (int attempt = 0; attempt < kRepairAttempts; ++attempt) {
+    const uint64_t head = header_->head.load(std::memory_order_acquire);
+    const uint64_t tail = header_->tail.load(std::memory_order_acquire);
+    QueueNode* first = arena_->find_node(tagged_ref(head));
+    const uint64_t head_state = first != nullptr ? first->state.load(std::memory_order_acquire) : 0;
+    if (first == nullptr || node_channel(head_state) != tag_ || node_kind(head_state) != kNodeClaimed) {
+      if (head != header_->head.load(std::memory_order_acquire)) continue;
+      auto fresh = arena_->allocate_node();
+      if (!fresh.ok()) return Repair::kFailed;
+      QueueNode* dummy = arena_->find_node(fresh.value);
+      dummy->block.store(0, std::memory_order_relaxed);
+      dummy->generation.store(0, std::memory_order_relaxed);
+      dummy->length.store(0, std::memory_order_relaxed);
+      dummy->next.store(make_tagged(tagged_tag(dummy->next.load(std::memory_order_relaxed)) + 1, 0),
+                        std::memory_order_relaxed);
+      const uint64_t claimed =
+          with_node_kind(dummy->state.load(std::memory_order_relaxed), tag_, 0, kNodeClaimed);
+      dummy->state.store(claimed, std::memory_order_release);
+      uint64_t expected = head;
+      if (!header_->head.compare_exchange_strong(expected, make_tagged(tagged_tag(head) + 1, fresh.value),
+                                                 std::memory_order_acq_rel)) {
+        arena_->free_node_from(fresh.value, claimed);
+        continue;
+      }
+      uint64_t t = header_->tail.load(std::memory_order_acquire);
+      while (!header_->tail.compare_exchange_weak(t, make_tagged(tagged_tag(t) + 1, fresh.value),
+                                                  std::memory_order_acq_rel)) {
+      }
+      arena_->note_corruption();
+      recount();
+      return Repair::kRepaired;
+    }
+    std::unordered_set<BlockRef> seen{tagged_ref(head)};
+    QueueNode* last = first;
+    BlockRef last_ref = tagged_ref(head);
+    uint64_t link = first->next.load(std::memory_order_acquire);
+    bool tail_on_walk = tagged_ref(tail) == last_ref;
+    bool broken = false;
+    for (uint64_t steps = 0;; ++steps) {
+      const BlockRef ref = tagged_ref(link);
+      if (ref == 0) break;
+      QueueNode* n = arena_->find_node(ref);
+      const uint64_t s = n != nullptr ? n->state.load(std::memory_order_acquire) : 0;
+      const bool claimed_ok = node_kind(s) == kNodeClaimed && last_ref == tagged_ref(head);
+      if (n == nullptr || steps >= kMaxQueueSteps || !seen.insert(ref).second || node_channel(s) != tag_ ||
+          (node_kind(s) != kNodeLinked && !claimed_ok)) {
+        broken = true;
+        break;
+      }
+      last = n;
+      last_ref = ref;
+      if (ref == tagged_ref(tail)) tail_on_walk = true;
+      link = n->next.load(std::memory_order_acquire);
+    }
+    if (head != header_->head.load(std::memory_order_acquire)) continue;  // a receiver moved it
+    bool changed = false;
+    if (broken) {
+      uint64_t expected = link;
+      changed |= last->next.compare_exchange_strong(expected, make_tagged(tagged_tag(link) + 1, 0),
+                                                    std::memory_order_acq_rel);
+    }
+    if (!tail_on_walk) {
+      uint64_t t = tail;
+      changed |= header_->tail.compare_exchange_strong(t, make_tagged(tagged_tag(tail) + 1, last_ref),
+                                                       std::memory_order_acq_rel);
+    }
+    if (!changed) return Repair::kIntact;  // nothing wrong on a still queue (any more)
+    arena_->note_corruption();
+    recount();
+    return Repair::kRepaired;
+  }
+  return Repair::kFailed;
+}
+
+void Channel::recount() {
+  for (int attempt = 0; attempt < kRepairAttempts; ++attempt) {
+    const uint64_t head = header_->head.load(std::memory_order_acquire);
+    QueueNode* first = arena_->find_node(tagged_ref(head));
+    if (first == nullptr) return;
+    uint64_t messages = 0, bytes = 0;
+    std::unordered_set<BlockRef> seen{tagged_ref(head)};
+    BlockRef ref = tagged_ref(first->next.load(std::memory_order_acquire));
+    for (uint64_t steps = 0; ref != 0 && steps < kMaxQueueSteps; ++steps) {
+      QueueNode* n = arena_->find_node(ref);
+      if (n == nullptr || !seen.insert(ref).second) break;
+      const uint64_t s = n->state.load(std::memory_order_acquire);
+      if (!node_in_channel(s)) break;
+      if (node_kind(s) == kNodeLinked) {  // claimed messages have left count and bytes already
+        ++messages;
+        bytes += n->length.load(std::memory_order_relaxed);
+      }
+      ref = tagged_ref(n->next.load(std::memory_order_acquire));
+    }
+    if (head != header_->head.load(std::memory_order_acquire)) continue;
+    uint64_t c = header_->count.load(std::memory_order_acquire);
+    while (!header_->count.compare_exchange_weak(c, (c & kClosedBit) | messages, std::memory_order_acq_rel)) {
+    }
+    header_->bytes.store(bytes, std::memory_order_relaxed);
+    break;
+  }
+  notify_all(header_->not_full);
+  notify_all(header_->not_empty);
 }
 
 Result<BlockHandle> Channel::allocate(uint64_t payload_bytes, const PayloadLayout& layout,
@@ -224,6 +522,17 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
   });
   if (s != Status::kOk) return as_flow(s, Status::kFull);
   if (!node.ok()) return node.status == Status::kOutOfCapacity ? Status::kClosed : node.status;
+  QueueNode* n = arena_->find_node(node.value);
+  const uint64_t held_state = n->state.load(std::memory_order_relaxed);
+  // The descriptor, while the node is ours alone. The message is the block at its next
+  // generation (begin_send bumps it): a stale handle to the block cannot pass for it.
+  const BlockHandle message{block.ref, Arena::sending_generation(block)};
+  n->block.store(message.ref, std::memory_order_relaxed);
+  n->generation.store(message.generation, std::memory_order_relaxed);
+  n->length.store(length, std::memory_order_relaxed);
+  n->next.store(make_tagged(tagged_tag(n->next.load(std::memory_order_relaxed)) + 1, 0),
+                std::memory_order_relaxed);
+  MEMCHANNEL_CRASH_POINT(kSendNodeAllocated);
 
   Admit admit = Admit::kFull;
   s = wait_until(header_->not_full, wait, [&] {
@@ -231,26 +540,35 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
     return admit != Admit::kFull;
   });
   if (s != Status::kOk || admit == Admit::kClosed) {
-    arena_->free_node(node.value);
+    arena_->free_node_from(node.value, held_state);
     return s != Status::kOk ? as_flow(s, Status::kFull) : Status::kClosed;
   }
-  s = arena_->mark_queued(block);
+  // Admitted: the node now says so (a reclaimer of this process rolls the admission back if
+  // the node never gets linked).
+  const uint64_t linked_state = with_node_kind(held_state, tag_, arena_->holder(), kNodeLinked);
+  n->state.store(linked_state, std::memory_order_relaxed);  // published by the link CAS (release)
+  MEMCHANNEL_CRASH_POINT(kSendAdmitted);
+  uint32_t previous = 0;
+  s = arena_->begin_send(block, &previous);
   if (s != Status::kOk) {
-    header_->count.fetch_sub(1, std::memory_order_acq_rel);
-    saturating_sub(header_->bytes, length);
-    arena_->free_node(node.value);
-    notify_all(header_->not_full);
-    notify_all(header_->not_empty);
+    unadmit(length);
+    arena_->free_node_from(node.value, linked_state);
     return s;
   }
-  QueueNode* n = arena_->node(node.value);
-  n->block.store(block.ref, std::memory_order_relaxed);
-  n->generation.store(block.generation, std::memory_order_relaxed);
-  n->length.store(length, std::memory_order_relaxed);
+  MEMCHANNEL_CRASH_POINT(kSendMarkedSending);
   s = enqueue(node.value);
-  if (s != Status::kOk) return s;
+  if (s != Status::kOk) {
+    // Not linked: everything goes back as it was, the block to its sender.
+    arena_->abort_send(message, previous);
+    unadmit(length);
+    arena_->free_node_from(node.value, linked_state);
+    return s;
+  }
+  arena_->finish_send(message);
+  MEMCHANNEL_CRASH_POINT(kSendMarkedQueued);
   header_->sent.fetch_add(1, std::memory_order_relaxed);
   notify_all(header_->not_empty);
+  MEMCHANNEL_CRASH_POINT(kSendNotified);
   return Status::kOk;
 }
 
@@ -296,6 +614,89 @@ ChannelStats Channel::stats() const {
   s.maxsize = maxsize_;
   s.maxbytes = maxbytes_;
   return s;
+}
+
+uint64_t recover_queues(Arena& arena, uint32_t dead) {
+  struct Queue {
+    ChannelHeader* header = nullptr;
+    std::vector<std::pair<BlockRef, uint64_t>> nodes;  // linked or claimed nodes, state as walked
+  };
+  std::unordered_map<uint32_t, Queue> queues;
+  arena.for_each_cell([&](const CellInfo& c) {
+    if (c.kind == CellInfo::kBlock) {
+      if ((c.block->flags.load(std::memory_order_relaxed) & kBlockFlagArena) == 0 ||
+          c.bytes < sizeof(BlockHeader) + sizeof(ChannelHeader)) {
+        return;
+      }
+      const Offset at = c.offset + sizeof(BlockHeader);
+      auto* h = arena.translate_as<ChannelHeader>(at);
+      if (h != nullptr && h->magic == kChannelMagic && h->version == kChannelLayoutVersion) {
+        queues[channel_tag(at)].header = h;
+      }
+    } else if (c.kind == CellInfo::kNode) {
+      const uint64_t s = c.node->state.load(std::memory_order_acquire);
+      if (node_kind(s) == kNodeLinked || node_kind(s) == kNodeClaimed) {
+        queues[node_channel(s)].nodes.emplace_back(offset_to_ref(c.offset), s);
+      }
+    }
+  });
+  uint64_t freed = 0;
+  for (auto& [tag, q] : queues) {
+    if (q.header == nullptr) continue;
+    ChannelHeader& h = *q.header;
+    bool consistent = false;
+    const std::unordered_set<BlockRef> in_queue = snapshot_queue(arena, h, tag, &consistent);
+    for (const auto& [ref, walked] : q.nodes) {
+      QueueNode* n = arena.find_node(ref);
+      if (n == nullptr || n->state.load(std::memory_order_acquire) != walked) continue;  // moved on
+      const BlockRef block_ref = n->block.load(std::memory_order_relaxed);
+      const uint32_t generation = n->generation.load(std::memory_order_relaxed);
+      const uint64_t length = n->length.load(std::memory_order_relaxed);
+      // Still the same incarnation (a recycled node has a new generation): the descriptor
+      // read above is this node's.
+      if (n->state.load(std::memory_order_acquire) != walked) continue;
+      BlockHeader* block = find_block(arena, block_ref);
+      const uint32_t block_state = block != nullptr ? block->state.load(std::memory_order_acquire) : 0;
+      const bool block_is_message = block != nullptr && state_generation(block_state) == generation;
+      const bool queued = in_queue.count(ref) != 0;
+      if (node_kind(walked) == kNodeLinked && node_holder(walked) == dead) {
+        if (queued) {
+          // Linked before its sender died: finish the send, the message is delivered.
+          if (block_is_message && state_kind(block_state) == kBlockSending) {
+            arena.complete_send(block_ref, block_state);
+          }
+        } else if (consistent) {
+          // Admitted, never linked: roll the admission back and free the node; the block, if
+          // it was already kSending, is freed (still kReserved, the holder pass frees it).
+          if (arena.free_node_from(ref, walked)) {
+            take_count(h);
+            saturating_sub(h.bytes, length);
+            notify_all(h.not_full);
+            notify_all(h.not_empty);
+          }
+          const bool sending = block_is_message && state_kind(block_state) == kBlockSending &&
+                               state_holder(block_state) == dead;
+          if (sending && arena.reclaim_block(block_ref, block_state) == Status::kOk) {
+            ++freed;
+          }
+        }
+        // Not knowable (the head kept moving): the holder pass frees a kSending block; a linked
+        // message is then skipped by its receiver, an unlinked node stays allocated.
+      } else if (node_kind(walked) == kNodeClaimed) {
+        if (node_holder(walked) == dead && block_is_message &&
+            (state_kind(block_state) == kBlockQueued || state_kind(block_state) == kBlockSending)) {
+          // Claimed by a receiver that died before taking the block: it goes with the receiver.
+          if (arena.reclaim_block(block_ref, block_state) == Status::kOk) ++freed;
+        }
+        if (consistent && !queued) {
+          // Behind the head: an old dummy whose advancer died before freeing it (or one a
+          // repair cut off). If the advancer is alive and frees it first, this CAS fails.
+          arena.free_node_from(ref, walked, /*count_refusal=*/false);
+        }
+      }
+    }
+  }
+  return freed;
 }
 
 }  // namespace memchannel

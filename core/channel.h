@@ -14,6 +14,23 @@
 // takes a slot (respecting maxsize) with one CAS, and a receiver that sees closed with count 0
 // knows the channel is drained even while another sender's push is still in flight.
 //
+// Send:  node = allocate_node (kNodeHeld) and fill {block, generation + 1, length};
+//        admit (count, bytes); node -> kNodeLinked(channel, sender);
+//        block -> kSending; link after the last node (CAS); swing the tail; block -> kQueued.
+// Recv:  claim the node after the dummy (kNodeLinked -> kNodeClaimed, by CAS: the claimer owns
+//        the message); count and bytes -= 1 / length; block -> kReceived; advance the head onto
+//        the claimed node (anyone may, so a stalled or dead claimer blocks nobody); whoever
+//        advances frees the old dummy. The claimed node is the new dummy.
+// Every step records who is doing it (node and block states name holders), so the reclaimer
+// of a dead process finishes or undoes its half-done send or receive (recover_queues below).
+//
+// Trust: a node reached through a link must be a node of this channel in the state its place
+// implies (the dummy kNodeClaimed, messages kNodeLinked, the next one possibly kNodeClaimed by a
+// receiver in progress). A violation seen while the head (or tail) is unchanged cannot be an
+// honest race, so it is corruption: it is counted and the queue repaired (repair() below),
+// losing only the messages past the bad link. A count that exceeds maxsize, or bytes that
+// exceed what maxbytes allows, are recounted from the queue.
+//
 //   ChannelHeader (in a block of arena memory)
 //   +-------------------------------+ 0    identity (immutable after create)
 //   | magic, version, maxsize,      |
@@ -39,7 +56,7 @@
 namespace memchannel {
 
 inline constexpr uint64_t kChannelMagic = 0x314c4e4843434d4dull;  // "MMCCHNL1"
-inline constexpr uint32_t kChannelLayoutVersion = 1;
+inline constexpr uint32_t kChannelLayoutVersion = 2;  // 2: node states, claim protocol
 inline constexpr uint64_t kClosedBit = 1ull << 63;
 
 struct ChannelHeader {
@@ -112,15 +129,45 @@ class Channel {
   // One attempt at each step; the waits loop around them.
   enum class Admit { kAdmitted, kFull, kClosed };
   Admit try_admit(uint64_t length);
+  // Gives back an admission (a send that failed after it was admitted).
+  void unadmit(uint64_t length);
   Status enqueue(BlockRef node_ref);
   Result<BlockHandle> try_dequeue(bool* empty);
+  // Moves the head from `head` (node `first`, whose state is `head_state`) onto `next`; the
+  // party that succeeds frees the old dummy.
+  void advance(uint64_t head, QueueNode* first, uint64_t head_state, BlockRef next);
+  // Repairs a queue found (or, with `suspected`, feared) corrupted: see the header comment and
+  // channel.cc. kRepaired when it changed something (counted as corruption), kIntact when a
+  // walk found nothing to repair (someone else repaired it, or the suspicion was wrong),
+  // kFailed when it could not (no node for a fresh dummy, or the head kept moving).
+  enum class Repair { kRepaired, kIntact, kFailed };
+  Repair repair();
+  // Re-derives count and bytes from the queue (they were found impossible).
+  void recount();
+  bool node_in_channel(uint64_t state) const;
   void drain_and_free();
 
   std::shared_ptr<Arena> arena_;
   ChannelHeader* header_;  // in arena memory
   Offset offset_;
+  uint32_t tag_;           // this channel's tag in node states: offset_ / 64
   uint64_t maxsize_;       // private copies of the limits, read once at open
   uint64_t maxbytes_;
 };
+
+// The channel tag nodes of the channel whose header is at `offset` carry (node_channel()).
+constexpr uint32_t channel_tag(Offset offset) { return offset_to_ref(offset); }
+
+// Crash recovery of every queue of `arena` after holder `dead` died; Arena::reap_dead_holders
+// calls it before it frees the dead holder's blocks. For each channel (found by walking arena
+// cells), with a consistent view of its queue (the head unchanged across the walk):
+//  - a node the dead holder had admitted but not linked: rolled back (count, bytes, node,
+//    and its block if kSending); a node it had linked: its block kSending -> kQueued, so the
+//    message is delivered;
+//  - a node the dead holder had claimed whose block it had not taken: the block is freed (the
+//    receiver died holding the message);
+//  - a claimed node behind the head (an old dummy its advancer died before freeing): freed.
+// Returns the blocks freed. Concurrency: any thread; one caller per dead holder.
+uint64_t recover_queues(Arena& arena, uint32_t dead);
 
 }  // namespace memchannel

@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstdint>
 #include <memory>
 #include <ostream>
@@ -26,6 +27,7 @@
 #include "core/block.h"
 #include "core/channel.h"
 #include "core/heap_backend.h"
+#include "core/invariants.h"
 #include "core/layout.h"
 #include "core/status.h"
 #include "shm/names.h"
@@ -94,7 +96,11 @@ class BackendTest : public ::testing::Test {
 
 // ---- Locating structures in arena memory (tests only: they trust what they read). ----
 
-inline ArenaHeader* arena_header(Arena& arena) { return arena.translate_as<ArenaHeader>(0); }
+inline ArenaHeader* arena_header(Arena& arena) {
+  auto* header = arena.translate_as<ArenaHeader>(0);
+  if (header == nullptr) std::abort();  // segment 0 is always mapped in a live arena
+  return header;
+}
 
 inline BlockHeader* block_header(Arena& arena, BlockRef ref) {
   return arena.translate_as<BlockHeader>(ref_to_offset(ref));
@@ -125,14 +131,20 @@ inline uint64_t corruption_count(const Arena& arena) { return arena.stats().corr
 
 // With no operation in flight: every carved cell is a known block or node, every free block is
 // on exactly one free list (none lost, none listed twice), `held` data blocks are not free, and
-// `channels` blocks hold channel headers.
+// `channels` blocks hold channel headers; the same for queue nodes; and the full invariant
+// checker (core/invariants.h: queues, counts, holders, counters) finds nothing.
 inline void expect_quiescent_arena(Arena& arena, uint64_t held, uint64_t channels = 0) {
   const ArenaCensus c = arena.census();
   EXPECT_TRUE(c.free_lists_consistent);
   EXPECT_EQ(c.bad_cells, 0u);
+  EXPECT_EQ(c.carving_cells, 0u) << "cells left half-carved";
   EXPECT_EQ(c.free_blocks, c.free_listed) << "free blocks missing from the free lists";
-  EXPECT_EQ(c.reserved + c.queued + c.received, held);
+  EXPECT_EQ(c.reserved + c.sending + c.queued + c.received, held);
   EXPECT_EQ(c.arena_cells, channels);
+  EXPECT_TRUE(c.node_list_consistent);
+  EXPECT_EQ(c.nodes_free, c.nodes_free_listed) << "free queue nodes missing from the node free list";
+  const InvariantReport r = check_invariants(arena);
+  EXPECT_TRUE(r.ok()) << r.describe();
 }
 
 // Non-blocking, and blocking without deadline, wait specifications.

@@ -793,5 +793,120 @@ TYPED_TEST(AllocatorTest, ViewOfReleasedHandleIsRefused) {
   EXPECT_EQ(arena->payload(h.value), nullptr);
 }
 
+// ---- Nodes from blocks, the send protocol, node states ------------------------------------------
+
+// With the capacity carved into data blocks and no free node, allocate_node cuts a free data block
+// (the smallest free one) into nodes: one handed out, the rest on the node free list. Everything
+// stays accounted for, and the nodes serve queues like carved ones.
+TYPED_TEST(AllocatorTest, NodesAreCutFromAFreeBlockOnceCapacityIsCarved) {
+  auto arena = this->make_arena(64 * kKiB);
+  ASSERT_NE(arena, nullptr);
+  std::vector<BlockHandle> large, tiny;
+  for (;;) {
+    auto h = allocate_bytes(*arena, 1000);
+    if (!h.ok()) break;
+    large.push_back(h.value);
+  }
+  for (;;) {
+    auto h = allocate_bytes(*arena, 0);
+    if (!h.ok()) break;
+    tiny.push_back(h.value);
+  }
+  ASSERT_GE(large.size(), 2u);
+  const BlockRef cut = large.back().ref;
+  ASSERT_EQ(arena->release(large.back()), Status::kOk);
+  large.pop_back();
+  const uint64_t units = class_units(class_of_payload(1000));
+  const uint64_t carved = arena->stats().carved_bytes;
+
+  auto first = arena->allocate_node();
+  ASSERT_EQ(first.status, Status::kOk);
+  EXPECT_EQ(first.value, cut) << "the block's first cell is the node handed out";
+  EXPECT_EQ(arena->stats().carved_bytes, carved);
+  EXPECT_EQ(arena->stats().nodes_in_use, 1u);
+  std::set<BlockRef> nodes{first.value};
+  for (uint64_t i = 1; i < units; ++i) {
+    auto n = arena->allocate_node();
+    ASSERT_EQ(n.status, Status::kOk) << i;
+    EXPECT_TRUE(n.value > cut && n.value < cut + units) << "a node from the same block";
+    EXPECT_TRUE(nodes.insert(n.value).second) << "node handed out twice";
+  }
+  EXPECT_EQ(arena->allocate_node().status, Status::kOutOfCapacity) << "no free block is left to cut";
+  EXPECT_EQ(arena->census().nodes, units);
+  for (BlockRef r : nodes) arena->free_node(r);
+  for (const BlockHandle& h : large) ASSERT_EQ(arena->release(h), Status::kOk);
+  for (const BlockHandle& h : tiny) ASSERT_EQ(arena->release(h), Status::kOk);
+  EXPECT_EQ(arena->stats().nodes_in_use, 0u);
+  EXPECT_EQ(corruption_count(*arena), 0u);
+  expect_quiescent_arena(*arena, 0);
+}
+
+// begin_send moves a block its holder holds alone to kSending at the next generation; abort_send
+// restores it exactly; finish_send queues it. Shared blocks, stale handles and arena cells are
+// refused, and nothing changes.
+TYPED_TEST(AllocatorTest, SendProtocolTransitions) {
+  auto arena = this->make_arena(16 * kMiB);
+  ASSERT_NE(arena, nullptr);
+  auto h = allocate_bytes(*arena, 100);
+  ASSERT_TRUE(h.ok());
+  BlockHeader* hdr = block_header(*arena, h.value.ref);
+  const uint32_t reserved = hdr->state.load();
+  uint32_t previous = 0;
+  ASSERT_EQ(arena->begin_send(h.value, &previous), Status::kOk);
+  EXPECT_EQ(previous, reserved);
+  const BlockHandle message{h.value.ref, Arena::sending_generation(h.value)};
+  EXPECT_EQ(state_kind(hdr->state.load()), kBlockSending);
+  EXPECT_EQ(state_generation(hdr->state.load()), message.generation);
+  EXPECT_EQ(arena->release(h.value), Status::kCorruptedState) << "a message being sent is not releasable";
+  EXPECT_EQ(arena->abort_send(message, previous), Status::kOk);
+  EXPECT_EQ(hdr->state.load(), reserved);
+
+  ASSERT_EQ(arena->retain(h.value), Status::kOk);
+  EXPECT_EQ(arena->begin_send(h.value, &previous), Status::kInvalidArgument) << "two holders";
+  EXPECT_EQ(hdr->state.load(), reserved);
+  ASSERT_EQ(arena->release(h.value), Status::kOk);
+
+  const uint64_t before = corruption_count(*arena);
+  EXPECT_EQ(arena->begin_send({h.value.ref, h.value.generation + 3}, &previous), Status::kCorruptedState);
+  EXPECT_GT(corruption_count(*arena), before);
+
+  ASSERT_EQ(arena->begin_send(h.value, &previous), Status::kOk);
+  arena->finish_send(message);
+  EXPECT_EQ(state_kind(hdr->state.load()), kBlockQueued);
+  EXPECT_EQ(arena->mark_received(h.value), Status::kCorruptedState) << "the old generation is not it";
+  ASSERT_EQ(arena->mark_received(message), Status::kOk);
+  EXPECT_EQ(arena->mark_received(message), Status::kCorruptedState) << "received once";
+  EXPECT_EQ(arena->release(message), Status::kOk);
+  EXPECT_EQ(arena->stats().blocks_in_use, 0u);
+}
+
+// A node is freed once: the second free is refused and counted, and the node free list holds it
+// once (the next two allocations get two different nodes).
+TYPED_TEST(AllocatorTest, NodeDoubleFreeIsRefusedAndCounted) {
+  auto arena = this->make_arena(16 * kMiB);
+  ASSERT_NE(arena, nullptr);
+  auto n = arena->allocate_node();
+  ASSERT_TRUE(n.ok());
+  const uint64_t held = queue_node(*arena, n.value)->state.load();
+  EXPECT_EQ(node_kind(held), kNodeHeld);
+  EXPECT_EQ(node_holder(held), arena->holder());
+  arena->free_node(n.value);
+  EXPECT_EQ(node_kind(queue_node(*arena, n.value)->state.load()), kNodeFree);
+  const uint64_t before = corruption_count(*arena);
+  arena->free_node(n.value);
+  EXPECT_FALSE(arena->free_node_from(n.value, held)) << "a stale state word";
+  EXPECT_EQ(corruption_count(*arena), before + 2);
+  EXPECT_EQ(arena->stats().nodes_in_use, 0u);
+  auto a = arena->allocate_node();
+  auto b = arena->allocate_node();
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_NE(a.value, b.value);
+  EXPECT_NE(node_generation(queue_node(*arena, a.value)->state.load()), node_generation(held))
+      << "a new incarnation";
+  arena->free_node(a.value);
+  arena->free_node(b.value);
+  expect_quiescent_arena(*arena, 0);
+}
+
 }  // namespace
 }  // namespace memchannel::testing

@@ -152,8 +152,9 @@ TYPED_TEST(CorruptionTest, NodeFreeListHeadOutsideArenaIsDroppedAndCounted) {
 
 // A free-list head forged to point at a block someone holds, whose link points back at itself:
 // the allocator must drop the poisoned list rather than spin on it, and keep serving the class.
-// DISABLED: exposes an open core bug (docs/design.md, Known weak points: queue and free-list repair).
-TYPED_TEST(CorruptionTest, DISABLED_FreeListCycleThroughAHeldBlockDoesNotPoisonTheClass) {
+// (The allocator checks a free-list entry before popping it: it must be free and of the list's
+// class while the head still names it; otherwise the list is detached and the class carves.)
+TYPED_TEST(CorruptionTest, FreeListCycleThroughAHeldBlockDoesNotPoisonTheClass) {
   auto arena = this->make_arena();
   ASSERT_NE(arena, nullptr);
   const uint32_t cls = class_of_payload(kPayload);
@@ -178,9 +179,9 @@ TYPED_TEST(CorruptionTest, DISABLED_FreeListCycleThroughAHeldBlockDoesNotPoisonT
   EXPECT_EQ(arena->release(held.value), Status::kOk);
 }
 
-// The same with a cycle between two free blocks: A -> B -> A.
-// DISABLED: exposes an open core bug (docs/design.md, Known weak points: queue and free-list repair).
-TYPED_TEST(CorruptionTest, DISABLED_FreeListCycleBetweenFreeBlocksDoesNotPoisonTheClass) {
+// The same with a cycle between two free blocks: A -> B -> A. A and B are handed out once each;
+// the third pop finds A (now held) at the head again and detaches the list.
+TYPED_TEST(CorruptionTest, FreeListCycleBetweenFreeBlocksDoesNotPoisonTheClass) {
   auto arena = this->make_arena();
   ASSERT_NE(arena, nullptr);
   auto a = arena->allocate(kPayload, PayloadLayout{});
@@ -223,11 +224,9 @@ TYPED_TEST(CorruptionTest, QueueLinkOutsideArenaIsReportedAndCounted) {
   expect_traffic_flows(arena);
 }
 
-// ... and the channel itself keeps serving: the bad link is dropped and new messages get through.
-// Today the receiver swings the tail onto the bad ref, so every later send and receive on the
-// channel fails with kCorruptedIndex.
-// DISABLED: exposes an open core bug (docs/design.md, Known weak points: queue and free-list repair).
-TYPED_TEST(CorruptionTest, DISABLED_QueueRecoversFromLinkOutsideArena) {
+// ... and the channel itself keeps serving: the bad link is dropped (the queue is cut after the
+// last good node) and new messages get through.
+TYPED_TEST(CorruptionTest, QueueRecoversFromLinkOutsideArena) {
   auto arena = this->make_arena();
   ASSERT_NE(arena, nullptr);
   auto ch = this->make_channel(arena);
@@ -244,9 +243,8 @@ TYPED_TEST(CorruptionTest, DISABLED_QueueRecoversFromLinkOutsideArena) {
 }
 
 // A link forged in the middle of a queue: the messages before it are delivered, the receiver
-// reports the break, and messages sent afterwards still arrive.
-// DISABLED: exposes an open core bug (docs/design.md, Known weak points: queue and free-list repair).
-TYPED_TEST(CorruptionTest, DISABLED_QueueRecoversFromLinkOutsideArenaMidQueue) {
+// reports the break, and messages sent afterwards still arrive (those past the break are lost).
+TYPED_TEST(CorruptionTest, QueueRecoversFromLinkOutsideArenaMidQueue) {
   auto arena = this->make_arena();
   ASSERT_NE(arena, nullptr);
   auto ch = this->make_channel(arena);
@@ -274,10 +272,9 @@ TYPED_TEST(CorruptionTest, DISABLED_QueueRecoversFromLinkOutsideArenaMidQueue) {
 
 // A send that runs into a corrupted queue either gets through (the queue was repaired) or fails
 // and leaves everything as it was: the block is still the sender's to release, and no admission
-// slot or byte count is left taken. Today the block is left in state kQueued (release() refuses
-// it, so it leaks), and count/bytes keep the failed message forever.
-// DISABLED: exposes an open core bug (docs/design.md, Known weak points: queue and free-list repair).
-TYPED_TEST(CorruptionTest, DISABLED_SendOntoCorruptedQueueLeavesNoLeak) {
+// slot or byte count is left taken. (The sender repairs the queue and gets through; a send
+// that cannot be linked rolls back: block kSending -> its previous state, count, bytes, node.)
+TYPED_TEST(CorruptionTest, SendOntoCorruptedQueueLeavesNoLeak) {
   auto arena = this->make_arena();
   ASSERT_NE(arena, nullptr);
   auto ch = this->make_channel(arena, 0, 0);
@@ -303,11 +300,9 @@ TYPED_TEST(CorruptionTest, DISABLED_SendOntoCorruptedQueueLeavesNoLeak) {
   EXPECT_EQ(arena->stats().blocks_in_use, 0u);
 }
 
-// The tail forged to point outside the arena: typed and counted. Today try_dequeue sees
-// head != tail with a null `next`, calls node(0), which returns nullptr without counting, and
-// reports kCorruptedIndex with no corruption_count bump; and the channel never recovers.
-// DISABLED: exposes an open core bug (docs/design.md, Known weak points: queue and free-list repair).
-TYPED_TEST(CorruptionTest, DISABLED_QueueTailOutsideArenaIsCountedAndRepaired) {
+// The tail forged to point outside the arena: typed and counted (a head before the tail with no
+// successor cannot happen honestly), and the tail is pointed back at the last node.
+TYPED_TEST(CorruptionTest, QueueTailOutsideArenaIsCountedAndRepaired) {
   auto arena = this->make_arena();
   ASSERT_NE(arena, nullptr);
   auto ch = this->make_channel(arena);
@@ -328,10 +323,9 @@ TYPED_TEST(CorruptionTest, DISABLED_QueueTailOutsideArenaIsCountedAndRepaired) {
 
 // A forged link to a node that was never admitted (a valid node from the arena's pool): the
 // receiver drops its bogus descriptor, but must not decrement the admission count below zero.
-// Today count.fetch_sub(1) on 0 wraps to 2^64-1, which sets kClosedBit: the channel reports
-// itself closed and every later send fails with kClosed.
-// DISABLED: exposes an open core bug (docs/design.md, Known weak points: queue and free-list repair).
-TYPED_TEST(CorruptionTest, DISABLED_UnadmittedQueueEntryDoesNotUnderflowTheCount) {
+// (The stray node is kNodeHeld, not a message of this channel: the link is cut before anything
+// is claimed, and the count never drops below zero into the closed bit.)
+TYPED_TEST(CorruptionTest, UnadmittedQueueEntryDoesNotUnderflowTheCount) {
   auto arena = this->make_arena();
   ASSERT_NE(arena, nullptr);
   auto ch = this->make_channel(arena);
@@ -359,12 +353,10 @@ TYPED_TEST(CorruptionTest, DISABLED_UnadmittedQueueEntryDoesNotUnderflowTheCount
 }
 
 // A forged link back to an already dequeued (freed) node makes a cycle. The receiver must stop,
-// count it, and never free a node twice. Today only a node linked to itself is recognised: this
-// cycle is followed for kMaxQueueSteps (2^22) iterations, each of which pushes a node onto the
-// arena's node free list again and decrements the channel's count. The node free list then
-// hands the same node out twice, corrupting every other channel of the arena.
-// DISABLED: exposes an open core bug (docs/design.md, Known weak points: queue and free-list repair).
-TYPED_TEST(CorruptionTest, DISABLED_QueueCycleThroughAFreedNodeNeverFreesANodeTwice) {
+// count it, and never free a node twice. (A node's state says where it is: the freed dummy is
+// kNodeFree, so the link to it is cut; and every free is a CAS from the exact state, so a node
+// can never go back on the free list while it is there.)
+TYPED_TEST(CorruptionTest, QueueCycleThroughAFreedNodeNeverFreesANodeTwice) {
   auto arena = this->make_arena();
   ASSERT_NE(arena, nullptr);
   auto ch = this->make_channel(arena);
@@ -393,6 +385,41 @@ TYPED_TEST(CorruptionTest, DISABLED_QueueCycleThroughAFreedNodeNeverFreesANodeTw
     held.push_back(n.value);
   }
   for (BlockRef r : held) arena->free_node(r);
+}
+
+// A stray node forged to look like a message of this channel (kNodeLinked with the channel's tag)
+// but never admitted: the receiver claims it, finds the count already at zero and leaves it
+// there (counted), refuses its descriptor, and the channel keeps its count and its openness.
+TYPED_TEST(CorruptionTest, ForgedLinkedEntryDoesNotUnderflowTheCount) {
+  auto arena = this->make_arena();
+  ASSERT_NE(arena, nullptr);
+  auto ch = this->make_channel(arena);
+  ASSERT_NE(ch, nullptr);
+  auto stray = arena->allocate_node();
+  ASSERT_TRUE(stray.ok());
+  QueueNode* n = queue_node(*arena, stray.value);
+  n->block.store(0);
+  n->generation.store(0);
+  n->length.store(0);
+  n->next.store(make_tagged(tagged_tag(n->next.load()) + 1, 0));
+  n->state.store(with_node_kind(n->state.load(), channel_tag(ch->offset()), 0, kNodeLinked));
+  ChannelHeader* h = channel_header(*ch);
+  QueueNode* dummy = queue_node(*arena, tagged_ref(h->head.load()));
+  dummy->next.store(make_tagged(tagged_tag(dummy->next.load()) + 1, stray.value));
+  h->tail.store(make_tagged(tagged_tag(h->tail.load()) + 1, stray.value));
+  const uint64_t before = corruption_count(*arena);
+
+  const Status s = ch->recv(no_wait()).status;
+  EXPECT_EQ(s, Status::kEmpty) << "the forged entry is skipped, nothing else is queued";
+  EXPECT_GE(corruption_count(*arena), before + 2) << "an unadmitted claim and a bad descriptor";
+  EXPECT_FALSE(ch->closed()) << "the count underflowed into the closed bit";
+  EXPECT_EQ(ch->queued(), 0u);
+  EXPECT_EQ(send_value(*ch, 45), Status::kOk);
+  EXPECT_EQ(ch->queued(), 1u);
+  auto got = recv_value(*ch);
+  EXPECT_EQ(got.status, Status::kOk);
+  EXPECT_EQ(got.value, 45u);
+  EXPECT_EQ(ch->queued(), 0u);
 }
 
 // ---- Queue descriptors -------------------------------------------------------------------------
@@ -482,9 +509,8 @@ TYPED_TEST(CorruptionTest, DuplicatedDescriptorIsDeliveredOnce) {
 
 // A bounded channel whose message count was forged past maxsize: the sender can tell no honest
 // state looks like that (count never exceeds maxsize), so it reports corruption rather than
-// waiting for room that never comes. Today send() returns kFull forever, uncounted.
-// DISABLED: exposes an open core bug (docs/design.md, Known weak points: queue and free-list repair).
-TYPED_TEST(CorruptionTest, DISABLED_QueuedCountPastMaxsizeIsReported) {
+// waiting for room that never comes. (The count is recounted from the queue and the send gets in.)
+TYPED_TEST(CorruptionTest, QueuedCountPastMaxsizeIsReported) {
   auto arena = this->make_arena();
   ASSERT_NE(arena, nullptr);
   auto ch = this->make_channel(arena, 4);
@@ -807,6 +833,55 @@ TYPED_TEST(CorruptionTest, ChannelOpenCountsWrongMagicAndVersion) {
   EXPECT_EQ(Channel::open(arena, ref_to_offset(ref_past_segment0(*arena))).status,
             Status::kCorruptedOffset);
   EXPECT_GT(corruption_count(*arena), before) << "offset outside the arena not counted";
+}
+
+// Offsets off the 64-byte grid (found by the arena fuzzer): a channel header there would have
+// misaligned atomics, a cursor there would carve cells whose BlockRef names another cell.
+TYPED_TEST(CorruptionTest, OffGridChannelOffsetAndForgedCarveCursorAreRefused) {
+  auto arena = this->make_arena();
+  ASSERT_NE(arena, nullptr);
+  auto ch = this->make_channel(arena);
+  ASSERT_NE(ch, nullptr);
+  uint64_t before = corruption_count(*arena);
+  for (Offset delta : {Offset{1}, Offset{8}, Offset{32}, Offset{63}}) {
+    EXPECT_EQ(Channel::open(arena, ch->offset() + delta).status, Status::kCorruptedOffset) << delta;
+  }
+  EXPECT_GE(corruption_count(*arena), before + 4);
+
+  std::atomic<uint64_t>& carve = arena_header(*arena)->carve;
+  const uint64_t cursor = carve.load();
+  const uint64_t header_bytes = arena_header(*arena)->header_bytes;
+  // Off the grid, and (found by the fuzzer too) on the grid but inside the arena header, where
+  // a carved "block" would overwrite the header and get BlockRef 0, which means none.
+  for (uint64_t forged : {cursor + 8, uint64_t{0}, header_bytes - kUnit}) {
+    SCOPED_TRACE(forged);
+    carve.store(forged);
+    before = corruption_count(*arena);
+    EXPECT_EQ(arena->allocate(50000, PayloadLayout{}).status, Status::kCorruptedOffset);  // a fresh class
+    EXPECT_GT(corruption_count(*arena), before);
+  }
+  carve.store(cursor);
+  auto h = arena->allocate(50000, PayloadLayout{});
+  ASSERT_EQ(h.status, Status::kOk);
+  EXPECT_EQ(arena->release(h.value), Status::kOk);
+  expect_traffic_flows(arena);
+}
+
+// A carving word (a carve in progress) forged at the cursor with a size past the segment: the
+// next carver clears it instead of moving the cursor out of bounds or waiting on it.
+TYPED_TEST(CorruptionTest, ForgedCarvingWordAtTheCursorIsCleared) {
+  auto arena = this->make_arena();
+  ASSERT_NE(arena, nullptr);
+  const uint64_t cursor = arena_header(*arena)->carve.load();
+  auto* word = reinterpret_cast<std::atomic<uint64_t>*>(arena->translate(cursor, kUnit) + kCellWordOffset);
+  word->store(make_carving_word(3, kCarvingMaxUnits));
+  const uint64_t before = corruption_count(*arena);
+  auto h = arena->allocate(50000, PayloadLayout{});
+  ASSERT_EQ(h.status, Status::kOk);
+  EXPECT_GT(corruption_count(*arena), before);
+  EXPECT_EQ(arena->release(h.value), Status::kOk);
+  EXPECT_EQ(arena->census().carving_cells, 0u);
+  expect_traffic_flows(arena);
 }
 
 // ---- Arena segment 0 (hand-made) ---------------------------------------------------------------

@@ -697,12 +697,10 @@ TYPED_TEST(QueueTest, MaxbytesBoundsQueuedBytes) {
   EXPECT_EQ(arena->stats().blocks_in_use, 0u);
 }
 
-// Once the arena has been carved to capacity, freed memory must serve messages again. Queue
-// nodes only come from the node free list or the carve cursor, so with every byte carved into
-// data blocks (now free) a send waits for a node that can never appear: kFull here, a hang with
-// an unbounded wait.
-// DISABLED: exposes an open core bug (queue nodes cannot be carved once capacity is spent).
-TYPED_TEST(QueueTest, DISABLED_SendWorksAgainAfterCapacityIsFreed) {
+// Once the arena has been carved to capacity, freed memory must serve messages again. With every
+// byte carved into data blocks (now free) and no free queue node, a send must not wait for a node
+// that can never appear: the arena cuts a free data block into nodes.
+TYPED_TEST(QueueTest, SendWorksAgainAfterCapacityIsFreed) {
   auto arena = this->make_arena(64 * kKiB);
   ASSERT_NE(arena, nullptr);
   auto ch = this->make_channel(arena);

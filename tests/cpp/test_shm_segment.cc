@@ -3,6 +3,7 @@
 #include "shm/segment.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -12,17 +13,26 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "core/arena.h"
+#include "core/channel.h"
+#include "core/waiter.h"
 #include "shm/cleanup.h"
 #include "shm/names.h"
+#include "shm/shm_backend.h"
 
 namespace memchannel::shm {
 namespace {
@@ -323,6 +333,249 @@ TEST_F(ShmSegment, TruncationByAPeerIsDetected) {
   EXPECT_EQ(Segment::open(name, 64 * kPage).status, Status::kTruncated);
   ::close(peer);
   EXPECT_TRUE(Segment::unlink(name).ok());
+}
+
+// ---- Truncation after mapping: the SIGBUS guard (RELIABILITY.md item 10) ----
+
+// Runs `body` in a forked child and returns its wait status. The child's exit code is what
+// `body` returns; a child killed by a signal shows as WIFSIGNALED. Keeps a SIGBUS that the
+// guard failed to absorb from taking the whole test program down.
+int run_in_child(const std::function<int()>& body) {
+  const pid_t child = ::fork();
+  if (child < 0) return -1;
+  if (child == 0) ::_exit(body());
+  int wstatus = 0;
+  if (::waitpid(child, &wstatus, 0) != child) return -1;
+  return wstatus;
+}
+
+std::string describe(int wstatus) {
+  if (wstatus == -1) return "fork/wait failed";
+  if (WIFSIGNALED(wstatus)) return "killed by signal " + std::to_string(WTERMSIG(wstatus)) + " (" + strsignal(WTERMSIG(wstatus)) + ")";
+  return "exit code " + std::to_string(WEXITSTATUS(wstatus));
+}
+
+uint8_t read_byte(const std::byte* p) { return static_cast<uint8_t>(*static_cast<const volatile std::byte*>(p)); }
+void write_byte(std::byte* p, uint8_t v) { *static_cast<volatile std::byte*>(p) = std::byte{v}; }
+
+// What an unguarded mapping does when its file shrinks: dies of SIGBUS on the next touch past
+// the end (the default action), or of the sanitizer's report of that SIGBUS.
+bool died_of_sigbus(int wstatus) {
+  return (WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGBUS) || (WIFEXITED(wstatus) && WEXITSTATUS(wstatus) != 0);
+}
+
+TEST_F(ShmSegment, TruncationAfterMappingIsAbsorbedAndReportedNotSigbus) {
+  const std::string name = fresh_name();
+  Result<Segment> created = Segment::create(name, 64 * kPage);
+  ASSERT_TRUE(created.ok()) << to_string(created.status);
+  Result<Segment> reader = Segment::open(name, 64 * kPage);
+  ASSERT_TRUE(reader.ok()) << to_string(reader.status);
+  ASSERT_TRUE(sigbus_guard_installed());
+  ASSERT_TRUE(reader.value.guarded());
+  ASSERT_TRUE(created.value.guarded());
+  write_byte(created.value.data() + 40 * kPage, 0x5a);
+  ASSERT_EQ(read_byte(reader.value.data() + 40 * kPage), 0x5a);
+
+  // The peer: its own descriptor, as another process would have; keeps 4 pages.
+  const int peer = ::open(path_of(name).c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(peer, 0);
+  ASSERT_EQ(::ftruncate(peer, static_cast<off_t>(4 * kPage)), 0);
+
+  Segment& r = reader.value;
+  Segment& c = created.value;
+  const int wstatus = run_in_child([&] {
+    const uint64_t before = sigbus_faults_absorbed();
+    if (read_byte(r.data() + 40 * kPage) != 0) return 10;     // the lost tail reads as zeros
+    write_byte(r.data() + 63 * kPage + 100, 7);               // and takes writes (privately)
+    if (read_byte(r.data() + 63 * kPage + 100) != 7) return 11;
+    if (read_byte(r.data() + 5 * kPage) != 0) return 12;      // one fault covered the whole tail
+    if (r.truncation_faults() != 1) return 13;
+    if (r.check().status != Status::kTruncated) return 14;
+    write_byte(c.data() + 50 * kPage, 1);                     // the creator's mapping too
+    if (c.truncation_faults() != 1 || c.check().status != Status::kTruncated) return 15;
+    write_byte(c.data() + 2 * kPage, 9);                      // what the file still holds stays shared
+    if (read_byte(r.data() + 2 * kPage) != 9) return 16;
+    if (sigbus_faults_absorbed() != before + 2) return 17;
+    // The file grows back: the replaced pages stay private, and check() keeps saying so.
+    if (::ftruncate(peer, static_cast<off_t>(64 * kPage)) != 0) return 18;
+    if (r.check().status != Status::kTruncated) return 19;
+    return 0;
+  });
+  EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << describe(wstatus);
+  ::close(peer);
+  EXPECT_TRUE(Segment::unlink(name).ok());
+}
+
+TEST_F(ShmSegment, ManyThreadsFaultingOnTheLostTailAllSurvive) {
+  const std::string name = fresh_name();
+  Result<Segment> created = Segment::create(name, 256 * kPage);
+  ASSERT_TRUE(created.ok()) << to_string(created.status);
+  const int peer = ::open(path_of(name).c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(peer, 0);
+  ASSERT_EQ(::ftruncate(peer, 0), 0);
+  Segment& c = created.value;
+  const int wstatus = run_in_child([&] {
+    std::vector<std::thread> threads;
+    std::atomic<int> bad{0};
+    for (int t = 0; t < 4; ++t) {
+      threads.emplace_back([&, t] {
+        for (uint64_t p = static_cast<uint64_t>(t); p < 256; p += 4) {
+          if (read_byte(c.data() + p * kPage) != 0) bad.fetch_add(1);
+          write_byte(c.data() + p * kPage + 1, 1);
+        }
+      });
+    }
+    for (std::thread& th : threads) th.join();
+    return bad.load() == 0 && c.check().status == Status::kTruncated ? 0 : 20;
+  });
+  EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << describe(wstatus);
+  ::close(peer);
+  EXPECT_TRUE(Segment::unlink(name).ok());
+}
+
+// The guard only answers for memchannel segments: any other SIGBUS keeps its usual outcome.
+TEST_F(ShmSegment, SigbusGuardLeavesOtherMappingsAndSentSignalsAlone) {
+  const std::string name = fresh_name();
+  Result<Segment> created = Segment::create(name, kPage);  // the guard is installed by now
+  ASSERT_TRUE(created.ok()) << to_string(created.status);
+  ASSERT_TRUE(sigbus_guard_installed());
+
+  const int foreign = run_in_child([] {
+    const int fd = ::memfd_create("not-a-segment", MFD_CLOEXEC);
+    if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(2 * kPage)) != 0) return 30;
+    void* p = ::mmap(nullptr, 2 * kPage, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED || ::ftruncate(fd, 0) != 0) return 31;
+    (void)read_byte(static_cast<std::byte*>(p) + kPage);  // must die here
+    return 0;
+  });
+  EXPECT_TRUE(died_of_sigbus(foreign)) << describe(foreign);
+
+  const int sent = run_in_child([] {
+    ::raise(SIGBUS);  // kill -BUS: not a fault in a segment
+    return 0;
+  });
+  EXPECT_TRUE(died_of_sigbus(sent)) << describe(sent);
+  EXPECT_TRUE(Segment::unlink(name).ok());
+}
+
+// A handler installed before the guard (Python's faulthandler under pytest, an application's
+// own) still gets every SIGBUS the guard does not absorb. Needs a process in which the guard
+// is not installed yet: the test re-executes this program for that part.
+void chain_probe_handler(int, siginfo_t* info, void*) {
+  ::_exit(info != nullptr && info->si_code == BUS_ADRERR ? 42 : 43);
+}
+
+TEST(ShmSigbusGuard, ChainsToTheHandlerInstalledBeforeIt) {
+  if (const char* mode = std::getenv("MEMCHANNEL_TEST_SIGBUS_CHILD"); mode != nullptr) {
+    // The re-executed child: our handler first, then the guard, then both kinds of fault.
+    ASSERT_FALSE(sigbus_guard_installed());
+    struct sigaction sa {};
+    sa.sa_sigaction = chain_probe_handler;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    ASSERT_EQ(::sigaction(SIGBUS, &sa, nullptr), 0);
+    const std::string name = random_segment_name(random_test_prefix());
+    Result<Segment> seg = Segment::create(name, 8 * kPage);
+    ASSERT_TRUE(seg.ok());
+    ASSERT_TRUE(sigbus_guard_installed());
+    ASSERT_EQ(::ftruncate(seg.value.fd(), static_cast<off_t>(kPage)), 0);
+    Segment::unlink(name);
+    if (read_byte(seg.value.data() + 5 * kPage) != 0) ::_exit(44);  // absorbed by the guard
+    const int fd = ::memfd_create("not-a-segment", MFD_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::ftruncate(fd, static_cast<off_t>(2 * kPage)), 0);
+    void* p = ::mmap(nullptr, 2 * kPage, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ASSERT_NE(p, MAP_FAILED);
+    ASSERT_EQ(::ftruncate(fd, 0), 0);
+    (void)read_byte(static_cast<std::byte*>(p) + kPage);  // chained: our handler exits 42
+    ::_exit(45);
+  }
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::setenv("MEMCHANNEL_TEST_SIGBUS_CHILD", "1", 1);
+    char filter[] = "--gtest_filter=ShmSigbusGuard.ChainsToTheHandlerInstalledBeforeIt";
+    char self[] = "/proc/self/exe";
+    char* argv[] = {self, filter, nullptr};
+    ::execv(self, argv);
+    ::_exit(127);
+  }
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(child, &wstatus, 0), child);
+  EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 42)
+      << describe(wstatus) << " (42: chained to the earlier handler; 44: guard did not zero "
+      << "the lost tail; 45: foreign fault swallowed)";
+}
+
+// ---- Truncation seen through the arena's shared-memory backend ----
+
+// A lazily mapped segment that a peer truncated before this process maps it is refused.
+TEST_F(ShmSegment, BackendRefusesASegmentTruncatedBeforeItIsMapped) {
+  auto creator = ShmBackend::for_new_arena(prefix_);
+  auto made = creator->create_segment(1, 32 * kPage);
+  ASSERT_EQ(made.status, memchannel::Status::kOk);
+  ASSERT_EQ(::truncate(path_of(creator->segment_name(1)).c_str(), static_cast<off_t>(8 * kPage)), 0);
+
+  auto peer = ShmBackend::for_existing(creator->base_name());
+  auto mapped = peer->map_segment(1, 32 * kPage);
+  EXPECT_EQ(mapped.status, memchannel::Status::kCorruptedLength);
+  EXPECT_EQ(mapped.value, nullptr);
+  EXPECT_EQ(peer->last_shm_status(), Status::kTruncated);
+  EXPECT_EQ(creator->check_segments().status, Status::kTruncated);
+  creator->remove_segments(1);
+}
+
+// An arena whose segment 0 a peer truncated is refused at attach, below or above its header.
+TEST_F(ShmSegment, AttachRefusesATruncatedArena) {
+  auto created = Arena::create(ShmBackend::for_new_arena(prefix_), 1 << 20, 1);
+  ASSERT_EQ(created.status, memchannel::Status::kOk);
+  auto* backend = static_cast<ShmBackend*>(&created.value->backend());
+  const std::string base = backend->base_name();
+
+  ASSERT_EQ(::truncate(path_of(base).c_str(), static_cast<off_t>(sizeof(ArenaHeader) + kPage)), 0);
+  Result<uint64_t> probe = ShmBackend::probe(base);
+  ASSERT_TRUE(probe.ok());
+  auto attached = Arena::attach(ShmBackend::for_existing(base), probe.value);
+  EXPECT_NE(attached.status, memchannel::Status::kOk);  // the header's segment size disagrees
+  EXPECT_EQ(attached.value, nullptr);
+
+  ASSERT_EQ(::truncate(path_of(base).c_str(), static_cast<off_t>(kPage)), 0);
+  EXPECT_EQ(ShmBackend::probe(base).status, Status::kTooSmall);
+  EXPECT_EQ(backend->check_segments().status, Status::kTruncated);
+  // The creator's arena is still usable in its header; its destructor removes the segments.
+  ASSERT_EQ(::truncate(path_of(base).c_str(), static_cast<off_t>(1 << 20)), 0);
+}
+
+// The whole data path over a segment 0 that a peer cut down to what was carved after it was mapped:
+// no SIGBUS, and the backend reports the truncation.
+TEST_F(ShmSegment, ArenaTrafficOverATruncatedSegmentDoesNotSigbus) {
+  auto created = Arena::create(ShmBackend::for_new_arena(prefix_), 1 << 20, 1);
+  ASSERT_EQ(created.status, memchannel::Status::kOk);
+  std::shared_ptr<Arena> arena = created.value;
+  auto* backend = static_cast<ShmBackend*>(&arena->backend());
+  auto ch = Channel::create(arena, 0, 0, 1);
+  ASSERT_EQ(ch.status, memchannel::Status::kOk);
+  // Keep what is carved so far (header, channel); lose the rest of the segment.
+  const uint64_t keep = (arena->stats().carved_bytes + kPage - 1) / kPage * kPage;
+  ASSERT_LT(keep, 1u << 20);
+  ASSERT_EQ(::truncate(path_of(backend->base_name()).c_str(), static_cast<off_t>(keep)), 0);
+
+  Channel& c = *ch.value;
+  const int wstatus = run_in_child([&] {
+    for (int i = 0; i < 50; ++i) {
+      auto h = c.allocate(3000, PayloadLayout{}, WaitSpec::nonblocking());
+      if (!h.ok()) continue;  // a typed error is fine; a signal is not
+      uint64_t len = 0;
+      if (uint8_t* p = arena->payload(h.value, &len)) std::memset(p, 0x11, len);
+      if (c.send(h.value, WaitSpec::nonblocking()) != memchannel::Status::kOk) arena->release(h.value);
+      auto got = c.recv(WaitSpec::nonblocking());
+      if (got.ok()) arena->release(got.value);
+    }
+    (void)arena->census();
+    return backend->check_segments().status == Status::kTruncated ? 0 : 50;
+  });
+  EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << describe(wstatus);
+  ASSERT_EQ(::truncate(path_of(backend->base_name()).c_str(), static_cast<off_t>(1 << 20)), 0);
 }
 
 TEST_F(ShmSegment, MovesTransferTheMappingAndReleaseTheOldOne) {

@@ -1,0 +1,270 @@
+#include "core/invariants.h"
+
+#include <map>
+#include <set>
+#include <sstream>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "core/channel.h"
+
+namespace memchannel {
+namespace {
+
+struct Cells {
+  std::map<BlockRef, BlockHeader*> blocks;  // data blocks and arena cells
+  std::map<BlockRef, QueueNode*> nodes;
+};
+
+std::string ref_name(BlockRef ref) {
+  std::ostringstream os;
+  os << "ref " << ref << " (segment " << segment_of(ref_to_offset(ref)) << ", offset "
+     << within_segment(ref_to_offset(ref)) << ")";
+  return os.str();
+}
+
+// Counts one violation and keeps its description (the first 64).
+template <typename... Parts>
+void note(InvariantReport& r, uint64_t& counter, const Parts&... parts) {
+  ++counter;
+  if (r.problems.size() >= 64) return;
+  std::ostringstream os;
+  (os << ... << parts);
+  r.problems.push_back(os.str());
+}
+
+}  // namespace
+
+uint64_t InvariantReport::violations() const {
+  return bad_cells + unfinished_carves + lost_blocks + bad_list_entries + listed_twice +
+         orphan_messages + duplicated_messages + stale_entries + dead_held_blocks + lost_nodes +
+         bad_node_list_entries + nodes_listed_twice + orphan_nodes + dead_held_nodes + bad_links +
+         tails_off_queue + count_mismatches + bytes_mismatches + counter_mismatches;
+}
+
+std::string InvariantReport::describe() const {
+  std::ostringstream os;
+  os << "blocks " << blocks << " (free " << free_blocks << ", reserved " << reserved << ", sending "
+     << sending << ", queued " << queued << ", received " << received << ", arena " << arena_cells
+     << "), nodes " << nodes << ", channels " << channels << ", messages " << messages
+     << "; violations " << violations() << ":";
+  for (const std::string& p : problems) os << "\n  " << p;
+  return os.str();
+}
+
+InvariantReport check_invariants(Arena& arena) {
+  InvariantReport r;
+  auto* header = arena.translate_as<ArenaHeader>(0);
+  if (header == nullptr) {
+    note(r, r.bad_cells, "no arena header");
+    return r;
+  }
+
+  // 1. Every carved cell.
+  Cells cells;
+  std::unordered_map<uint32_t, ChannelHeader*> channels;  // by channel tag
+  uint64_t nodes_in_use = 0, bytes_in_use = 0, blocks_in_use = 0;
+  r.bad_cells = arena.for_each_cell([&](const CellInfo& c) {
+    const BlockRef ref = offset_to_ref(c.offset);
+    if (c.kind == CellInfo::kCarving) {
+      note(r, r.unfinished_carves, "unfinished carve at ", ref_name(ref), " by holder ",
+           carving_holder(c.carving_word));
+      return;
+    }
+    if (c.kind == CellInfo::kNode) {
+      ++r.nodes;
+      cells.nodes[ref] = c.node;
+      if (node_kind(c.node->state.load(std::memory_order_acquire)) != kNodeFree) ++nodes_in_use;
+      return;
+    }
+    ++r.blocks;
+    cells.blocks[ref] = c.block;
+    if ((c.block->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) {
+      ++r.arena_cells;
+      ++nodes_in_use;  // arena cells count as nodes in the arena's counters
+      auto* ch = arena.translate_as<ChannelHeader>(c.offset + sizeof(BlockHeader));
+      const bool fits = c.bytes >= sizeof(BlockHeader) + sizeof(ChannelHeader);
+      if (fits && ch != nullptr && ch->magic == kChannelMagic) {
+        channels[channel_tag(c.offset + sizeof(BlockHeader))] = ch;
+      }
+      return;
+    }
+    const uint32_t word = c.block->state.load(std::memory_order_acquire);
+    switch (state_kind(word)) {
+      case kBlockFree: ++r.free_blocks; return;
+      case kBlockReserved: ++r.reserved; break;
+      case kBlockQueued: ++r.queued; break;
+      case kBlockReceived: ++r.received; break;
+      case kBlockSending: ++r.sending; break;
+      default: note(r, r.stale_entries, "block ", ref_name(ref), " in unknown state ", word); return;
+    }
+    ++blocks_in_use;
+    bytes_in_use += c.bytes;
+    const BlockState kind = state_kind(word);
+    if (kind != kBlockQueued && !arena.holder_alive(state_holder(word))) {
+      note(r, r.dead_held_blocks, "block ", ref_name(ref), " held by holder ", state_holder(word),
+           ", which is not alive");
+    }
+  });
+  if (r.bad_cells != 0) r.problems.push_back("the cell walk stopped at a cell it could not size");
+  r.channels = channels.size();
+
+  // 2. Free lists: every entry a free block of the list's class, each listed once.
+  std::set<BlockRef> listed;
+  for (uint32_t cls = 0; cls < kNumClasses; ++cls) {
+    BlockRef ref = tagged_ref(header->free_lists[cls].head.load(std::memory_order_acquire));
+    for (uint64_t steps = 0; ref != 0; ++steps) {
+      auto it = cells.blocks.find(ref);
+      if (it == cells.blocks.end()) {
+        note(r, r.bad_list_entries, "free list ", cls, " names ", ref_name(ref), ", not a block");
+        break;
+      }
+      BlockHeader* hdr = it->second;
+      if (state_kind(hdr->state.load(std::memory_order_acquire)) != kBlockFree ||
+          hdr->size_class.load(std::memory_order_relaxed) != cls ||
+          (hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) {
+        note(r, r.bad_list_entries, "free list ", cls, " holds ", ref_name(ref),
+             ", which is not a free block of that class");
+      }
+      if (!listed.insert(ref).second) {
+        note(r, r.listed_twice, "free list ", cls, " reaches ", ref_name(ref), " twice");
+        break;
+      }
+      ref = hdr->next_free.load(std::memory_order_relaxed);
+    }
+  }
+  for (const auto& [ref, hdr] : cells.blocks) {
+    if ((hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) continue;
+    if (state_kind(hdr->state.load(std::memory_order_acquire)) == kBlockFree && listed.count(ref) == 0) {
+      note(r, r.lost_blocks, "free block ", ref_name(ref), " is on no free list");
+    }
+  }
+  std::set<BlockRef> nodes_listed;
+  BlockRef node_ref = tagged_ref(header->node_free.load(std::memory_order_acquire));
+  while (node_ref != 0) {
+    auto it = cells.nodes.find(node_ref);
+    if (it == cells.nodes.end()) {
+      note(r, r.bad_node_list_entries, "node free list names ", ref_name(node_ref), ", not a node");
+      break;
+    }
+    if (node_kind(it->second->state.load(std::memory_order_acquire)) != kNodeFree) {
+      note(r, r.bad_node_list_entries, "node free list holds ", ref_name(node_ref), ", which is not free");
+    }
+    if (!nodes_listed.insert(node_ref).second) {
+      note(r, r.nodes_listed_twice, "node free list reaches ", ref_name(node_ref), " twice");
+      break;
+    }
+    node_ref = it->second->free_next.load(std::memory_order_relaxed);
+  }
+
+  // 3. Queues: the dummy, then messages; each message names a block queued as that message.
+  std::unordered_set<BlockRef> nodes_in_queues;
+  std::map<BlockRef, int> named;  // block -> queue entries naming it
+  for (const auto& [tag, ch] : channels) {
+    const std::string name = "channel " + std::to_string(ch->channel_id);
+    const uint64_t head = ch->head.load(std::memory_order_acquire);
+    const uint64_t tail = ch->tail.load(std::memory_order_acquire);
+    uint64_t messages = 0, bytes = 0;
+    bool tail_seen = false;
+    BlockRef at = tagged_ref(head);
+    for (uint64_t position = 0; at != 0; ++position) {
+      auto it = cells.nodes.find(at);
+      if (it == cells.nodes.end()) {
+        note(r, r.bad_links, name, ": link to ", ref_name(at), ", not a node");
+        break;
+      }
+      const uint64_t s = it->second->state.load(std::memory_order_acquire);
+      const bool dummy = position == 0;
+      const bool claimed_in_progress = position == 1 && node_kind(s) == kNodeClaimed;
+      if (node_channel(s) != tag || (dummy && node_kind(s) != kNodeClaimed) ||
+          (!dummy && node_kind(s) != kNodeLinked && !claimed_in_progress)) {
+        note(r, r.bad_links, name, ": node ", ref_name(at), " at position ", position,
+             " is not in the state its place needs (state ", s, ")");
+        break;
+      }
+      if (!nodes_in_queues.insert(at).second) {
+        note(r, r.bad_links, name, ": the queue reaches ", ref_name(at), " twice");
+        break;
+      }
+      if (at == tagged_ref(tail)) tail_seen = true;
+      if (!dummy && !claimed_in_progress) {
+        ++messages;
+        bytes += it->second->length.load(std::memory_order_relaxed);
+        const BlockRef block = it->second->block.load(std::memory_order_relaxed);
+        const uint32_t generation = it->second->generation.load(std::memory_order_relaxed);
+        auto b = cells.blocks.find(block);
+        const uint32_t word = b != cells.blocks.end() ? b->second->state.load(std::memory_order_acquire) : 0;
+        if (b == cells.blocks.end() || state_generation(word) != generation ||
+            (state_kind(word) != kBlockQueued && state_kind(word) != kBlockSending)) {
+          note(r, r.stale_entries, name, ": message node ", ref_name(at), " names block ", ref_name(block),
+               " generation ", generation, ", which is not queued as that");
+        } else {
+          ++named[block];  // an entry that really names the message the block holds
+        }
+      }
+      at = tagged_ref(it->second->next.load(std::memory_order_acquire));
+    }
+    r.messages += messages;
+    if (!tail_seen) {
+      note(r, r.tails_off_queue, name, ": the tail ", ref_name(tagged_ref(tail)), " is not on the queue");
+    }
+    const uint64_t count = ch->count.load(std::memory_order_acquire) & ~kClosedBit;
+    if (count != messages) {
+      note(r, r.count_mismatches, name, ": count ", count, " but ", messages, " messages queued");
+    }
+    const uint64_t queued_bytes = ch->bytes.load(std::memory_order_relaxed);
+    if (queued_bytes != bytes) {
+      note(r, r.bytes_mismatches, name, ": bytes ", queued_bytes, " but the messages hold ", bytes);
+    }
+  }
+  for (const auto& [block, n] : named) {
+    if (n > 1) note(r, r.duplicated_messages, "block ", ref_name(block), " is named by ", n, " entries");
+  }
+  for (const auto& [ref, hdr] : cells.blocks) {
+    const uint32_t word = hdr->state.load(std::memory_order_acquire);
+    if ((hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) continue;
+    if ((state_kind(word) == kBlockQueued || state_kind(word) == kBlockSending) && named.count(ref) == 0) {
+      note(r, r.orphan_messages, "block ", ref_name(ref), " is ",
+           state_kind(word) == kBlockQueued ? "queued" : "being sent", " but no queue entry names it");
+    }
+  }
+
+  // 4. Nodes: free ones listed, held ones by live holders, linked or claimed ones in a queue.
+  for (const auto& [ref, n] : cells.nodes) {
+    const uint64_t s = n->state.load(std::memory_order_acquire);
+    switch (node_kind(s)) {
+      case kNodeFree:
+        if (nodes_listed.count(ref) == 0) {
+          note(r, r.lost_nodes, "free node ", ref_name(ref), " is on no free list");
+        }
+        break;
+      case kNodeHeld:
+        if (!arena.holder_alive(node_holder(s))) {
+          note(r, r.dead_held_nodes, "node ", ref_name(ref), " held by holder ", node_holder(s),
+               ", which is not alive");
+        }
+        break;
+      case kNodeLinked:
+      case kNodeClaimed:
+        // A node linked by a live sender that has not linked it yet is in flight, not lost.
+        if (nodes_in_queues.count(ref) == 0 &&
+            !(node_kind(s) == kNodeLinked && node_holder(s) != 0 && arena.holder_alive(node_holder(s)))) {
+          note(r, r.orphan_nodes, "node ", ref_name(ref), " of channel tag ", node_channel(s),
+               " is in no queue");
+        }
+        break;
+    }
+  }
+
+  // 5. The arena's counters against the cells.
+  const ArenaStats st = arena.stats();
+  if (st.blocks_in_use != blocks_in_use || st.bytes_in_use != bytes_in_use ||
+      st.nodes_in_use != nodes_in_use) {
+    note(r, r.counter_mismatches, "counters say ", st.blocks_in_use, " blocks / ", st.bytes_in_use,
+         " bytes / ", st.nodes_in_use, " nodes in use, the cells ", blocks_in_use, " / ", bytes_in_use,
+         " / ", nodes_in_use);
+  }
+  return r;
+}
+
+}  // namespace memchannel
