@@ -1,7 +1,9 @@
 # memchannel: every target sets itself up on a fresh machine (Debian packages, a venv, the build).
-#   make test                 C++ (ctest) and Python (pytest) tests
+#   make test                 C++ (ctest) and Python (pytest) tests, then `make sanitize`
+#   make sanitize             the C++ tests under ASan+UBSan and TSan, canaries, arena fuzzing
 #   make demo                 the main demo
 #   make bench                side-by-side benchmarks against the peers
+#   make soak                 random SIGKILLs and restarts for SOAK_SECONDS (default 3600), then leak checks
 #   make test PYTHON=/root/.pyenv/versions/3.12.1/bin/python3   the same on another CPython
 
 PYTHON ?= $(firstword $(wildcard /root/.pyenv/versions/3.13.*/bin/python3) $(shell command -v python3.13) $(shell command -v python3))
@@ -11,10 +13,10 @@ VENV ?= $(if $(filter 3.13,$(PYVER)),.venv,.venv-$(PYVER))
 VPY := $(VENV)/bin/python
 BUILD := build/cpp-$(PYVER)
 JOBS ?= $(shell nproc)
-DEB_PACKAGES := libgtest-dev libboost-dev libbenchmark-dev
+DEB_PACKAGES := libgtest-dev libboost-dev libbenchmark-dev clang-14 libclang-rt-14-dev
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv install cpp test test-cpp test-python demo bench clean sanitize
+.PHONY: all deps venv install cpp test test-cpp test-python demo bench clean sanitize test-asan test-tsan test-fuzz soak
 
 all: install
 
@@ -52,17 +54,49 @@ test-cpp: cpp
 test-python: install
 	$(VPY) -m pytest -q tests/python bench/test_bench_smoke.py $(PYTEST_ARGS)
 
-test: test-cpp test-python
+test: test-cpp test-python sanitize
 
-# Sanitizer builds of the core tests (ASan+UBSan, then TSan).
-sanitize: deps venv
-	cmake -S . -B build/asan -DMEMCHANNEL_SANITIZE=address,undefined -DMEMCHANNEL_BUILD_PYTHON=OFF -DMEMCHANNEL_BUILD_BENCH=OFF >/dev/null
-	cmake --build build/asan -j $(JOBS) && ctest --test-dir build/asan --output-on-failure
-	cmake -S . -B build/tsan -DMEMCHANNEL_SANITIZE=thread -DMEMCHANNEL_BUILD_PYTHON=OFF -DMEMCHANNEL_BUILD_BENCH=OFF >/dev/null
-	cmake --build build/tsan -j $(JOBS) && ctest --test-dir build/tsan --output-on-failure
+# Sanitizer builds (RELIABILITY.md items 9 and 15), run by `make test`: only the C++ libraries,
+# GoogleTests, canaries and fuzz target are built (no Python module, no benchmarks).
+#   test-asan  core + shm GoogleTests under ASan+UBSan (UB aborts: -fno-sanitize-recover), the
+#              canaries, and the fuzz corpus replayed through real segments plus a short
+#              seeded mutation run (GCC, standalone driver)
+#   test-tsan  the same GoogleTests under TSan, and its canary
+#   test-fuzz  the arena fuzz target under clang's libFuzzer + ASan+UBSan for FUZZ_SECONDS
+# Each canary plants the bug its sanitizer must catch and fails if no report appears.
+SAN_BUILD ?= build
+FUZZ_SECONDS ?= 60
+STANDALONE_FUZZ_SECONDS ?= 15
+FUZZ_CXX ?= clang++-14
+SAN_CMAKE := -DMEMCHANNEL_BUILD_PYTHON=OFF -DMEMCHANNEL_BUILD_BENCH=OFF -DMEMCHANNEL_TEST_HOOKS=ON
+SAN_ENV := UBSAN_OPTIONS=print_stacktrace=1 TSAN_OPTIONS=second_deadlock_stack=1
+
+sanitize: test-asan test-tsan test-fuzz
+
+test-asan: deps
+	cmake -S . -B $(SAN_BUILD)/asan -DMEMCHANNEL_SANITIZE=address,undefined $(SAN_CMAKE) \
+	  -DMEMCHANNEL_FUZZ_ENGINE=standalone -DMEMCHANNEL_FUZZ_SECONDS=$(STANDALONE_FUZZ_SECONDS) >/dev/null
+	cmake --build $(SAN_BUILD)/asan -j $(JOBS)
+	$(SAN_ENV) ctest --test-dir $(SAN_BUILD)/asan --output-on-failure -j $(JOBS)
+
+test-tsan: deps
+	cmake -S . -B $(SAN_BUILD)/tsan -DMEMCHANNEL_SANITIZE=thread $(SAN_CMAKE) >/dev/null
+	cmake --build $(SAN_BUILD)/tsan -j $(JOBS)
+	$(SAN_ENV) ctest --test-dir $(SAN_BUILD)/tsan --output-on-failure -j $(JOBS)
+
+test-fuzz: deps
+	cmake -S . -B $(SAN_BUILD)/fuzz -DCMAKE_CXX_COMPILER=$(FUZZ_CXX) -DMEMCHANNEL_SANITIZE=address,undefined \
+	  $(SAN_CMAKE) -DMEMCHANNEL_FUZZ_ENGINE=libfuzzer -DMEMCHANNEL_FUZZ_SECONDS=$(FUZZ_SECONDS) >/dev/null
+	cmake --build $(SAN_BUILD)/fuzz -j $(JOBS) --target arena_fuzz arena_fuzz_seeds
+	$(SAN_ENV) ctest --test-dir $(SAN_BUILD)/fuzz -L fuzz --output-on-failure
 
 demo: install
 	$(VPY) -m memchannel demo
+
+# Soak (RELIABILITY.md 14): not part of `make test`; reports its figures and checks.
+SOAK_SECONDS ?= 3600
+soak: install
+	$(VPY) -m bench.soak --seconds $(SOAK_SECONDS) --json build/soak-$(PYVER).json
 
 bench: install
 	$(VPY) -m bench.harness --install-peers

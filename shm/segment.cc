@@ -1,14 +1,21 @@
 #include "shm/segment.h"
 
 #include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <boost/interprocess/exceptions.hpp>
 #include <boost/interprocess/permissions.hpp>
 
+#include <atomic>
 #include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <new>
 #include <utility>
 
@@ -52,28 +59,243 @@ void unlink_if_same_file(const std::string& name, const FileId& id) noexcept {
   }
 }
 
+// ---- SIGBUS guard --------------------------------------------------------------------------
+//
+// A table of the live mappings (address, length, descriptor) that the handler reads with
+// atomics only; writers (map / unmap, never in a handler) serialise on a spin flag. The
+// handler uses async-signal-safe calls only: fstat, mmap, sched_yield, sigaction, raise. It
+// makes fstat and mmap as raw system calls, past any sanitizer's interceptors: ThreadSanitizer
+// models an intercepted mmap as a write of the range and would report every thread that then
+// reads the zero pages (without faulting, so without meeting the handler) as racing with it.
+
+constexpr int kGuardSlots = 1024;  // mappings guarded at once (an arena has at most 64 segments)
+
+struct GuardSlot {
+  std::atomic<uintptr_t> start{0};       // 0 = free; published last by guard_register
+  std::atomic<uint64_t> length{0};
+  std::atomic<int> fd{-1};
+  std::atomic<uint64_t> faults{0};       // faults absorbed in this mapping
+  std::atomic<uintptr_t> claimed{0};     // lowest address whose replacement a handler claimed
+  std::atomic<uintptr_t> replaced{0};    // lowest address whose replacement is done
+  bool in_use = false;                   // writers only, under g_table_lock
+};
+
+GuardSlot g_slots[kGuardSlots];
+std::atomic_flag g_table_lock = ATOMIC_FLAG_INIT;
+std::atomic<uint64_t> g_faults_total{0};
+struct sigaction g_previous {};          // written once, before the handler is installed
+std::atomic<int> g_guard_state{0};       // 0 not yet, 1 installing, 2 installed, 3 disabled/failed
+uintptr_t g_page = 4096;
+
+constexpr uintptr_t kNoClaim = ~uintptr_t{0};
+
+uintptr_t round_up_page(uintptr_t v) { return (v + g_page - 1) & ~(g_page - 1); }
+
+// Private zero pages over [from, from + bytes) of an existing mapping.
+bool map_zero_pages(uintptr_t from, uintptr_t bytes) {
+  const long r = ::syscall(SYS_mmap, from, bytes, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+  return r != -1 && static_cast<uintptr_t>(r) == from;
+}
+
+bool file_size(int fd, uint64_t* size) {
+  struct stat st {};
+  if (::syscall(SYS_fstat, fd, &st) != 0 || st.st_size < 0) return false;
+  *size = static_cast<uint64_t>(st.st_size);
+  return true;
+}
+
+// What the kernel would have done without the guard: the previous handler, or the default
+// action (terminate with SIGBUS, as if no handler had ever been installed).
+void chain_sigbus(int sig, siginfo_t* info, void* context) {
+  if ((g_previous.sa_flags & SA_SIGINFO) != 0 && g_previous.sa_sigaction != nullptr) {
+    g_previous.sa_sigaction(sig, info, context);
+    return;
+  }
+  if (g_previous.sa_handler != SIG_DFL && g_previous.sa_handler != SIG_IGN) {
+    g_previous.sa_handler(sig);
+    return;
+  }
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  ::sigaction(sig, &dfl, nullptr);
+  // A fault re-executes the access on return and dies of it; a signal sent by a process must
+  // be sent again (it is blocked until this handler returns, then delivered).
+  if (info == nullptr || info->si_code <= 0) ::raise(sig);
+}
+
+// Replaces [from, to) of slot `s` with private zero pages. The first handler to claim the
+// range does it; one that faults on an already claimed range waits until it is done.
+bool replace_tail(GuardSlot& s, uintptr_t from, uintptr_t to, uintptr_t addr) {
+  for (;;) {
+    uintptr_t claimed = s.claimed.load(std::memory_order_acquire);
+    if (claimed <= addr) {
+      // Another thread is replacing a range that covers this address: wait for it (an mmap).
+      for (int spins = 0; s.replaced.load(std::memory_order_acquire) > addr; ++spins) {
+        if (spins > (1 << 20)) return false;
+        ::sched_yield();
+      }
+      return true;
+    }
+    if (!s.claimed.compare_exchange_strong(claimed, from, std::memory_order_acq_rel)) continue;
+    // Up to the previous claim (or the end): what lies above it is being or was replaced.
+    const uintptr_t until = claimed == kNoClaim ? to : claimed;
+    if (!map_zero_pages(from, until - from)) return false;
+    s.replaced.store(from, std::memory_order_release);
+    return true;
+  }
+}
+
+bool absorb_sigbus(uintptr_t addr) {
+  for (GuardSlot& s : g_slots) {
+    const uintptr_t start = s.start.load(std::memory_order_acquire);
+    if (start == 0 || addr < start) continue;
+    const uint64_t length = s.length.load(std::memory_order_relaxed);
+    if (addr - start >= length) continue;
+    const uintptr_t end = start + round_up_page(length);
+    const uintptr_t page = addr & ~(g_page - 1);
+    uintptr_t file_end = start;  // where the file's pages end in this mapping
+    uint64_t size = 0;
+    if (file_size(s.fd.load(std::memory_order_relaxed), &size)) {
+      const uint64_t covered = round_up_page(size);
+      file_end = covered >= end - start ? end : start + covered;
+    }
+    bool ok = false;
+    if (page >= file_end) {
+      ok = replace_tail(s, file_end, end, addr);  // the whole lost tail at once
+    } else {
+      // Inside the file (truncated and grown back, or tmpfs could not allocate the page):
+      // the page's contents are gone either way; a private zero page ends the faulting.
+      ok = map_zero_pages(page, g_page);
+    }
+    if (!ok) return false;
+    s.faults.fetch_add(1, std::memory_order_relaxed);
+    g_faults_total.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  return false;
+}
+
+void on_sigbus(int sig, siginfo_t* info, void* context) {
+  const int saved_errno = errno;
+  // Only a fault on a page past end of file (BUS_ADRERR) is ours; BUS_MCEERR_* (memory
+  // errors), BUS_ADRALN and signals sent by processes (si_code <= 0) are not.
+  if (info != nullptr && info->si_code == BUS_ADRERR &&
+      absorb_sigbus(reinterpret_cast<uintptr_t>(info->si_addr))) {
+    errno = saved_errno;
+    return;
+  }
+  errno = saved_errno;
+  chain_sigbus(sig, info, context);
+}
+
+bool install_guard() noexcept {
+  int state = g_guard_state.load(std::memory_order_acquire);
+  if (state == 2) return true;
+  if (state == 3) return false;
+  if (state == 0 && g_guard_state.compare_exchange_strong(state, 1, std::memory_order_acq_rel)) {
+    const char* env = std::getenv("MEMCHANNEL_SIGBUS_GUARD");
+    bool installed = false;
+    if (env == nullptr || std::strcmp(env, "0") != 0) {
+      const long page = ::sysconf(_SC_PAGESIZE);
+      if (page > 0) g_page = static_cast<uintptr_t>(page);
+      struct sigaction sa {};
+      sa.sa_sigaction = on_sigbus;
+      sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+      sigemptyset(&sa.sa_mask);
+      installed = ::sigaction(SIGBUS, &sa, &g_previous) == 0;
+    }
+    g_guard_state.store(installed ? 2 : 3, std::memory_order_release);
+    return installed;
+  }
+  // Another thread is installing it: wait for its outcome.
+  while ((state = g_guard_state.load(std::memory_order_acquire)) == 1) ::sched_yield();
+  return state == 2;
+}
+
+void lock_table() noexcept {
+  while (g_table_lock.test_and_set(std::memory_order_acquire)) ::sched_yield();
+}
+void unlock_table() noexcept { g_table_lock.clear(std::memory_order_release); }
+
+// Registers a mapping; returns its slot, or -1 when it stays unguarded.
+int guard_register(void* address, uint64_t length, int fd) noexcept {
+  if (address == nullptr || length == 0 || !install_guard()) return -1;
+  lock_table();
+  int found = -1;
+  for (int i = 0; i < kGuardSlots; ++i) {
+    if (!g_slots[i].in_use) {
+      found = i;
+      break;
+    }
+  }
+  if (found >= 0) {
+    GuardSlot& s = g_slots[found];
+    s.in_use = true;
+    s.length.store(length, std::memory_order_relaxed);
+    s.fd.store(fd, std::memory_order_relaxed);
+    s.faults.store(0, std::memory_order_relaxed);
+    s.claimed.store(kNoClaim, std::memory_order_relaxed);
+    s.replaced.store(kNoClaim, std::memory_order_relaxed);
+    s.start.store(reinterpret_cast<uintptr_t>(address), std::memory_order_release);
+  }
+  unlock_table();
+  return found;
+}
+
+// Called before the mapping goes away (an access racing with the unmap is the caller's bug,
+// with or without the guard).
+void guard_unregister(int slot) noexcept {
+  if (slot < 0) return;
+  lock_table();
+  g_slots[slot].start.store(0, std::memory_order_release);
+  g_slots[slot].in_use = false;
+  unlock_table();
+}
+
 }  // namespace
+
+bool sigbus_guard_installed() noexcept {
+  return g_guard_state.load(std::memory_order_acquire) == 2;
+}
+
+uint64_t sigbus_faults_absorbed() noexcept {
+  return g_faults_total.load(std::memory_order_relaxed);
+}
 
 Segment::Segment(std::string name, bip::shared_memory_object&& shm,
                  bip::mapped_region&& region) noexcept
-    : name_(std::move(name)), shm_(std::move(shm)), region_(std::move(region)) {}
+    : name_(std::move(name)), shm_(std::move(shm)), region_(std::move(region)) {
+  guard_slot_ = guard_register(region_.get_address(), region_.get_size(),
+                               shm_.get_mapping_handle().handle);
+}
+
+Segment::~Segment() { guard_unregister(guard_slot_); }
 
 Segment::Segment(Segment&& other) noexcept
     : name_(std::move(other.name_)),
       shm_(std::move(other.shm_)),
-      region_(std::move(other.region_)) {
+      region_(std::move(other.region_)),
+      guard_slot_(std::exchange(other.guard_slot_, -1)) {
   other.name_.clear();
 }
 
 Segment& Segment::operator=(Segment&& other) noexcept {
   if (this != &other) {
-    // Unmap before closing, as the destructor does.
+    // Leave the guard and unmap before closing, as the destructor does.
+    guard_unregister(std::exchange(guard_slot_, -1));
     region_ = std::move(other.region_);
     shm_ = std::move(other.shm_);
     name_ = std::move(other.name_);
+    guard_slot_ = std::exchange(other.guard_slot_, -1);
     other.name_.clear();
   }
   return *this;
+}
+
+uint64_t Segment::truncation_faults() const noexcept {
+  return guard_slot_ < 0 ? 0 : g_slots[guard_slot_].faults.load(std::memory_order_relaxed);
 }
 
 int Segment::fd() const noexcept { return valid() ? shm_.get_mapping_handle().handle : -1; }
@@ -200,6 +422,9 @@ Outcome Segment::unlink(std::string_view name) noexcept {
 
 Outcome Segment::check() const noexcept {
   if (!valid()) return {Status::kInvalidArgument, 0};
+  // Pages the guard replaced are private now: the mapping no longer is the file, whatever
+  // size the file has grown back to.
+  if (truncation_faults() != 0) return {Status::kTruncated, 0};
   struct stat st {};
   if (::fstat(fd(), &st) != 0) return {Status::kSystemError, errno};
   if (static_cast<uint64_t>(st.st_size) < size()) return {Status::kTruncated, 0};

@@ -11,11 +11,23 @@
 //   followed), owned by geteuid(), mode exactly 0600, and its size must cover what the
 //   caller needs. The mapping is exactly the size fstat reported (re-checked after mmap), so
 //   the mapping never extends past end-of-file at open time.
-// - Nothing global is installed (no signal handlers). If a peer truncates the file after it
-//   was mapped, touching a page past the new end raises SIGBUS; no user-space check can close
-//   that race without a handler. What this class offers instead is check()/still_valid(),
-//   which re-fstat the open descriptor: callers that meet an offset or length that does not
-//   make sense call it before touching more memory, and report kTruncated rather than read on.
+// - A peer that truncates the file after it was mapped cannot kill this process with SIGBUS.
+//   Truncation removes the pages past the new end from every mapping, and the next touch of
+//   one raises SIGBUS; no check before the access can close that race. So every mapping is
+//   registered with a process-wide SIGBUS guard (installed the first time a segment is
+//   mapped; MEMCHANNEL_SIGBUS_GUARD=0 in the environment leaves SIGBUS alone). On a SIGBUS
+//   whose address lies past the end of file inside a registered mapping, the guard replaces
+//   the lost tail of that mapping with private zero pages (mmap MAP_FIXED) and lets the access
+//   run again: reads see zeros (which the arena's validation rejects as corruption), writes
+//   land in private memory no peer sees. The segment is then truncated for good: check()
+//   returns kTruncated from then on, even if the file grows back. Any other SIGBUS (another
+//   mapping, a hardware error, kill -BUS) goes to the handler that was there before, or to
+//   the default action, exactly as without the guard. Limits: a handler installed *after*
+//   the guard (e.g. faulthandler.enable() called later) sees the fault first; and the guard
+//   covers mappings made through this class only. docs/shm.md lists what is protected.
+// - check()/still_valid() re-fstat the open descriptor: callers that meet an offset or length
+//   that does not make sense call it before touching more memory, and report kTruncated
+//   rather than read on.
 // - The destructor unmaps and closes; it never unlinks. Only the creator decides when a name
 //   goes away (DESIGN.md section 4), through unlink().
 // - No exception escapes: Boost.Interprocess's interprocess_exception and std::bad_alloc are
@@ -55,7 +67,7 @@ class Segment {
  public:
   // An empty segment: valid() is false, data() is null, size() is 0.
   Segment() noexcept = default;
-  ~Segment() = default;  // unmaps and closes (Boost members); never unlinks
+  ~Segment();  // leaves the SIGBUS guard, unmaps and closes (Boost members); never unlinks
   Segment(Segment&& other) noexcept;
   Segment& operator=(Segment&& other) noexcept;
   Segment(const Segment&) = delete;
@@ -85,11 +97,18 @@ class Segment {
   static Outcome unlink(std::string_view name) noexcept;
 
   // Re-fstats the descriptor: kOk while the file still covers the mapping, kTruncated once a
-  // peer has shrunk it (touching the lost tail would raise SIGBUS), kSystemError if fstat
-  // fails. Growth is fine. Call it when a value read from the segment looks out of range.
+  // peer has shrunk it (touching the lost tail raises SIGBUS, which the guard absorbs) or once
+  // the guard has replaced pages of this mapping, kSystemError if fstat fails. Growth is fine.
+  // Call it when a value read from the segment looks out of range.
   // Concurrency: any thread.
   Outcome check() const noexcept;
   bool still_valid() const noexcept { return check().ok(); }
+  // SIGBUS faults the guard absorbed for this mapping (0 if it is not guarded).
+  // Concurrency: any thread.
+  uint64_t truncation_faults() const noexcept;
+  // Whether this mapping is registered with the SIGBUS guard (false when the guard is
+  // disabled, could not be installed, or its table of mappings is full).
+  bool guarded() const noexcept { return guard_slot_ >= 0; }
 
   // Concurrency (all accessors): any thread.
   bool valid() const noexcept { return region_.get_address() != nullptr; }
@@ -105,6 +124,14 @@ class Segment {
   std::string name_;                                // without the leading '/'
   boost::interprocess::shared_memory_object shm_;   // owns the descriptor; closed last
   boost::interprocess::mapped_region region_;       // owns the mapping; unmapped first
+  int guard_slot_ = -1;                             // entry in the SIGBUS guard's table
 };
+
+// The process-wide SIGBUS guard (see "What it guarantees" above).
+// Whether it is installed (it is installed by the first create()/open() that maps a segment,
+// unless MEMCHANNEL_SIGBUS_GUARD=0). Concurrency: any thread.
+bool sigbus_guard_installed() noexcept;
+// SIGBUS faults absorbed so far in this process, over all segments. Concurrency: any thread.
+uint64_t sigbus_faults_absorbed() noexcept;
 
 }  // namespace memchannel::shm

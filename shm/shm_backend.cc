@@ -64,20 +64,37 @@ memchannel::Result<uint8_t*> ShmBackend::create_segment(uint32_t index, uint64_t
   if (index >= kMaxSegments) return {memchannel::Status::kInvalidArgument, nullptr};
   auto seg = Segment::create(segment_name(index), bytes, prefault_for(bytes));
   if (!seg.ok()) return {fail(seg.status, seg.sys_errno), nullptr};
+  std::lock_guard<std::mutex> lock(segments_mutex_);
   segments_[index] = std::move(seg.value);
   return {memchannel::Status::kOk, reinterpret_cast<uint8_t*>(segments_[index].data())};
 }
 
 memchannel::Result<uint8_t*> ShmBackend::map_segment(uint32_t index, uint64_t bytes) {
   if (index >= kMaxSegments) return {memchannel::Status::kCorruptedOffset, nullptr};
-  if (segments_[index].valid()) {
-    if (segments_[index].size() < bytes) return {memchannel::Status::kCorruptedLength, nullptr};
-    return {memchannel::Status::kOk, reinterpret_cast<uint8_t*>(segments_[index].data())};
+  {
+    std::lock_guard<std::mutex> lock(segments_mutex_);
+    if (segments_[index].valid()) {
+      if (segments_[index].size() < bytes) return {memchannel::Status::kCorruptedLength, nullptr};
+      return {memchannel::Status::kOk, reinterpret_cast<uint8_t*>(segments_[index].data())};
+    }
   }
+  // Open checks the file's size against `bytes` (a segment a peer truncated before we map it
+  // is refused with kTruncated) and maps exactly what fstat reported.
   auto seg = Segment::open(segment_name(index), bytes, bytes, prefault_for(bytes));
   if (!seg.ok()) return {fail(seg.status, seg.sys_errno), nullptr};
+  std::lock_guard<std::mutex> lock(segments_mutex_);
   segments_[index] = std::move(seg.value);
   return {memchannel::Status::kOk, reinterpret_cast<uint8_t*>(segments_[index].data())};
+}
+
+Outcome ShmBackend::check_segments() const {
+  std::lock_guard<std::mutex> lock(segments_mutex_);
+  for (const Segment& seg : segments_) {
+    if (!seg.valid()) continue;
+    const Outcome o = seg.check();
+    if (!o.ok()) return o;
+  }
+  return {};
 }
 
 HolderIdentity ShmBackend::self_identity() const {

@@ -10,6 +10,7 @@
 
 #include <array>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -44,12 +45,18 @@ class ShmBackend final : public MemoryBackend {
   std::string segment_name(uint32_t index) const;
   // The shm-level reason of the last failure (wrong owner, wrong mode, no space, ...).
   Status last_shm_status() const { return last_status_; }
+  // Re-checks every segment this process has mapped (Segment::check): kTruncated once a peer
+  // has shrunk one below its mapping or the SIGBUS guard has replaced pages of one (their
+  // contents are lost: reads there see zeros, writes stay private), kOk otherwise. The first
+  // failing segment's outcome is returned. Concurrency: any thread.
+  Outcome check_segments() const;
 
  private:
   explicit ShmBackend(std::string base) : base_(std::move(base)) {}
   memchannel::Status fail(Status s, int err);
 
   std::string base_;
+  mutable std::mutex segments_mutex_;           // create/map (rare) against check_segments
   std::array<Segment, kMaxSegments> segments_;  // this process's mappings
   Status last_status_ = Status::kOk;
   int last_errno_ = 0;
