@@ -30,11 +30,8 @@ bool is_plain_bytes(const PayloadLayout& layout) {
 uint64_t* cell_word(uint8_t* cell) { return reinterpret_cast<uint64_t*>(cell + kCellWordOffset); }
 uint64_t load_cell_word(uint8_t* cell) { return __atomic_load_n(cell_word(cell), __ATOMIC_ACQUIRE); }
 
-void saturating_sub(std::atomic<uint64_t>& counter, uint64_t n) {
-  uint64_t cur = counter.load(std::memory_order_relaxed);
-  while (!counter.compare_exchange_weak(cur, cur > n ? cur - n : 0, std::memory_order_relaxed)) {
-  }
-}
+// A counter stripe may go below zero on its own (wrapping); only the sum is meaningful.
+void stripe_sub(std::atomic<uint64_t>& counter, uint64_t n) { counter.fetch_sub(n, std::memory_order_relaxed); }
 
 }  // namespace
 
@@ -762,8 +759,8 @@ Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout&
       }
     }
     const uint32_t actual_cls = hdr->size_class.load(std::memory_order_relaxed);
-    header_->counters.blocks_in_use.fetch_add(1, std::memory_order_relaxed);
-    header_->counters.bytes_in_use.fetch_add(class_units(actual_cls) << kUnitShift,
+    stripe().blocks_in_use.fetch_add(1, std::memory_order_relaxed);
+    stripe().bytes_in_use.fetch_add(class_units(actual_cls) << kUnitShift,
                                              std::memory_order_relaxed);
     MEMCHANNEL_CRASH_POINT(kAllocClaimed);
     hdr->refcount.store(1, std::memory_order_relaxed);
@@ -795,8 +792,8 @@ Status Arena::free_block(BlockRef ref, BlockHeader* hdr, uint32_t expected_state
     return Status::kDoubleRelease;
   }
   const uint32_t cls = hdr->size_class.load(std::memory_order_relaxed);
-  saturating_sub(header_->counters.blocks_in_use, 1);
-  saturating_sub(header_->counters.bytes_in_use, class_units(cls) << kUnitShift);
+  stripe_sub(stripe().blocks_in_use, 1);
+  stripe_sub(stripe().bytes_in_use, class_units(cls) << kUnitShift);
   MEMCHANNEL_CRASH_POINT(kReleaseMarkedFree);
   push_free(header_->free_lists[cls].head, ref, &hdr->next_free);
   MEMCHANNEL_CRASH_POINT(kReleasePushed);
@@ -1041,7 +1038,7 @@ Result<BlockRef> Arena::allocate_node() {
         note_corruption();  // popped by us, yet claimed by someone else: listed twice
         continue;
       }
-      header_->counters.nodes_in_use.fetch_add(1, std::memory_order_relaxed);
+      stripe().nodes_in_use.fetch_add(1, std::memory_order_relaxed);
       MEMCHANNEL_CRASH_POINT(kNodeClaimed);
       return popped;
     }
@@ -1054,7 +1051,7 @@ Result<BlockRef> Arena::allocate_node() {
       n->next.store(0, std::memory_order_relaxed);
       n->state.store(make_node_state(0, 1, holder_, kNodeHeld), std::memory_order_relaxed);
       publish_cell(cell, kNodeMagic);
-      header_->counters.nodes_in_use.fetch_add(1, std::memory_order_relaxed);
+      stripe().nodes_in_use.fetch_add(1, std::memory_order_relaxed);
       MEMCHANNEL_CRASH_POINT(kNodeClaimed);
       return {Status::kOk, offset_to_ref(carved.value)};
     }
@@ -1078,8 +1075,8 @@ Result<BlockRef> Arena::convert_block_to_nodes() {
     if (!taken.ok()) continue;
     const uint64_t units = class_units(cls);
     // Counted as a block in use while it is one (a reclaimer frees it as a block).
-    header_->counters.blocks_in_use.fetch_add(1, std::memory_order_relaxed);
-    header_->counters.bytes_in_use.fetch_add(units << kUnitShift, std::memory_order_relaxed);
+    stripe().blocks_in_use.fetch_add(1, std::memory_order_relaxed);
+    stripe().bytes_in_use.fetch_add(units << kUnitShift, std::memory_order_relaxed);
     MEMCHANNEL_CRASH_POINT(kNodeConvertClaimed);
     uint8_t* base = translate(ref_to_offset(taken.value), units << kUnitShift);
     if (base == nullptr) continue;
@@ -1098,9 +1095,9 @@ Result<BlockRef> Arena::convert_block_to_nodes() {
     for (uint64_t u = 1; u < units; ++u) make_node(base + (u << kUnitShift));
     MEMCHANNEL_CRASH_POINT(kNodeConvertCells);
     make_node(base);
-    saturating_sub(header_->counters.blocks_in_use, 1);
-    saturating_sub(header_->counters.bytes_in_use, units << kUnitShift);
-    header_->counters.nodes_in_use.fetch_add(units, std::memory_order_relaxed);
+    stripe_sub(stripe().blocks_in_use, 1);
+    stripe_sub(stripe().bytes_in_use, units << kUnitShift);
+    stripe().nodes_in_use.fetch_add(units, std::memory_order_relaxed);
     MEMCHANNEL_CRASH_POINT(kNodeConverted);
     for (uint64_t u = 1; u < units; ++u) free_node_from(taken.value + static_cast<BlockRef>(u), held);
     return taken;
@@ -1125,7 +1122,7 @@ bool Arena::free_node_at(QueueNode* n, BlockRef ref, uint64_t expected, bool cou
     if (count_refusal) note_corruption();  // freed twice, or not a node
     return false;
   }
-  saturating_sub(header_->counters.nodes_in_use, 1);
+  stripe_sub(stripe().nodes_in_use, 1);
   MEMCHANNEL_CRASH_POINT(kNodeMarkedFree);
   push_free(header_->node_free, ref, &n->free_next);
   return true;
@@ -1149,11 +1146,11 @@ Result<Offset> Arena::allocate_cells(uint64_t bytes) {
   }
   hdr->flags.store(kBlockFlagArena, std::memory_order_relaxed);
   hdr->state.store(make_state(r.value.generation, 0, kBlockReserved), std::memory_order_release);
-  header_->counters.blocks_in_use.fetch_sub(1, std::memory_order_relaxed);
-  header_->counters.bytes_in_use.fetch_sub(
+  stripe().blocks_in_use.fetch_sub(1, std::memory_order_relaxed);
+  stripe().bytes_in_use.fetch_sub(
       class_units(hdr->size_class.load(std::memory_order_relaxed)) << kUnitShift,
       std::memory_order_relaxed);
-  header_->counters.nodes_in_use.fetch_add(1, std::memory_order_relaxed);
+  stripe().nodes_in_use.fetch_add(1, std::memory_order_relaxed);
   return {Status::kOk, ref_to_offset(r.value.ref) + sizeof(BlockHeader)};
 }
 
@@ -1164,17 +1161,30 @@ void Arena::free_cells(Offset off) {
   const uint32_t word = hdr->state.load(std::memory_order_acquire);
   if (state_kind(word) != kBlockReserved) return;
   hdr->flags.store(0, std::memory_order_relaxed);
-  header_->counters.blocks_in_use.fetch_add(1, std::memory_order_relaxed);
-  header_->counters.bytes_in_use.fetch_add(
+  stripe().blocks_in_use.fetch_add(1, std::memory_order_relaxed);
+  stripe().bytes_in_use.fetch_add(
       class_units(hdr->size_class.load(std::memory_order_relaxed)) << kUnitShift,
       std::memory_order_relaxed);
-  header_->counters.nodes_in_use.fetch_sub(1, std::memory_order_relaxed);
+  stripe().nodes_in_use.fetch_sub(1, std::memory_order_relaxed);
   hdr->refcount.store(1, std::memory_order_relaxed);
   free_block(ref, hdr, word);
 }
 
+uint32_t Arena::thread_stripe() {
+  static std::atomic<uint32_t> next{0};
+  thread_local const uint32_t mine = next.fetch_add(1, std::memory_order_relaxed);
+  return mine;
+}
+
 ArenaStats Arena::stats() const {
   const ArenaCounters& c = header_->counters;
+  // Sums of the stripes; a transiently negative sum (a free counted before its allocation was
+  // read) reads as 0.
+  auto sum = [&](std::atomic<uint64_t> CounterStripe::*field) {
+    uint64_t total = 0;
+    for (const CounterStripe& st : c.stripes) total += (st.*field).load(std::memory_order_relaxed);
+    return static_cast<int64_t>(total) < 0 ? uint64_t{0} : total;
+  };
   ArenaStats s{};
   s.capacity = capacity_;
   for (uint32_t i = 0; i < kMaxSegments; ++i) {
@@ -1185,11 +1195,11 @@ ArenaStats Arena::stats() const {
     }
   }
   s.carved_bytes = c.carved_bytes.load(std::memory_order_relaxed);
-  s.blocks_in_use = c.blocks_in_use.load(std::memory_order_relaxed);
-  s.bytes_in_use = c.bytes_in_use.load(std::memory_order_relaxed);
-  s.bytes_copied = c.bytes_copied.load(std::memory_order_relaxed);
+  s.blocks_in_use = sum(&CounterStripe::blocks_in_use);
+  s.bytes_in_use = sum(&CounterStripe::bytes_in_use);
+  s.bytes_copied = sum(&CounterStripe::bytes_copied);
   s.corruption_count = c.corruption_count.load(std::memory_order_relaxed);
-  s.nodes_in_use = c.nodes_in_use.load(std::memory_order_relaxed);
+  s.nodes_in_use = sum(&CounterStripe::nodes_in_use);
   s.attached_holders = header_->attached_holders.load(std::memory_order_relaxed);
   s.reclaimed_blocks = header_->reclaimed_blocks.load(std::memory_order_relaxed);
   return s;

@@ -61,7 +61,7 @@
 namespace memchannel {
 
 inline constexpr uint64_t kArenaMagic = 0x314e524148434d4dull;  // "MMCHARN1"
-inline constexpr uint32_t kArenaLayoutVersion = 2;  // 2: node states, kBlockSending, carving
+inline constexpr uint32_t kArenaLayoutVersion = 3;  // 2: node states, kBlockSending, carving; 3: striped counters
 inline constexpr uint32_t kArenaReady = 0x52454459u;            // "REDY"
 inline constexpr uint64_t kSegmentCreating = ~0ull;
 inline constexpr uint32_t kNodeMagic = 0x4d434e44u;             // "MCND"
@@ -141,13 +141,23 @@ struct alignas(kCacheLine) FreeList {
   std::atomic<uint64_t> head;  // tagged: (pop/push count << 32) | BlockRef of the top block
 };
 
-struct ArenaCounters {
+// Counters touched by every allocate and free are striped: a party adds to its own stripe
+// (by holder and thread) and stats() sums the stripes, so a sender and a receiver on two
+// cores do not bounce one cache line per message. A block allocated in one stripe and freed
+// in another leaves each stripe off; the sum is exact modulo 2^64.
+inline constexpr uint32_t kCounterStripes = 16;
+struct alignas(kCacheLine) CounterStripe {
   std::atomic<uint64_t> blocks_in_use;     // data blocks allocated and not yet freed
   std::atomic<uint64_t> bytes_in_use;      // their class sizes
+  std::atomic<uint64_t> nodes_in_use;      // queue nodes and channel headers
   std::atomic<uint64_t> bytes_copied;      // payload bytes copied by senders (0 on zero-copy)
+};
+static_assert(sizeof(CounterStripe) == kCacheLine);
+
+struct ArenaCounters {
   std::atomic<uint64_t> corruption_count;  // validation failures of arena memory
   std::atomic<uint64_t> carved_bytes;      // memory handed out by the carve cursor
-  std::atomic<uint64_t> nodes_in_use;      // queue nodes and channel headers
+  CounterStripe stripes[kCounterStripes];
 };
 
 struct ArenaHeader {
@@ -396,7 +406,7 @@ class Arena {
   bool holder_alive(uint32_t holder);
 
   void note_corruption() { header_->counters.corruption_count.fetch_add(1, std::memory_order_relaxed); }
-  void add_bytes_copied(uint64_t n) { header_->counters.bytes_copied.fetch_add(n, std::memory_order_relaxed); }
+  void add_bytes_copied(uint64_t n) { stripe().bytes_copied.fetch_add(n, std::memory_order_relaxed); }
   EventCount& space() { return header_->space; }
   ArenaStats stats() const;
   uint64_t capacity() const { return capacity_; }
@@ -407,6 +417,11 @@ class Arena {
  private:
   Arena(std::unique_ptr<MemoryBackend> backend, ArenaHeader* header, uint64_t capacity);
   BlockHeader* block_header(BlockRef ref);
+  // This party's counter stripe: its holder slot and thread pick one of kCounterStripes.
+  CounterStripe& stripe() {
+    return header_->counters.stripes[(holder_ * 5 + thread_stripe()) % kCounterStripes];
+  }
+  static uint32_t thread_stripe();
   Status grow(uint32_t current_segment, uint64_t at_least);
   // This process's mapping of segment `index`, mapped on first use; nullptr if it cannot be.
   uint8_t* segment_base(uint32_t index) {

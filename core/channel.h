@@ -35,12 +35,12 @@
 //   +-------------------------------+ 0    identity (immutable after create)
 //   | magic, version, maxsize,      |
 //   | maxbytes, channel id          |
-//   +-------------------------------+ 64   head (consumer-owned, own cache line)
-//   +-------------------------------+ 128  tail (producer-owned, own cache line)
+//   +-------------------------------+ 64   head, received (consumer-owned, own cache line)
+//   +-------------------------------+ 128  tail, sent (producer-owned, own cache line)
 //   +-------------------------------+ 192  count (closed bit | messages), bytes
 //   +-------------------------------+ 256  not_empty EventCount (receivers sleep here)
 //   +-------------------------------+ 320  not_full EventCount (senders sleep here)
-//   +-------------------------------+ 384  totals: messages sent / received, attached handles
+//   +-------------------------------+ 384  attached handles
 #pragma once
 
 #include <atomic>
@@ -56,7 +56,7 @@
 namespace memchannel {
 
 inline constexpr uint64_t kChannelMagic = 0x314c4e4843434d4dull;  // "MMCCHNL1"
-inline constexpr uint32_t kChannelLayoutVersion = 2;  // 2: node states, claim protocol
+inline constexpr uint32_t kChannelLayoutVersion = 3;  // 2: node states, claim protocol; 3: sent/received on the tail/head lines
 inline constexpr uint64_t kClosedBit = 1ull << 63;
 
 struct ChannelHeader {
@@ -68,14 +68,14 @@ struct ChannelHeader {
   uint64_t channel_id;
   uint64_t reserved1_[3];
   alignas(kCacheLine) std::atomic<uint64_t> head;   // tagged ref of the dummy node; receivers
+  std::atomic<uint64_t> received;                   // messages ever received (receivers' line)
   alignas(kCacheLine) std::atomic<uint64_t> tail;   // tagged ref of the last node; senders
+  std::atomic<uint64_t> sent;                       // messages ever sent (senders' line)
   alignas(kCacheLine) std::atomic<uint64_t> count;  // kClosedBit | messages queued or in flight
   std::atomic<uint64_t> bytes;                      // payload bytes queued or in flight
   alignas(kCacheLine) EventCount not_empty;
   alignas(kCacheLine) EventCount not_full;
-  alignas(kCacheLine) std::atomic<uint64_t> sent;       // messages ever sent
-  std::atomic<uint64_t> received;                       // messages ever received
-  std::atomic<uint32_t> attached;                       // Channel objects using this header
+  alignas(kCacheLine) std::atomic<uint32_t> attached;                       // Channel objects using this header
   uint32_t reserved2_;
 };
 static_assert(std::is_standard_layout_v<ChannelHeader>);
@@ -84,7 +84,7 @@ static_assert(offsetof(ChannelHeader, tail) == 128);
 static_assert(offsetof(ChannelHeader, count) == 192);
 static_assert(offsetof(ChannelHeader, not_empty) == 256);
 static_assert(offsetof(ChannelHeader, not_full) == 320);
-static_assert(offsetof(ChannelHeader, sent) == 384);
+static_assert(offsetof(ChannelHeader, attached) == 384);
 
 struct ChannelStats {
   uint64_t queued, bytes_queued, sent, received, maxsize, maxbytes;
