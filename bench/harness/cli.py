@@ -160,8 +160,9 @@ def _progress(i, total, scen, param, label, result):
           file=sys.stderr, flush=True)
 
 
-def run(mode="full", only=None, out_dir=DEFAULT_OUT, plots=True, docs=None):
-    warmup, reps, timeout = MODES[mode]
+def run(mode="full", only=None, out_dir=DEFAULT_OUT, plots=True, docs=None, reps=None):
+    warmup, mode_reps, timeout = MODES[mode]
+    reps = reps or mode_reps
     scenario_keys, transports, with_memcpy = select(only)
     install_failures = peers.install_failures(out_dir)
     date, host = env.today(), socket.gethostname()
@@ -286,6 +287,9 @@ def main(argv=None):
     ap.add_argument("--docs", metavar="FILE",
                     help="also write the tables into FILE (e.g. docs/benchmarks.md): text "
                          f"above the line {report.DOCS_MARKER!r} is kept, the rest replaced")
+    ap.add_argument("--reps", type=int, metavar="N",
+                    help="repetitions per cell (default: 5 full, 3 quick, 1 smoke); e.g. "
+                         "--quick --reps 5 keeps the quick message counts with 5 repetitions")
     ap.add_argument("--install-peers", action="store_true",
                     help="pip-install the peer libraries into this interpreter and exit")
     ap.add_argument("--list", action="store_true", help="list transports and scenarios")
@@ -303,6 +307,8 @@ def main(argv=None):
             print(f"{k:<28} {s.title}")
         return 0
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    if args.reps is not None and args.reps < 1:
+        ap.error("--reps must be >= 1")
     run(mode=mode, only=args.only, out_dir=os.path.abspath(args.out), plots=not args.no_plots,
-        docs=os.path.abspath(args.docs) if args.docs else None)
+        docs=os.path.abspath(args.docs) if args.docs else None, reps=args.reps)
     return 0
