@@ -849,27 +849,6 @@ Status Arena::retain(BlockHandle h) {
   return Status::kOk;
 }
 
-Status Arena::mark_queued(BlockHandle h) {
-  BlockHeader* hdr = block_header(h.ref);
-  if (hdr == nullptr) {
-    note_corruption();
-    return Status::kCorruptedOffset;
-  }
-  uint32_t word = hdr->state.load(std::memory_order_acquire);
-  const BlockState kind = state_kind(word);
-  if (state_generation(word) != h.generation || (kind != kBlockReserved && kind != kBlockReceived) ||
-      (hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) {
-    note_corruption();
-    return Status::kCorruptedState;
-  }
-  if (hdr->refcount.load(std::memory_order_relaxed) != 1) return Status::kInvalidArgument;
-  if (!hdr->state.compare_exchange_strong(word, make_state(h.generation, 0, kBlockQueued),
-                                          std::memory_order_acq_rel)) {
-    return Status::kCorruptedState;
-  }
-  return Status::kOk;
-}
-
 Status Arena::mark_received(BlockHandle h) {
   BlockHeader* hdr = block_cell(h.ref);
   if (hdr == nullptr) {

@@ -337,9 +337,7 @@ class Arena {
   // Payload pointer of a block the caller holds (validated; nullptr on corruption).
   uint8_t* payload(BlockHandle h, uint64_t* length_out = nullptr);
 
-  // Moves a held block to kQueued / a queued block to kReceived (used by Channel).
-  Status mark_queued(BlockHandle h);
-  // kQueued or kSending with h's generation -> kReceived by this holder.
+  // Used by Channel: kQueued or kSending with h's generation -> kReceived by this holder.
   Status mark_received(BlockHandle h);
   // The send protocol (Channel::send): a block this process holds alone (kReserved or
   // kReceived, refcount 1, not an arena cell) -> kSending(generation + 1, this holder).
