@@ -11,6 +11,19 @@ namespace {
 
 // A corrupted queue can hold a cycle; no honest operation needs anywhere near this many retries.
 constexpr uint64_t kMaxQueueSteps = 1ull << 22;
+
+// Turns a freshly allocated node into a queue's dummy: no message, no successor, and state
+// "consumed message" (claimed, by nobody in particular) of channel `tag`. Returns that state.
+uint64_t make_dummy(QueueNode* node, uint32_t tag) {
+  node->block.store(0, std::memory_order_relaxed);
+  node->generation.store(0, std::memory_order_relaxed);
+  node->length.store(0, std::memory_order_relaxed);
+  node->next.store(make_tagged(tagged_tag(node->next.load(std::memory_order_relaxed)) + 1, 0),
+                   std::memory_order_relaxed);
+  const uint64_t claimed = with_node_kind(node->state.load(std::memory_order_relaxed), tag, 0, kNodeClaimed);
+  node->state.store(claimed, std::memory_order_release);
+  return claimed;
+}
 // Tail swings one enqueue may help with before it suspects a cycle among linked nodes (each
 // honest swing is another sender's completed link, so this many in one call does not happen).
 constexpr uint64_t kMaxTailHelps = 1u << 12;
@@ -99,16 +112,7 @@ Result<std::shared_ptr<Channel>> Channel::create(std::shared_ptr<Arena> arena, u
     arena->free_cells(cells.value);
     return {dummy.status, nullptr};
   }
-  QueueNode* node = arena->find_node(dummy.value);
-  node->block.store(0, std::memory_order_relaxed);
-  node->generation.store(0, std::memory_order_relaxed);
-  node->length.store(0, std::memory_order_relaxed);
-  node->next.store(make_tagged(tagged_tag(node->next.load(std::memory_order_relaxed)) + 1, 0),
-                   std::memory_order_relaxed);
-  // The dummy is a consumed message: claimed, by nobody in particular.
-  node->state.store(with_node_kind(node->state.load(std::memory_order_relaxed), channel_tag(cells.value), 0,
-                                   kNodeClaimed),
-                    std::memory_order_relaxed);
+  make_dummy(arena->find_node(dummy.value), channel_tag(cells.value));
   void* mem = arena->translate(cells.value, sizeof(ChannelHeader));
   auto* header = new (mem) ChannelHeader{};
   header->magic = kChannelMagic;
@@ -403,15 +407,7 @@ Channel::Repair Channel::repair() {
       if (head != header_->head.load(std::memory_order_acquire)) continue;
       auto fresh = arena_->allocate_node();
       if (!fresh.ok()) return Repair::kFailed;
-      QueueNode* dummy = arena_->find_node(fresh.value);
-      dummy->block.store(0, std::memory_order_relaxed);
-      dummy->generation.store(0, std::memory_order_relaxed);
-      dummy->length.store(0, std::memory_order_relaxed);
-      dummy->next.store(make_tagged(tagged_tag(dummy->next.load(std::memory_order_relaxed)) + 1, 0),
-                        std::memory_order_relaxed);
-      const uint64_t claimed =
-          with_node_kind(dummy->state.load(std::memory_order_relaxed), tag_, 0, kNodeClaimed);
-      dummy->state.store(claimed, std::memory_order_release);
+      const uint64_t claimed = make_dummy(arena_->find_node(fresh.value), tag_);
       uint64_t expected = head;
       if (!header_->head.compare_exchange_strong(expected, make_tagged(tagged_tag(head) + 1, fresh.value),
                                                  std::memory_order_acq_rel)) {
