@@ -89,6 +89,16 @@ template <typename Factory>
 class CorruptionTest : public BackendTest<Factory> {};
 TYPED_TEST_SUITE(CorruptionTest, BackendTypes, BackendNames);
 
+// A node of `arena` with no message and no successor, to be forged into a queue by a test.
+static QueueNode* blank_node(Arena& arena, BlockRef ref) {
+  QueueNode* n = queue_node(arena, ref);
+  n->block.store(0);
+  n->generation.store(0);
+  n->length.store(0);
+  n->next.store(make_tagged(tagged_tag(n->next.load()) + 1, 0));
+  return n;
+}
+
 // ---- Free lists --------------------------------------------------------------------------------
 
 TYPED_TEST(CorruptionTest, FreeListHeadOutsideArenaIsDroppedAndCounted) {
@@ -332,11 +342,7 @@ TYPED_TEST(CorruptionTest, UnadmittedQueueEntryDoesNotUnderflowTheCount) {
   ASSERT_NE(ch, nullptr);
   auto stray = arena->allocate_node();
   ASSERT_TRUE(stray.ok());
-  QueueNode* n = queue_node(*arena, stray.value);
-  n->block.store(0);
-  n->generation.store(0);
-  n->length.store(0);
-  n->next.store(make_tagged(tagged_tag(n->next.load()) + 1, 0));
+  blank_node(*arena, stray.value);
   QueueNode* dummy = queue_node(*arena, tagged_ref(channel_header(*ch)->head.load()));
   dummy->next.store(make_tagged(tagged_tag(dummy->next.load()) + 1, stray.value));
   const uint64_t before = corruption_count(*arena);
@@ -397,11 +403,7 @@ TYPED_TEST(CorruptionTest, ForgedLinkedEntryDoesNotUnderflowTheCount) {
   ASSERT_NE(ch, nullptr);
   auto stray = arena->allocate_node();
   ASSERT_TRUE(stray.ok());
-  QueueNode* n = queue_node(*arena, stray.value);
-  n->block.store(0);
-  n->generation.store(0);
-  n->length.store(0);
-  n->next.store(make_tagged(tagged_tag(n->next.load()) + 1, 0));
+  QueueNode* n = blank_node(*arena, stray.value);
   n->state.store(with_node_kind(n->state.load(), channel_tag(ch->offset()), 0, kNodeLinked));
   ChannelHeader* h = channel_header(*ch);
   QueueNode* dummy = queue_node(*arena, tagged_ref(h->head.load()));
