@@ -8,6 +8,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cxxabi.h>
+
 #include <array>
 #include <cmath>
 #include <cstring>
@@ -20,6 +22,7 @@
 #include "core/arena.h"
 #include "core/channel.h"
 #include "core/heap_backend.h"
+#include "pybind/gil.h"
 #include "pybind/registry.h"
 #include "shm/cleanup.h"
 #include "shm/names.h"
@@ -84,6 +87,9 @@ WaitSpec make_wait(bool block, const py::object& timeout, bool shared = false) {
       if (seconds == 0) spec.spin_ns = 0;
     }
   }
+  // Every blocking wait wakes at least every kCancelSliceNs, so it can be cancelled
+  // (Interpreter.close(), interpreter exit); on shared memory it also reclaims dead peers.
+  spec.slice_ns = kCancelSliceNs;
   if (shared) spec.slice_ns = kLivenessSliceNs;
   if (PyInterpreterState_Get() == PyInterpreterState_Main()) spec.slice_ns = kSignalSliceNs;
   return spec;
@@ -94,21 +100,25 @@ Status status_of(const R& r) {
   if constexpr (std::is_same_v<R, Status>) return r; else return r.status;
 }
 
+[[noreturn]] void raise_error(const char* class_name, const std::string& message);
+
 // Runs `attempt(spec)` without the GIL until it returns something other than kInterrupted,
-// checking for signals (KeyboardInterrupt) between slices and, on shared memory, reclaiming
-// what dead peers held (a wait never depends on a dead process).
+// checking between slices for signals (KeyboardInterrupt), for a cancellation of this
+// interpreter's waits (WaitCancelled) and, on shared memory, reclaiming what dead peers held
+// (a wait never depends on a dead process). The GIL is re-taken by reacquire_gil(), never by
+// a destructor: see pybind/gil.h for why that matters at interpreter exit.
 template <typename Attempt>
 auto wait_with_gil_released(WaitSpec spec, Arena& arena, Attempt&& attempt) {
+  const int64_t interp_id = PyInterpreterState_GetID(PyInterpreterState_Get());
   for (;;) {
-    auto result = [&] {
-      py::gil_scoped_release nogil;
-      return attempt(spec);
-    }();
+    auto result = without_gil([&] { return attempt(spec); });
     if (status_of(result) != Status::kInterrupted) return result;
     if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    if (waits_cancelled(interp_id)) {
+      raise_error("WaitCancelled", "the wait was cancelled: this interpreter is being closed");
+    }
     if (arena.backend().tracks_holders()) {
-      py::gil_scoped_release nogil;
-      arena.reap_dead_holders();
+      without_gil([&] { arena.reap_dead_holders(); });
     }
   }
 }
@@ -203,10 +213,14 @@ struct BufferObject {
 Buffer* as_buffer(PyObject* obj) { return &reinterpret_cast<BufferObject*>(obj)->buf; }
 
 // Runs a slot body, turning C++ exceptions (pybind11's included) into a set Python error.
+// Not noexcept, and abi::__forced_unwind (pthread_exit at interpreter exit) passes through:
+// see pybind/gil.h.
 template <typename F>
-auto guarded(F&& f, decltype(f()) on_error) noexcept -> decltype(f()) {
+auto guarded(F&& f, decltype(f()) on_error) -> decltype(f()) {
   try {
     return f();
+  } catch (abi::__forced_unwind&) {
+    throw;
   } catch (py::error_already_set& e) {
     e.restore();
   } catch (py::builtin_exception& e) {
@@ -366,8 +380,7 @@ extern "C" PyObject* buffer_write(PyObject* self, PyObject* args, PyObject* kwar
                             " overruns the Buffer's " + std::to_string(b->nbytes) + " bytes");
     }
     if (n >= kCopyWithoutGil) {
-      py::gil_scoped_release nogil;
-      std::memcpy(b->data + offset, view.buf, n);
+      without_gil([&] { std::memcpy(b->data + offset, view.buf, n); });
     } else {
       std::memcpy(b->data + offset, view.buf, n);
     }
@@ -636,8 +649,8 @@ struct PyChannel {
     uint8_t* dst = arena->arena->payload(got.value);
     const bool contiguous = PyBuffer_IsContiguous(&view, 'C') != 0;
     if (contiguous && nbytes >= kCopyWithoutGil) {
-      py::gil_scoped_release nogil;  // the exporter is pinned by `view`; nothing can resize it
-      std::memcpy(dst, view.buf, nbytes);
+      // The exporter is pinned by `view`; nothing can resize it.
+      without_gil([&] { std::memcpy(dst, view.buf, nbytes); });
     } else if (contiguous) {
       std::memcpy(dst, view.buf, nbytes);
     } else if (PyBuffer_ToContiguous(dst, &view, view.len, 'C') != 0) {
@@ -953,15 +966,10 @@ PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreter
         return d;
       })
       .def("reap", [](PyArena& a) {
-        py::gil_scoped_release nogil;
-        return a.arena->reap_dead_holders();
+        return without_gil([&] { return a.arena->reap_dead_holders(); });
       }, "Reclaim now the blocks held by processes that died; returns how many.")
       .def("census", [](PyArena& a) {
-        ArenaCensus c;
-        {
-          py::gil_scoped_release nogil;
-          c = a.arena->census();
-        }
+        const ArenaCensus c = without_gil([&] { return a.arena->census(); });
         py::dict d;
         d["blocks"] = c.blocks;
         d["free"] = c.free_blocks;
@@ -976,18 +984,16 @@ PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreter
         return d;
       }, "Walk all arena memory and count blocks by state (a consistency check for tests).");
 
-  m.def("_detach_all", [] {
-    py::gil_scoped_release nogil;
-    detach_all();
-  }, "Process exit: detach from every shared-memory arena (the last process removes segments).");
+  m.def("_detach_all", [] { without_gil([] { detach_all(); }); }, "Process exit: detach from every shared-memory arena (the last process removes segments).");
   m.def("_cleanup", [](const std::string& prefix) {
-    std::vector<std::string> removed;
-    {
-      py::gil_scoped_release nogil;
-      removed = shm::cleanup_dead_arenas(prefix);
-    }
-    return removed;
+    return without_gil([&] { return shm::cleanup_dead_arenas(prefix); });
   }, py::arg("prefix") = "", "Remove segments of arenas whose every process is dead; returns their names.");
+  m.def("_cancel_waits", [](int64_t interpreter_id) { cancel_waits(interpreter_id); }, py::arg("interpreter_id"),
+        "Make every blocking memchannel call of that interpreter raise WaitCancelled (within 0.1 s).");
+  m.def("_exit_by_sigint_at_exit", [] { exit_by_sigint_at_exit(); },
+        "After finalization, end the process by SIGINT (a Ctrl-C exit, see pybind/gil.h).");
+  m.def("_uncancel_waits", [](int64_t interpreter_id) { uncancel_waits(interpreter_id); },
+        py::arg("interpreter_id"));
   m.def("_list_segments", [](const std::string& prefix) {
     return shm::list_segments(prefix.empty() ? shm::default_prefix() : std::string_view(prefix));
   }, py::arg("prefix") = "");

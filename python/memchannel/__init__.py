@@ -17,6 +17,7 @@ from .errors import (
     Empty,
     Full,
     MemChannelError,
+    WaitCancelled,
 )
 from .queues import JoinableQueue, Queue, ShutDown, SimpleQueue
 from .executor import InterpreterPoolExecutor
@@ -28,7 +29,7 @@ _lifecycle.install()
 
 __all__ = [
     "Arena", "Buffer", "Channel", "MemChannelError", "Empty", "Full", "ChannelClosed",
-    "ChannelNotFound", "CapacityError", "CorruptionError",
+    "ChannelNotFound", "CapacityError", "CorruptionError", "WaitCancelled",
     "Queue", "SimpleQueue", "JoinableQueue", "ShutDown",
     "InterpreterPoolExecutor", "compare",
 ]

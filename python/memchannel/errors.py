@@ -35,7 +35,17 @@ class CorruptionError(MemChannelError):
     """Channel memory failed validation (a peer wrote garbage); the channel keeps serving."""
 
 
+class WaitCancelled(MemChannelError):
+    """A blocking call was ended because its interpreter is being closed.
+
+    Raised inside a subinterpreter when ``memchannel.interpreters.Interpreter.close()`` (or
+    the end of the program, or Ctrl-C in the main thread) has to stop a thread that waits in
+    ``recv()``, ``send()``, ``reserve()``, ``Queue.get()`` and the like. Let it propagate:
+    the interpreter's code then ends and the interpreter can be closed.
+    """
+
+
 __all__ = [
     "MemChannelError", "Empty", "Full", "ChannelClosed", "ChannelNotFound", "CapacityError",
-    "CorruptionError",
+    "CorruptionError", "WaitCancelled",
 ]

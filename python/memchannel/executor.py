@@ -376,6 +376,11 @@ def _python_exit():
     """At interpreter exit, before non-daemon threads are joined: finish every pool."""
     global _global_shutdown
     _global_shutdown = True
+    # Ctrl-C: stop tasks blocked in memchannel calls in the workers' interpreters first, or
+    # the shutdown below would wait for them forever.
+    interpreters = sys.modules.get(__package__ + ".interpreters")
+    if interpreters is not None:  # only imported modules: none can be imported now
+        interpreters._cancel_on_keyboard_interrupt()
     for engine in list(_live_engines):
         engine.shutdown(wait=True, cancel_futures=False)
 

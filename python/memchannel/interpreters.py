@@ -690,14 +690,75 @@ def _worker_code():
 _registry_lock = threading.Lock()
 # id -> Interpreter created here.  Weak: dropping the last reference closes it.
 _owned_interpreters = weakref.WeakValueDictionary()
+try:
+    threading._register_atexit(lambda: _cancel_on_keyboard_interrupt())
+except RuntimeError:  # pragma: no cover - imported while threading shuts down
+    pass
 
 
-def _destroy_quietly(handle):
-    """Finalizer for an Interpreter dropped without close(), or still open at exit."""
+# How long close() and interpreter exit wait for a busy interpreter to stop once its
+# memchannel waits are cancelled (a cancelled wait raises WaitCancelled within 0.1 s).
+_STOP_TIMEOUT = 2.0
+_stopping_at_exit = False  # set once exit had to stop a running interpreter
+
+
+def _cancel_waits(interp_id):
+    from . import _memchannel
+    _memchannel._cancel_waits(interp_id)
+
+
+def _uncancel_waits(interp_id):
+    from . import _memchannel
+    _memchannel._uncancel_waits(interp_id)
+
+
+def _destroy_quietly(handle, request_lock=None):
+    """Finalizer for an Interpreter dropped without close(), or still open at exit.
+
+    At exit an interpreter may still run code in a daemon thread, for example blocked in
+    ``recv()``: its memchannel waits are cancelled first, so it stops and can be destroyed
+    (CPython aborts the process when it has to end an interpreter that is still running).
+    """
+    global _stopping_at_exit
+    interp_id = int(handle)
+    locked = request_lock is None or request_lock.acquire(blocking=False)
+    if not locked:
+        _stopping_at_exit = True
+        _cancel_waits(interp_id)
+        locked = request_lock.acquire(timeout=_STOP_TIMEOUT)
     try:
-        _backend.destroy(handle)
+        if locked:
+            _backend.destroy(handle)
     except InterpreterError:
         pass  # already gone, or a thread still runs in it: nothing safe left to do
+    finally:
+        if locked and request_lock is not None:
+            request_lock.release()
+        _uncancel_waits(interp_id)
+
+
+def _cancel_on_keyboard_interrupt():
+    """Ctrl-C ended the main thread: stop subinterpreters blocked in memchannel calls.
+
+    Runs when the main interpreter shuts down, before it joins non-daemon threads (such as
+    the threads of ``call_in_thread``). Only when the program is ending because of a
+    KeyboardInterrupt: a normal end of the main thread lets other threads finish their work.
+    """
+    if not isinstance(getattr(sys, "last_exc", None), KeyboardInterrupt):
+        return
+    with _registry_lock:
+        owned = list(_owned_interpreters.values())
+    stopped = False
+    for interp in owned:
+        if not interp._closed and interp._request_lock.locked():
+            interp._closing = True
+            _cancel_waits(interp._id)
+            stopped = True
+    if stopped:
+        # The stopped interpreters run a little more code, which can make CPython forget
+        # that the exit is a Ctrl-C one (exit code 1 instead of death by SIGINT).
+        from . import _memchannel
+        _memchannel._exit_by_sigint_at_exit()
 
 
 # Stdlib C modules that CPython 3.12 cannot load in an isolated interpreter (single-phase
@@ -788,6 +849,12 @@ class _CallThread(threading.Thread):
         function, args, kwargs = self._call
         try:
             self.result = self._interp.call(function, *args, **kwargs)
+        except ExecutionFailed as exc:
+            self.exception = exc
+            if ((self._interp._closing or _stopping_at_exit)
+                    and exc.excinfo.type_name == "WaitCancelled"):
+                return  # close() (or Ctrl-C) stopped it on purpose: not an error to report
+            raise
         except BaseException as exc:
             self.exception = exc
             raise
@@ -823,6 +890,7 @@ class Interpreter:
         view._closed = False
         view._finalizer = None
         view._request_lock = None
+        view._closing = False
         return view
 
     @classmethod
@@ -832,8 +900,9 @@ class Interpreter:
         interp._handle = handle
         interp._isolated = isolated
         interp._closed = False
-        interp._finalizer = weakref.finalize(interp, _destroy_quietly, handle)
+        interp._closing = False
         interp._request_lock = threading.Lock()
+        interp._finalizer = weakref.finalize(interp, _destroy_quietly, handle, interp._request_lock)
         with _registry_lock:
             _owned_interpreters[interp._id] = interp
         return interp
@@ -885,12 +954,25 @@ class Interpreter:
     def close(self):
         """Destroy the interpreter.  Idempotent.
 
-        Raises InterpreterError if a thread is still running in it (join it first) or if
-        the interpreter was not made by ``create()``.
+        If a thread is running in it, every memchannel call it is blocked in (``recv()``,
+        ``send()``, ``Queue.get()``, ...) raises ``memchannel.WaitCancelled`` there, and
+        close() waits up to 2 s for the running code to end.  Raises InterpreterError if
+        it is still running then (code that is not waiting in memchannel cannot be
+        interrupted), or if the interpreter was not made by ``create()``.
         """
         self._check_owned("close")
         if not self._request_lock.acquire(blocking=False):
-            raise InterpreterError(f"cannot close {self!r}: a thread is running in it")
+            self._closing = True
+            _cancel_waits(self._id)
+            try:
+                stopped = self._request_lock.acquire(timeout=_STOP_TIMEOUT)
+            finally:
+                _uncancel_waits(self._id)
+            if not stopped:
+                self._closing = False
+                raise InterpreterError(
+                    f"cannot close {self!r}: a thread is running in it and did not stop "
+                    f"within {_STOP_TIMEOUT:g} s (it is not waiting in a memchannel call)")
         try:
             if self._closed:
                 return
