@@ -607,8 +607,9 @@ void Arena::publish_cell(uint8_t* cell, uint32_t magic) {
   __atomic_store_n(cell_word(cell), static_cast<uint64_t>(magic) << 32, __ATOMIC_RELEASE);
 }
 
-Result<Offset> Arena::carve(uint64_t bytes, bool node) {
+Result<Offset> Arena::carve(uint64_t bytes, bool node, int64_t creator_wait_ns) {
   const uint64_t mine = make_carving_word(holder_, bytes >> kUnitShift);
+  int64_t stalled_since = 0;
   for (;;) {
     const uint64_t cur = header_->carve.load(std::memory_order_acquire);
     const uint32_t seg = segment_of(cur);
@@ -653,9 +654,16 @@ Result<Offset> Arena::carve(uint64_t bytes, bool node) {
       }
     }
     const Status s = grow(seg, bytes);
-    // Another live party is creating the next segment: no waiting here (the caller may hold
-    // the GIL, or have a deadline); it waits on the space EventCount, which the creator wakes.
-    if (s == Status::kInterrupted) return {Status::kOutOfCapacity, 0};
+    if (s == Status::kInterrupted) {
+      // Another live party is creating the next segment. A caller with a deadline (or the GIL)
+      // does not wait here: it waits on the space EventCount, which the creator wakes.
+      if (creator_wait_ns <= 0) return {Status::kOutOfCapacity, 0};
+      const int64_t now = monotonic_ns();
+      if (stalled_since == 0) stalled_since = now;
+      if (now - stalled_since > creator_wait_ns) return {Status::kOutOfCapacity, 0};
+      std::this_thread::yield();
+      continue;
+    }
     if (s != Status::kOk) return {s, 0};
   }
 }
@@ -739,7 +747,8 @@ Result<BlockRef> Arena::take_free_block(uint32_t cls, uint32_t* generation, Bloc
   return {Status::kCorruptedIndex, 0};
 }
 
-Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout& layout) {
+Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout& layout,
+                                    int64_t creator_wait_ns) {
   const bool plain = is_plain_bytes(layout);
   if (!plain && (layout.ndim > kMaxNdim || layout.format.empty() ||
                  layout.format.size() > kMaxFormatLen || layout.itemsize == 0)) {
@@ -781,7 +790,7 @@ Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout&
     if (taken.ok()) {
       ref = taken.value;
     } else {
-      auto carved = carve(class_bytes, false);
+      auto carved = carve(class_bytes, false, creator_wait_ns);
       if (carved.ok()) {
         uint8_t* cell = translate(carved.value, class_bytes);
         if (cell == nullptr) return {Status::kCorruptedOffset, {}};
@@ -1062,7 +1071,7 @@ uint8_t* Arena::payload(BlockHandle h, uint64_t* length_out) {
   return v.value.data;
 }
 
-Result<BlockRef> Arena::allocate_node() {
+Result<BlockRef> Arena::allocate_node(int64_t creator_wait_ns) {
   for (int attempt = 0; attempt < kMaxClaimRetries; ++attempt) {
     uint64_t word = 0;
     void* listed = nullptr;
@@ -1079,7 +1088,7 @@ Result<BlockRef> Arena::allocate_node() {
       MEMCHANNEL_CRASH_POINT(kNodeClaimed);
       return popped;
     }
-    auto carved = carve(kUnit, true);
+    auto carved = carve(kUnit, true, creator_wait_ns);
     if (carved.ok()) {
       uint8_t* cell = translate(carved.value, kUnit);
       if (cell == nullptr) return {Status::kCorruptedOffset, 0};

@@ -341,9 +341,16 @@ class Arena {
   // parent's). Concurrency: the forking thread of the child, before other threads exist.
   void reattach_after_fork();
 
+  // How long allocate / allocate_node may wait for another live party that is creating the
+  // segment they need (a creator that died is replaced at once, never waited for). Callers
+  // with a deadline of their own pass kNoCreatorWait and wait on space() instead: the creator
+  // wakes it when the segment is published (Channel::allocate and Channel::send do).
+  static constexpr int64_t kDefaultCreatorWaitNs = 2'000'000'000;
+  static constexpr int64_t kNoCreatorWait = 0;
   // A writable block able to hold `layout` and `payload_bytes`, state kReserved, refcount 1,
   // held by this process. kTooLarge if it could never fit; kOutOfCapacity if not now.
-  Result<BlockHandle> allocate(uint64_t payload_bytes, const PayloadLayout& layout);
+  Result<BlockHandle> allocate(uint64_t payload_bytes, const PayloadLayout& layout,
+                               int64_t creator_wait_ns = kDefaultCreatorWaitNs);
   // Drops one reference of a holder (kReserved or kReceived). At zero the block is free.
   // kNotHolder (nothing changed) when the block is held by another holder: a forked child
   // releasing a block it inherited from its parent. held_length and begin_send refuse such a
@@ -373,7 +380,7 @@ class Arena {
 
   // Queue nodes and other small fixed cells (64 bytes each). A node is handed out kNodeHeld by
   // this holder with a fresh generation; it is freed by the party that owns it.
-  Result<BlockRef> allocate_node();
+  Result<BlockRef> allocate_node(int64_t creator_wait_ns = kDefaultCreatorWaitNs);
   // Frees a node in any state but kNodeFree (a second free is counted and refused).
   void free_node(BlockRef ref);
   // Frees a node only if its state word is still `expected`; false otherwise (counted as
@@ -470,7 +477,7 @@ class Arena {
   Status free_block(BlockRef ref, BlockHeader* hdr, uint32_t expected_state);
   // Carves `bytes` of fresh memory. The cell is returned still holding this holder's carving
   // word: the caller initialises it and publishes its magic (publish_cell).
-  Result<Offset> carve(uint64_t bytes, bool node);
+  Result<Offset> carve(uint64_t bytes, bool node, int64_t creator_wait_ns);
   void publish_cell(uint8_t* cell, uint32_t magic);
   // Moves the carve cursor past a cell a carver claimed at `cursor` (helping a slow carver).
   void help_carve(uint64_t cursor, uint64_t carving_word);

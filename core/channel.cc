@@ -522,7 +522,7 @@ Result<BlockHandle> Channel::allocate(uint64_t payload_bytes, const PayloadLayou
                                       const WaitSpec& wait) {
   Result<BlockHandle> got;
   const Status s = wait_until(arena_->space(), wait, [&] {
-    got = arena_->allocate(payload_bytes, layout);
+    got = arena_->allocate(payload_bytes, layout, Arena::kNoCreatorWait);  // wait_until waits
     return got.status != Status::kOutOfCapacity || closed();
   });
   if (s != Status::kOk) return {as_flow(s, Status::kFull), {}};
@@ -537,7 +537,7 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
   // A queue node first: if the arena is full we wait for space before taking a slot.
   Result<BlockRef> node;
   Status s = wait_until(arena_->space(), wait, [&] {
-    node = arena_->allocate_node();
+    node = arena_->allocate_node(Arena::kNoCreatorWait);  // wait_until waits, to its deadline
     return node.status != Status::kOutOfCapacity || closed();
   });
   if (s != Status::kOk) return as_flow(s, Status::kFull);
