@@ -16,9 +16,7 @@ constexpr uint64_t kInitialSegmentBytes = 4ull << 20;
 constexpr uint64_t kHeaderBytes = (sizeof(ArenaHeader) + kUnit - 1) & ~(kUnit - 1);
 constexpr int kMaxClaimRetries = 16;     // free-list entries that fail validation before giving up
 constexpr uint32_t kStealClasses = 16;   // larger classes searched when capacity is exhausted
-// The child of every fork() bumps it (see fork_generation() in arena.h).
-std::atomic<uint64_t> g_fork_generation{0};
-void bump_fork_generation() { g_fork_generation.fetch_add(1, std::memory_order_relaxed); }
+void bump_fork_generation() { detail::g_fork_generation.fetch_add(1, std::memory_order_relaxed); }
 // Registered when the library loads, so it runs before any child handler registered later
 // (the Python registry's reattaches arenas and channels and reads the new generation).
 const int g_fork_handler_installed = pthread_atfork(nullptr, nullptr, bump_fork_generation);
@@ -44,10 +42,10 @@ std::atomic<CrashHook> g_crash_hook{nullptr};
 }  // namespace detail
 #endif
 
-uint64_t fork_generation() {
-  static_cast<void>(g_fork_handler_installed);
-  return g_fork_generation.load(std::memory_order_relaxed);
-}
+namespace detail {
+// The child of every fork() bumps it (see fork_generation() in arena.h).
+std::atomic<uint64_t> g_fork_generation{0};
+}  // namespace detail
 
 const char* to_string(CrashPoint p) {
   switch (p) {

@@ -317,7 +317,10 @@ struct CellInfo {
 // How many fork()s led to this process image: 0 in a process that was not forked since the
 // library was loaded, bumped in the child of each fork (pthread_atfork). Objects that hold a
 // count in shared memory record it, so a child never gives back a count its parent took.
-uint64_t fork_generation();
+namespace detail {
+extern std::atomic<uint64_t> g_fork_generation;
+}  // namespace detail
+inline uint64_t fork_generation() { return detail::g_fork_generation.load(std::memory_order_relaxed); }
 
 // Concurrency: every member may be called from any thread (and, on a shared backend, any
 // process) at once, unless it says otherwise.

@@ -159,25 +159,32 @@ void Channel::detach() {
   if (!attached_.exchange(false, std::memory_order_acq_rel)) return;
   // Inherited across fork() and not re-attached: the count is the parent's (shared memory) or
   // a private copy nobody else uses (heap). Either way this process gives back nothing.
-  if (fork_generation_ != fork_generation()) return;
+  if (!held_here()) return;
   if (header_->attached.fetch_sub(1, std::memory_order_acq_rel) == 1) drain_and_free();
 }
 
 bool Channel::reattach_after_fork() {
-  if (!attached_.load(std::memory_order_acquire)) return false;
+  std::lock_guard<std::mutex> lock(reattach_mutex_);
+  if (held_here()) return attached_.load(std::memory_order_acquire);
+  const uint64_t now = fork_generation();
+  if (!attached_.load(std::memory_order_acquire)) {
+    fork_generation_.store(now, std::memory_order_relaxed);
+    return false;
+  }
   if (!arena_->backend().tracks_holders()) {
-    fork_generation_ = fork_generation();  // heap: the child's own copy of the memory
+    fork_generation_.store(now, std::memory_order_relaxed);  // heap: the child's own copy
     return true;
   }
   uint32_t attached = header_->attached.load(std::memory_order_acquire);
   do {
     if (attached == 0) {  // the parent was tearing it down as it forked
       attached_.store(false, std::memory_order_release);
+      fork_generation_.store(now, std::memory_order_relaxed);
       return false;
     }
   } while (!header_->attached.compare_exchange_weak(attached, attached + 1, std::memory_order_acq_rel));
-  fork_generation_ = fork_generation();
-  inherited_ = true;
+  inherited_.store(true, std::memory_order_release);
+  fork_generation_.store(now, std::memory_order_relaxed);
   return true;
 }
 

@@ -599,7 +599,11 @@ struct PyChannel {
   std::shared_ptr<Channel> channel;
   py::object buffer_type = current_buffer_type();  // of the interpreter that made this object
 
-  Channel& ch() { return *channel; }
+  Channel& ch() {
+    // A forked child's first use of a channel it inherited: take an attach of its own.
+    if (!channel->held_here()) channel->reattach_after_fork();
+    return *channel;
+  }
   WaitSpec wait_spec(bool block, const py::object& timeout) { return make_wait(block, timeout, arena->shared()); }
   template <typename Attempt>
   auto waiting(const WaitSpec& spec, Attempt&& attempt) {

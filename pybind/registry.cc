@@ -32,16 +32,15 @@ std::pair<uint64_t, uint64_t> key_of(const Channel& ch) {
 // give the child holder slots of its own in every shared-memory arena it inherited.
 void before_fork() { registry().mutex.lock(); }
 void after_fork_in_parent() { registry().mutex.unlock(); }
-// The child then takes an attach of its own on every channel it inherited: its exit (or GC)
-// gives back exactly that, never the parent's (Channel::detach compares fork generations).
-// Buffers it inherited name the parent's holder: Arena::release refuses them (kNotHolder).
+// Channels the child inherited hold no attach of its own until it first uses one (the
+// bindings then call Channel::reattach_after_fork), so a child that never does (fork + exec)
+// takes nothing, and its exit or GC gives back exactly what it took, never the parent's
+// (Channel::detach compares fork generations). Buffers it inherited name the parent's holder:
+// Arena::release refuses them (kNotHolder).
 void after_fork_in_child() {
   registry().mutex.unlock();
   for (auto& [name, weak] : registry().arenas) {
     if (auto arena = weak.lock()) arena->reattach_after_fork();
-  }
-  for (auto& [key, weak] : registry().channels) {
-    if (auto ch = weak.lock()) ch->reattach_after_fork();
   }
 }
 

@@ -228,3 +228,37 @@ def test_multiprocessing_children_exiting_normally_keep_the_parents_channel(meth
         "shm",
         timeout=120,
     )
+
+
+@pytest.mark.parametrize("child", ["exec", "os_exit_unused", "used_normal_exit", "used_mp_finalizer"])
+def test_parent_dropping_a_channel_frees_it_after_the_child_exits(child):
+    # The child's exit leaves the channel's attach count as it found it: when the parent drops
+    # its last object, the channel is drained and its queued message freed. (A child that never
+    # uses an inherited channel, such as fork + exec, takes no attach at all.)
+    run_script(
+        """
+        CHILD = %r
+        extra = mc.Channel(backend=BACKEND, arena=ch._arena)
+        extra.send(b"left queued")
+        pid = os.fork()
+        if pid == 0:
+            if CHILD == "exec":
+                os.execv("/bin/true", ["true"])
+            if CHILD == "os_exit_unused":
+                os._exit(0)
+            extra.send(b"from the child too")
+            if CHILD == "used_mp_finalizer":
+                mc._memchannel._detach_all()
+                os._exit(0)
+            sys.exit(0)
+        _, status = os.waitpid(pid, 0)
+        queued = 2 if CHILD.startswith("used") else 1
+        assert extra.qsize() == queued, extra.qsize()
+        assert ch.stats()["blocks_in_use"] == baseline + queued, ch.stats()
+        del extra
+        gc.collect()
+        assert ch.stats()["blocks_in_use"] == baseline, ch.stats()
+        parent_checks(status, expect_child_message=False)
+        """ % child,
+        "shm",
+    )
