@@ -17,6 +17,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -208,6 +209,8 @@ TEST(ShmGrowth, LiveCreatorNeverMakesACallWaitPastItsDeadline) {
   auto nb = ch.value->allocate(kPayload, PayloadLayout{}, no_wait());
   EXPECT_EQ(nb.status, Status::kFull);
   EXPECT_LT(elapsed_ms(t0), 50) << "a nonblocking call waited";
+  std::printf("live creator in the way: nonblocking allocate returned after %lld ms\n",
+              static_cast<long long>(elapsed_ms(t0)));
 
   for (int64_t timeout_ms : {0, 100, 500}) {
     WaitSpec w;
@@ -218,6 +221,8 @@ TEST(ShmGrowth, LiveCreatorNeverMakesACallWaitPastItsDeadline) {
     EXPECT_EQ(timed.status, Status::kFull);
     EXPECT_GE(took, timeout_ms - 1);
     EXPECT_LE(took, timeout_ms + 50) << "timeout " << timeout_ms << " ms";
+    std::printf("live creator in the way: timeout %lld ms returned after %lld ms\n",
+                static_cast<long long>(timeout_ms), static_cast<long long>(took));
   }
 
   // The creator finishes (here: gives the entry back, as a failed creation does, and wakes the

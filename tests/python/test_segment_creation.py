@@ -166,3 +166,52 @@ def test_too_many_open_files_is_named():
     msg = proc.stdout
     assert "too many open files" in msg.lower(), msg
     assert "EMFILE" in msg or "errno 24" in msg, msg
+
+
+HOLDERS_OFFSET = 1792  # ArenaHeader::holders (64-byte HolderSlots), core/arena.h
+ATTACHED_HOLDERS_OFFSET = 1736
+MAX_HOLDERS = 128
+
+
+def test_all_holder_slots_taken_is_named():
+    # Every slot made to look taken by this (live) process: the next process cannot attach,
+    # and the message says why and what to do (not "arena out of capacity").
+    ch = mc.Channel(backend="shm")
+    name = ch._arena.name
+    fd = os.open("/dev/shm/" + name, os.O_RDWR)
+    try:
+        with mmap.mmap(fd, 16384) as m:
+            ours = m[HOLDERS_OFFSET:HOLDERS_OFFSET + 64]
+            assert struct.unpack_from("<I", ours)[0] == 2  # kSlotActive: the creator's slot
+            saved = m[HOLDERS_OFFSET:HOLDERS_OFFSET + 64 * MAX_HOLDERS]
+            saved_count = m[ATTACHED_HOLDERS_OFFSET:ATTACHED_HOLDERS_OFFSET + 4]
+            for i in range(1, MAX_HOLDERS):
+                m[HOLDERS_OFFSET + 64 * i:HOLDERS_OFFSET + 64 * (i + 1)] = ours
+            m[ATTACHED_HOLDERS_OFFSET:ATTACHED_HOLDERS_OFFSET + 4] = struct.pack("<I", MAX_HOLDERS)
+            try:
+                script = textwrap.dedent(
+                    """
+                    import sys
+                    import memchannel as mc
+                    try:
+                        mc.Channel.attach(bytes.fromhex(sys.argv[1]))
+                    except mc.MemChannelError as e:
+                        print("MESSAGE", type(e).__name__, e)
+                    else:
+                        print("MESSAGE attached")
+                    """
+                )
+                proc = subprocess.run([sys.executable, "-c", script, ch.handle.hex()], capture_output=True,
+                                      text=True, timeout=60)
+            finally:
+                m[HOLDERS_OFFSET:HOLDERS_OFFSET + 64 * MAX_HOLDERS] = saved
+                m[ATTACHED_HOLDERS_OFFSET:ATTACHED_HOLDERS_OFFSET + 4] = saved_count
+    finally:
+        os.close(fd)
+    assert proc.returncode == 0, proc.stderr
+    msg = proc.stdout
+    assert "all 128 process slots" in msg, msg
+    assert "out of capacity" not in msg, msg
+    assert ch.stats()["attached_processes"] == 1
+    ch.send(b"still works")
+    assert bytes(ch.recv(timeout=1)) == b"still works"
