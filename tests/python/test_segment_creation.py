@@ -21,6 +21,9 @@ import memchannel as mc
 
 SEGMENT_BYTES_OFFSET = 80  # ArenaHeader::segment_bytes (carve at 64, segment_count at 72)
 SEGMENT_CREATING_UNKNOWN = 0xFFFFFFFFFFFFFFFF  # kSegmentCreating: a creating word of no live holder
+HOLDERS_OFFSET = 1792  # ArenaHeader::holders (64-byte HolderSlots), core/arena.h
+ATTACHED_HOLDERS_OFFSET = 1736
+MAX_HOLDERS = 128
 PAYLOAD = 256 * 1024
 TOLERANCE = 0.05  # the bound: every timeout within 50 ms
 
@@ -78,10 +81,42 @@ def full_arena():
     return arena, ch, held
 
 
-@pytest.mark.parametrize("forged", [False, True], ids=["full", "full-and-stuck-growth"])
-def test_calls_honour_their_timeouts_when_the_arena_is_full(forged):
-    arena, ch, held = full_arena()
-    if forged:
+def live_creator_word(arena):
+    # The creating word of this process's own holder (slot 0, the arena's creator): a creator
+    # that is alive and (as far as anyone can tell) still creating segment 1.
+    fd = os.open("/dev/shm/" + arena.name, os.O_RDONLY)
+    try:
+        with mmap.mmap(fd, 16384, prot=mmap.PROT_READ) as m:
+            state, incarnation = struct.unpack_from("<II", m, HOLDERS_OFFSET)
+    finally:
+        os.close(fd)
+    assert state == 2
+    return (0xFFFFFFFF << 32) | ((incarnation & 0xFFFFFF) << 8) | 1
+
+
+def arena_waiting_for_a_live_creator():
+    # Room to grow (64 MiB), but segment 1 is being created by a live holder that never
+    # finishes: segment 0 fills up and every further allocation has to wait for it.
+    arena = mc.Arena(capacity=64 << 20, backend="shm")
+    ch = arena.channel()
+    forge_segment_entry(arena, 1, live_creator_word(arena))
+    held = []
+    while True:
+        try:
+            held.append(ch.reserve(4096, timeout=0))
+        except mc.Full:
+            break
+    assert arena.stats()["segments"] == 1
+    return arena, ch, held
+
+
+@pytest.mark.parametrize("case", ["full", "dead-creator", "live-creator"])
+def test_calls_honour_their_timeouts_when_the_arena_is_full(case):
+    if case == "live-creator":
+        arena, ch, held = arena_waiting_for_a_live_creator()
+    else:
+        arena, ch, held = full_arena()
+    if case == "dead-creator":
         forge_segment_entry(arena, 1, SEGMENT_CREATING_UNKNOWN)
     empty = arena.channel()
     calls = {
@@ -103,6 +138,11 @@ def test_calls_honour_their_timeouts_when_the_arena_is_full(forged):
         else:
             assert timeout - 0.005 <= took <= timeout + TOLERANCE, "%s took %.3f s" % (name, took)
     print("timings:", {k: round(v, 4) for k, v in figures.items()})
+    if case == "live-creator":
+        forge_segment_entry(arena, 1, 0)  # the "creator" gives up: growth works again
+        extra = ch.reserve(4096, timeout=1)
+        assert arena.stats()["segments"] == 2
+        extra.release()
     for b in held:
         b.release()
     assert arena.stats()["blocks_in_use"] == 0
@@ -166,11 +206,6 @@ def test_too_many_open_files_is_named():
     msg = proc.stdout
     assert "too many open files" in msg.lower(), msg
     assert "EMFILE" in msg or "errno 24" in msg, msg
-
-
-HOLDERS_OFFSET = 1792  # ArenaHeader::holders (64-byte HolderSlots), core/arena.h
-ATTACHED_HOLDERS_OFFSET = 1736
-MAX_HOLDERS = 128
 
 
 def test_all_holder_slots_taken_is_named():
