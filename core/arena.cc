@@ -544,6 +544,12 @@ Status Arena::grow(uint32_t current, uint64_t at_least) {
   const uint32_t next = current + 1;
   if (next >= kMaxSegments) return Status::kOutOfCapacity;
   uint64_t existing = header_->segment_bytes[next].load(std::memory_order_acquire);
+  if (is_creating_word(existing) && bases_[next].load(std::memory_order_acquire) != nullptr) {
+    // This process has mapped that segment already: it was created, and the entry was
+    // rewritten since. Taking it over would unmap memory in use here.
+    note_corruption();
+    return Status::kOutOfCapacity;
+  }
   if (is_creating_word(existing) && creator_alive(existing)) return Status::kInterrupted;
   if (existing == 0 || is_creating_word(existing)) {
     uint64_t total = 0;
