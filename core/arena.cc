@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <new>
+#include <pthread.h>
 #include <thread>
 #include <vector>
 
@@ -15,10 +16,10 @@ constexpr uint64_t kInitialSegmentBytes = 4ull << 20;
 constexpr uint64_t kHeaderBytes = (sizeof(ArenaHeader) + kUnit - 1) & ~(kUnit - 1);
 constexpr int kMaxClaimRetries = 16;     // free-list entries that fail validation before giving up
 constexpr uint32_t kStealClasses = 16;   // larger classes searched when capacity is exhausted
-// How long a carve waits for another party to finish creating the next segment (a creator that
-// died leaves it "creating" forever: the carve then reports kOutOfCapacity, and callers wait on
-// the arena's space EventCount with their own deadlines).
-constexpr int64_t kMaxGrowStallNs = 2'000'000'000;
+void bump_fork_generation() { detail::g_fork_generation.fetch_add(1, std::memory_order_relaxed); }
+// Registered when the library loads, so it runs before any child handler registered later
+// (the Python registry's reattaches arenas and channels and reads the new generation).
+const int g_fork_handler_installed = pthread_atfork(nullptr, nullptr, bump_fork_generation);
 
 uint64_t round_up_pow2(uint64_t v) { return v <= 1 ? 1 : (1ull << std::bit_width(v - 1)); }
 
@@ -40,6 +41,11 @@ namespace detail {
 std::atomic<CrashHook> g_crash_hook{nullptr};
 }  // namespace detail
 #endif
+
+namespace detail {
+// The child of every fork() bumps it (see fork_generation() in arena.h).
+std::atomic<uint64_t> g_fork_generation{0};
+}  // namespace detail
 
 const char* to_string(CrashPoint p) {
   switch (p) {
@@ -69,6 +75,8 @@ const char* to_string(CrashPoint p) {
     case CrashPoint::kRecvTaken: return "recv_taken";
     case CrashPoint::kRecvHeadAdvanced: return "recv_head_advanced";
     case CrashPoint::kRecvOldHeadFreed: return "recv_old_head_freed";
+    case CrashPoint::kGrowSegmentClaimed: return "grow_segment_claimed";
+    case CrashPoint::kGrowSegmentCreated: return "grow_segment_created";
     case CrashPoint::kCount: break;
   }
   return "unknown crash point";
@@ -81,6 +89,9 @@ Arena::~Arena() { detach(); }
 
 void Arena::detach() {
   if (detached_.exchange(true, std::memory_order_acq_rel)) return;
+  // A forked child that never re-attached (reattach_after_fork) holds neither the slot nor the
+  // count it inherited: they are its parent's, and stay so.
+  if (fork_generation_ != fork_generation()) return;
   // Dead holders still count as attached until reaped: reap them so the last live process
   // really is the last and removes the segments.
   reap_dead_holders();
@@ -94,7 +105,12 @@ void Arena::detach() {
 }
 
 void Arena::reattach_after_fork() {
-  if (!backend_->tracks_holders() || detached_.load(std::memory_order_acquire)) return;
+  if (detached_.load(std::memory_order_acquire)) return;
+  // Heap memory is private to the child after fork: its counts are its own copy.
+  if (!backend_->tracks_holders()) {
+    fork_generation_ = fork_generation();
+    return;
+  }
   uint32_t attached = header_->attached_holders.load(std::memory_order_acquire);
   do {
     if (attached == 0) {
@@ -103,11 +119,13 @@ void Arena::reattach_after_fork() {
     }
   } while (!header_->attached_holders.compare_exchange_weak(attached, attached + 1,
                                                             std::memory_order_acq_rel));
-  holder_ = 0;
+  holder_ = 0;  // the inherited id is the parent's: blocks it names are not ours
   if (claim_holder_slot() != Status::kOk) {
     header_->attached_holders.fetch_sub(1, std::memory_order_acq_rel);
     detached_.store(true, std::memory_order_release);
+    return;
   }
+  fork_generation_ = fork_generation();  // the slot and the count are now this process's
 }
 
 Status Arena::claim_holder_slot() {
@@ -121,13 +139,32 @@ Status Arena::claim_holder_slot() {
       const HolderIdentity me = backend_->self_identity();
       slot.identity[0].store(me.words[0], std::memory_order_relaxed);
       slot.identity[1].store(me.words[1], std::memory_order_relaxed);
+      incarnation_ = slot.incarnation.fetch_add(1, std::memory_order_relaxed) + 1;
       slot.state.store(kSlotActive, std::memory_order_release);  // identity visible to reapers
       holder_ = i + 1;
       return Status::kOk;
     }
     reap_dead_holders();  // all slots taken: free those of dead processes, then retry
   }
-  return Status::kOutOfCapacity;
+  return Status::kNoHolderSlot;
+}
+
+bool Arena::creator_alive(uint64_t w) {
+  if (!backend_->tracks_holders()) return true;  // a thread of this process: it cannot die alone
+  const uint32_t holder = creating_holder(w);
+  if (holder == 0 || holder > kMaxHolders) return false;  // no tracked creator: nobody finishes it
+  if (holder == holder_) return creating_incarnation(w) == (incarnation_ & 0xffffff);
+  HolderSlot& slot = header_->holders[holder - 1];
+  const uint32_t state = slot.state.load(std::memory_order_acquire);
+  // Claimed again since (or being reclaimed, or free): the creator is gone.
+  if (state != kSlotActive ||
+      (slot.incarnation.load(std::memory_order_relaxed) & 0xffffff) != creating_incarnation(w)) {
+    return false;
+  }
+  const HolderIdentity id{{slot.identity[0].load(std::memory_order_relaxed),
+                           slot.identity[1].load(std::memory_order_relaxed)}};
+  if (slot.state.load(std::memory_order_acquire) != kSlotActive) return false;
+  return backend_->liveness(id) != HolderLiveness::kDead;
 }
 
 template <typename Visit>
@@ -459,7 +496,7 @@ uint64_t Arena::max_payload() const {
 
 uint8_t* Arena::map_segment_slow(uint32_t index) {
   const uint64_t bytes_untrusted = header_->segment_bytes[index].load(std::memory_order_acquire);
-  if (bytes_untrusted == 0 || bytes_untrusted == kSegmentCreating ||
+  if (bytes_untrusted == 0 || is_creating_word(bytes_untrusted) ||
       bytes_untrusted > kMaxSegmentBytes) {
     return nullptr;
   }
@@ -499,18 +536,26 @@ QueueNode* Arena::node(BlockRef ref) {
 }
 
 Status Arena::grow(uint32_t current, uint64_t at_least) {
+  // Never waits: a segment another live party is creating makes this kInterrupted at once, and
+  // the caller (carve) reports kOutOfCapacity, so its caller waits on the space EventCount with
+  // its own deadline (the creator wakes it when the segment is published). A segment whose
+  // creator died half way (its creating word names a holder that is gone) is taken over and
+  // created again: the dead creator's file, if any, is replaced (ShmBackend::create_segment).
   const uint32_t next = current + 1;
   if (next >= kMaxSegments) return Status::kOutOfCapacity;
-  const uint64_t existing = header_->segment_bytes[next].load(std::memory_order_acquire);
-  if (existing == kSegmentCreating) {  // another party is creating it: let it finish
-    std::this_thread::yield();
-    return Status::kInterrupted;
+  uint64_t existing = header_->segment_bytes[next].load(std::memory_order_acquire);
+  if (is_creating_word(existing) && bases_[next].load(std::memory_order_acquire) != nullptr) {
+    // This process has mapped that segment already: it was created, and the entry was
+    // rewritten since. Taking it over would unmap memory in use here.
+    note_corruption();
+    return Status::kOutOfCapacity;
   }
-  if (existing == 0) {
+  if (is_creating_word(existing) && creator_alive(existing)) return Status::kInterrupted;
+  if (existing == 0 || is_creating_word(existing)) {
     uint64_t total = 0;
     for (uint32_t i = 0; i < next; ++i) {
       const uint64_t b = header_->segment_bytes[i].load(std::memory_order_acquire);
-      if (b == kSegmentCreating || b > kMaxSegmentBytes) return Status::kOutOfCapacity;
+      if (is_creating_word(b) || b > kMaxSegmentBytes) return Status::kOutOfCapacity;
       total += b;
     }
     if (total >= capacity_) return Status::kOutOfCapacity;
@@ -518,14 +563,16 @@ Status Arena::grow(uint32_t current, uint64_t at_least) {
     uint64_t size = std::max(std::min(current_size * 2, kMaxSegmentBytes), round_up_pow2(at_least));
     size = std::min({size, capacity_ - total, kMaxSegmentBytes});
     if (size < at_least) return Status::kOutOfCapacity;
-    uint64_t expected = 0;
-    if (!header_->segment_bytes[next].compare_exchange_strong(expected, kSegmentCreating,
-                                                              std::memory_order_acq_rel)) {
-      return Status::kOk;  // someone else claimed it; retry against their segment
+    const uint64_t mine = make_creating_word(holder_, incarnation_);
+    if (!header_->segment_bytes[next].compare_exchange_strong(existing, mine, std::memory_order_acq_rel)) {
+      return Status::kOk;  // someone else claimed it (or took it over); retry against theirs
     }
+    MEMCHANNEL_CRASH_POINT(kGrowSegmentClaimed);
     auto created = backend_->create_segment(next, size);
     if (!created.ok()) {
-      header_->segment_bytes[next].store(0, std::memory_order_release);
+      uint64_t w = mine;
+      header_->segment_bytes[next].compare_exchange_strong(w, 0, std::memory_order_acq_rel);
+      notify_all(header_->space);  // waiters for this segment: it will not come from us
       return created.status == Status::kSystemError ? Status::kOutOfCapacity : created.status;
     }
     {
@@ -533,8 +580,22 @@ Status Arena::grow(uint32_t current, uint64_t at_least) {
       sizes_[next].store(size, std::memory_order_relaxed);
       bases_[next].store(created.value, std::memory_order_release);
     }
-    header_->segment_bytes[next].store(size, std::memory_order_release);
-    header_->segment_count.store(next + 1, std::memory_order_release);
+    MEMCHANNEL_CRASH_POINT(kGrowSegmentCreated);
+    uint64_t w = mine;
+    if (!header_->segment_bytes[next].compare_exchange_strong(w, size, std::memory_order_acq_rel)) {
+      // Taken over meanwhile (we were thought dead: a forged or misread slot). Ours is not the
+      // arena's segment: forget our mapping and use theirs.
+      note_corruption();
+      std::lock_guard<std::mutex> lock(map_mutex_);
+      bases_[next].store(nullptr, std::memory_order_release);
+      sizes_[next].store(0, std::memory_order_relaxed);
+      return Status::kOk;
+    }
+    uint32_t count = header_->segment_count.load(std::memory_order_acquire);
+    while (count < next + 1 &&
+           !header_->segment_count.compare_exchange_weak(count, next + 1, std::memory_order_acq_rel)) {
+    }
+    notify_all(header_->space);  // callers that found the segment being created wait there
   }
   // Move the carve cursor past the full segment (whoever gets there first).
   uint64_t cur = header_->carve.load(std::memory_order_acquire);
@@ -550,7 +611,7 @@ void Arena::publish_cell(uint8_t* cell, uint32_t magic) {
   __atomic_store_n(cell_word(cell), static_cast<uint64_t>(magic) << 32, __ATOMIC_RELEASE);
 }
 
-Result<Offset> Arena::carve(uint64_t bytes, bool node) {
+Result<Offset> Arena::carve(uint64_t bytes, bool node, int64_t creator_wait_ns) {
   const uint64_t mine = make_carving_word(holder_, bytes >> kUnitShift);
   int64_t stalled_since = 0;
   for (;;) {
@@ -597,10 +658,14 @@ Result<Offset> Arena::carve(uint64_t bytes, bool node) {
       }
     }
     const Status s = grow(seg, bytes);
-    if (s == Status::kInterrupted) {  // another party is creating the next segment
+    if (s == Status::kInterrupted) {
+      // Another live party is creating the next segment. A caller with a deadline (or the GIL)
+      // does not wait here: it waits on the space EventCount, which the creator wakes.
+      if (creator_wait_ns <= 0) return {Status::kOutOfCapacity, 0};
       const int64_t now = monotonic_ns();
       if (stalled_since == 0) stalled_since = now;
-      if (now - stalled_since > kMaxGrowStallNs) return {Status::kOutOfCapacity, 0};
+      if (now - stalled_since > creator_wait_ns) return {Status::kOutOfCapacity, 0};
+      std::this_thread::yield();
       continue;
     }
     if (s != Status::kOk) return {s, 0};
@@ -686,7 +751,8 @@ Result<BlockRef> Arena::take_free_block(uint32_t cls, uint32_t* generation, Bloc
   return {Status::kCorruptedIndex, 0};
 }
 
-Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout& layout) {
+Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout& layout,
+                                    int64_t creator_wait_ns) {
   const bool plain = is_plain_bytes(layout);
   if (!plain && (layout.ndim > kMaxNdim || layout.format.empty() ||
                  layout.format.size() > kMaxFormatLen || layout.itemsize == 0)) {
@@ -728,7 +794,7 @@ Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout&
     if (taken.ok()) {
       ref = taken.value;
     } else {
-      auto carved = carve(class_bytes, false);
+      auto carved = carve(class_bytes, false, creator_wait_ns);
       if (carved.ok()) {
         uint8_t* cell = translate(carved.value, class_bytes);
         if (cell == nullptr) return {Status::kCorruptedOffset, {}};
@@ -826,6 +892,9 @@ Status Arena::release(BlockHandle h) {
     note_corruption();
     return Status::kCorruptedState;
   }
+  // Held by another holder: a Buffer a forked child inherited from its parent (the child has a
+  // slot of its own since reattach_after_fork). The block stays the parent's; nothing changes.
+  if (state_holder(word) != (holder_ & 0xff)) return Status::kNotHolder;
   const uint32_t before = hdr->refcount.fetch_sub(1, std::memory_order_acq_rel);
   if (before == 0) {
     hdr->refcount.store(0, std::memory_order_relaxed);
@@ -884,6 +953,7 @@ Status Arena::begin_send(BlockHandle h, uint32_t* previous) {
     note_corruption();
     return Status::kCorruptedState;
   }
+  if (state_holder(word) != (holder_ & 0xff)) return Status::kNotHolder;  // see release()
   if (hdr->refcount.load(std::memory_order_relaxed) != 1) return Status::kInvalidArgument;
   if (!hdr->state.compare_exchange_strong(word, make_state(sending_generation(h), holder_, kBlockSending),
                                           std::memory_order_acq_rel)) {
@@ -986,6 +1056,7 @@ Result<uint64_t> Arena::held_length(BlockHandle h) {
       (hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) {
     return {Status::kCorruptedState, 0};
   }
+  if (state_holder(word) != (holder_ & 0xff)) return {Status::kNotHolder, 0};  // see release()
   const uint64_t room = (class_units(hdr->size_class.load(std::memory_order_relaxed)) << kUnitShift) -
                         sizeof(BlockHeader);
   const uint64_t meta = hdr->meta_bytes.load(std::memory_order_relaxed);
@@ -1004,7 +1075,7 @@ uint8_t* Arena::payload(BlockHandle h, uint64_t* length_out) {
   return v.value.data;
 }
 
-Result<BlockRef> Arena::allocate_node() {
+Result<BlockRef> Arena::allocate_node(int64_t creator_wait_ns) {
   for (int attempt = 0; attempt < kMaxClaimRetries; ++attempt) {
     uint64_t word = 0;
     void* listed = nullptr;
@@ -1021,7 +1092,7 @@ Result<BlockRef> Arena::allocate_node() {
       MEMCHANNEL_CRASH_POINT(kNodeClaimed);
       return popped;
     }
-    auto carved = carve(kUnit, true);
+    auto carved = carve(kUnit, true, creator_wait_ns);
     if (carved.ok()) {
       uint8_t* cell = translate(carved.value, kUnit);
       if (cell == nullptr) return {Status::kCorruptedOffset, 0};

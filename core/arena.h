@@ -63,7 +63,17 @@ namespace memchannel {
 inline constexpr uint64_t kArenaMagic = 0x314e524148434d4dull;  // "MMCHARN1"
 inline constexpr uint32_t kArenaLayoutVersion = 3;  // 2: node states, kBlockSending, carving; 3: striped counters
 inline constexpr uint32_t kArenaReady = 0x52454459u;            // "REDY"
+// segment_bytes[i] while one party creates segment i: the creating word names the creator
+// (holder id and the incarnation of its slot), so a creator that died half way is detected and
+// its segment replaced (Arena::grow). ~0ull (kSegmentCreating) is a creating word of no holder.
 inline constexpr uint64_t kSegmentCreating = ~0ull;
+constexpr uint64_t make_creating_word(uint32_t holder, uint32_t incarnation) {
+  return (0xffffffffull << 32) | (static_cast<uint64_t>(incarnation & 0xffffff) << 8) | (holder & 0xff);
+}
+constexpr bool is_creating_word(uint64_t w) { return (w >> 32) == 0xffffffffull; }
+constexpr uint32_t creating_holder(uint64_t w) { return static_cast<uint32_t>(w) & 0xff; }
+constexpr uint32_t creating_incarnation(uint64_t w) { return (static_cast<uint32_t>(w) >> 8) & 0xffffff; }
+static_assert(is_creating_word(kSegmentCreating) && creating_holder(kSegmentCreating) == 0xff);
 inline constexpr uint32_t kNodeMagic = 0x4d434e44u;             // "MCND"
 
 // ---- Crash points (RELIABILITY.md item 3) --------------------------------------------------------
@@ -102,6 +112,9 @@ enum class CrashPoint : uint32_t {
   kRecvTaken,           // its block is kReceived by this holder
   kRecvHeadAdvanced,    // the head names the claimed node; the old dummy not yet freed
   kRecvOldHeadFreed,    // the old dummy is free
+  // Arena::grow
+  kGrowSegmentClaimed,  // segment_bytes[next] holds this holder's creating word; no segment yet
+  kGrowSegmentCreated,  // the segment exists and is mapped here; its size not yet published
   kCount
 };
 inline constexpr uint32_t kCrashPointCount = static_cast<uint32_t>(CrashPoint::kCount);
@@ -131,7 +144,7 @@ enum HolderSlotState : uint32_t { kSlotFree = 0, kSlotClaiming = 1, kSlotActive 
 
 struct alignas(kCacheLine) HolderSlot {
   std::atomic<uint32_t> state;             // HolderSlotState; identity valid while kSlotActive
-  uint32_t reserved0_;
+  std::atomic<uint32_t> incarnation;       // bumped by every claim: tells occupants of a slot apart
   std::atomic<uint64_t> identity[2];       // backend-defined (pid, start time)
   std::atomic<uint64_t> reclaimed_blocks;  // blocks freed on behalf of a dead occupant
 };
@@ -301,6 +314,14 @@ struct CellInfo {
   uint64_t carving_word;      // kCarving
 };
 
+// How many fork()s led to this process image: 0 in a process that was not forked since the
+// library was loaded, bumped in the child of each fork (pthread_atfork). Objects that hold a
+// count in shared memory record it, so a child never gives back a count its parent took.
+namespace detail {
+extern std::atomic<uint64_t> g_fork_generation;
+}  // namespace detail
+inline uint64_t fork_generation() { return detail::g_fork_generation.load(std::memory_order_relaxed); }
+
 // Concurrency: every member may be called from any thread (and, on a shared backend, any
 // process) at once, unless it says otherwise.
 class Arena {
@@ -323,10 +344,20 @@ class Arena {
   // parent's). Concurrency: the forking thread of the child, before other threads exist.
   void reattach_after_fork();
 
+  // How long allocate / allocate_node may wait for another live party that is creating the
+  // segment they need (a creator that died is replaced at once, never waited for). Callers
+  // with a deadline of their own pass kNoCreatorWait and wait on space() instead: the creator
+  // wakes it when the segment is published (Channel::allocate and Channel::send do).
+  static constexpr int64_t kDefaultCreatorWaitNs = 2'000'000'000;
+  static constexpr int64_t kNoCreatorWait = 0;
   // A writable block able to hold `layout` and `payload_bytes`, state kReserved, refcount 1,
   // held by this process. kTooLarge if it could never fit; kOutOfCapacity if not now.
-  Result<BlockHandle> allocate(uint64_t payload_bytes, const PayloadLayout& layout);
+  Result<BlockHandle> allocate(uint64_t payload_bytes, const PayloadLayout& layout,
+                               int64_t creator_wait_ns = kDefaultCreatorWaitNs);
   // Drops one reference of a holder (kReserved or kReceived). At zero the block is free.
+  // kNotHolder (nothing changed) when the block is held by another holder: a forked child
+  // releasing a block it inherited from its parent. held_length and begin_send refuse such a
+  // block the same way, so a child cannot send its parent's block either.
   Status release(BlockHandle h);
   // Adds a reference for another holder of the same block (e.g. a second reader).
   Status retain(BlockHandle h);
@@ -352,7 +383,7 @@ class Arena {
 
   // Queue nodes and other small fixed cells (64 bytes each). A node is handed out kNodeHeld by
   // this holder with a fresh generation; it is freed by the party that owns it.
-  Result<BlockRef> allocate_node();
+  Result<BlockRef> allocate_node(int64_t creator_wait_ns = kDefaultCreatorWaitNs);
   // Frees a node in any state but kNodeFree (a second free is counted and refused).
   void free_node(BlockRef ref);
   // Frees a node only if its state word is still `expected`; false otherwise (counted as
@@ -383,6 +414,9 @@ class Arena {
 
   // Holders. holder() is this process's id (0 when the backend does not track holders).
   uint32_t holder() const { return holder_; }
+  // Whether the holder that wrote creating word `w` into the segment table still runs (the
+  // same occupant of its slot). Untracked holders (heap) are always alive.
+  bool creator_alive(uint64_t w);
   // Frees the blocks held by holders whose process has died; returns how many. Also finishes
   // what a dead process left half done: cells it was carving, nodes it held, sends it had
   // linked (completed) or not (rolled back), messages it had claimed, dummies it had advanced
@@ -446,7 +480,7 @@ class Arena {
   Status free_block(BlockRef ref, BlockHeader* hdr, uint32_t expected_state);
   // Carves `bytes` of fresh memory. The cell is returned still holding this holder's carving
   // word: the caller initialises it and publishes its magic (publish_cell).
-  Result<Offset> carve(uint64_t bytes, bool node);
+  Result<Offset> carve(uint64_t bytes, bool node, int64_t creator_wait_ns);
   void publish_cell(uint8_t* cell, uint32_t magic);
   // Moves the carve cursor past a cell a carver claimed at `cursor` (helping a slow carver).
   void help_carve(uint64_t cursor, uint64_t carving_word);
@@ -461,6 +495,8 @@ class Arena {
   ArenaHeader* header_;                                       // in segment 0
   const uint64_t capacity_;                                   // private copy, bounds growth
   uint32_t holder_ = 0;                                       // our slot + 1; 0 = untracked
+  uint32_t incarnation_ = 0;                                  // of our slot, when we claimed it
+  uint64_t fork_generation_ = fork_generation();              // process image that attached
   std::atomic<bool> detached_{false};
   std::array<std::atomic<uint8_t*>, kMaxSegments> bases_{};   // this process's mappings
   std::array<std::atomic<uint64_t>, kMaxSegments> sizes_{};   // private sizes, bound every access

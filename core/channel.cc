@@ -153,8 +153,39 @@ Result<std::shared_ptr<Channel>> Channel::open(std::shared_ptr<Arena> arena, Off
   return {Status::kOk, std::shared_ptr<Channel>(new Channel(std::move(arena), header, offset))};
 }
 
-Channel::~Channel() {
+Channel::~Channel() { detach(); }
+
+void Channel::detach() {
+  if (!attached_.exchange(false, std::memory_order_acq_rel)) return;
+  // Inherited across fork() and not re-attached: the count is the parent's (shared memory) or
+  // a private copy nobody else uses (heap). Either way this process gives back nothing.
+  if (!held_here()) return;
   if (header_->attached.fetch_sub(1, std::memory_order_acq_rel) == 1) drain_and_free();
+}
+
+bool Channel::reattach_after_fork() {
+  std::lock_guard<std::mutex> lock(reattach_mutex_);
+  if (held_here()) return attached_.load(std::memory_order_acquire);
+  const uint64_t now = fork_generation();
+  if (!attached_.load(std::memory_order_acquire)) {
+    fork_generation_.store(now, std::memory_order_relaxed);
+    return false;
+  }
+  if (!arena_->backend().tracks_holders()) {
+    fork_generation_.store(now, std::memory_order_relaxed);  // heap: the child's own copy
+    return true;
+  }
+  uint32_t attached = header_->attached.load(std::memory_order_acquire);
+  do {
+    if (attached == 0) {  // the parent was tearing it down as it forked
+      attached_.store(false, std::memory_order_release);
+      fork_generation_.store(now, std::memory_order_relaxed);
+      return false;
+    }
+  } while (!header_->attached.compare_exchange_weak(attached, attached + 1, std::memory_order_acq_rel));
+  inherited_.store(true, std::memory_order_release);
+  fork_generation_.store(now, std::memory_order_relaxed);
+  return true;
 }
 
 void Channel::drain_and_free() {
@@ -498,7 +529,7 @@ Result<BlockHandle> Channel::allocate(uint64_t payload_bytes, const PayloadLayou
                                       const WaitSpec& wait) {
   Result<BlockHandle> got;
   const Status s = wait_until(arena_->space(), wait, [&] {
-    got = arena_->allocate(payload_bytes, layout);
+    got = arena_->allocate(payload_bytes, layout, Arena::kNoCreatorWait);  // wait_until waits
     return got.status != Status::kOutOfCapacity || closed();
   });
   if (s != Status::kOk) return {as_flow(s, Status::kFull), {}};
@@ -513,7 +544,7 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
   // A queue node first: if the arena is full we wait for space before taking a slot.
   Result<BlockRef> node;
   Status s = wait_until(arena_->space(), wait, [&] {
-    node = arena_->allocate_node();
+    node = arena_->allocate_node(Arena::kNoCreatorWait);  // wait_until waits, to its deadline
     return node.status != Status::kOutOfCapacity || closed();
   });
   if (s != Status::kOk) return as_flow(s, Status::kFull);

@@ -47,6 +47,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <type_traits>
 
 #include "core/arena.h"
@@ -104,6 +105,24 @@ class Channel {
   Channel& operator=(const Channel&) = delete;
   // The last Channel object of a header (across the process for heap) drains and frees it.
   ~Channel();
+  // Gives back this object's attach now (the last one drains and frees the channel); the
+  // destructor then does nothing. Idempotent. In a forked child that did not re-attach
+  // (reattach_after_fork) it gives back nothing: the attach it inherited is its parent's.
+  // Concurrency: any thread, but no operation of this object may follow it.
+  void detach();
+  // Whether this object's attach (if any) was taken by this process image: false in a forked
+  // child until reattach_after_fork. One relaxed load: callers check it on every use.
+  bool held_here() const { return fork_generation_.load(std::memory_order_relaxed) == fork_generation(); }
+  // In a child created by fork(): take an attach of this process's own on a shared channel
+  // the child inherited (its Arena must have re-attached first), so the child can use it and
+  // its exit gives back only what it took. The bindings call it on the child's first use of
+  // the channel (a child that never uses it, e.g. fork + exec, takes nothing). Idempotent.
+  // False if the channel was being torn down (the object then holds no attach).
+  // Concurrency: any thread.
+  bool reattach_after_fork();
+  // Whether this object's attach was taken by reattach_after_fork (a channel the process
+  // inherited rather than opened).
+  bool inherited() const { return inherited_.load(std::memory_order_acquire); }
 
   // Queues a block the caller holds; on kOk ownership has moved to the queue. Waits per
   // `wait` while full. kFull (non-blocking), kTimedOut, kInterrupted, kClosed.
@@ -153,6 +172,10 @@ class Channel {
   uint32_t tag_;           // this channel's tag in node states: offset_ / 64
   uint64_t maxsize_;       // private copies of the limits, read once at open
   uint64_t maxbytes_;
+  std::atomic<uint64_t> fork_generation_{fork_generation()};  // process image of the attach
+  std::atomic<bool> attached_{true};              // this object still holds its attach
+  std::atomic<bool> inherited_{false};            // attach taken by reattach_after_fork
+  std::mutex reattach_mutex_;                     // serialises reattach_after_fork (rare)
 };
 
 // The channel tag nodes of the channel whose header is at `offset` carry (node_channel()).

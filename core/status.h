@@ -30,6 +30,8 @@ enum class Status : uint32_t {
   kNotReady,          // a header whose creator never finished initialising it
   kPeerDied,          // the process that held a resource is gone
   kNotFound,          // no such channel / arena
+  kNotHolder,         // the block is held by another process (e.g. inherited across fork())
+  kNoHolderSlot,      // every holder slot of a shared arena is taken by a live process
 };
 
 constexpr const char* to_string(Status s) {
@@ -54,6 +56,13 @@ constexpr const char* to_string(Status s) {
     case Status::kNotReady: return "segment never finished initialising";
     case Status::kPeerDied: return "peer process died";
     case Status::kNotFound: return "not found";
+    case Status::kNotHolder:
+      return "this block belongs to another process (a Buffer inherited across fork() stays its "
+             "parent's: the child cannot send it, and releasing it there frees nothing)";
+    case Status::kNoHolderSlot:
+      return "all 128 process slots of this shared-memory arena are taken by live processes (at "
+             "most 128 processes can use one arena at once; close or exit processes that no longer "
+             "use it, or give another group of processes its own arena)";
   }
   return "unknown status";
 }

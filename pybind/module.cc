@@ -63,8 +63,19 @@ constexpr size_t kHandleFields = 5;
       if (is_corruption(s) || s == Status::kDoubleRelease) {
         raise_error("CorruptionError", std::string(to_string(s)) + ": " + context);
       }
-      raise_error("MemChannelError", std::string(to_string(s)) + ": " + context);
+      raise_error("MemChannelError", std::string(to_string(s)) + (context.empty() ? "" : ": " + context));
   }
+}
+
+// The reason a shm arena could not be created or attached, from what its backend (already
+// destroyed by the failed Arena::create / attach) recorded for this thread.
+std::string shm_reason(Status s) {
+  if (s == Status::kNoHolderSlot) return to_string(s);
+  const shm::Outcome o = shm::take_last_failure_in_thread();
+  if (o.ok()) return to_string(s);
+  std::string why = shm::to_string(o.status);
+  if (o.sys_errno != 0) why += std::string(" (errno ") + std::to_string(o.sys_errno) + ": " + std::strerror(o.sys_errno) + ")";
+  return why;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -192,7 +203,8 @@ struct Buffer {
     check_no_exports("release()");
     state = State::kReleased;
     const Status s = arena->release(block);
-    if (s != Status::kOk) raise_status(s, "releasing a Buffer");
+    // kNotHolder: inherited across fork(), the block is the parent's; this Buffer forgets it.
+    if (s != Status::kOk && s != Status::kNotHolder) raise_status(s, "releasing a Buffer");
   }
   py::tuple shape_tuple() const {
     py::tuple t(ndim);
@@ -470,12 +482,6 @@ struct PyArena {
   bool shared() const { return backend == "shm"; }
 };
 
-std::string shm_failure(const shm::ShmBackend& b, const std::string& what) {
-  std::string msg = what + " '" + b.base_name() + "': " + shm::to_string(b.last_shm_status());
-  if (b.last_errno() != 0) msg += std::string(" (") + std::strerror(b.last_errno()) + ")";
-  return msg;
-}
-
 std::shared_ptr<PyArena> make_arena(uint64_t capacity, const std::string& backend) {
   std::unique_ptr<MemoryBackend> mem;
   shm::ShmBackend* shm_backend = nullptr;
@@ -493,11 +499,15 @@ std::shared_ptr<PyArena> make_arena(uint64_t capacity, const std::string& backen
                           "(threads and interpreters of this process), got '" + backend + "'");
   }
   std::string name = shm_backend != nullptr ? shm_backend->base_name() : "";
+  shm::take_last_failure_in_thread();  // only this creation's failure names the reason
   auto created = Arena::create(std::move(mem), capacity, next_id());
   if (!created.ok()) {
     if (created.status == Status::kInvalidArgument) {
       throw py::value_error("arena capacity of " + std::to_string(capacity) +
                             " bytes is too small (needs at least 16 KiB)");
+    }
+    if (shm_backend != nullptr && created.status != Status::kOutOfCapacity) {
+      raise_error("MemChannelError", "creating a shm arena '" + name + "': " + shm_reason(created.status));
     }
     raise_status(created.status, "creating a " + backend + " arena");
   }
@@ -520,7 +530,7 @@ std::shared_ptr<Arena> open_shm_arena(const std::string& name) {
     raise_error("MemChannelError", "refusing to open shared-memory arena '" + name + "': " + why);
   }
   auto backend = shm::ShmBackend::for_existing(name);
-  shm::ShmBackend* raw = backend.get();
+  shm::take_last_failure_in_thread();
   auto attached = Arena::attach(std::move(backend), probe.value);
   if (!attached.ok()) {
     switch (attached.status) {
@@ -535,7 +545,7 @@ std::shared_ptr<Arena> open_shm_arena(const std::string& name) {
       case Status::kNotFound:
         raise_error("ChannelNotFound", "the shared-memory arena '" + name + "' is being torn down");
       default:
-        raise_error("MemChannelError", shm_failure(*raw, "cannot attach to arena") + ": " + to_string(attached.status));
+        raise_error("MemChannelError", "cannot attach to shared-memory arena '" + name + "': " + shm_reason(attached.status));
     }
   }
   register_arena(name, attached.value);
@@ -602,7 +612,11 @@ struct PyChannel {
   std::shared_ptr<Channel> channel;
   py::object buffer_type = current_buffer_type();  // of the interpreter that made this object
 
-  Channel& ch() { return *channel; }
+  Channel& ch() {
+    // A forked child's first use of a channel it inherited: take an attach of its own.
+    if (!channel->held_here()) channel->reattach_after_fork();
+    return *channel;
+  }
   WaitSpec wait_spec(bool block, const py::object& timeout) { return make_wait(block, timeout, arena->shared()); }
   template <typename Attempt>
   auto waiting(const WaitSpec& spec, Attempt&& attempt) {

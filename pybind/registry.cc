@@ -32,6 +32,11 @@ std::pair<uint64_t, uint64_t> key_of(const Channel& ch) {
 // give the child holder slots of its own in every shared-memory arena it inherited.
 void before_fork() { registry().mutex.lock(); }
 void after_fork_in_parent() { registry().mutex.unlock(); }
+// Channels the child inherited hold no attach of its own until it first uses one (the
+// bindings then call Channel::reattach_after_fork), so a child that never does (fork + exec)
+// takes nothing, and its exit or GC gives back exactly what it took, never the parent's
+// (Channel::detach compares fork generations). Buffers it inherited name the parent's holder:
+// Arena::release refuses them (kNotHolder).
 void after_fork_in_child() {
   registry().mutex.unlock();
   for (auto& [name, weak] : registry().arenas) {
@@ -63,17 +68,25 @@ std::shared_ptr<Arena> find_arena(const std::string& name) {
 }
 
 void detach_all() {
-  std::vector<std::shared_ptr<Channel>> unpinned;
+  std::vector<std::shared_ptr<Channel>> unpinned, inherited;
   std::vector<std::shared_ptr<Arena>> arenas;
   {
     std::lock_guard<std::mutex> lock(registry().mutex);
     for (auto& [key, ch] : registry().pinned) unpinned.push_back(std::move(ch));
     registry().pinned.clear();
+    // Shared channels a forked child inherited: give back the attach it took after fork, also
+    // when it leaves through os._exit (multiprocessing's fork children) and no destructor runs.
+    for (auto& [key, weak] : registry().channels) {
+      auto ch = weak.lock();
+      if (ch && ch->inherited() && ch->arena()->backend().tracks_holders()) inherited.push_back(std::move(ch));
+    }
     for (auto& [name, weak] : registry().arenas) {
       if (auto a = weak.lock()) arenas.push_back(std::move(a));
     }
   }
   unpinned.clear();  // channels only this process still used are drained and freed
+  for (auto& ch : inherited) ch->detach();
+  inherited.clear();
   for (auto& a : arenas) a->detach();
 }
 

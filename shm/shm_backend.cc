@@ -5,6 +5,7 @@
 #include <ctime>
 #include <map>
 #include <set>
+#include <utility>
 
 #include "shm/cleanup.h"
 #include "shm/liveness.h"
@@ -54,15 +55,28 @@ std::string ShmBackend::segment_name(uint32_t index) const {
   return index == 0 ? base_ : base_ + "." + std::to_string(index);
 }
 
+namespace {
+thread_local Outcome t_last_failure;
+}  // namespace
+
+Outcome take_last_failure_in_thread() { return std::exchange(t_last_failure, Outcome{}); }
+
 memchannel::Status ShmBackend::fail(Status s, int err) {
   last_status_ = s;
   last_errno_ = err;
+  t_last_failure = Outcome{s, err};
   return core_status(s);
 }
 
 memchannel::Result<uint8_t*> ShmBackend::create_segment(uint32_t index, uint64_t bytes) {
   if (index >= kMaxSegments) return {memchannel::Status::kInvalidArgument, nullptr};
   auto seg = Segment::create(segment_name(index), bytes, prefault_for(bytes));
+  if (!seg.ok() && seg.status == Status::kAlreadyExists && index > 0) {
+    // The arena's segment table gave this index to us alone (Arena::grow): a file already at
+    // its name is what a creator that died half way left (sized or not). Replace it.
+    Segment::unlink(segment_name(index));
+    seg = Segment::create(segment_name(index), bytes, prefault_for(bytes));
+  }
   if (!seg.ok()) return {fail(seg.status, seg.sys_errno), nullptr};
   std::lock_guard<std::mutex> lock(segments_mutex_);
   segments_[index] = std::move(seg.value);

@@ -62,6 +62,11 @@ class ShmBackend final : public MemoryBackend {
   int last_errno_ = 0;
 };
 
+// The shm-level reason and errno of the last failure of any ShmBackend in this thread since the
+// previous call (which it clears): an Arena::create or attach that fails destroys its backend,
+// so the caller asks here (take it once before the call to drop an older failure).
+Outcome take_last_failure_in_thread();
+
 // Removes the segments of arenas whose every holder is dead (or whose creator died before
 // finishing initialisation), and stray `<base>.<i>` segments whose base is gone. Returns the
 // names removed. Concurrency: any process; a live arena is never touched.

@@ -20,6 +20,9 @@ const char* to_string(Status status) noexcept {
     case Status::kNoSpace: return "not enough free space in /dev/shm";
     case Status::kPermissionDenied: return "permission denied";
     case Status::kOutOfMemory: return "out of memory";
+    case Status::kTooManyFiles:
+      return "too many open files (each shared-memory segment holds a file descriptor; raise the "
+             "limit with `ulimit -n` or resource.setrlimit(RLIMIT_NOFILE), or use fewer arenas)";
     case Status::kSystemError: return "system error";
   }
   return "unknown shm status";
@@ -37,6 +40,8 @@ Status status_from_errno(int err) noexcept {
     case EISDIR: return Status::kNotRegularFile;
     case ENAMETOOLONG: return Status::kInvalidName;
     case ENOMEM: return Status::kOutOfMemory;
+    case EMFILE:
+    case ENFILE: return Status::kTooManyFiles;
     default: return Status::kSystemError;
   }
 }

@@ -26,6 +26,7 @@ enum class Status : uint32_t {
   kNoSpace,           // /dev/shm (tmpfs) cannot hold the segment's pages
   kPermissionDenied,  // the OS refused access (EACCES / EPERM)
   kOutOfMemory,       // the process could not allocate bookkeeping memory
+  kTooManyFiles,      // EMFILE / ENFILE: the process's (or system's) open-file limit is reached
   kSystemError,       // any other system call failure; sys_errno says which
 };
 

@@ -25,3 +25,12 @@ def process_with_two_interpreters(ch, process_id, count):
         t.join()
     for w in workers:
         w.close()
+
+
+def fork_test_child(ch, back):
+    """test_fork: a multiprocessing child (fork or forkserver) that uses the parent's channels
+    and exits normally."""
+    ch.send(b"from the child")
+    got = back.recv(timeout=10)
+    assert bytes(got) == b"to the child", bytes(got)
+    got.release()
