@@ -180,6 +180,13 @@ def run(seconds: float, participants: int, kill_every: float, seed: int) -> dict
         time.sleep(0.1)
     final = arena.stats()
     census = arena.census()
+    # Messages lost: after every participant is dead and reaped and the parent has drained
+    # both channels, a block still Queued is a message nobody can ever receive (what a
+    # protocol window leaves behind), and a channel still counting queued messages is one
+    # whose count a death corrupted. Messages a killed receiver had already taken are not
+    # lost by the channel: they died with their receiver, as documented.
+    left_queued = {"work": work.stats()["queued"], "echo": echo.stats()["queued"]}
+    lost = census["queued"] + sum(left_queued.values())
     rss_end = _rss_bytes()
     rss_warm = rss_warm or samples[0]["rss"]
     work.close()
@@ -194,6 +201,7 @@ def run(seconds: float, participants: int, kill_every: float, seed: int) -> dict
         "no corruption counted": final["corruption_count"] == 0,
         "census: free lists consistent, nothing reserved/received": (
             census["free_lists_consistent"] and census["reserved"] == 0 and census["received"] == 0),
+        "messages lost (blocks left queued after the drain, channel counts) == 0": lost == 0,
         "/dev/shm entries back to baseline": shm_after == shm_before,
         "parent RSS grew < 5 % after warm-up": rss_end < rss_warm * 1.05,
     }
@@ -204,6 +212,7 @@ def run(seconds: float, participants: int, kill_every: float, seed: int) -> dict
         "final": {k: final[k] for k in ("blocks_in_use", "bytes_in_use", "reclaimed_blocks",
                                          "corruption_count")},
         "census": census, "rss_warm": rss_warm, "rss_end": rss_end,
+        "messages_lost": lost, "left_queued": left_queued,
         "shm_before": shm_before, "shm_after": shm_after,
         "checks": checks, "samples": samples,
     }
@@ -223,8 +232,8 @@ def main(argv=None) -> int:
             json.dump(result, f, indent=1)
     print(f"\nsoak: {result['seconds']:.0f} s, {result['kills']} kills, parent sent "
           f"{result['parent_sent']} / received {result['parent_received']}, reclaimed "
-          f"{result['final']['reclaimed_blocks']} blocks, RSS {result['rss_warm'] / 2**20:.1f} -> "
-          f"{result['rss_end'] / 2**20:.1f} MiB")
+          f"{result['final']['reclaimed_blocks']} blocks, messages lost {result['messages_lost']}, "
+          f"RSS {result['rss_warm'] / 2**20:.1f} -> {result['rss_end'] / 2**20:.1f} MiB")
     for name, ok in result["checks"].items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
     if not all(result["checks"].values()):
