@@ -30,6 +30,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/arena.h"
@@ -332,6 +333,62 @@ TEST(CrashPoints, EveryPointLeavesAConsistentArena) {
   }
   EXPECT_EQ(reached.size(), kCrashPointCount) << "crash points no workload reached:" << missing;
   for (const auto& [w, n] : runs) std::printf("workload %s: %d crash runs\n", w.c_str(), n);
+}
+
+// The soak's leak (docs/design.md, Known weak points): a receiver killed between claiming a
+// node and marking its block kReceived, while other receivers go on. They move the head onto
+// the claimed node and past it, and free it as an old dummy, before anyone reaps the dead
+// receiver. The message must still be accounted for: after the reap no block is left kQueued
+// with nothing naming it (the checker's orphan_messages), and the arena comes back to empty.
+TEST(CrashPoints, ReceiverKilledAfterClaimWhileOthersReceive) {
+  if (!kCrashHooksCompiled) GTEST_SKIP() << "built without MEMCHANNEL_TEST_HOOKS";
+  auto created = Arena::create(ShmFactory::make(), 8 * kMiB, 13);
+  ASSERT_EQ(created.status, Status::kOk);
+  std::shared_ptr<Arena> arena = created.value;
+  auto ch = Channel::create(arena, 0, 0, 14).value;
+  ASSERT_NE(ch, nullptr);
+  constexpr uint64_t kMessages = 64;
+  for (uint64_t i = 0; i < kMessages; ++i) ASSERT_EQ(send_seq(*ch, seq(kParent, i), 100), Status::kOk);
+
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    arena->reattach_after_fork();
+    if (arena->holder() == 0) ::_exit(5);
+    g_target.store(static_cast<uint32_t>(CrashPoint::kRecvClaimed));
+    g_hits_left.store(1);
+    set_crash_hook(&kill_at_target);
+    (void)recv_seq(*ch);
+    ::_exit(kNotReached);
+  }
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(pid, &wstatus, 0), pid);
+  ASSERT_TRUE(WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL) << "status " << wstatus;
+
+  // Two receivers drain the rest: the head passes the dead receiver's node and frees it.
+  std::atomic<uint64_t> got{0};
+  std::vector<std::thread> receivers;
+  for (int t = 0; t < 2; ++t) {
+    receivers.emplace_back([&] {
+      for (;;) {
+        auto r = recv_seq(*ch);
+        if (r.status == Status::kEmpty) return;
+        if (r.ok()) got.fetch_add(1);
+      }
+    });
+  }
+  for (std::thread& t : receivers) t.join();
+  EXPECT_EQ(got.load(), kMessages - 1) << "only the dead receiver's message may be missing";
+  EXPECT_EQ(arena->census().nodes_claimed, 1u) << "the head is the last node";
+
+  arena->reap_dead_holders();
+  const InvariantReport r = check_invariants(*arena);
+  EXPECT_EQ(r.orphan_messages, 0u) << r.describe();
+  EXPECT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(arena->census().queued, 0u);
+  EXPECT_EQ(arena->stats().blocks_in_use, 0u) << "the dead receiver's block did not come back";
+  // Traffic still flows.
+  ASSERT_EQ(send_seq(*ch, seq(kParent, 1000), 100), Status::kOk);
+  EXPECT_EQ(recv_seq(*ch).value, seq(kParent, 1000));
 }
 
 // The checker itself catches what it claims to (a checker that finds nothing proves nothing).
