@@ -68,6 +68,7 @@ const char* to_string(CrashPoint p) {
     case CrashPoint::kRecvClaimed: return "recv_claimed";
     case CrashPoint::kRecvTaken: return "recv_taken";
     case CrashPoint::kRecvHeadAdvanced: return "recv_head_advanced";
+    case CrashPoint::kRecvTransferred: return "recv_transferred";
     case CrashPoint::kRecvOldHeadFreed: return "recv_old_head_freed";
     case CrashPoint::kCount: break;
   }
@@ -282,8 +283,8 @@ uint64_t Arena::reclaim_holder(uint32_t holder_id) {
     }
     const uint32_t word = c.block->state.load(std::memory_order_acquire);
     const BlockState kind = state_kind(word);
-    if (state_holder(word) != holder_id ||
-        (kind != kBlockReserved && kind != kBlockReceived && kind != kBlockSending)) {
+    if (state_holder(word) != holder_id || (kind != kBlockReserved && kind != kBlockReceived &&
+                                            kind != kBlockSending && kind != kBlockTransferred)) {
       return;
     }
     if (reclaim_block(offset_to_ref(c.offset), word) == Status::kOk) ++freed;
@@ -342,6 +343,7 @@ ArenaCensus Arena::census() {
       case kBlockQueued: ++c.queued; break;
       case kBlockReceived: ++c.received; break;
       case kBlockSending: ++c.sending; break;
+      case kBlockTransferred: ++c.transferred; break;
     }
   }, &c.bad_cells);
   // Every block on a free list must be free, of the list's class, and listed once (a quiescent
@@ -858,7 +860,10 @@ Status Arena::mark_received(BlockHandle h) {
   uint32_t word = hdr->state.load(std::memory_order_acquire);
   for (;;) {
     const BlockState kind = state_kind(word);
-    if (state_generation(word) != h.generation || (kind != kBlockQueued && kind != kBlockSending) ||
+    // kTransferred to us: the node we claimed was freed (as an old dummy) before we got here,
+    // and the party that freed it handed the message to us (Channel::advance).
+    const bool ours = kind == kBlockTransferred && state_holder(word) == holder_;
+    if (state_generation(word) != h.generation || (kind != kBlockQueued && kind != kBlockSending && !ours) ||
         (hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) {
       note_corruption();  // a forged or duplicated descriptor: not a message queued as this one
       return Status::kCorruptedState;
@@ -867,6 +872,23 @@ Status Arena::mark_received(BlockHandle h) {
     if (hdr->state.compare_exchange_weak(word, make_state(h.generation, holder_, kBlockReceived),
                                          std::memory_order_acq_rel, std::memory_order_acquire)) {
       return Status::kOk;
+    }
+  }
+}
+
+bool Arena::transfer_message(BlockHandle message, uint32_t claimer) {
+  BlockHeader* hdr = block_cell(message.ref);
+  if (hdr == nullptr) return false;
+  uint32_t word = hdr->state.load(std::memory_order_acquire);
+  for (;;) {
+    const BlockState kind = state_kind(word);
+    if (state_generation(word) != message.generation || (kind != kBlockQueued && kind != kBlockSending) ||
+        (hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) {
+      return false;  // taken by its claimer, freed by a reclaimer, or recycled: not ours to move
+    }
+    if (hdr->state.compare_exchange_weak(word, make_state(message.generation, claimer, kBlockTransferred),
+                                         std::memory_order_acq_rel, std::memory_order_acquire)) {
+      return true;
     }
   }
 }

@@ -61,7 +61,7 @@
 namespace memchannel {
 
 inline constexpr uint64_t kArenaMagic = 0x314e524148434d4dull;  // "MMCHARN1"
-inline constexpr uint32_t kArenaLayoutVersion = 3;  // 2: node states, kBlockSending, carving; 3: striped counters
+inline constexpr uint32_t kArenaLayoutVersion = 4;  // 2: node states, kBlockSending, carving; 3: striped counters; 4: kBlockTransferred
 inline constexpr uint32_t kArenaReady = 0x52454459u;            // "REDY"
 inline constexpr uint64_t kSegmentCreating = ~0ull;
 inline constexpr uint32_t kNodeMagic = 0x4d434e44u;             // "MCND"
@@ -101,6 +101,8 @@ enum class CrashPoint : uint32_t {
   kRecvClaimed,         // the first message node is kNodeClaimed; count and bytes decremented
   kRecvTaken,           // its block is kReceived by this holder
   kRecvHeadAdvanced,    // the head names the claimed node; the old dummy not yet freed
+  kRecvTransferred,     // the old dummy's message, not yet taken by its claimer, is kTransferred
+                        // to that claimer; the old dummy not yet freed
   kRecvOldHeadFreed,    // the old dummy is free
   kCount
 };
@@ -285,6 +287,7 @@ struct ArenaCensus {
   uint64_t bad_cells = 0;        // cells with an unknown magic before the carve end
   bool free_lists_consistent = true;  // every listed block is free and listed once
   uint64_t sending = 0;          // blocks kSending
+  uint64_t transferred = 0;      // blocks kTransferred (claimed messages their claimer has not taken)
   uint64_t carving_cells = 0;    // cells whose carver has not finished (or died)
   uint64_t nodes_free = 0, nodes_held = 0, nodes_linked = 0, nodes_claimed = 0;
   uint64_t nodes_free_listed = 0;     // nodes reachable from the node free list
@@ -337,8 +340,13 @@ class Arena {
   // Payload pointer of a block the caller holds (validated; nullptr on corruption).
   uint8_t* payload(BlockHandle h, uint64_t* length_out = nullptr);
 
-  // Used by Channel: kQueued or kSending with h's generation -> kReceived by this holder.
+  // Used by Channel: kQueued or kSending with h's generation, or kTransferred to this holder
+  // at that generation -> kReceived by this holder.
   Status mark_received(BlockHandle h);
+  // Used by Channel when it frees an old dummy whose claimer `claimer` may not have taken the
+  // message yet: kQueued or kSending with the message's generation -> kTransferred(claimer).
+  // False when the state is anything else (taken, reclaimed, recycled): nothing to do.
+  bool transfer_message(BlockHandle message, uint32_t claimer);
   // The send protocol (Channel::send): a block this process holds alone (kReserved or
   // kReceived, refcount 1, not an arena cell) -> kSending(generation + 1, this holder).
   // *previous receives the word abort_send restores; the message's handle is

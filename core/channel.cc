@@ -30,6 +30,17 @@ constexpr uint64_t kMaxTailHelps = 1u << 12;
 // Walks a repair or a recount retries while receivers keep moving the head.
 constexpr int kRepairAttempts = 16;
 
+// The node whose message this thread took last (its ref and its state word as claimed). When
+// the same thread later frees that node as an old dummy (one receiver: always), it knows the
+// block is kReceived already and does not touch the block header, which a sender on another
+// core may be reusing by then. A thread-local of trivial type: no guard, no sharing.
+struct LastTaken {
+  const void* channel;
+  BlockRef node;
+  uint64_t state;
+};
+thread_local LastTaken t_last_taken{nullptr, 0, 0};
+
 void saturating_sub(std::atomic<uint64_t>& counter, uint64_t n) {
   uint64_t cur = counter.load(std::memory_order_relaxed);
   while (!counter.compare_exchange_weak(cur, cur > n ? cur - n : 0, std::memory_order_relaxed)) {
@@ -292,8 +303,29 @@ void Channel::advance(uint64_t head, QueueNode* first, uint64_t head_state, Bloc
   if (header_->head.compare_exchange_strong(expected, make_tagged(tagged_tag(head) + 1, next),
                                             std::memory_order_acq_rel, std::memory_order_relaxed)) {
     MEMCHANNEL_CRASH_POINT(kRecvHeadAdvanced);
+    const BlockRef first_ref = tagged_ref(head);
+    const uint32_t claimer = node_holder(head_state);
+    const LastTaken& mine = t_last_taken;
+    if (claimer != 0 && !(mine.node == first_ref && mine.state == head_state && mine.channel == header_)) {
+      // The old dummy is a message node claimed by `claimer` (holder 0: a dummy made as one, or
+      // an untracked holder that cannot die apart from us). Its claimer may not have taken the
+      // block yet: it is slow, or it was killed between its claim and mark_received. Freeing
+      // the node would then leave the block kQueued with nothing naming it (the soak's leak),
+      // so the message goes to the claimer first: kQueued/kSending at the node's generation ->
+      // kTransferred(claimer). The claimer's mark_received takes it from there, or the
+      // reclaimer of the claimer frees it as a block the claimer held. A reclaimer that freed
+      // the block first makes the CAS fail (the state moved on); so does the claimer's own
+      // mark_received. The descriptor is read while the state still names this incarnation.
+      const BlockHandle message{first->block.load(std::memory_order_relaxed),
+                                first->generation.load(std::memory_order_relaxed)};
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (message.ref != 0 && first->state.load(std::memory_order_relaxed) == head_state &&
+          arena_->transfer_message(message, claimer)) {
+        MEMCHANNEL_CRASH_POINT(kRecvTransferred);
+      }
+    }
     // Refused only if a crash reclaimer freed this old dummy first (recover_queues).
-    arena_->free_node_at(first, tagged_ref(head), head_state, /*count_refusal=*/false);
+    arena_->free_node_at(first, first_ref, head_state, /*count_refusal=*/false);
     MEMCHANNEL_CRASH_POINT(kRecvOldHeadFreed);
   }
 }
@@ -369,6 +401,7 @@ Result<BlockHandle> Channel::try_dequeue(bool* empty) {
     if (maxsize_ != 0 || maxbytes_ != 0) notify_all(header_->not_full);
     MEMCHANNEL_CRASH_POINT(kRecvClaimed);
     const Status taken = arena_->mark_received(block);
+    if (taken == Status::kOk) t_last_taken = {header_, next_ref, claimed};
     MEMCHANNEL_CRASH_POINT(kRecvTaken);
     advance(head, first, head_state, next_ref);
     if (taken != Status::kOk) continue;  // a forged descriptor: counted by the arena; serve the next
