@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <thread>
 #include <vector>
@@ -76,7 +77,25 @@ const char* to_string(CrashPoint p) {
 }
 
 Arena::Arena(std::unique_ptr<MemoryBackend> backend, ArenaHeader* header, uint64_t capacity)
-    : backend_(std::move(backend)), header_(header), capacity_(capacity) {}
+    : backend_(std::move(backend)), header_(header), capacity_(capacity),
+      sweeps_(backend_->tracks_holders()) {}
+
+void Arena::set_sweep_interval(int64_t ns) {
+  sweep_interval_ns_.store(ns, std::memory_order_relaxed);
+  next_sweep_ns_.store(ns < 0 ? std::numeric_limits<int64_t>::max() : coarse_now_ns() + ns, std::memory_order_relaxed);
+}
+
+void Arena::sweep_slow() {
+  const int64_t interval = sweep_interval_ns_.load(std::memory_order_relaxed);
+  if (interval < 0 || detached_.load(std::memory_order_acquire)) return;
+  const int64_t now = coarse_now_ns();
+  int64_t due = next_sweep_ns_.load(std::memory_order_relaxed);
+  // One thread per interval: the one that moves the due time on sweeps.
+  if (now < due || !next_sweep_ns_.compare_exchange_strong(due, now + interval, std::memory_order_relaxed)) {
+    return;
+  }
+  reap_dead_holders();
+}
 
 Arena::~Arena() { detach(); }
 
@@ -689,6 +708,7 @@ Result<BlockRef> Arena::take_free_block(uint32_t cls, uint32_t* generation, Bloc
 }
 
 Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout& layout) {
+  maybe_reap();
   const bool plain = is_plain_bytes(layout);
   if (!plain && (layout.ndim > kMaxNdim || layout.format.empty() ||
                  layout.format.size() > kMaxFormatLen || layout.itemsize == 0)) {
@@ -1177,7 +1197,12 @@ uint32_t Arena::thread_stripe() {
   return mine;
 }
 
-ArenaStats Arena::stats() const {
+ArenaStats Arena::stats() {
+  maybe_reap();
+  return counters();
+}
+
+ArenaStats Arena::counters() const {
   const ArenaCounters& c = header_->counters;
   // Sums of the stripes; a transiently negative sum (a free counted before its allocation was
   // read) reads as 0.

@@ -46,6 +46,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <ctime>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -129,6 +130,9 @@ inline void set_crash_hook(CrashHook) {}
 
 // Processes that may hold blocks. Holder id = slot index + 1 (0 = untracked, heap backend).
 inline constexpr uint32_t kMaxHolders = 128;
+// Prompt reclamation (Arena::maybe_reap): a process sweeps its arena's holder slots for dead
+// peers at most this often, from its ordinary calls.
+inline constexpr int64_t kSweepIntervalNs = 250'000'000;
 enum HolderSlotState : uint32_t { kSlotFree = 0, kSlotClaiming = 1, kSlotActive = 2, kSlotReclaiming = 3 };
 
 struct alignas(kCacheLine) HolderSlot {
@@ -410,11 +414,32 @@ class Arena {
   bool complete_send(BlockRef ref, uint32_t expected);
   // Whether holder id `holder` names a live process (always true for untracked holders).
   bool holder_alive(uint32_t holder);
+  // Prompt reclamation: if this process has not swept this arena for dead holders in the last
+  // sweep interval (kSweepIntervalNs), do it now (reap_dead_holders). Called by every entry
+  // point of the core (allocate, Channel::send/recv/allocate and their waits, stats), so what a
+  // dead peer held comes back within about one interval of any call by any survivor, with no
+  // allocation pressure and no explicit reap. The common case is one coarse clock read (vDSO,
+  // no system call) and one process-local load; a sweep costs one liveness check per attached
+  // peer, and the full reclamation of a dead one happens once, by whoever claims its slot.
+  // Concurrency: any thread; one thread of the process sweeps at a time.
+  void maybe_reap() {
+    if (!sweeps_) return;
+    if (coarse_now_ns() < next_sweep_ns_.load(std::memory_order_relaxed)) return;
+    sweep_slow();
+  }
+  // Sets the sweep interval of this process's view (negative: never sweep; tests that need a
+  // dead holder to stay unreaped until they reap it). Inherited by fork() children.
+  void set_sweep_interval(int64_t ns);
+  bool sweeps() const { return sweeps_; }
+  int64_t sweep_interval() const { return sweep_interval_ns_.load(std::memory_order_relaxed); }
 
   void note_corruption() { header_->counters.corruption_count.fetch_add(1, std::memory_order_relaxed); }
   void add_bytes_copied(uint64_t n) { stripe().bytes_copied.fetch_add(n, std::memory_order_relaxed); }
   EventCount& space() { return header_->space; }
-  ArenaStats stats() const;
+  // The counters, after a sweep for dead holders if one is due (maybe_reap).
+  ArenaStats stats();
+  // The counters as they are (no sweep): for checkers and tools that must not write.
+  ArenaStats counters() const;
   uint64_t capacity() const { return capacity_; }
   uint64_t arena_id() const { return header_->arena_id; }
   uint64_t max_payload() const;
@@ -470,6 +495,16 @@ class Arena {
   const uint64_t capacity_;                                   // private copy, bounds growth
   uint32_t holder_ = 0;                                       // our slot + 1; 0 = untracked
   std::atomic<bool> detached_{false};
+  // Prompt reclamation (maybe_reap): this process's next sweep time and interval.
+  bool sweeps_ = false;                                       // the backend tracks holders
+  std::atomic<int64_t> next_sweep_ns_{0};
+  std::atomic<int64_t> sweep_interval_ns_{kSweepIntervalNs};
+  void sweep_slow();
+  static int64_t coarse_now_ns() {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  }
   std::array<std::atomic<uint8_t*>, kMaxSegments> bases_{};   // this process's mappings
   std::array<std::atomic<uint64_t>, kMaxSegments> sizes_{};   // private sizes, bound every access
   std::mutex map_mutex_;                                      // serialises lazy mapping (rare)

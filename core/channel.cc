@@ -1,5 +1,6 @@
 #include "core/channel.h"
 
+#include <algorithm>
 #include <new>
 #include <unordered_map>
 #include <unordered_set>
@@ -44,6 +45,34 @@ thread_local LastTaken t_last_taken{nullptr, 0, 0};
 void saturating_sub(std::atomic<uint64_t>& counter, uint64_t n) {
   uint64_t cur = counter.load(std::memory_order_relaxed);
   while (!counter.compare_exchange_weak(cur, cur > n ? cur - n : 0, std::memory_order_relaxed)) {
+  }
+}
+
+// wait_until, and on a backend with holders a wake-up at least every sweep interval to reclaim
+// dead peers (a wait in progress counts as a call: Arena::maybe_reap). The caller's own slice,
+// or a signal, still ends the wait with kInterrupted. The common case (ready at once, or a
+// non-blocking call) costs nothing more than wait_until.
+template <typename Ready>
+Status wait_sweeping(Arena& arena, EventCount& ec, const WaitSpec& spec, Ready&& ready) {
+  const int64_t interval = arena.sweep_interval();
+  if (!arena.sweeps() || interval <= 0 || spec.slice_ns <= interval || spec.deadline_ns == 0) {
+    return wait_until(ec, spec, ready);
+  }
+  if (ready()) return Status::kOk;
+  const int64_t start = monotonic_ns();
+  const int64_t caller_slice_end =
+      spec.slice_ns == WaitSpec::kForever ? WaitSpec::kForever : start + spec.slice_ns;
+  WaitSpec w = spec;
+  w.slice_ns = interval;
+  for (;;) {
+    const int64_t begun = monotonic_ns();
+    const Status s = wait_until(ec, w, ready);
+    if (s != Status::kInterrupted) return s;
+    const int64_t now = monotonic_ns();
+    if (now < begun + w.slice_ns || now >= caller_slice_end) return s;  // a signal, or the caller's slice
+    arena.maybe_reap();
+    w.spin_ns = 0;  // spun already
+    if (caller_slice_end != WaitSpec::kForever) w.slice_ns = std::min(interval, caller_slice_end - now);
   }
 }
 
@@ -530,7 +559,7 @@ void Channel::recount() {
 Result<BlockHandle> Channel::allocate(uint64_t payload_bytes, const PayloadLayout& layout,
                                       const WaitSpec& wait) {
   Result<BlockHandle> got;
-  const Status s = wait_until(arena_->space(), wait, [&] {
+  const Status s = wait_sweeping(*arena_, arena_->space(), wait, [&] {
     got = arena_->allocate(payload_bytes, layout);
     return got.status != Status::kOutOfCapacity || closed();
   });
@@ -540,12 +569,13 @@ Result<BlockHandle> Channel::allocate(uint64_t payload_bytes, const PayloadLayou
 }
 
 Status Channel::send(BlockHandle block, const WaitSpec& wait) {
+  arena_->maybe_reap();
   const auto held = arena_->held_length(block);
   if (!held.ok()) return held.status;
   const uint64_t length = held.value;
   // A queue node first: if the arena is full we wait for space before taking a slot.
   Result<BlockRef> node;
-  Status s = wait_until(arena_->space(), wait, [&] {
+  Status s = wait_sweeping(*arena_, arena_->space(), wait, [&] {
     node = arena_->allocate_node();
     return node.status != Status::kOutOfCapacity || closed();
   });
@@ -564,7 +594,7 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
   MEMCHANNEL_CRASH_POINT(kSendNodeAllocated);
 
   Admit admit = Admit::kFull;
-  s = wait_until(header_->not_full, wait, [&] {
+  s = wait_sweeping(*arena_, header_->not_full, wait, [&] {
     admit = try_admit(length);
     return admit != Admit::kFull;
   });
@@ -602,9 +632,10 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
 }
 
 Result<BlockHandle> Channel::recv(const WaitSpec& wait) {
+  arena_->maybe_reap();
   Result<BlockHandle> got;
   bool drained = false;
-  const Status s = wait_until(header_->not_empty, wait, [&] {
+  const Status s = wait_sweeping(*arena_, header_->not_empty, wait, [&] {
     bool empty = false;
     got = try_dequeue(&empty);
     if (got.ok() || !empty) return true;
@@ -633,6 +664,7 @@ uint64_t Channel::queued() const {
 }
 
 ChannelStats Channel::stats() const {
+  arena_->maybe_reap();
   ChannelStats s{};
   const uint64_t c = header_->count.load(std::memory_order_acquire);
   s.queued = c & ~kClosedBit;

@@ -258,7 +258,7 @@ InvariantReport check_invariants(Arena& arena) {
   }
 
   // 5. The arena's counters against the cells.
-  const ArenaStats st = arena.stats();
+  const ArenaStats st = arena.counters();
   if (st.blocks_in_use != blocks_in_use || st.bytes_in_use != bytes_in_use ||
       st.nodes_in_use != nodes_in_use) {
     note(r, r.counter_mismatches, "counters say ", st.blocks_in_use, " blocks / ", st.bytes_in_use,

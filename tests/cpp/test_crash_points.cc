@@ -126,6 +126,8 @@ struct Setup {
 // Forks a receiver that is killed right after claiming the first message (kOrphan); nobody
 // reaps it before the child under test runs.
 void kill_a_claiming_receiver(Setup& s) {
+  // No process may sweep it up early (Arena::maybe_reap): the child must meet its node.
+  s.arena->set_sweep_interval(-1);
   const pid_t pid = ::fork();
   if (pid == 0) {
     s.arena->reattach_after_fork();
@@ -372,6 +374,7 @@ TEST(CrashPoints, ReceiverKilledAfterClaimWhileOthersReceive) {
   std::shared_ptr<Arena> arena = created.value;
   auto ch = Channel::create(arena, 0, 0, 14).value;
   ASSERT_NE(ch, nullptr);
+  arena->set_sweep_interval(-1);  // the dead receiver stays unreaped until we reap it below
   constexpr uint64_t kMessages = 64;
   for (uint64_t i = 0; i < kMessages; ++i) ASSERT_EQ(send_seq(*ch, seq(kParent, i), 100), Status::kOk);
 
@@ -476,6 +479,7 @@ TEST(CrashPoints, ReceiversKilledAtTheirClaimsUnderConcurrentTraffic) {
   std::shared_ptr<Arena> arena = created.value;
   auto ch = Channel::create(arena, 0, 0, 18).value;
   ASSERT_NE(ch, nullptr);
+  arena->set_sweep_interval(-1);  // the dead stay unreaped until the end, as in the soak's window
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> sent{0}, received{0};
   std::thread sender([&] {
