@@ -50,15 +50,13 @@ void saturating_sub(std::atomic<uint64_t>& counter, uint64_t n) {
 
 // wait_until, and on a backend with holders a wake-up at least every sweep interval to reclaim
 // dead peers (a wait in progress counts as a call: Arena::maybe_reap). The caller's own slice,
-// or a signal, still ends the wait with kInterrupted. The common case (ready at once, or a
-// non-blocking call) costs nothing more than wait_until.
+// or a signal, still ends the wait with kInterrupted. The first attempt is inline; the waiting
+// is out of line, so a call that succeeds at once costs what it did before.
 template <typename Ready>
-Status wait_sweeping(Arena& arena, EventCount& ec, const WaitSpec& spec, Ready&& ready) {
+[[gnu::noinline]] Status wait_sweeping_slow(Arena& arena, EventCount& ec, const WaitSpec& spec, Ready& ready) {
+  if (spec.deadline_ns == 0) return Status::kTimedOut;  // non-blocking: ready() just said no
   const int64_t interval = arena.sweep_interval();
-  if (!arena.sweeps() || interval <= 0 || spec.slice_ns <= interval || spec.deadline_ns == 0) {
-    return wait_until(ec, spec, ready);
-  }
-  if (ready()) return Status::kOk;
+  if (!arena.sweeps() || interval <= 0 || spec.slice_ns <= interval) return wait_until(ec, spec, ready);
   const int64_t start = monotonic_ns();
   const int64_t caller_slice_end =
       spec.slice_ns == WaitSpec::kForever ? WaitSpec::kForever : start + spec.slice_ns;
@@ -74,6 +72,12 @@ Status wait_sweeping(Arena& arena, EventCount& ec, const WaitSpec& spec, Ready&&
     w.spin_ns = 0;  // spun already
     if (caller_slice_end != WaitSpec::kForever) w.slice_ns = std::min(interval, caller_slice_end - now);
   }
+}
+
+template <typename Ready>
+inline Status wait_sweeping(Arena& arena, EventCount& ec, const WaitSpec& spec, Ready&& ready) {
+  if (ready()) return Status::kOk;
+  return wait_sweeping_slow(arena, ec, spec, ready);
 }
 
 // Flow-control statuses as the API reports them: a wait that ran out means full / empty.
@@ -430,9 +434,9 @@ Result<BlockHandle> Channel::try_dequeue(bool* empty) {
     if (maxsize_ != 0 || maxbytes_ != 0) notify_all(header_->not_full);
     MEMCHANNEL_CRASH_POINT(kRecvClaimed);
     const Status taken = arena_->mark_received(block);
-    if (taken == Status::kOk) t_last_taken = {header_, next_ref, claimed};
     MEMCHANNEL_CRASH_POINT(kRecvTaken);
-    advance(head, first, head_state, next_ref);
+    advance(head, first, head_state, next_ref);  // frees `first`, most often the node taken last
+    if (taken == Status::kOk && node_holder(claimed) != 0) t_last_taken = {header_, next_ref, claimed};
     if (taken != Status::kOk) continue;  // a forged descriptor: counted by the arena; serve the next
     header_->received.fetch_add(1, std::memory_order_relaxed);
     return {Status::kOk, block};
