@@ -569,6 +569,18 @@ TEST(CrashPoints, InvariantCheckerCatchesPlantedFaults) {
     EXPECT_EQ(r.orphan_messages, 1u) << r.describe();
   }
   first->generation.store(gen);
+  // A message handed to a claimer that is not alive (holder 100 names no slot in use): held by
+  // the dead, and its queue entry no longer names a queued message.
+  {
+    BlockHeader* b = block_header(*arena, first->block.load());
+    const uint32_t word = b->state.load();
+    b->state.store(make_state(state_generation(word), 100, kBlockTransferred));
+    const InvariantReport r = check_invariants(*arena);
+    EXPECT_EQ(r.dead_held_blocks, 1u) << r.describe();
+    EXPECT_EQ(r.stale_entries, 1u) << r.describe();
+    EXPECT_EQ(r.transferred, 1u) << r.describe();
+    b->state.store(word);
+  }
   // A tail off the queue.
   const uint64_t tail = h->tail.load();
   auto stray = arena->allocate_node();
