@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <pthread.h>
 #include <thread>
@@ -74,6 +75,7 @@ const char* to_string(CrashPoint p) {
     case CrashPoint::kRecvClaimed: return "recv_claimed";
     case CrashPoint::kRecvTaken: return "recv_taken";
     case CrashPoint::kRecvHeadAdvanced: return "recv_head_advanced";
+    case CrashPoint::kRecvTransferred: return "recv_transferred";
     case CrashPoint::kRecvOldHeadFreed: return "recv_old_head_freed";
     case CrashPoint::kGrowSegmentClaimed: return "grow_segment_claimed";
     case CrashPoint::kGrowSegmentCreated: return "grow_segment_created";
@@ -83,7 +85,25 @@ const char* to_string(CrashPoint p) {
 }
 
 Arena::Arena(std::unique_ptr<MemoryBackend> backend, ArenaHeader* header, uint64_t capacity)
-    : backend_(std::move(backend)), header_(header), capacity_(capacity) {}
+    : backend_(std::move(backend)), header_(header), capacity_(capacity),
+      sweeps_(backend_->tracks_holders()) {}
+
+void Arena::set_sweep_interval(int64_t ns) {
+  sweep_interval_ns_.store(ns, std::memory_order_relaxed);
+  next_sweep_ns_.store(ns < 0 ? std::numeric_limits<int64_t>::max() : coarse_now_ns() + ns, std::memory_order_relaxed);
+}
+
+void Arena::sweep_slow() {
+  const int64_t interval = sweep_interval_ns_.load(std::memory_order_relaxed);
+  if (interval < 0 || detached_.load(std::memory_order_acquire)) return;
+  const int64_t now = coarse_now_ns();
+  int64_t due = next_sweep_ns_.load(std::memory_order_relaxed);
+  // One thread per interval: the one that moves the due time on sweeps.
+  if (now < due || !next_sweep_ns_.compare_exchange_strong(due, now + interval, std::memory_order_relaxed)) {
+    return;
+  }
+  reap_dead_holders();
+}
 
 Arena::~Arena() { detach(); }
 
@@ -319,8 +339,8 @@ uint64_t Arena::reclaim_holder(uint32_t holder_id) {
     }
     const uint32_t word = c.block->state.load(std::memory_order_acquire);
     const BlockState kind = state_kind(word);
-    if (state_holder(word) != holder_id ||
-        (kind != kBlockReserved && kind != kBlockReceived && kind != kBlockSending)) {
+    if (state_holder(word) != holder_id || (kind != kBlockReserved && kind != kBlockReceived &&
+                                            kind != kBlockSending && kind != kBlockTransferred)) {
       return;
     }
     if (reclaim_block(offset_to_ref(c.offset), word) == Status::kOk) ++freed;
@@ -379,6 +399,7 @@ ArenaCensus Arena::census() {
       case kBlockQueued: ++c.queued; break;
       case kBlockReceived: ++c.received; break;
       case kBlockSending: ++c.sending; break;
+      case kBlockTransferred: ++c.transferred; break;
     }
   }, &c.bad_cells);
   // Every block on a free list must be free, of the list's class, and listed once (a quiescent
@@ -753,6 +774,7 @@ Result<BlockRef> Arena::take_free_block(uint32_t cls, uint32_t* generation, Bloc
 
 Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout& layout,
                                     int64_t creator_wait_ns) {
+  maybe_reap();
   const bool plain = is_plain_bytes(layout);
   if (!plain && (layout.ndim > kMaxNdim || layout.format.empty() ||
                  layout.format.size() > kMaxFormatLen || layout.itemsize == 0)) {
@@ -927,7 +949,10 @@ Status Arena::mark_received(BlockHandle h) {
   uint32_t word = hdr->state.load(std::memory_order_acquire);
   for (;;) {
     const BlockState kind = state_kind(word);
-    if (state_generation(word) != h.generation || (kind != kBlockQueued && kind != kBlockSending) ||
+    // kTransferred to us: the node we claimed was freed (as an old dummy) before we got here,
+    // and the party that freed it handed the message to us (Channel::advance).
+    const bool ours = kind == kBlockTransferred && state_holder(word) == holder_;
+    if (state_generation(word) != h.generation || (kind != kBlockQueued && kind != kBlockSending && !ours) ||
         (hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) {
       note_corruption();  // a forged or duplicated descriptor: not a message queued as this one
       return Status::kCorruptedState;
@@ -936,6 +961,23 @@ Status Arena::mark_received(BlockHandle h) {
     if (hdr->state.compare_exchange_weak(word, make_state(h.generation, holder_, kBlockReceived),
                                          std::memory_order_acq_rel, std::memory_order_acquire)) {
       return Status::kOk;
+    }
+  }
+}
+
+bool Arena::transfer_message(BlockHandle message, uint32_t claimer) {
+  BlockHeader* hdr = block_cell(message.ref);
+  if (hdr == nullptr) return false;
+  uint32_t word = hdr->state.load(std::memory_order_acquire);
+  for (;;) {
+    const BlockState kind = state_kind(word);
+    if (state_generation(word) != message.generation || (kind != kBlockQueued && kind != kBlockSending) ||
+        (hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) {
+      return false;  // taken by its claimer, freed by a reclaimer, or recycled: not ours to move
+    }
+    if (hdr->state.compare_exchange_weak(word, make_state(message.generation, claimer, kBlockTransferred),
+                                         std::memory_order_acq_rel, std::memory_order_acquire)) {
+      return true;
     }
   }
 }
@@ -1226,7 +1268,12 @@ uint32_t Arena::thread_stripe() {
   return mine;
 }
 
-ArenaStats Arena::stats() const {
+ArenaStats Arena::stats() {
+  maybe_reap();
+  return counters();
+}
+
+ArenaStats Arena::counters() const {
   const ArenaCounters& c = header_->counters;
   // Sums of the stripes; a transiently negative sum (a free counted before its allocation was
   // read) reads as 0.

@@ -46,6 +46,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <ctime>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -61,7 +62,7 @@
 namespace memchannel {
 
 inline constexpr uint64_t kArenaMagic = 0x314e524148434d4dull;  // "MMCHARN1"
-inline constexpr uint32_t kArenaLayoutVersion = 3;  // 2: node states, kBlockSending, carving; 3: striped counters
+inline constexpr uint32_t kArenaLayoutVersion = 4;  // 2: node states, kBlockSending, carving; 3: striped counters; 4: kBlockTransferred
 inline constexpr uint32_t kArenaReady = 0x52454459u;            // "REDY"
 // segment_bytes[i] while one party creates segment i: the creating word names the creator
 // (holder id and the incarnation of its slot), so a creator that died half way is detected and
@@ -111,6 +112,8 @@ enum class CrashPoint : uint32_t {
   kRecvClaimed,         // the first message node is kNodeClaimed; count and bytes decremented
   kRecvTaken,           // its block is kReceived by this holder
   kRecvHeadAdvanced,    // the head names the claimed node; the old dummy not yet freed
+  kRecvTransferred,     // the old dummy's message, not yet taken by its claimer, is kTransferred
+                        // to that claimer; the old dummy not yet freed
   kRecvOldHeadFreed,    // the old dummy is free
   // Arena::grow
   kGrowSegmentClaimed,  // segment_bytes[next] holds this holder's creating word; no segment yet
@@ -140,6 +143,9 @@ inline void set_crash_hook(CrashHook) {}
 
 // Processes that may hold blocks. Holder id = slot index + 1 (0 = untracked, heap backend).
 inline constexpr uint32_t kMaxHolders = 128;
+// Prompt reclamation (Arena::maybe_reap): a process sweeps its arena's holder slots for dead
+// peers at most this often, from its ordinary calls.
+inline constexpr int64_t kSweepIntervalNs = 250'000'000;
 enum HolderSlotState : uint32_t { kSlotFree = 0, kSlotClaiming = 1, kSlotActive = 2, kSlotReclaiming = 3 };
 
 struct alignas(kCacheLine) HolderSlot {
@@ -298,6 +304,7 @@ struct ArenaCensus {
   uint64_t bad_cells = 0;        // cells with an unknown magic before the carve end
   bool free_lists_consistent = true;  // every listed block is free and listed once
   uint64_t sending = 0;          // blocks kSending
+  uint64_t transferred = 0;      // blocks kTransferred (claimed messages their claimer has not taken)
   uint64_t carving_cells = 0;    // cells whose carver has not finished (or died)
   uint64_t nodes_free = 0, nodes_held = 0, nodes_linked = 0, nodes_claimed = 0;
   uint64_t nodes_free_listed = 0;     // nodes reachable from the node free list
@@ -368,8 +375,13 @@ class Arena {
   // Payload pointer of a block the caller holds (validated; nullptr on corruption).
   uint8_t* payload(BlockHandle h, uint64_t* length_out = nullptr);
 
-  // Used by Channel: kQueued or kSending with h's generation -> kReceived by this holder.
+  // Used by Channel: kQueued or kSending with h's generation, or kTransferred to this holder
+  // at that generation -> kReceived by this holder.
   Status mark_received(BlockHandle h);
+  // Used by Channel when it frees an old dummy whose claimer `claimer` may not have taken the
+  // message yet: kQueued or kSending with the message's generation -> kTransferred(claimer).
+  // False when the state is anything else (taken, reclaimed, recycled): nothing to do.
+  bool transfer_message(BlockHandle message, uint32_t claimer);
   // The send protocol (Channel::send): a block this process holds alone (kReserved or
   // kReceived, refcount 1, not an arena cell) -> kSending(generation + 1, this holder).
   // *previous receives the word abort_send restores; the message's handle is
@@ -436,11 +448,32 @@ class Arena {
   bool complete_send(BlockRef ref, uint32_t expected);
   // Whether holder id `holder` names a live process (always true for untracked holders).
   bool holder_alive(uint32_t holder);
+  // Prompt reclamation: if this process has not swept this arena for dead holders in the last
+  // sweep interval (kSweepIntervalNs), do it now (reap_dead_holders). Called by every entry
+  // point of the core (allocate, Channel::send/recv/allocate and their waits, stats), so what a
+  // dead peer held comes back within about one interval of any call by any survivor, with no
+  // allocation pressure and no explicit reap. The common case is one coarse clock read (vDSO,
+  // no system call) and one process-local load; a sweep costs one liveness check per attached
+  // peer, and the full reclamation of a dead one happens once, by whoever claims its slot.
+  // Concurrency: any thread; one thread of the process sweeps at a time.
+  void maybe_reap() {
+    if (!sweeps_) return;
+    if (coarse_now_ns() < next_sweep_ns_.load(std::memory_order_relaxed)) return;
+    sweep_slow();
+  }
+  // Sets the sweep interval of this process's view (negative: never sweep; tests that need a
+  // dead holder to stay unreaped until they reap it). Inherited by fork() children.
+  void set_sweep_interval(int64_t ns);
+  bool sweeps() const { return sweeps_; }
+  int64_t sweep_interval() const { return sweep_interval_ns_.load(std::memory_order_relaxed); }
 
   void note_corruption() { header_->counters.corruption_count.fetch_add(1, std::memory_order_relaxed); }
   void add_bytes_copied(uint64_t n) { stripe().bytes_copied.fetch_add(n, std::memory_order_relaxed); }
   EventCount& space() { return header_->space; }
-  ArenaStats stats() const;
+  // The counters, after a sweep for dead holders if one is due (maybe_reap).
+  ArenaStats stats();
+  // The counters as they are (no sweep): for checkers and tools that must not write.
+  ArenaStats counters() const;
   uint64_t capacity() const { return capacity_; }
   uint64_t arena_id() const { return header_->arena_id; }
   uint64_t max_payload() const;
@@ -498,6 +531,16 @@ class Arena {
   uint32_t incarnation_ = 0;                                  // of our slot, when we claimed it
   uint64_t fork_generation_ = fork_generation();              // process image that attached
   std::atomic<bool> detached_{false};
+  // Prompt reclamation (maybe_reap): this process's next sweep time and interval.
+  bool sweeps_ = false;                                       // the backend tracks holders
+  std::atomic<int64_t> next_sweep_ns_{0};
+  std::atomic<int64_t> sweep_interval_ns_{kSweepIntervalNs};
+  void sweep_slow();
+  static int64_t coarse_now_ns() {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  }
   std::array<std::atomic<uint8_t*>, kMaxSegments> bases_{};   // this process's mappings
   std::array<std::atomic<uint64_t>, kMaxSegments> sizes_{};   // private sizes, bound every access
   std::mutex map_mutex_;                                      // serialises lazy mapping (rare)

@@ -19,12 +19,15 @@
 //     +----release---------+                   +------recv (early)---+--------------->+    |
 //     +<------------------------------------------------release--------------------------+
 //                                                                     kReceived --send--> kSending
+//   kQueued/kSending --an old dummy freed before its claimer took it--> kTransferred(claimer)
+//   kTransferred(claimer) --the claimer's recv--> kReceived; its reclaimer frees it
 //
 // A block has one owner at a time: the allocating holder (kReserved), the sending holder while
 // its descriptor is being linked into a queue (kSending: the holder is named, so a reclaimer
-// can tell a send interrupted by a crash), the queue (kQueued), or one receiving holder
-// (kReceived). Allocation and send bump the generation, so a (ref, generation) pair names one
-// message: a stale reference to a recycled or forwarded block is detected by comparing
+// can tell a send interrupted by a crash), the queue (kQueued), one receiving holder
+// (kReceived), or the receiver that claimed it before it took it (kTransferred: see
+// Channel::advance). Allocation and send bump the generation, so a (ref, generation) pair names
+// one message: a stale reference to a recycled or forwarded block is detected by comparing
 // generations. Every transition is a CAS from the exact expected word; a mismatch is reported
 // (kDoubleRelease, kCorruptedState), never ignored. Holder 0 means "no tracked holder" (heap
 // backend); shm holders are slot + 1.
@@ -45,6 +48,10 @@ enum BlockState : uint32_t {
   kBlockQueued = 2,
   kBlockReceived = 3,
   kBlockSending = 4,  // linked (or being linked) into a queue by the holder it names
+  // A message whose node was claimed by the holder it names, handed to that holder by the
+  // party that freed the node (the claimer had not marked it kReceived yet): the claimer
+  // takes it (-> kReceived), or the reclaimer of the claimer frees it.
+  kBlockTransferred = 5,
 };
 
 inline constexpr uint32_t kBlockMagic = 0x4d43424bu;  // "MCBK"

@@ -1,5 +1,6 @@
 #include "core/channel.h"
 
+#include <algorithm>
 #include <new>
 #include <unordered_map>
 #include <unordered_set>
@@ -30,10 +31,53 @@ constexpr uint64_t kMaxTailHelps = 1u << 12;
 // Walks a repair or a recount retries while receivers keep moving the head.
 constexpr int kRepairAttempts = 16;
 
+// The node whose message this thread took last (its ref and its state word as claimed). When
+// the same thread later frees that node as an old dummy (one receiver: always), it knows the
+// block is kReceived already and does not touch the block header, which a sender on another
+// core may be reusing by then. A thread-local of trivial type: no guard, no sharing.
+struct LastTaken {
+  const void* channel;
+  BlockRef node;
+  uint64_t state;
+};
+thread_local LastTaken t_last_taken{nullptr, 0, 0};
+
 void saturating_sub(std::atomic<uint64_t>& counter, uint64_t n) {
   uint64_t cur = counter.load(std::memory_order_relaxed);
   while (!counter.compare_exchange_weak(cur, cur > n ? cur - n : 0, std::memory_order_relaxed)) {
   }
+}
+
+// wait_until, and on a backend with holders a wake-up at least every sweep interval to reclaim
+// dead peers (a wait in progress counts as a call: Arena::maybe_reap). The caller's own slice,
+// or a signal, still ends the wait with kInterrupted. The first attempt is inline; the waiting
+// is out of line, so a call that succeeds at once costs what it did before.
+template <typename Ready>
+[[gnu::noinline]] Status wait_sweeping_slow(Arena& arena, EventCount& ec, const WaitSpec& spec, Ready& ready) {
+  if (spec.deadline_ns == 0) return Status::kTimedOut;  // non-blocking: ready() just said no
+  const int64_t interval = arena.sweep_interval();
+  if (!arena.sweeps() || interval <= 0 || spec.slice_ns <= interval) return wait_until(ec, spec, ready);
+  const int64_t start = monotonic_ns();
+  const int64_t caller_slice_end =
+      spec.slice_ns == WaitSpec::kForever ? WaitSpec::kForever : start + spec.slice_ns;
+  WaitSpec w = spec;
+  w.slice_ns = interval;
+  for (;;) {
+    const int64_t begun = monotonic_ns();
+    const Status s = wait_until(ec, w, ready);
+    if (s != Status::kInterrupted) return s;
+    const int64_t now = monotonic_ns();
+    if (now < begun + w.slice_ns || now >= caller_slice_end) return s;  // a signal, or the caller's slice
+    arena.maybe_reap();
+    w.spin_ns = 0;  // spun already
+    if (caller_slice_end != WaitSpec::kForever) w.slice_ns = std::min(interval, caller_slice_end - now);
+  }
+}
+
+template <typename Ready>
+inline Status wait_sweeping(Arena& arena, EventCount& ec, const WaitSpec& spec, Ready&& ready) {
+  if (ready()) return Status::kOk;
+  return wait_sweeping_slow(arena, ec, spec, ready);
 }
 
 // Flow-control statuses as the API reports them: a wait that ran out means full / empty.
@@ -323,8 +367,29 @@ void Channel::advance(uint64_t head, QueueNode* first, uint64_t head_state, Bloc
   if (header_->head.compare_exchange_strong(expected, make_tagged(tagged_tag(head) + 1, next),
                                             std::memory_order_acq_rel, std::memory_order_relaxed)) {
     MEMCHANNEL_CRASH_POINT(kRecvHeadAdvanced);
+    const BlockRef first_ref = tagged_ref(head);
+    const uint32_t claimer = node_holder(head_state);
+    const LastTaken& mine = t_last_taken;
+    if (claimer != 0 && !(mine.node == first_ref && mine.state == head_state && mine.channel == header_)) {
+      // The old dummy is a message node claimed by `claimer` (holder 0: a dummy made as one, or
+      // an untracked holder that cannot die apart from us). Its claimer may not have taken the
+      // block yet: it is slow, or it was killed between its claim and mark_received. Freeing
+      // the node would then leave the block kQueued with nothing naming it (the soak's leak),
+      // so the message goes to the claimer first: kQueued/kSending at the node's generation ->
+      // kTransferred(claimer). The claimer's mark_received takes it from there, or the
+      // reclaimer of the claimer frees it as a block the claimer held. A reclaimer that freed
+      // the block first makes the CAS fail (the state moved on); so does the claimer's own
+      // mark_received. The descriptor is read while the state still names this incarnation.
+      const BlockHandle message{first->block.load(std::memory_order_relaxed),
+                                first->generation.load(std::memory_order_relaxed)};
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (message.ref != 0 && first->state.load(std::memory_order_relaxed) == head_state &&
+          arena_->transfer_message(message, claimer)) {
+        MEMCHANNEL_CRASH_POINT(kRecvTransferred);
+      }
+    }
     // Refused only if a crash reclaimer freed this old dummy first (recover_queues).
-    arena_->free_node_at(first, tagged_ref(head), head_state, /*count_refusal=*/false);
+    arena_->free_node_at(first, first_ref, head_state, /*count_refusal=*/false);
     MEMCHANNEL_CRASH_POINT(kRecvOldHeadFreed);
   }
 }
@@ -401,7 +466,8 @@ Result<BlockHandle> Channel::try_dequeue(bool* empty) {
     MEMCHANNEL_CRASH_POINT(kRecvClaimed);
     const Status taken = arena_->mark_received(block);
     MEMCHANNEL_CRASH_POINT(kRecvTaken);
-    advance(head, first, head_state, next_ref);
+    advance(head, first, head_state, next_ref);  // frees `first`, most often the node taken last
+    if (taken == Status::kOk && node_holder(claimed) != 0) t_last_taken = {header_, next_ref, claimed};
     if (taken != Status::kOk) continue;  // a forged descriptor: counted by the arena; serve the next
     header_->received.fetch_add(1, std::memory_order_relaxed);
     return {Status::kOk, block};
@@ -528,8 +594,8 @@ void Channel::recount() {
 Result<BlockHandle> Channel::allocate(uint64_t payload_bytes, const PayloadLayout& layout,
                                       const WaitSpec& wait) {
   Result<BlockHandle> got;
-  const Status s = wait_until(arena_->space(), wait, [&] {
-    got = arena_->allocate(payload_bytes, layout, Arena::kNoCreatorWait);  // wait_until waits
+  const Status s = wait_sweeping(*arena_, arena_->space(), wait, [&] {
+    got = arena_->allocate(payload_bytes, layout, Arena::kNoCreatorWait);  // the wait is ours
     return got.status != Status::kOutOfCapacity || closed();
   });
   if (s != Status::kOk) return {as_flow(s, Status::kFull), {}};
@@ -538,13 +604,14 @@ Result<BlockHandle> Channel::allocate(uint64_t payload_bytes, const PayloadLayou
 }
 
 Status Channel::send(BlockHandle block, const WaitSpec& wait) {
+  arena_->maybe_reap();
   const auto held = arena_->held_length(block);
   if (!held.ok()) return held.status;
   const uint64_t length = held.value;
   // A queue node first: if the arena is full we wait for space before taking a slot.
   Result<BlockRef> node;
-  Status s = wait_until(arena_->space(), wait, [&] {
-    node = arena_->allocate_node(Arena::kNoCreatorWait);  // wait_until waits, to its deadline
+  Status s = wait_sweeping(*arena_, arena_->space(), wait, [&] {
+    node = arena_->allocate_node(Arena::kNoCreatorWait);  // the wait is ours, to its deadline
     return node.status != Status::kOutOfCapacity || closed();
   });
   if (s != Status::kOk) return as_flow(s, Status::kFull);
@@ -562,7 +629,7 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
   MEMCHANNEL_CRASH_POINT(kSendNodeAllocated);
 
   Admit admit = Admit::kFull;
-  s = wait_until(header_->not_full, wait, [&] {
+  s = wait_sweeping(*arena_, header_->not_full, wait, [&] {
     admit = try_admit(length);
     return admit != Admit::kFull;
   });
@@ -600,9 +667,10 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
 }
 
 Result<BlockHandle> Channel::recv(const WaitSpec& wait) {
+  arena_->maybe_reap();
   Result<BlockHandle> got;
   bool drained = false;
-  const Status s = wait_until(header_->not_empty, wait, [&] {
+  const Status s = wait_sweeping(*arena_, header_->not_empty, wait, [&] {
     bool empty = false;
     got = try_dequeue(&empty);
     if (got.ok() || !empty) return true;
@@ -631,6 +699,7 @@ uint64_t Channel::queued() const {
 }
 
 ChannelStats Channel::stats() const {
+  arena_->maybe_reap();
   ChannelStats s{};
   const uint64_t c = header_->count.load(std::memory_order_acquire);
   s.queued = c & ~kClosedBit;

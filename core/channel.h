@@ -21,6 +21,9 @@
 //        the message); count and bytes -= 1 / length; block -> kReceived; advance the head onto
 //        the claimed node (anyone may, so a stalled or dead claimer blocks nobody); whoever
 //        advances frees the old dummy. The claimed node is the new dummy.
+// Freeing an old dummy claimed by holder X whose block is still kQueued/kSending at the node's
+// generation (X is slow, or died between its claim and kReceived) first hands the message to X:
+// block -> kTransferred(X). X's mark_received takes it; X's reclaimer frees it (advance()).
 // Every step records who is doing it (node and block states name holders), so the reclaimer
 // of a dead process finishes or undoes its half-done send or receive (recover_queues below).
 //
@@ -188,7 +191,8 @@ constexpr uint32_t channel_tag(Offset offset) { return offset_to_ref(offset); }
 //    and its block if kSending); a node it had linked: its block kSending -> kQueued, so the
 //    message is delivered;
 //  - a node the dead holder had claimed whose block it had not taken: the block is freed (the
-//    receiver died holding the message);
+//    receiver died holding the message); if the node was freed first, the party that freed it
+//    made the block kTransferred to the dead holder, and the holder pass frees it;
 //  - a claimed node behind the head (an old dummy its advancer died before freeing): freed.
 // Returns the blocks freed. Concurrency: any thread; one caller per dead holder.
 uint64_t recover_queues(Arena& arena, uint32_t dead);

@@ -45,7 +45,7 @@ uint64_t InvariantReport::violations() const {
 std::string InvariantReport::describe() const {
   std::ostringstream os;
   os << "blocks " << blocks << " (free " << free_blocks << ", reserved " << reserved << ", sending "
-     << sending << ", queued " << queued << ", received " << received << ", arena " << arena_cells
+     << sending << ", transferred " << transferred << ", queued " << queued << ", received " << received << ", arena " << arena_cells
      << "), nodes " << nodes << ", channels " << channels << ", messages " << messages
      << "; violations " << violations() << ":";
   for (const std::string& p : problems) os << "\n  " << p;
@@ -96,6 +96,7 @@ InvariantReport check_invariants(Arena& arena) {
       case kBlockQueued: ++r.queued; break;
       case kBlockReceived: ++r.received; break;
       case kBlockSending: ++r.sending; break;
+      case kBlockTransferred: ++r.transferred; break;
       default: note(r, r.stale_entries, "block ", ref_name(ref), " in unknown state ", word); return;
     }
     ++blocks_in_use;
@@ -257,7 +258,7 @@ InvariantReport check_invariants(Arena& arena) {
   }
 
   // 5. The arena's counters against the cells.
-  const ArenaStats st = arena.stats();
+  const ArenaStats st = arena.counters();
   if (st.blocks_in_use != blocks_in_use || st.bytes_in_use != bytes_in_use ||
       st.nodes_in_use != nodes_in_use) {
     note(r, r.counter_mismatches, "counters say ", st.blocks_in_use, " blocks / ", st.bytes_in_use,

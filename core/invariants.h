@@ -5,7 +5,7 @@
 // arena and cross-checks them:
 //   - each data block is in exactly one place: kFree and on the free list of its class (once),
 //     or kQueued/kSending and named by exactly one message of exactly one queue, or
-//     kReserved/kReceived/kSending by a live holder;
+//     kReserved/kReceived/kSending/kTransferred by a live holder;
 //   - each queue node is free and on the node free list (once), held by a live holder, or in
 //     exactly one channel's queue (the dummy, then messages);
 //   - every free-list entry and queue link is in bounds, of the right kind, and acyclic; each
@@ -26,6 +26,7 @@ namespace memchannel {
 struct InvariantReport {
   // What was found.
   uint64_t blocks = 0, free_blocks = 0, reserved = 0, sending = 0, queued = 0, received = 0;
+  uint64_t transferred = 0;  // claimed messages handed to their claimer (held by it)
   uint64_t arena_cells = 0, nodes = 0, channels = 0, messages = 0;
 
   // Violations: all zero in a consistent arena.
@@ -34,7 +35,7 @@ struct InvariantReport {
   uint64_t lost_blocks = 0;          // kFree blocks on no free list
   uint64_t bad_list_entries = 0;     // free-list entries out of bounds, not free, of another class
   uint64_t listed_twice = 0;         // blocks (or a cycle) on the free lists more than once
-  uint64_t orphan_messages = 0;      // kQueued/kSending blocks that no queue entry names
+  uint64_t orphan_messages = 0;      // kQueued/kSending blocks that no queue entry names (lost)
   uint64_t duplicated_messages = 0;  // blocks named by more than one queue entry
   uint64_t stale_entries = 0;        // queue entries whose block is not that message
   uint64_t dead_held_blocks = 0;     // blocks held (or being sent) by holders that are not alive

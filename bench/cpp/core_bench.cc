@@ -3,6 +3,8 @@
 //   - Channel send+recv of one 64-byte message in one thread (the per-message cost of the
 //     descriptor queue, admission and block allocation, no hand-off);
 //   - Channel hand-off between two threads (one sender, one receiver, spinning waits);
+//   - the same send+recv and hand-off over the shm backend (holders tracked: the path a process
+//     pays, with crash bookkeeping such as holder-named states and dead-peer sweeps);
 //   - the floor: a core-to-core ping-pong on one atomic, a futex wake round trip, memcpy.
 // Not measured here: Python call overhead, page faults on fresh memory (arenas reuse blocks),
 // and cross-process effects (the shm backend runs the same code over the same layout).
@@ -16,6 +18,8 @@
 #include "core/arena.h"
 #include "core/channel.h"
 #include "core/heap_backend.h"
+#include "shm/names.h"
+#include "shm/shm_backend.h"
 
 using namespace memchannel;
 
@@ -23,6 +27,11 @@ namespace {
 
 std::shared_ptr<Arena> make_arena(uint64_t capacity = 256ull << 20) {
   return Arena::create(std::make_unique<HeapBackend>(), capacity, 1).value;
+}
+
+std::shared_ptr<Arena> make_shm_arena(uint64_t capacity = 256ull << 20) {
+  static const std::string prefix = shm::random_test_prefix();
+  return Arena::create(shm::ShmBackend::for_new_arena(prefix), capacity, 1).value;
 }
 
 void BM_ArenaAllocRelease(benchmark::State& state) {
@@ -88,6 +97,41 @@ void BM_ChannelHandoffTwoThreads(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * n);
 }
 BENCHMARK(BM_ChannelHandoffTwoThreads)->Arg(200000)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+void BM_ShmChannelSendRecvSameThread(benchmark::State& state) {
+  auto arena = make_shm_arena();
+  auto ch = Channel::create(arena, 0, 0, 1).value;
+  const WaitSpec nb = WaitSpec::nonblocking();
+  for (auto _ : state) {
+    auto h = arena->allocate(64, PayloadLayout{});
+    ch->send(h.value, nb);
+    auto r = ch->recv(nb);
+    arena->release(r.value);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_ShmChannelSendRecvSameThread);
+
+void BM_ShmChannelHandoffTwoThreads(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  for (auto _ : state) {
+    auto arena = make_shm_arena();
+    auto ch = Channel::create(arena, 1024, 0, 1).value;
+    std::thread receiver([&] {
+      for (int64_t i = 0; i < n; ++i) {
+        auto r = ch->recv(WaitSpec{});
+        arena->release(r.value);
+      }
+    });
+    for (int64_t i = 0; i < n; ++i) {
+      auto h = arena->allocate(64, PayloadLayout{});
+      ch->send(h.value, WaitSpec{});
+    }
+    receiver.join();
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+}
+BENCHMARK(BM_ShmChannelHandoffTwoThreads)->Arg(200000)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 void BM_FloorAtomicPingPong(benchmark::State& state) {
   // Core-to-core round trip on one cache line: the hardware floor for any hand-off.

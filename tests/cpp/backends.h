@@ -127,7 +127,7 @@ inline BlockRef ref_past_segment0(Arena& arena) {
   return offset_to_ref(arena_header(arena)->segment_bytes[0].load() + kUnit * 16);
 }
 
-inline uint64_t corruption_count(const Arena& arena) { return arena.stats().corruption_count; }
+inline uint64_t corruption_count(const Arena& arena) { return arena.counters().corruption_count; }
 
 // With no operation in flight: every carved cell is a known block or node, every free block is
 // on exactly one free list (none lost, none listed twice), `held` data blocks are not free, and

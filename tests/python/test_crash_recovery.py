@@ -262,3 +262,44 @@ if __name__ == "__main__":
     env = dict(os.environ, MEMCHANNEL_SHM_PREFIX=prefix)
     subprocess.run([sys.executable, str(script)], check=True, env=env)
     assert [n for n in os.listdir("/dev/shm") if n.startswith(prefix)] == []
+
+
+def reserve_and_receive_then_wait(ch, ready):
+    """Child: reserve 3 blocks and receive 2 messages, then wait to be killed."""
+    reserved = [ch.reserve(1000) for _ in range(3)]
+    received = [ch.recv(timeout=30) for _ in range(2)]
+    ready.send(b"holding")
+    time.sleep(3600)
+    del reserved, received
+
+
+def test_dead_peer_blocks_come_back_within_a_second_of_a_plain_stats_call():
+    # Prompt reclamation: no allocation pressure, no Arena.reap(), no blocking wait; polling
+    # stats() is enough, and the blocks and the holder slot are back within 1 s of the death.
+    arena = mc.Arena()
+    ch, ready = arena.channel(), arena.channel()
+    baseline = ch.stats()["blocks_in_use"]
+    attached = ch.stats()["attached_processes"]
+    ch.send(b"to be received 1")
+    ch.send(b"to be received 2")
+    child = CTX.Process(daemon=True, target=reserve_and_receive_then_wait, args=(ch, ready))
+    child.start()
+    msg = ready.recv(timeout=60)
+    assert bytes(msg) == b"holding"
+    msg.release()
+    assert ch.stats()["blocks_in_use"] == baseline + 3 + 2
+    assert ch.stats()["attached_processes"] == attached + 1
+    child.kill()
+    child.join(10)
+    assert child.exitcode == -9
+    died = time.monotonic()
+    while time.monotonic() - died < 1.0:
+        stats = ch.stats()
+        if stats["blocks_in_use"] == baseline and stats["attached_processes"] == attached:
+            break
+        time.sleep(0.01)
+    stats = ch.stats()
+    assert stats["blocks_in_use"] == baseline, stats
+    assert stats["attached_processes"] == attached, stats
+    assert stats["reclaimed_blocks"] == 5
+    assert stats["corruption_count"] == 0
