@@ -692,9 +692,14 @@ void check_outgoing_format(const char* what, std::string_view format, uint64_t i
 }
 
 std::string capacity_message(const Arena& arena, uint64_t nbytes) {
-  return "a message of " + std::to_string(nbytes) + " bytes does not fit this arena (largest: " +
-         std::to_string(arena.max_payload()) + " bytes of " + std::to_string(arena.capacity()) +
-         " capacity); create the channel from mc.Arena(capacity=...) with a larger capacity";
+  const uint64_t now = arena.reachable_payload();
+  std::string largest = std::to_string(now) + " bytes of " + std::to_string(arena.capacity()) + " capacity";
+  if (now < arena.max_payload()) {
+    largest += "; " + std::to_string(arena.max_payload()) +
+               " before its memory was split into segments for smaller messages";
+  }
+  return "a message of " + std::to_string(nbytes) + " bytes does not fit this arena (largest: " + largest +
+         "); create the channel from mc.Arena(capacity=...) with a larger capacity";
 }
 
 // The arena's counters, as both Channel.stats() and Arena.stats() report them.
@@ -1121,10 +1126,18 @@ PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreter
              return make_arena(capacity.is_none() ? kDefaultHeapCapacity : to_size(capacity, "capacity"), backend);
            }),
            py::arg("capacity") = py::none(), py::arg("backend") = "shm")
+      // object.__reduce__ (pickle protocols 0 and 1, copy) would call pybind11's base type,
+      // which aborts the process ("no pybind11-registered base types"): refuse it here.
+      .def("__reduce__", [](py::handle) -> py::object {
+        throw py::type_error("memchannel.Arena objects cannot be pickled; send a channel's handle "
+                             "(or pickle the memchannel.Channel) instead");
+      })
       .def_property_readonly("backend", [](py::handle s) { return arena_self(s).backend; })
       .def_property_readonly("name", [](py::handle s) { return arena_self(s).name; }, "Segment-0 name (shm) or ''.")
       .def_property_readonly("capacity", [](py::handle s) { return arena_self(s).arena->capacity(); })
-      .def_property_readonly("max_message_bytes", [](py::handle s) { return arena_self(s).arena->max_payload(); })
+      .def_property_readonly("max_message_bytes", [](py::handle s) { return arena_self(s).arena->reachable_payload(); },
+                             "The largest message the arena can still hold (it shrinks once segments exist "
+                             "that are smaller than the room left: they are never merged).")
       .def("stats", [](py::handle s) {
         PyArena& a = arena_self(s);
         py::dict d;
@@ -1192,6 +1205,10 @@ PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreter
   channel_cls
       .def(py::init(&make_channel), py::arg("maxsize") = 0, py::kw_only(), py::arg("maxbytes") = 0,
            py::arg("backend") = "shm", py::arg("arena") = py::none(), py::arg("_handle") = py::none())
+      .def("__reduce__", [](py::handle) -> py::object {  // see Arena.__reduce__
+        throw py::type_error("pickle memchannel.Channel objects (they pickle as their handle), "
+                             "not memchannel._memchannel.Channel");
+      })
       .def("send_nowait", [](py::handle s, const py::handle& data) { channel_self(s).send(data, false, py::none()); },
            py::arg("data"))
       .def("recv_nowait", [](py::handle s) { return channel_self(s).recv(false, py::none()); })
