@@ -6,11 +6,12 @@
 // `&`, `X{}`) makes numpy dereference another process's addresses. Checked:
 //
 //   * the format parses (struct-module syntax plus PEP 3118's extensions: byte-order marks
-//     before any item (and after a sub-array shape, where numpy writes them), repeat counts, sub-array shapes `(2,3)d`, structs `T{...}`, field names
-//     `:name:`, complex `Zf`/`Zd`/`Zg`, UCS4 `w`, UCS2 `u`, long double `g`);
+//     before any item and after a sub-array shape, where numpy writes them; repeat counts;
+//     sub-array shapes `(2,3)d`; structs `T{...}`; field names `:name:`; complex
+//     `Zf`/`Zd`/`Zg`; UCS4 `w`, UCS2 `u`; long double `g`). No NUL byte, no unknown code;
 //   * it has no pointer item: `O` (a PyObject*), `&` (pointer to the next item) and `X{}`
-//     (function pointer) are refused. `P` (void*) is allowed: memoryview and numpy read it as a
-//     plain unsigned integer and never follow it;
+//     (function pointer) are refused. `P` (void*) is allowed: memoryview reads it as a plain
+//     unsigned integer and never follows it, and numpy refuses the format (ValueError);
 //   * the itemsize it implies equals the itemsize given with it.
 //
 // Itemsize rules. Standard sizes and no alignment after `<`, `>`, `=`, `!`; native sizes and
