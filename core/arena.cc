@@ -515,6 +515,40 @@ uint64_t Arena::max_payload() const {
   return bytes > sizeof(BlockHeader) ? bytes - sizeof(BlockHeader) : 0;
 }
 
+namespace {
+// The payload of the largest size class whose blocks fit in `block` bytes.
+uint64_t largest_class_payload(uint64_t block) {
+  const uint32_t cls = class_for_units(block >> kUnitShift);
+  uint64_t bytes = class_units(cls) << kUnitShift;
+  if (bytes > block) bytes = cls == 0 ? 0 : class_units(cls - 1) << kUnitShift;
+  return bytes > sizeof(BlockHeader) ? bytes - sizeof(BlockHeader) : 0;
+}
+}  // namespace
+
+uint64_t Arena::reachable_payload() const {
+  // A block of a class can be served if one exists (it lies in a segment, in the part carved
+  // so far) or can still be carved (after the carve cursor, or in a segment still to be made).
+  // Segment sizes and the cursor are read from shared memory: they only decide which error a
+  // failed request reports. A segment being created could be of any size: then judge nothing.
+  const uint64_t cursor = header_->carve.load(std::memory_order_acquire);
+  uint64_t largest = 0, total = 0;
+  uint32_t i = 0;
+  for (; i < kMaxSegments; ++i) {
+    const uint64_t b = header_->segment_bytes[i].load(std::memory_order_acquire);
+    if (b == 0) break;
+    if (b == kSegmentCreating || b > kMaxSegmentBytes) return max_payload();
+    const uint64_t start = i == 0 ? std::min(b, kHeaderBytes) : 0;
+    uint64_t usable = b - start;
+    if (i == segment_of(cursor) && within_segment(cursor) >= start && within_segment(cursor) <= b) {
+      usable = std::max(within_segment(cursor) - start, b - within_segment(cursor));  // carved, left
+    }
+    largest = std::max(largest, usable);
+    total += b;
+  }
+  if (i < kMaxSegments && total < capacity_) largest = std::max(largest, std::min(capacity_ - total, kMaxSegmentBytes));
+  return std::min(max_payload(), largest_class_payload(std::min(largest, kMaxBlockBytes)));
+}
+
 uint8_t* Arena::map_segment_slow(uint32_t index) {
   const uint64_t bytes_untrusted = header_->segment_bytes[index].load(std::memory_order_acquire);
   if (bytes_untrusted == 0 || is_creating_word(bytes_untrusted) ||
@@ -840,6 +874,9 @@ Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout&
         if (ref == 0) {
           // Allocation pressure: blocks held by dead processes may be what is missing.
           if (reap_dead_holders() > 0) continue;
+          // No segment there is, or that can still be made, holds a block of this class (nor
+          // of a larger one): waiting cannot help.
+          if (payload_bytes + meta > reachable_payload()) return {Status::kTooLarge, {}};
           return {Status::kOutOfCapacity, {}};
         }
       } else {

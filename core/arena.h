@@ -477,6 +477,10 @@ class Arena {
   uint64_t capacity() const { return capacity_; }
   uint64_t arena_id() const { return header_->arena_id; }
   uint64_t max_payload() const;
+  // The largest payload this arena can still serve: max_payload() bounded by the segments that
+  // exist and the room left for new ones. Segments are never removed and blocks never merged,
+  // so a request above it can never be served (allocate reports kTooLarge, not kOutOfCapacity).
+  uint64_t reachable_payload() const;
   MemoryBackend& backend() { return *backend_; }
 
  private:

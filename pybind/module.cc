@@ -12,6 +12,7 @@
 
 #include <array>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -23,6 +24,7 @@
 #include "core/channel.h"
 #include "core/heap_backend.h"
 #include "pybind/gil.h"
+#include "pybind/pep3118.h"
 #include "pybind/registry.h"
 #include "shm/cleanup.h"
 #include "shm/names.h"
@@ -81,18 +83,49 @@ std::string shm_reason(Status s) {
 // ---------------------------------------------------------------------------------------------
 // Waiting: GIL released, float timeouts on the monotonic clock, Ctrl-C in the main interpreter.
 
+// A timeout argument in seconds, or -1 for None. One rule for every call that takes a timeout
+// (send, recv, reserve, send_object, ...), checked even with block=False: None or any real
+// number (int, float, numpy integers and floats, anything with __index__ or __float__) that is
+// not negative and not NaN; bools (Python's and numpy's) are refused, they are not durations.
+double timeout_seconds(PyObject* t) {
+  if (t == Py_None) return -1;
+  double seconds = 0;
+  if (PyFloat_Check(t)) {
+    seconds = PyFloat_AS_DOUBLE(t);
+  } else {
+    const char* type_name = Py_TYPE(t)->tp_name;
+    const bool numpy_bool = std::strcmp(type_name, "numpy.bool") == 0 || std::strcmp(type_name, "numpy.bool_") == 0;
+    const bool index = !PyBool_Check(t) && !numpy_bool && PyIndex_Check(t);
+    const bool real = !PyBool_Check(t) && !numpy_bool && !index && Py_TYPE(t)->tp_as_number != nullptr &&
+                      Py_TYPE(t)->tp_as_number->nb_float != nullptr;
+    if (!index && !real) {
+      throw py::type_error("timeout must be None or a number of seconds (int or float), got " +
+                           std::string(type_name));
+    }
+    py::object number = py::reinterpret_steal<py::object>(index ? PyNumber_Index(t) : PyNumber_Float(t));
+    if (!number) throw py::error_already_set();
+    if (index) {
+      seconds = PyLong_AsDouble(number.ptr());
+      if (seconds == -1.0 && PyErr_Occurred()) {  // beyond a double: as good as infinite, or negative
+        PyErr_Clear();
+        seconds = PyObject_RichCompareBool(number.ptr(), py::int_(0).ptr(), Py_LT) == 1 ? -1.0 : HUGE_VAL;
+      }
+    } else {
+      seconds = PyFloat_AS_DOUBLE(number.ptr());
+    }
+  }
+  if (std::isnan(seconds) || seconds < 0) {
+    throw py::value_error("timeout must be a non-negative number of seconds or None, got " +
+                          std::string(py::repr(t)));
+  }
+  return seconds;
+}
+
 WaitSpec make_wait(bool block, const py::object& timeout, bool shared = false) {
   WaitSpec spec;
+  const double seconds = timeout_seconds(timeout.ptr());
   if (!block) return WaitSpec::nonblocking();
-  if (!timeout.is_none()) {
-    if (PyBool_Check(timeout.ptr()) || !(PyFloat_Check(timeout.ptr()) || PyLong_Check(timeout.ptr()))) {
-      throw py::type_error("timeout must be None or a number of seconds (int or float), got " +
-                           std::string(Py_TYPE(timeout.ptr())->tp_name));
-    }
-    const double seconds = timeout.cast<double>();
-    if (std::isnan(seconds) || seconds < 0) {
-      throw py::value_error("timeout must be a non-negative number of seconds or None");
-    }
+  if (seconds >= 0) {
     if (seconds < 1e9) {
       spec.deadline_ns = monotonic_ns() + static_cast<int64_t>(seconds * 1e9);
       if (seconds == 0) spec.spin_ns = 0;
@@ -129,7 +162,7 @@ auto wait_with_gil_released(WaitSpec spec, Arena& arena, Attempt&& attempt) {
       raise_error("WaitCancelled", "the wait was cancelled: this interpreter is being closed");
     }
     if (arena.backend().tracks_holders()) {
-      without_gil([&] { arena.reap_dead_holders(); });
+      without_gil([&] { arena.maybe_reap(); });  // at most one sweep per interval per process
     }
   }
 }
@@ -161,6 +194,10 @@ struct Buffer {
   std::array<Py_ssize_t, kMaxNdim> shape{};
   std::array<Py_ssize_t, kMaxNdim> strides{};
   int exports = 0;  // live memoryviews / arrays over this buffer
+  // Operations of this interpreter running on the payload with the GIL released (a large
+  // write()): while one runs, release() and send() refuse (BufferError) instead of freeing or
+  // handing on memory still being written. Read and written with the GIL held.
+  int pins = 0;
   State state = State::kLive;
 
   Buffer(std::shared_ptr<Arena> a, BlockHandle b, const BlockView& v)
@@ -190,6 +227,13 @@ struct Buffer {
     }
   }
   void check_no_exports(const char* what) const {
+    if (pins > 0) {
+      PyErr_Format(PyExc_BufferError,
+                   "%s: another thread is copying into this Buffer (a write() in progress); wait for "
+                   "it to return first",
+                   what);
+      throw py::error_already_set();
+    }
     if (exports > 0) {
       PyErr_Format(PyExc_BufferError,
                    "%s: %d memoryview(s) or array(s) still export this Buffer; delete them (or call "
@@ -391,10 +435,14 @@ extern "C" PyObject* buffer_write(PyObject* self, PyObject* args, PyObject* kwar
       throw py::value_error("write() of " + std::to_string(n) + " bytes at offset " + std::to_string(offset) +
                             " overruns the Buffer's " + std::to_string(b->nbytes) + " bytes");
     }
+    // memmove: `data` may be a view of this very Buffer. Without the GIL, the pin keeps
+    // release() and send() of other threads from freeing the block under the copy.
     if (n >= kCopyWithoutGil) {
-      without_gil([&] { std::memcpy(b->data + offset, view.buf, n); });
+      ++b->pins;
+      without_gil([&] { std::memmove(b->data + offset, view.buf, n); });
+      --b->pins;
     } else {
-      std::memcpy(b->data + offset, view.buf, n);
+      std::memmove(b->data + offset, view.buf, n);
     }
     PyBuffer_Release(&view);
     b->arena->add_bytes_copied(n);  // a copy into channel memory: counted like send(bytes)
@@ -424,11 +472,37 @@ extern "C" PyObject* buffer_repr(PyObject* self) {
   }, nullptr);
 }
 
+// numpy.asarray(buf) of a live Buffer takes the buffer protocol and never calls this. Once the
+// Buffer is released or sent, the buffer protocol fails and numpy falls back to __array__;
+// without it numpy would silently make a 0-d object array holding the Buffer. So: ValueError,
+// like memoryview(buf). A direct call on a live Buffer returns the zero-copy array.
+extern "C" PyObject* buffer_array(PyObject* self, PyObject* args, PyObject* kwargs) {
+  static const char* kwlist[] = {"dtype", "copy", nullptr};
+  PyObject* dtype = Py_None;
+  PyObject* copy = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO:__array__", const_cast<char**>(kwlist), &dtype, &copy)) {
+    return nullptr;
+  }
+  return guarded([&]() -> PyObject* {
+    as_buffer(self)->check_live("numpy.asarray()");
+    py::module_ np = py::module_::import("numpy");
+    py::object view = py::reinterpret_steal<py::object>(PyMemoryView_FromObject(self));
+    if (!view) throw py::error_already_set();
+    py::object arr = copy == Py_None ? np.attr("asarray")(view, py::arg("dtype") = py::handle(dtype))
+                                     : np.attr("array")(view, py::arg("dtype") = py::handle(dtype),
+                                                        py::arg("copy") = py::handle(copy));
+    return arr.release().ptr();
+  }, nullptr);
+}
+
 PyMethodDef buffer_methods[] = {
     {"release", buffer_release, METH_NOARGS, "Return the block to the arena now (no-op if already released)."},
     {"write", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(buffer_write)), METH_VARARGS | METH_KEYWORDS,
      "write(data, offset=0): copy `data` into this Buffer at `offset` (counted in stats()['bytes_copied'])."},
     {"tobytes", buffer_tobytes, METH_NOARGS, "A bytes copy of the payload."},
+    {"__array__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(buffer_array)),
+     METH_VARARGS | METH_KEYWORDS, "__array__(dtype=None, copy=None): the payload as a numpy array (no copy "
+     "unless asked); ValueError once released or sent."},
     {"__enter__", buffer_enter, METH_NOARGS, nullptr},
     {"__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(buffer_exit)), METH_FASTCALL, nullptr},
     {nullptr, nullptr, 0, nullptr}};
@@ -568,29 +642,85 @@ uint64_t to_size(const py::object& value, const char* name) {
   return out;
 }
 
-// Itemsize of a struct-module (PEP 3118) format. A numpy dtype spelling such as "<f8" or
-// "float32" is accepted too and rewritten to its PEP 3118 form, when numpy is importable.
+// Itemsize of a struct-module (PEP 3118) format. A numpy dtype spelling such as "<f8",
+// "float32" or "f8,i4" is accepted too and rewritten to its PEP 3118 form (as numpy exports
+// it: "T{d:f0:i:f1:}"), when numpy is importable. The caller checks the result.
 uint32_t format_itemsize(std::string& format) {
-  py::module_ struct_mod = py::module_::import("struct");
   try {
-    return struct_mod.attr("calcsize")(format).cast<uint32_t>();
-  } catch (py::error_already_set& struct_error) {
-    try {
-      py::module_ np = py::module_::import("numpy");
-      py::object arr = np.attr("empty")(0, py::arg("dtype") = format);
-      format = py::str(py::module_::import("builtins").attr("memoryview")(arr).attr("format"));
-      return struct_mod.attr("calcsize")(format).cast<uint32_t>();
-    } catch (py::error_already_set&) {
-      throw py::value_error("format '" + format + "' is not a struct-module / PEP 3118 format "
-                            "(e.g. 'B', '<i4', '<d') nor a numpy dtype");
+    return py::module_::import("struct").attr("calcsize")(format).cast<uint32_t>();
+  } catch (py::error_already_set&) {
+  }
+  uint64_t itemsize = 0;
+  try {
+    py::module_ np = py::module_::import("numpy");
+    // Two items: numpy describes a one-item array of a packed struct with a format its own
+    // parser reads with padding (np.empty(1, "f8,i4") exports 'T{d:f0:i:f1:}', read back as
+    // 16 bytes); two or more get explicit byte-order marks ('T{=d:f0:@i:f1:}').
+    py::object arr = np.attr("empty")(2, py::arg("dtype") = format);
+    py::object view = py::reinterpret_steal<py::object>(PyMemoryView_FromObject(arr.ptr()));
+    if (!view) throw py::error_already_set();
+    const std::string converted = py::str(view.attr("format"));
+    itemsize = view.attr("itemsize").cast<uint64_t>();
+    view.attr("release")();
+    format = converted;
+  } catch (py::error_already_set&) {
+    throw py::value_error("format '" + format + "' is not a struct-module / PEP 3118 format "
+                          "(e.g. 'B', '<i4', '<d') nor a numpy dtype");
+  }
+  if (itemsize > UINT32_MAX) throw py::value_error("format '" + format + "': items larger than 4 GiB");
+  return static_cast<uint32_t>(itemsize);
+}
+
+// A format string for a message: non-printable bytes escaped (it may come from a forged block).
+std::string printable_format(std::string_view f) {
+  std::string out;
+  for (size_t i = 0; i < f.size() && i < 80; ++i) {
+    const unsigned char c = static_cast<unsigned char>(f[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      char esc[8];
+      std::snprintf(esc, sizeof(esc), "\\x%02x", c);
+      out += esc;
     }
   }
+  if (f.size() > 80) out += "...";
+  return out;
+}
+
+// Why `format` with `itemsize` cannot describe a Buffer (see pybind/pep3118.h), as the error a
+// sender gets: TypeError for pointer items, ValueError for the rest.
+[[noreturn]] void refuse_format(const std::string& what, std::string_view format, uint64_t itemsize) {
+  const FormatInfo info = parse_format(format);
+  const std::string shown = "'" + printable_format(format) + "'";
+  if (info.verdict == FormatVerdict::kPointer) {
+    throw py::type_error(what + ": buffers whose items are pointers (format " + shown + ": " + info.why +
+                         ") cannot cross a channel: the receiver would dereference this process's "
+                         "addresses. Use send_object() (pickled), e.g. for numpy object arrays");
+  }
+  if (info.verdict == FormatVerdict::kInvalid) {
+    throw py::value_error(what + ": buffer format " + shown + " is not a valid PEP 3118 format (" + info.why +
+                          "); send memoryview(x).cast('B') to send the raw bytes");
+  }
+  throw py::value_error(what + ": buffer format " + shown + " describes items of " +
+                        std::to_string(info.itemsize) + " bytes, but the buffer's itemsize is " +
+                        std::to_string(itemsize) + "; send memoryview(x).cast('B') to send the raw bytes");
+}
+
+// The sender's side of the format check: what a Buffer will carry must pass the receiver's.
+void check_outgoing_format(const char* what, std::string_view format, uint64_t itemsize) {
+  if (!format_fits(format, itemsize)) refuse_format(what, format, itemsize);
 }
 
 std::string capacity_message(const Arena& arena, uint64_t nbytes) {
-  return "a message of " + std::to_string(nbytes) + " bytes does not fit this arena (largest: " +
-         std::to_string(arena.max_payload()) + " bytes of " + std::to_string(arena.capacity()) +
-         " capacity); create the channel from mc.Arena(capacity=...) with a larger capacity";
+  const uint64_t now = arena.reachable_payload();
+  std::string largest = std::to_string(now) + " bytes of " + std::to_string(arena.capacity()) + " capacity";
+  if (now < arena.max_payload()) {
+    largest += "; " + std::to_string(arena.max_payload()) +
+               " before its memory was split into segments for smaller messages";
+  }
+  return "a message of " + std::to_string(nbytes) + " bytes does not fit this arena (largest: " + largest +
+         "); create the channel from mc.Arena(capacity=...) with a larger capacity";
 }
 
 // The arena's counters, as both Channel.stats() and Arena.stats() report them.
@@ -654,6 +784,7 @@ struct PyChannel {
     if (layout.format.size() > kMaxFormatLen) {
       throw py::value_error("send(): buffer format string longer than " + std::to_string(kMaxFormatLen));
     }
+    check_outgoing_format("send()", layout.format, static_cast<uint64_t>(view.itemsize));
     const uint64_t nbytes = static_cast<uint64_t>(view.len);
     auto got = waiting(spec, [&](const WaitSpec& w) { return ch().allocate(nbytes, layout, w); });
     if (!got.ok()) {
@@ -705,6 +836,21 @@ struct PyChannel {
       arena->arena->release(block);
       raise_status(v.status, "received a message with corrupted metadata");
     }
+    // view() checked shape x itemsize == length; the format is checked here, before anything
+    // exports it: a peer may have written any format into the block (e.g. 'O', which numpy
+    // would turn into this process dereferencing the peer's pointers). Plain bytes: one lookup.
+    if (!format_fits(v.value.format_view(), v.value.itemsize)) {
+      const std::string shown = printable_format(v.value.format_view());
+      const FormatInfo info = parse_format(v.value.format_view());
+      const std::string why = info.verdict == FormatVerdict::kOk
+                                  ? "it describes items of " + std::to_string(info.itemsize) + " bytes"
+                                  : std::string(info.why);
+      arena->arena->note_corruption();
+      arena->arena->release(block);
+      raise_error("CorruptionError", "received a message whose format metadata is corrupt (format '" + shown +
+                                         "' with itemsize " + std::to_string(v.value.itemsize) + ": " + why +
+                                         "); the message was dropped");
+    }
     return new_buffer(reinterpret_cast<PyTypeObject*>(buffer_type.ptr()), arena->arena, block, v.value);
   }
 
@@ -720,8 +866,13 @@ struct PyChannel {
     uint32_t itemsize = 1;
     std::string fmt = format;
     if (fmt != "B") {
+      if (parse_format(fmt).verdict == FormatVerdict::kPointer) refuse_format("reserve()", fmt, 0);
       itemsize = format_itemsize(fmt);
       if (itemsize == 0) throw py::value_error("reserve(): format '" + format + "' has itemsize 0");
+      if (fmt.size() > kMaxFormatLen) {
+        throw py::value_error("reserve(): format string longer than " + std::to_string(kMaxFormatLen));
+      }
+      check_outgoing_format("reserve()", fmt, itemsize);  // numpy spellings: as converted ("object" -> 'O')
     }
     std::array<int64_t, kMaxNdim> dims{};
     uint32_t ndim = 1;
@@ -839,6 +990,29 @@ struct PyChannel {
   }
 };
 
+// ---------------------------------------------------------------------------------------------
+// The C++ object behind `self`. Every method and property of Arena and Channel goes through
+// this: an object made by T.__new__(T) without __init__, or whose __init__ failed, has no C++
+// object (pybind11 would hand the method uninitialised memory), so it gets a TypeError.
+
+template <typename T>
+T& self_of(py::handle self, const char* type_name) {
+  const py::detail::type_info* tinfo = py::detail::get_type_info(typeid(T));
+  if (tinfo == nullptr || !PyObject_TypeCheck(self.ptr(), tinfo->type)) {
+    throw py::type_error(std::string("this method needs a memchannel.") + type_name + ", got " +
+                         Py_TYPE(self.ptr())->tp_name);
+  }
+  auto vh = reinterpret_cast<py::detail::instance*>(self.ptr())->get_value_and_holder(tinfo, false);
+  if (!vh || !vh.holder_constructed() || !vh.template holder<std::shared_ptr<T>>()) {
+    throw py::type_error(std::string("memchannel.") + type_name +
+                         " object is not initialised (made by __new__ without __init__, or its __init__ "
+                         "failed); create it by calling memchannel." + type_name + "(...)");
+  }
+  return *vh.template holder<std::shared_ptr<T>>();
+}
+PyArena& arena_self(py::handle self) { return self_of<PyArena>(self, "Arena"); }
+PyChannel& channel_self(py::handle self) { return self_of<PyChannel>(self, "Channel"); }
+
 std::shared_ptr<PyChannel> make_channel(const py::object& maxsize, const py::object& maxbytes,
                                         const std::string& backend, const py::object& arena,
                                         const py::object& handle) {
@@ -850,9 +1024,15 @@ std::shared_ptr<PyChannel> make_channel(const py::object& maxsize, const py::obj
     if (!py::isinstance<PyArena>(arena)) {
       throw py::type_error("arena must be a memchannel.Arena, got " + std::string(Py_TYPE(arena.ptr())->tp_name));
     }
+    arena_self(arena);  // an Arena whose __init__ never ran has no C++ arena: TypeError
     a = arena.cast<std::shared_ptr<PyArena>>();
   }
-  auto created = Channel::create(a->arena, to_size(maxsize, "maxsize"), to_size(maxbytes, "maxbytes"), next_id());
+  const uint64_t max_messages = to_size(maxsize, "maxsize");
+  if (max_messages >= kClosedBit) {
+    throw py::value_error("maxsize=" + std::to_string(max_messages) + " is too large: at most " +
+                          std::to_string(kClosedBit - 1) + " messages (2**63 - 1); 0 means unbounded");
+  }
+  auto created = Channel::create(a->arena, max_messages, to_size(maxbytes, "maxbytes"), next_id());
   if (!created.ok()) raise_status(created.status, "creating a channel");
   register_channel(created.value);
   auto out = std::make_shared<PyChannel>();
@@ -869,9 +1049,11 @@ std::shared_ptr<PyChannel> make_channel(const py::object& maxsize, const py::obj
 // The PyChannel of a Channel object (the method descriptor has already checked the type).
 PyChannel& channel_of(PyObject* self) {
   auto* inst = reinterpret_cast<py::detail::instance*>(self);
-  void* value = inst->get_value_and_holder().value_ptr();
-  if (value == nullptr) throw py::type_error("Channel object is not initialised (missing __init__ call?)");
-  return *static_cast<PyChannel*>(value);
+  auto vh = inst->get_value_and_holder();
+  // The value pointer alone is not enough: pybind11 allocates it (uninitialised) on the first
+  // cast of an object whose __init__ never ran.
+  if (!vh.holder_constructed() || vh.value_ptr() == nullptr) return channel_self(self);  // raises
+  return *static_cast<PyChannel*>(vh.value_ptr());
 }
 
 // Positional-or-keyword arguments of a fastcall method: `out` gets at most names.size() values
@@ -969,20 +1151,31 @@ PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreter
              return make_arena(capacity.is_none() ? kDefaultHeapCapacity : to_size(capacity, "capacity"), backend);
            }),
            py::arg("capacity") = py::none(), py::arg("backend") = "shm")
-      .def_property_readonly("backend", [](PyArena& a) { return a.backend; })
-      .def_property_readonly("name", [](PyArena& a) { return a.name; }, "Segment-0 name (shm) or ''.")
-      .def_property_readonly("capacity", [](PyArena& a) { return a.arena->capacity(); })
-      .def_property_readonly("max_message_bytes", [](PyArena& a) { return a.arena->max_payload(); })
-      .def("stats", [](PyArena& a) {
+      // object.__reduce__ (pickle protocols 0 and 1, copy) would call pybind11's base type,
+      // which aborts the process ("no pybind11-registered base types"): refuse it here.
+      .def("__reduce__", [](py::handle) -> py::object {
+        throw py::type_error("memchannel.Arena objects cannot be pickled; send a channel's handle "
+                             "(or pickle the memchannel.Channel) instead");
+      })
+      .def_property_readonly("backend", [](py::handle s) { return arena_self(s).backend; })
+      .def_property_readonly("name", [](py::handle s) { return arena_self(s).name; }, "Segment-0 name (shm) or ''.")
+      .def_property_readonly("capacity", [](py::handle s) { return arena_self(s).arena->capacity(); })
+      .def_property_readonly("max_message_bytes", [](py::handle s) { return arena_self(s).arena->reachable_payload(); },
+                             "The largest message the arena can still hold (it shrinks once segments exist "
+                             "that are smaller than the room left: they are never merged).")
+      .def("stats", [](py::handle s) {
+        PyArena& a = arena_self(s);
         py::dict d;
         d["backend"] = a.backend;
         add_arena_stats(d, a.arena->stats());
         return d;
       })
-      .def("reap", [](PyArena& a) {
+      .def("reap", [](py::handle s) {
+        PyArena& a = arena_self(s);
         return without_gil([&] { return a.arena->reap_dead_holders(); });
       }, "Reclaim now the blocks held by processes that died; returns how many.")
-      .def("census", [](PyArena& a) {
+      .def("census", [](py::handle s) {
+        PyArena& a = arena_self(s);
         const ArenaCensus c = without_gil([&] { return a.arena->census(); });
         py::dict d;
         d["blocks"] = c.blocks;
@@ -1008,6 +1201,18 @@ PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreter
         "After finalization, end the process by SIGINT (a Ctrl-C exit, see pybind/gil.h).");
   m.def("_uncancel_waits", [](int64_t interpreter_id) { uncancel_waits(interpreter_id); },
         py::arg("interpreter_id"));
+  m.def("_timeout_seconds", [](const py::object& timeout) -> py::object {
+    const double seconds = timeout_seconds(timeout.ptr());
+    return seconds < 0 ? py::object(py::none()) : py::object(py::float_(seconds));
+  }, py::arg("timeout"), "The rule every timeout argument follows: seconds as a float, None for None; "
+                         "TypeError / ValueError otherwise.");
+  m.def("_parse_format", [](const std::string& format) {
+    const FormatInfo info = parse_format(format);
+    const char* verdict = info.verdict == FormatVerdict::kOk ? "ok" : info.verdict == FormatVerdict::kPointer ? "pointer" : "invalid";
+    return py::make_tuple(verdict, info.itemsize, info.aligned_itemsize, info.why);
+  }, py::arg("format"), "The PEP 3118 format check of pybind/pep3118.h: (verdict, itemsize, aligned itemsize, why).");
+  m.def("_format_fits", [](const std::string& format, uint64_t itemsize) { return format_fits(format, itemsize); },
+        py::arg("format"), py::arg("itemsize"));
   m.def("_list_segments", [](const std::string& prefix) {
     return shm::list_segments(prefix.empty() ? shm::default_prefix() : std::string_view(prefix));
   }, py::arg("prefix") = "");
@@ -1018,22 +1223,28 @@ PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreter
   channel_cls
       .def(py::init(&make_channel), py::arg("maxsize") = 0, py::kw_only(), py::arg("maxbytes") = 0,
            py::arg("backend") = "shm", py::arg("arena") = py::none(), py::arg("_handle") = py::none())
-      .def("send_nowait", [](PyChannel& c, const py::handle& data) { c.send(data, false, py::none()); },
+      .def("__reduce__", [](py::handle) -> py::object {  // see Arena.__reduce__
+        throw py::type_error("pickle memchannel.Channel objects (they pickle as their handle), "
+                             "not memchannel._memchannel.Channel");
+      })
+      .def("send_nowait", [](py::handle s, const py::handle& data) { channel_self(s).send(data, false, py::none()); },
            py::arg("data"))
-      .def("recv_nowait", [](PyChannel& c) { return c.recv(false, py::none()); })
-      .def("reserve", &PyChannel::reserve, py::arg("nbytes") = py::none(), py::kw_only(),
+      .def("recv_nowait", [](py::handle s) { return channel_self(s).recv(false, py::none()); })
+      .def("reserve", [](py::handle s, const py::object& nbytes, const std::string& format, const py::object& shape,
+                          const py::object& timeout) { return channel_self(s).reserve(nbytes, format, shape, timeout); }, py::arg("nbytes") = py::none(), py::kw_only(),
            py::arg("format") = "B", py::arg("shape") = py::none(), py::arg("timeout") = py::none())
-      .def("close", &PyChannel::close)
-      .def_property_readonly("closed", [](PyChannel& c) { return c.ch().closed(); })
-      .def("qsize", [](PyChannel& c) { return c.ch().queued(); })
-      .def("empty", [](PyChannel& c) { return c.ch().queued() == 0; })
-      .def("full", &PyChannel::full)
-      .def("stats", &PyChannel::stats)
-      .def_property_readonly("handle", &PyChannel::handle)
-      .def_property_readonly("backend", [](PyChannel& c) { return c.arena->backend; })
-      .def_property_readonly("_arena", [](PyChannel& c) { return c.arena; })
-      .def("__iter__", [](py::object self) { return self; })
-      .def("__next__", [](PyChannel& c) {
+      .def("close", [](py::handle s) { channel_self(s).close(); })
+      .def_property_readonly("closed", [](py::handle s) { return channel_self(s).ch().closed(); })
+      .def("qsize", [](py::handle s) { return channel_self(s).ch().queued(); })
+      .def("empty", [](py::handle s) { return channel_self(s).ch().queued() == 0; })
+      .def("full", [](py::handle s) { return channel_self(s).full(); })
+      .def("stats", [](py::handle s) { return channel_self(s).stats(); })
+      .def_property_readonly("handle", [](py::handle s) { return channel_self(s).handle(); })
+      .def_property_readonly("backend", [](py::handle s) { return channel_self(s).arena->backend; })
+      .def_property_readonly("_arena", [](py::handle s) { return channel_self(s).arena; })
+      .def("__iter__", [](py::object self) { channel_self(self); return self; })
+      .def("__next__", [](py::handle s) {
+        PyChannel& c = channel_self(s);
         const WaitSpec spec = c.wait_spec(true, py::none());
         auto got = c.waiting(spec, [&](const WaitSpec& w) { return c.ch().recv(w); });
         if (got.status == Status::kClosed) throw py::stop_iteration();

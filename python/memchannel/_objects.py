@@ -13,7 +13,8 @@ an object as one message. The block (little-endian):
 
 Sending: ``pickle.dumps(obj, protocol=5, buffer_callback=...)`` sets aside every
 out-of-band buffer (numpy arrays, ``pickle.PickleBuffer``) instead of copying it into the
-pickle; the block is reserved at its full size, the pickle and each buffer are copied into
+pickle (numpy object arrays, and structured arrays with object fields, are pickled in-band,
+item by item: their memory is pointers, which mean nothing to another process); the block is reserved at its full size, the pickle and each buffer are copied into
 it once, and the block is sent (ownership moves, no further copy). An object without
 out-of-band buffers is sent as ``send(header + pickle)``.
 
@@ -38,6 +39,7 @@ import pickle
 import struct
 import time
 
+from . import _memchannel
 from .errors import CorruptionError
 
 _MAGIC = b"MCO1"
@@ -53,6 +55,14 @@ def _aligned(offset: int) -> int:
 
 def _raw_bytes(pb: pickle.PickleBuffer) -> memoryview:
     """The bytes of an out-of-band buffer as a flat 'B' memoryview, in C order."""
+    with memoryview(pb) as view:
+        if view.format != "B" and _memchannel._parse_format(view.format)[0] == "pointer":
+            # numpy pickles object arrays in-band (their items are pickled one by one); only an
+            # explicit PickleBuffer over one gets here, and its bytes would be addresses.
+            raise TypeError(
+                f"send_object(): an out-of-band buffer of pointers (format {view.format!r}) "
+                "cannot be sent; pickle the objects themselves (numpy object arrays are, "
+                "without PickleBuffer)")
     try:
         return pb.raw()
     except BufferError:  # not contiguous: flatten (one extra copy; numpy never gives these)
@@ -80,6 +90,8 @@ def send_object(channel, obj, block: bool = True, timeout=None) -> None:
     anything is allocated or queued; on Full/ChannelClosed the block is returned.
     Concurrency: any thread, any interpreter, any process.
     """
+    # The rule of every timeout (Channel.send's): None or seconds >= 0, numpy numbers included.
+    timeout = _memchannel._timeout_seconds(timeout)
     buffers: list[pickle.PickleBuffer] = []
     data = pickle.dumps(obj, protocol=_PROTOCOL, buffer_callback=buffers.append)
     if not buffers:

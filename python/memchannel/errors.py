@@ -28,11 +28,15 @@ class ChannelNotFound(MemChannelError, LookupError):
 
 
 class CapacityError(MemChannelError, ValueError):
-    """A message can never fit the arena: create the channel with a larger Arena."""
+    """A message can never fit the arena: larger than its largest size class, or than every
+    segment it has and can still map (``Arena.max_message_bytes``). Waiting cannot help:
+    create the channel with a larger Arena."""
 
 
 class CorruptionError(MemChannelError):
-    """Channel memory failed validation (a peer wrote garbage); the channel keeps serving."""
+    """Channel memory failed validation (a peer wrote garbage, e.g. a received message's
+    format, itemsize or shape); the message is dropped and counted in
+    ``stats()["corruption_count"]``, and the channel keeps serving."""
 
 
 class WaitCancelled(MemChannelError):
