@@ -76,11 +76,12 @@ void BM_QueueOnlySendRecv(benchmark::State& state) {
 }
 BENCHMARK(BM_QueueOnlySendRecv);
 
-void BM_ChannelHandoffTwoThreads(benchmark::State& state) {
-  // Items/s is messages per second from a sender thread to a receiver thread (maxsize 1024).
+// Items/s is messages per second from a sender thread to a receiver thread (maxsize 1024).
+template <typename MakeArena>
+void handoff_two_threads(benchmark::State& state, MakeArena make) {
   const int64_t n = state.range(0);
   for (auto _ : state) {
-    auto arena = make_arena();
+    auto arena = make();
     auto ch = Channel::create(arena, 1024, 0, 1).value;
     std::thread receiver([&] {
       for (int64_t i = 0; i < n; ++i) {
@@ -96,6 +97,8 @@ void BM_ChannelHandoffTwoThreads(benchmark::State& state) {
   }
   state.SetItemsProcessed(state.iterations() * n);
 }
+
+void BM_ChannelHandoffTwoThreads(benchmark::State& state) { handoff_two_threads(state, [] { return make_arena(); }); }
 BENCHMARK(BM_ChannelHandoffTwoThreads)->Arg(200000)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 void BM_ShmChannelSendRecvSameThread(benchmark::State& state) {
@@ -112,25 +115,7 @@ void BM_ShmChannelSendRecvSameThread(benchmark::State& state) {
 }
 BENCHMARK(BM_ShmChannelSendRecvSameThread);
 
-void BM_ShmChannelHandoffTwoThreads(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  for (auto _ : state) {
-    auto arena = make_shm_arena();
-    auto ch = Channel::create(arena, 1024, 0, 1).value;
-    std::thread receiver([&] {
-      for (int64_t i = 0; i < n; ++i) {
-        auto r = ch->recv(WaitSpec{});
-        arena->release(r.value);
-      }
-    });
-    for (int64_t i = 0; i < n; ++i) {
-      auto h = arena->allocate(64, PayloadLayout{});
-      ch->send(h.value, WaitSpec{});
-    }
-    receiver.join();
-  }
-  state.SetItemsProcessed(state.iterations() * n);
-}
+void BM_ShmChannelHandoffTwoThreads(benchmark::State& state) { handoff_two_threads(state, [] { return make_shm_arena(); }); }
 BENCHMARK(BM_ShmChannelHandoffTwoThreads)->Arg(200000)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 void BM_FloorAtomicPingPong(benchmark::State& state) {
