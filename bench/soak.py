@@ -186,7 +186,8 @@ def run(seconds: float, participants: int, kill_every: float, seed: int) -> dict
     # whose count a death corrupted. Messages a killed receiver had already taken are not
     # lost by the channel: they died with their receiver, as documented.
     left_queued = {"work": work.stats()["queued"], "echo": echo.stats()["queued"]}
-    lost = census["queued"] + sum(left_queued.values())
+    lost = (census["queued"] + census.get("sending", 0) + census.get("transferred", 0)
+            + sum(left_queued.values()))
     rss_end = _rss_bytes()
     rss_warm = rss_warm or samples[0]["rss"]
     work.close()
@@ -200,7 +201,8 @@ def run(seconds: float, participants: int, kill_every: float, seed: int) -> dict
         "bytes_in_use back to baseline": final["bytes_in_use"] == baseline["bytes_in_use"],
         "no corruption counted": final["corruption_count"] == 0,
         "census: free lists consistent, nothing reserved/received": (
-            census["free_lists_consistent"] and census["reserved"] == 0 and census["received"] == 0),
+            census["free_lists_consistent"] and census["reserved"] == 0 and census["received"] == 0
+            and census.get("node_list_consistent", True)),
         "messages lost (blocks left queued after the drain, channel counts) == 0": lost == 0,
         "/dev/shm entries back to baseline": shm_after == shm_before,
         "parent RSS grew < 5 % after warm-up": rss_end < rss_warm * 1.05,

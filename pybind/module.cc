@@ -1188,6 +1188,15 @@ PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreter
         d["bad_cells"] = c.bad_cells;
         d["arena_cells"] = c.arena_cells;
         d["free_lists_consistent"] = c.free_lists_consistent;
+        d["sending"] = c.sending;
+        d["transferred"] = c.transferred;
+        d["carving_cells"] = c.carving_cells;
+        d["nodes_free"] = c.nodes_free;
+        d["nodes_held"] = c.nodes_held;
+        d["nodes_linked"] = c.nodes_linked;
+        d["nodes_claimed"] = c.nodes_claimed;
+        d["nodes_free_listed"] = c.nodes_free_listed;
+        d["node_list_consistent"] = c.node_list_consistent;
         return d;
       }, "Walk all arena memory and count blocks by state (a consistency check for tests).");
 

@@ -68,6 +68,8 @@ def test_sigkilled_holder_blocks_return_and_its_sent_messages_arrive():
     census = arena.census()
     assert census["free_lists_consistent"] and census["bad_cells"] == 0
     assert census["reserved"] == 0 and census["received"] == 0
+    assert census["sending"] == census["transferred"] == census["carving_cells"] == 0
+    assert census["node_list_consistent"]
     # The survivors keep working.
     outbox.send(b"still works")
     assert bytes(outbox.recv(timeout=5)) == b"still works"
