@@ -22,7 +22,7 @@ def _attach_pickled(handle: bytes, pid: int, backend: str) -> "Channel":
 class Channel(_memchannel.Channel):
     """A queue of buffers between threads, subinterpreters and processes.
 
-    ``Channel(maxsize=0, *, maxbytes=0, backend="heap", arena=None)``: ``maxsize`` bounds the
+    ``Channel(maxsize=0, *, maxbytes=0, backend="shm", arena=None)``: ``maxsize`` bounds the
     number of queued messages and ``maxbytes`` their payload bytes (0 = unbounded, limited only
     by the arena's capacity). Concurrency: any thread, any interpreter.
     """
@@ -66,7 +66,7 @@ class Arena(_memchannel.Arena):
     """Memory shared by the channels made from it; a received Buffer can be sent on to any
     channel of the same arena without a copy.
 
-    ``Arena(capacity=None, backend="heap")``. Concurrency: any thread, any interpreter.
+    ``Arena(capacity=None, backend="shm")``. Concurrency: any thread, any interpreter.
     """
 
     def channel(self, maxsize: int = 0, *, maxbytes: int = 0) -> Channel:
