@@ -115,10 +115,7 @@ void Arena::detach() {
   // Dead holders still count as attached until reaped: reap them so the last live process
   // really is the last and removes the segments.
   reap_dead_holders();
-  if (holder_ != 0) {
-    HolderSlot& slot = header_->holders[holder_ - 1];
-    slot.state.store(kSlotFree, std::memory_order_release);
-  }
+  if (holder_ != 0) free_slot(header_->holders[holder_ - 1]);
   if (header_->attached_holders.fetch_sub(1, std::memory_order_acq_rel) == 1) {
     backend_->remove_segments(header_->segment_count.load(std::memory_order_acquire));
   }
@@ -348,24 +345,39 @@ uint64_t Arena::reclaim_holder(uint32_t holder_id) {
   return freed;
 }
 
+void Arena::free_slot(HolderSlot& slot) {
+  // A free slot has no identity: so a slot found kSlotClaiming with a complete identity names
+  // its claimer, not an earlier occupant (see reap_dead_holders).
+  slot.identity[0].store(0, std::memory_order_relaxed);
+  slot.identity[1].store(0, std::memory_order_relaxed);
+  slot.state.store(kSlotFree, std::memory_order_release);
+}
+
 uint64_t Arena::reap_dead_holders() {
   if (!backend_->tracks_holders()) return 0;
   uint64_t freed = 0;
   for (uint32_t i = 0; i < kMaxHolders; ++i) {
     HolderSlot& slot = header_->holders[i];
-    if (i + 1 == holder_ || slot.state.load(std::memory_order_acquire) != kSlotActive) continue;
+    if (i + 1 == holder_) continue;
+    const uint32_t state = slot.state.load(std::memory_order_acquire);
+    if (state != kSlotActive && state != kSlotClaiming) continue;
     const HolderIdentity id{{slot.identity[0].load(std::memory_order_relaxed),
                              slot.identity[1].load(std::memory_order_relaxed)}};
+    // A claimer killed after writing its identity but before marking the slot active (found by
+    // the 1-hour soak: the slot, and with it the arena's attach count, leaked forever, so the
+    // segments were never removed). Identities are cleared when a slot is freed, so a complete
+    // one here is the claimer's own; an incomplete one may still be being written: skip it.
+    if (state == kSlotClaiming && (id.words[0] == 0 || id.words[1] == 0)) continue;
     if (backend_->liveness(id) != HolderLiveness::kDead) continue;
-    uint32_t expected = kSlotActive;
+    uint32_t expected = state;
     if (!slot.state.compare_exchange_strong(expected, kSlotReclaiming, std::memory_order_acq_rel)) {
-      continue;  // another party reclaims it
+      continue;  // another party reclaims it, or the claimer finished its claim
     }
     const uint64_t n = reclaim_holder(i + 1);
     slot.reclaimed_blocks.fetch_add(n, std::memory_order_relaxed);
     header_->reclaimed_blocks.fetch_add(n, std::memory_order_relaxed);
     freed += n;
-    slot.state.store(kSlotFree, std::memory_order_release);
+    free_slot(slot);
     header_->attached_holders.fetch_sub(1, std::memory_order_acq_rel);
   }
   return freed;

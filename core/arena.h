@@ -435,6 +435,8 @@ class Arena {
   // past (see recover_queues in channel.h).
   // Concurrency: any thread, any process; at most one party reclaims a given dead holder.
   uint64_t reap_dead_holders();
+  // Clears a slot's identity, then frees it.
+  static void free_slot(HolderSlot& slot);
   // Walks every carved cell; counts states and checks the free lists (for tests and tools).
   ArenaCensus census();
   // Calls visit for every carved cell in carve order (blocks, nodes, unfinished carves); stops

@@ -191,5 +191,47 @@ TYPED_TEST(ReclaimTest, SweepsAtMostOncePerInterval) {
   EXPECT_EQ(active_slots(*arena), 1u);
 }
 
+// A process killed while claiming its holder slot: after writing its identity, before marking
+// the slot active (the window the 1-hour soak hit: the slot and the arena's attach count
+// leaked, so the segments outlived every process). The child plays exactly that claim on a
+// free slot and dies; a plain stats() call must give the slot and the count back.
+TYPED_TEST(ReclaimTest, ClaimerKilledMidClaimGivesItsSlotBack) {
+  auto arena = this->make_arena(4 * kMiB);
+  ASSERT_NE(arena, nullptr);
+  ArenaHeader* header = arena_header(*arena);
+  const uint32_t attached = header->attached_holders.load();
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    for (HolderSlot& slot : header->holders) {
+      uint32_t expected = kSlotFree;
+      if (!slot.state.compare_exchange_strong(expected, kSlotClaiming)) continue;
+      header->attached_holders.fetch_add(1);  // an attacher counts itself first, then claims
+      const HolderIdentity me = arena->backend().self_identity();
+      slot.identity[0].store(me.words[0]);
+      slot.identity[1].store(me.words[1]);
+      ::_exit(0);  // killed here: the slot stays kSlotClaiming
+    }
+    ::_exit(1);
+  }
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(pid, &wstatus, 0), pid);
+  ASSERT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0);
+  auto claiming = [&] {
+    uint32_t n = 0;
+    for (const HolderSlot& slot : header->holders) n += slot.state.load() == kSlotClaiming ? 1 : 0;
+    return n;
+  };
+  ASSERT_EQ(claiming(), 1u);
+  ASSERT_EQ(header->attached_holders.load(), attached + 1);
+  const int64_t start = monotonic_ns();
+  while (claiming() != 0 && monotonic_ns() - start < kWithinNs) {
+    (void)arena->stats();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(claiming(), 0u) << "the dead claimer's slot is still kSlotClaiming";
+  EXPECT_EQ(header->attached_holders.load(), attached);
+  EXPECT_EQ(active_slots(*arena), 1u);
+}
+
 }  // namespace
 }  // namespace memchannel::testing
