@@ -615,6 +615,9 @@ Status Arena::grow(uint32_t current, uint64_t at_least) {
   if (next >= kMaxSegments) return Status::kOutOfCapacity;
   uint64_t existing = header_->segment_bytes[next].load(std::memory_order_acquire);
   if (is_creating_word(existing) && bases_[next].load(std::memory_order_acquire) != nullptr) {
+    // Another thread of this process is publishing the segment it just created (it maps the
+    // segment before it writes the size): wait for it like for any live creator.
+    if (existing == make_creating_word(holder_, incarnation_)) return Status::kInterrupted;
     // This process has mapped that segment already: it was created, and the entry was
     // rewritten since. Taking it over would unmap memory in use here.
     note_corruption();
