@@ -146,6 +146,9 @@ void Arena::reattach_after_fork() {
 }
 
 Status Arena::claim_holder_slot() {
+  // Identity first (it may read /proc): the slot then stays kSlotClaiming for two stores only,
+  // the window in which a killed claimer still leaks its slot (see reap_dead_holders).
+  const HolderIdentity me = backend_->self_identity();
   for (int round = 0; round < 2; ++round) {
     for (uint32_t i = 0; i < kMaxHolders; ++i) {
       HolderSlot& slot = header_->holders[i];
@@ -153,7 +156,6 @@ Status Arena::claim_holder_slot() {
       if (!slot.state.compare_exchange_strong(expected, kSlotClaiming, std::memory_order_acq_rel)) {
         continue;
       }
-      const HolderIdentity me = backend_->self_identity();
       slot.identity[0].store(me.words[0], std::memory_order_relaxed);
       slot.identity[1].store(me.words[1], std::memory_order_relaxed);
       incarnation_ = slot.incarnation.fetch_add(1, std::memory_order_relaxed) + 1;
