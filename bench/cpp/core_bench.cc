@@ -47,8 +47,10 @@ void BM_ArenaAllocRelease(benchmark::State& state) {
 }
 BENCHMARK(BM_ArenaAllocRelease)->Arg(64)->Arg(4096)->Arg(1 << 20)->Threads(1)->Threads(2)->UseRealTime();
 
-void BM_ChannelSendRecvSameThread(benchmark::State& state) {
-  auto arena = make_arena();
+// 64-byte allocate + send + recv + release in one thread.
+template <typename MakeArena>
+void send_recv_same_thread(benchmark::State& state, MakeArena make) {
+  auto arena = make();
   auto ch = Channel::create(arena, 0, 0, 1).value;
   const WaitSpec nb = WaitSpec::nonblocking();
   for (auto _ : state) {
@@ -58,6 +60,10 @@ void BM_ChannelSendRecvSameThread(benchmark::State& state) {
     arena->release(r.value);
   }
   state.SetItemsProcessed(state.iterations());
+}
+
+void BM_ChannelSendRecvSameThread(benchmark::State& state) {
+  send_recv_same_thread(state, [] { return make_arena(); });
 }
 BENCHMARK(BM_ChannelSendRecvSameThread);
 
@@ -102,16 +108,7 @@ void BM_ChannelHandoffTwoThreads(benchmark::State& state) { handoff_two_threads(
 BENCHMARK(BM_ChannelHandoffTwoThreads)->Arg(200000)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 void BM_ShmChannelSendRecvSameThread(benchmark::State& state) {
-  auto arena = make_shm_arena();
-  auto ch = Channel::create(arena, 0, 0, 1).value;
-  const WaitSpec nb = WaitSpec::nonblocking();
-  for (auto _ : state) {
-    auto h = arena->allocate(64, PayloadLayout{});
-    ch->send(h.value, nb);
-    auto r = ch->recv(nb);
-    arena->release(r.value);
-  }
-  state.SetItemsProcessed(state.iterations());
+  send_recv_same_thread(state, [] { return make_shm_arena(); });
 }
 BENCHMARK(BM_ShmChannelSendRecvSameThread);
 
