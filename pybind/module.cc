@@ -148,11 +148,11 @@ Status status_of(const R& r) {
 
 // Runs `attempt(spec)` without the GIL until it returns something other than kInterrupted,
 // checking between slices for signals (KeyboardInterrupt), for a cancellation of this
-// interpreter's waits (WaitCancelled) and, on shared memory, reclaiming what dead peers held
-// (a wait never depends on a dead process). The GIL is re-taken by reacquire_gil(), never by
+// interpreter's waits (WaitCancelled). Dead peers are reclaimed by the core's own waits
+// (Channel's sweeping waits), so a wait never depends on a dead process. The GIL is re-taken by reacquire_gil(), never by
 // a destructor: see pybind/gil.h for why that matters at interpreter exit.
 template <typename Attempt>
-auto wait_with_gil_released(WaitSpec spec, Arena& arena, Attempt&& attempt) {
+auto wait_with_gil_released(WaitSpec spec, Attempt&& attempt) {
   const int64_t interp_id = PyInterpreterState_GetID(PyInterpreterState_Get());
   for (;;) {
     auto result = without_gil([&] { return attempt(spec); });
@@ -161,9 +161,6 @@ auto wait_with_gil_released(WaitSpec spec, Arena& arena, Attempt&& attempt) {
     if (waits_cancelled(interp_id)) {
       raise_error("WaitCancelled", "the wait was cancelled: this interpreter is being closed");
     }
-    if (arena.backend().tracks_holders()) {
-      without_gil([&] { arena.maybe_reap(); });  // at most one sweep per interval per process
-    }
   }
 }
 
@@ -171,11 +168,11 @@ auto wait_with_gil_released(WaitSpec spec, Arena& arena, Attempt&& attempt) {
 // and re-taking the GIL (two mutex round trips). So a call first tries once with the GIL held
 // and drops the GIL only when it has to wait (channel full or empty, arena out of space).
 template <typename Attempt>
-auto attempt_then_wait(const WaitSpec& spec, Arena& arena, Attempt&& attempt) {
+auto attempt_then_wait(const WaitSpec& spec, Attempt&& attempt) {
   auto first = attempt(WaitSpec::nonblocking());
   const Status s = status_of(first);
   if ((s != Status::kFull && s != Status::kEmpty) || spec.deadline_ns == 0) return first;
-  return wait_with_gil_released(spec, arena, std::forward<Attempt>(attempt));
+  return wait_with_gil_released(spec, std::forward<Attempt>(attempt));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -750,7 +747,7 @@ struct PyChannel {
   WaitSpec wait_spec(bool block, const py::object& timeout) { return make_wait(block, timeout, arena->shared()); }
   template <typename Attempt>
   auto waiting(const WaitSpec& spec, Attempt&& attempt) {
-    return attempt_then_wait(spec, *arena->arena, std::forward<Attempt>(attempt));
+    return attempt_then_wait(spec, std::forward<Attempt>(attempt));
   }
 
   // Copies any buffer-protocol object into a new block (one memcpy) and returns it.
