@@ -66,7 +66,7 @@ const char* to_string(CrashPoint p) {
     case CrashPoint::kNodeConverted: return "node_converted";
     case CrashPoint::kNodeMarkedFree: return "node_marked_free";
     case CrashPoint::kSendNodeAllocated: return "send_node_allocated";
-    case CrashPoint::kSendAdmitted: return "send_admitted";
+    case CrashPoint::kSendNamed: return "send_named";
     case CrashPoint::kSendMarkedSending: return "send_marked_sending";
     case CrashPoint::kSendLinked: return "send_linked";
     case CrashPoint::kSendTailSwung: return "send_tail_swung";
@@ -146,14 +146,14 @@ void Arena::reattach_after_fork() {
 }
 
 Status Arena::claim_holder_slot() {
-  // Identity first (it may read /proc): the slot then stays kSlotClaiming for two stores only,
-  // the window in which a killed claimer still leaks its slot (see reap_dead_holders).
+  // Identity first (it may read /proc). The claim names the claimer's pid, so a claimer killed
+  // before its identity is complete is still found dead (see reap_dead_holders).
   const HolderIdentity me = backend_->self_identity();
   for (int round = 0; round < 2; ++round) {
     for (uint32_t i = 0; i < kMaxHolders; ++i) {
       HolderSlot& slot = header_->holders[i];
       uint32_t expected = kSlotFree;
-      if (!slot.state.compare_exchange_strong(expected, kSlotClaiming, std::memory_order_acq_rel)) {
+      if (!slot.state.compare_exchange_strong(expected, slot_claiming(me.words[0]), std::memory_order_acq_rel)) {
         continue;
       }
       slot.identity[0].store(me.words[0], std::memory_order_relaxed);
@@ -170,14 +170,17 @@ Status Arena::claim_holder_slot() {
 
 bool Arena::creator_alive(uint64_t w) {
   if (!backend_->tracks_holders()) return true;  // a thread of this process: it cannot die alone
-  const uint32_t holder = creating_holder(w);
-  if (holder == 0 || holder > kMaxHolders) return false;  // no tracked creator: nobody finishes it
-  if (holder == holder_) return creating_incarnation(w) == (incarnation_ & 0xffffff);
+  return occupant_alive(creating_holder(w), creating_incarnation(w), 0xffffff);
+}
+
+bool Arena::occupant_alive(uint32_t holder, uint32_t incarnation, uint32_t mask) {
+  if (!backend_->tracks_holders()) return true;
+  if (holder == 0 || holder > kMaxHolders) return false;  // no tracked occupant: nobody finishes it
+  if (holder == holder_) return (incarnation_ & mask) == (incarnation & mask);
   HolderSlot& slot = header_->holders[holder - 1];
   const uint32_t state = slot.state.load(std::memory_order_acquire);
-  // Claimed again since (or being reclaimed, or free): the creator is gone.
-  if (state != kSlotActive ||
-      (slot.incarnation.load(std::memory_order_relaxed) & 0xffffff) != creating_incarnation(w)) {
+  // Claimed again since (or being reclaimed, or free): the occupant is gone.
+  if (state != kSlotActive || (slot.incarnation.load(std::memory_order_relaxed) & mask) != (incarnation & mask)) {
     return false;
   }
   const HolderIdentity id{{slot.identity[0].load(std::memory_order_relaxed),
@@ -242,7 +245,7 @@ bool Arena::holder_alive(uint32_t holder) {
   if (holder > kMaxHolders) return false;
   HolderSlot& slot = header_->holders[holder - 1];
   const uint32_t state = slot.state.load(std::memory_order_acquire);
-  if (state == kSlotClaiming) return true;  // identity not yet published: assume alive
+  if (slot_kind(state) == kSlotClaiming) return true;  // identity not yet published: assume alive
   if (state != kSlotActive) return false;
   const HolderIdentity id{{slot.identity[0].load(std::memory_order_relaxed),
                            slot.identity[1].load(std::memory_order_relaxed)}};
@@ -362,23 +365,38 @@ uint64_t Arena::reap_dead_holders() {
     HolderSlot& slot = header_->holders[i];
     if (i + 1 == holder_) continue;
     const uint32_t state = slot.state.load(std::memory_order_acquire);
-    if (state != kSlotActive && state != kSlotClaiming) continue;
-    const HolderIdentity id{{slot.identity[0].load(std::memory_order_relaxed),
-                             slot.identity[1].load(std::memory_order_relaxed)}};
-    // A claimer killed after writing its identity but before marking the slot active (found by
-    // the 1-hour soak: the slot, and with it the arena's attach count, leaked forever, so the
-    // segments were never removed). Identities are cleared when a slot is freed, so a complete
-    // one here is the claimer's own; an incomplete one may still be being written: skip it.
-    if (state == kSlotClaiming && (id.words[0] == 0 || id.words[1] == 0)) continue;
-    if (backend_->liveness(id) != HolderLiveness::kDead) continue;
+    const uint32_t kind = slot_kind(state);
+    if (kind == kSlotReclaiming) {
+      // A reap in progress, or one whose reaper was killed half way (the 10-minute soak found
+      // such a slot, and with it the arena's attach count, stuck for good): finish it. Every
+      // step of reclaim_holder is a CAS from a state naming the dead holder, so running it
+      // again completes what the first reaper left and repeats nothing it did.
+      if (occupant_alive(slot_reaper(state), slot_reaper_incarnation(state), 0xffff)) continue;
+    } else if (kind == kSlotActive || kind == kSlotClaiming) {
+      const HolderIdentity id{{slot.identity[0].load(std::memory_order_relaxed),
+                               slot.identity[1].load(std::memory_order_relaxed)}};
+      if (kind == kSlotClaiming && (id.words[0] == 0 || id.words[1] == 0)) {
+        // A claimer killed before it wrote its identity (identities are cleared when a slot is
+        // freed, so a complete one is the claimer's own): its pid is in the claim itself.
+        if (backend_->liveness(HolderIdentity{{slot_claimer(state), 0}}) != HolderLiveness::kDead) continue;
+      } else if (backend_->liveness(id) != HolderLiveness::kDead) {
+        continue;
+      }
+    } else {
+      continue;
+    }
     uint32_t expected = state;
-    if (!slot.state.compare_exchange_strong(expected, kSlotReclaiming, std::memory_order_acq_rel)) {
+    if (!slot.state.compare_exchange_strong(expected, slot_reclaiming(holder_, incarnation_),
+                                            std::memory_order_acq_rel)) {
       continue;  // another party reclaims it, or the claimer finished its claim
     }
     const uint64_t n = reclaim_holder(i + 1);
     slot.reclaimed_blocks.fetch_add(n, std::memory_order_relaxed);
     header_->reclaimed_blocks.fetch_add(n, std::memory_order_relaxed);
     freed += n;
+    // A reaper killed between these two stores leaves the attach count one high: the segments
+    // then outlive the last process until cleanup_dead_arenas finds every holder dead (the
+    // other order would risk removing them under a live process).
     free_slot(slot);
     header_->attached_holders.fetch_sub(1, std::memory_order_acq_rel);
   }

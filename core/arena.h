@@ -62,7 +62,7 @@
 namespace memchannel {
 
 inline constexpr uint64_t kArenaMagic = 0x314e524148434d4dull;  // "MMCHARN1"
-inline constexpr uint32_t kArenaLayoutVersion = 4;  // 2: node states, kBlockSending, carving; 3: striped counters; 4: kBlockTransferred
+inline constexpr uint32_t kArenaLayoutVersion = 5;  // 2: node states, kBlockSending, carving; 3: striped counters; 4: kBlockTransferred; 5: node seq
 inline constexpr uint32_t kArenaReady = 0x52454459u;            // "REDY"
 // segment_bytes[i] while one party creates segment i: the creating word names the creator
 // (holder id and the incarnation of its slot), so a creator that died half way is detected and
@@ -102,14 +102,14 @@ enum class CrashPoint : uint32_t {
   kNodeMarkedFree,      // a node is kNodeFree, not yet on the node free list
   // Channel::send
   kSendNodeAllocated,   // a node is held; the message is not admitted
-  kSendAdmitted,        // admitted (count, bytes); the node is kNodeLinked with the descriptor
+  kSendNamed,           // the node is kNodeLinked(channel, sender) with the descriptor; not linked
   kSendMarkedSending,   // the block is kSending
   kSendLinked,          // the node is linked after the last node (not yet the tail)
   kSendTailSwung,       // the tail names the node
   kSendMarkedQueued,    // the block is kQueued
   kSendNotified,        // receivers woken
   // Channel::recv
-  kRecvClaimed,         // the first message node is kNodeClaimed; count and bytes decremented
+  kRecvClaimed,         // the first message node is kNodeClaimed by this holder
   kRecvTaken,           // its block is kReceived by this holder
   kRecvHeadAdvanced,    // the head names the claimed node; the old dummy not yet freed
   kRecvTransferred,     // the old dummy's message, not yet taken by its claimer, is kTransferred
@@ -147,9 +147,28 @@ inline constexpr uint32_t kMaxHolders = 128;
 // peers at most this often, from its ordinary calls.
 inline constexpr int64_t kSweepIntervalNs = 250'000'000;
 enum HolderSlotState : uint32_t { kSlotFree = 0, kSlotClaiming = 1, kSlotActive = 2, kSlotReclaiming = 3 };
+// A slot's state word: the state in the low byte, and in the rest who is working on it, so a
+// party killed in the middle can be told from one still at work:
+//   kSlotClaiming    | claimer's identity word 0 (its pid) & 0xffffff << 8
+//   kSlotReclaiming  | reaper's holder id << 8 | reaper's incarnation & 0xffff << 16
+// A claimer killed before it wrote its identity, or a reaper killed half way through a reap,
+// is then found dead by the next sweep, which takes the slot over (Arena::reap_dead_holders).
+constexpr uint32_t slot_kind(uint32_t word) { return word & 0xff; }
+constexpr uint32_t slot_claiming(uint64_t claimer) {
+  return kSlotClaiming | (static_cast<uint32_t>(claimer & 0xffffff) << 8);
+}
+constexpr uint32_t slot_claimer(uint32_t word) { return word >> 8; }
+constexpr uint32_t slot_reclaiming(uint32_t reaper, uint32_t incarnation) {
+  return kSlotReclaiming | ((reaper & 0xff) << 8) | ((incarnation & 0xffff) << 16);
+}
+constexpr uint32_t slot_reaper(uint32_t word) { return (word >> 8) & 0xff; }
+constexpr uint32_t slot_reaper_incarnation(uint32_t word) { return word >> 16; }
+static_assert(slot_kind(slot_claiming(0xffffffffu)) == kSlotClaiming);
+static_assert(slot_reaper(slot_reclaiming(128, 0x12345)) == 128);
+static_assert(slot_reaper_incarnation(slot_reclaiming(128, 0x12345)) == 0x2345);
 
 struct alignas(kCacheLine) HolderSlot {
-  std::atomic<uint32_t> state;             // HolderSlotState; identity valid while kSlotActive
+  std::atomic<uint32_t> state;             // slot state word (above); identity valid while kSlotActive
   std::atomic<uint32_t> incarnation;       // bumped by every claim: tells occupants of a slot apart
   std::atomic<uint64_t> identity[2];       // backend-defined (pid, start time)
   std::atomic<uint64_t> reclaimed_blocks;  // blocks freed on behalf of a dead occupant
@@ -208,11 +227,18 @@ static_assert(sizeof(ArenaHeader) % kCacheLine == 0);
 
 // A 64-byte cell of a channel's descriptor queue (see channel.h).
 //
-//   0       8      12     16      24     28      32              40
-//   +-------+------+------+-------+------+-------+---------------+-------------+
-//   | next  |block | gen  |length |free_ |magic  | state         | reserved    |
-//   |tagged |      |      |       |next  |       |               |             |
-//   +-------+------+------+-------+------+-------+---------------+-------------+
+//   0       8      12     16      24     28      32      40      48       64
+//   +-------+------+------+-------+------+-------+-------+-------+--------+
+//   | next  |block | gen  |length |free_ |magic  | state | seq   |position|
+//   |tagged |      |      |       |next  |       |       |       | bytes  | (+8 reserved)
+//   +-------+------+------+-------+------+-------+-------+-------+--------+
+//
+// `seq` and `position_bytes` number a channel's messages: a message linked after node L has
+// seq = L.seq + 1 and position_bytes = L.position_bytes + length, written by its sender before
+// the link CAS publishes the node and never changed while the node is in the queue. So the
+// number of messages queued is last.seq - dummy.seq and their bytes the difference of
+// position_bytes: counts that follow from the queue itself, which a killed sender or receiver
+// cannot leave wrong (see channel.h).
 //
 // Node state (one 64-bit word, changed by CAS or by its exclusive owner):
 //
@@ -221,7 +247,7 @@ static_assert(sizeof(ArenaHeader) % kCacheLine == 0);
 //   | channel tag       | generation |  holder |  kind   |
 //   +-------------------+------------+---------+---------+
 //
-//   kNodeFree --allocate_node--> kNodeHeld(holder) --send admitted--> kNodeLinked(channel, sender)
+//   kNodeFree --allocate_node--> kNodeHeld(holder) --send-----> kNodeLinked(channel, sender)
 //      ^                             |                                      | a receiver claims it
 //      +--------- free_node ---------+                                      v
 //      +<------- advanced past as the queue's dummy ---------- kNodeClaimed(channel, receiver)
@@ -238,13 +264,16 @@ struct QueueNode {
   std::atomic<uint32_t> free_next;   // node free-list link
   uint32_t magic;                    // kNodeMagic
   std::atomic<uint64_t> state;       // node state, see above
-  uint64_t reserved_[3];
+  std::atomic<uint64_t> seq;         // messages linked into the channel up to this one
+  std::atomic<uint64_t> position_bytes;  // their payload bytes
+  uint64_t reserved_;
 };
 static_assert(sizeof(QueueNode) == 64);
 static_assert(std::is_standard_layout_v<QueueNode>);
 static_assert(offsetof(QueueNode, free_next) == kCellWordOffset);
 static_assert(offsetof(QueueNode, magic) == kCellMagicOffset);
 static_assert(offsetof(QueueNode, state) == 32);
+static_assert(offsetof(QueueNode, seq) == 40);
 
 enum NodeKind : uint32_t { kNodeFree = 0, kNodeHeld = 1, kNodeLinked = 2, kNodeClaimed = 3 };
 
@@ -429,6 +458,9 @@ class Arena {
   // Whether the holder that wrote creating word `w` into the segment table still runs (the
   // same occupant of its slot). Untracked holders (heap) are always alive.
   bool creator_alive(uint64_t w);
+  // Whether slot `holder` is still occupied, by a live process, in the occupancy whose
+  // incarnation is `incarnation` (compared under `mask`).
+  bool occupant_alive(uint32_t holder, uint32_t incarnation, uint32_t mask);
   // Frees the blocks held by holders whose process has died; returns how many. Also finishes
   // what a dead process left half done: cells it was carving, nodes it held, sends it had
   // linked (completed) or not (rolled back), messages it had claimed, dummies it had advanced

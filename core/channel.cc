@@ -14,13 +14,15 @@ namespace {
 constexpr uint64_t kMaxQueueSteps = 1ull << 22;
 
 // Turns a freshly allocated node into a queue's dummy: no message, no successor, and state
-// "consumed message" (claimed, by nobody in particular) of channel `tag`. Returns that state.
-uint64_t make_dummy(QueueNode* node, uint32_t tag) {
+// "consumed message" (claimed, by nobody in particular) of channel `tag`, numbered as if it
+// were message `seq` ending at byte `position`. Returns that state.
+uint64_t make_dummy(QueueNode* node, uint32_t tag, uint64_t seq = 0, uint64_t position = 0, bool sealed = false) {
   node->block.store(0, std::memory_order_relaxed);
   node->generation.store(0, std::memory_order_relaxed);
   node->length.store(0, std::memory_order_relaxed);
-  node->next.store(make_tagged(tagged_tag(node->next.load(std::memory_order_relaxed)) + 1, 0),
-                   std::memory_order_relaxed);
+  node->seq.store(seq, std::memory_order_relaxed);
+  node->position_bytes.store(position, std::memory_order_relaxed);
+  node->next.store(next_link(node->next.load(std::memory_order_relaxed), 0, sealed), std::memory_order_relaxed);
   const uint64_t claimed = with_node_kind(node->state.load(std::memory_order_relaxed), tag, 0, kNodeClaimed);
   node->state.store(claimed, std::memory_order_release);
   return claimed;
@@ -41,12 +43,6 @@ struct LastTaken {
   uint64_t state;
 };
 thread_local LastTaken t_last_taken{nullptr, 0, 0};
-
-void saturating_sub(std::atomic<uint64_t>& counter, uint64_t n) {
-  uint64_t cur = counter.load(std::memory_order_relaxed);
-  while (!counter.compare_exchange_weak(cur, cur > n ? cur - n : 0, std::memory_order_relaxed)) {
-  }
-}
 
 // wait_until, and on a backend with holders a wake-up at least every sweep interval to reclaim
 // dead peers (a wait in progress counts as a call: Arena::maybe_reap). The caller's own slice,
@@ -83,20 +79,6 @@ inline Status wait_sweeping(Arena& arena, EventCount& ec, const WaitSpec& spec, 
 // Flow-control statuses as the API reports them: a wait that ran out means full / empty.
 Status as_flow(Status s, Status when_out_of_time) {
   return s == Status::kTimedOut ? when_out_of_time : s;
-}
-
-// Takes one message off `count` (never below zero: a message nobody admitted is corruption).
-// Returns false if there was none. Wakes receivers when the last message of a closed channel
-// goes: they saw it "in flight" and must re-check.
-bool take_count(ChannelHeader& h) {
-  uint64_t c = h.count.load(std::memory_order_acquire);
-  for (;;) {
-    if ((c & ~kClosedBit) == 0) return false;
-    if (h.count.compare_exchange_weak(c, c - 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
-      if (c == (kClosedBit | 1)) notify_all(h.not_empty);
-      return true;
-    }
-  }
 }
 
 // A block header in arena memory, or nullptr (tests the magic only; callers CAS exact words).
@@ -148,7 +130,7 @@ Channel::Channel(std::shared_ptr<Arena> arena, ChannelHeader* header, Offset off
 
 Result<std::shared_ptr<Channel>> Channel::create(std::shared_ptr<Arena> arena, uint64_t maxsize,
                                                  uint64_t maxbytes, uint64_t channel_id) {
-  if (maxsize >= kClosedBit) return {Status::kInvalidArgument, nullptr};
+  if (maxsize > kMaxChannelSize) return {Status::kInvalidArgument, nullptr};
   auto cells = arena->allocate_cells(sizeof(ChannelHeader));
   if (!cells.ok()) return {cells.status, nullptr};
   auto dummy = arena->allocate_node();
@@ -186,7 +168,7 @@ Result<std::shared_ptr<Channel>> Channel::open(std::shared_ptr<Arena> arena, Off
     arena->note_corruption();
     return {Status::kVersionMismatch, nullptr};
   }
-  if (header->maxsize >= kClosedBit) {
+  if (header->maxsize > kMaxChannelSize) {
     arena->note_corruption();
     return {Status::kCorruptedLength, nullptr};
   }
@@ -258,77 +240,96 @@ bool Channel::node_in_channel(uint64_t state) const {
          (node_kind(state) == kNodeLinked || node_kind(state) == kNodeClaimed);
 }
 
-Channel::Admit Channel::try_admit(uint64_t length) {
-  for (int repairs = 0;; ++repairs) {
-    bool impossible = false;
-    if (maxbytes_ != 0) {
-      uint64_t b = header_->bytes.load(std::memory_order_relaxed);
-      do {
-        // At most maxbytes are queued, or one message alone (an empty channel always admits
-        // one message, however large, so nothing deadlocks): anything above is corruption.
-        if (b > maxbytes_ && b > arena_->max_payload()) {
-          impossible = true;
-          break;
-        }
-        if (b != 0 && (length > maxbytes_ || b > maxbytes_ - length)) return Admit::kFull;
-      } while (!header_->bytes.compare_exchange_weak(b, b + length, std::memory_order_relaxed));
-    } else {
-      header_->bytes.fetch_add(length, std::memory_order_relaxed);
+Channel::Counts Channel::walk_counts(uint64_t head, uint64_t limit) const {
+  Counts c;
+  QueueNode* first = arena_->find_node(tagged_ref(head));
+  if (first == nullptr) return c;
+  std::unordered_set<BlockRef> seen{tagged_ref(head)};
+  BlockRef ref = tagged_ref(first->next.load(std::memory_order_acquire));
+  for (uint64_t steps = 0; ref != 0 && steps < kMaxQueueSteps && c.queued < limit; ++steps) {
+    QueueNode* n = arena_->find_node(ref);
+    if (n == nullptr || !seen.insert(ref).second) break;
+    const uint64_t s = n->state.load(std::memory_order_acquire);
+    if (!node_in_channel(s)) break;
+    if (node_kind(s) == kNodeLinked) {  // a claimed one has been received
+      ++c.queued;
+      c.bytes += n->length.load(std::memory_order_relaxed);
     }
-    if (!impossible) {
-      uint64_t c = header_->count.load(std::memory_order_acquire);
-      for (;;) {
-        const bool closed = (c & kClosedBit) != 0;
-        const uint64_t queued = c & ~kClosedBit;
-        if (closed || (maxsize_ != 0 && queued >= maxsize_)) {
-          saturating_sub(header_->bytes, length);
-          if (maxbytes_ != 0) notify_all(header_->not_full);
-          if (closed) return Admit::kClosed;
-          if (queued == maxsize_) return Admit::kFull;
-          impossible = true;  // admission never lets count pass maxsize
-          break;
-        }
-        if (header_->count.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel)) {
-          return Admit::kAdmitted;
-        }
-      }
-    }
-    // count or bytes hold a value no honest sequence produces: count it, recount from the
-    // queue, and try again (a few times: a forger may keep writing).
-    arena_->note_corruption();
-    if (repairs >= 3) return Admit::kFull;
-    recount();
+    ref = tagged_ref(n->next.load(std::memory_order_acquire));
   }
+  return c;
 }
 
-void Channel::unadmit(uint64_t length) {
-  take_count(*header_);
-  saturating_sub(header_->bytes, length);
-  notify_all(header_->not_full);
-  notify_all(header_->not_empty);
+Status Channel::room_after(uint64_t tail, const QueueNode* last, uint64_t next, uint64_t seq, uint64_t position,
+                           uint64_t length) const {
+  // The dummy's numbers, read while the head names it (a dummy's seq never changes while it
+  // is one, and the head moves on before the node is freed).
+  const uint64_t head = header_->head.load(std::memory_order_acquire);
+  QueueNode* first = arena_->find_node(tagged_ref(head));
+  if (first == nullptr) return Status::kOk;  // a bad head: the receivers' side repairs it
+  const uint64_t head_seq = first->seq.load(std::memory_order_relaxed);
+  const uint64_t head_position = first->position_bytes.load(std::memory_order_relaxed);
+  if (header_->head.load(std::memory_order_acquire) != head) return Status::kInterrupted;
+  uint64_t queued = seq - head_seq;
+  uint64_t bytes = position - head_position;
+  // What no honest queue holds: the last node numbered below the dummy, more than maxsize
+  // queued (the link admits at most maxsize), more bytes than maxbytes or one message allow.
+  const bool impossible = seq < head_seq || position < head_position || (maxsize_ != 0 && queued > maxsize_) ||
+                          (queued == 0 && bytes != 0) ||
+                          (maxbytes_ != 0 && bytes > maxbytes_ && bytes > arena_->max_payload());
+  if (impossible) {
+    // Unless the queue moved meanwhile (the head passed the node read as last, which then had a
+    // successor), a forged number: count the messages by walking instead.
+    if (header_->tail.load(std::memory_order_acquire) != tail ||
+        last->next.load(std::memory_order_acquire) != next) {
+      return Status::kInterrupted;
+    }
+    arena_->note_corruption();
+    const Counts walked = walk_counts(head, maxsize_ != 0 ? maxsize_ : kMaxQueueSteps);
+    queued = walked.queued;
+    bytes = walked.bytes;
+  }
+  if (maxsize_ != 0 && queued >= maxsize_) return Status::kFull;
+  // An empty channel admits one message, however large, so nothing deadlocks.
+  if (maxbytes_ != 0 && bytes != 0 && (length > maxbytes_ || bytes > maxbytes_ - length)) return Status::kFull;
+  return Status::kOk;
 }
 
-Status Channel::enqueue(BlockRef node_ref) {
+Status Channel::enqueue(BlockRef node_ref, uint64_t length) {
+  QueueNode* node = arena_->find_node(node_ref);
+  if (node == nullptr) return Status::kCorruptedIndex;
+  const bool bounded = maxsize_ != 0 || maxbytes_ != 0;
   uint64_t helps = 0;
   for (uint64_t step = 0; step < kMaxQueueSteps; ++step) {
     const uint64_t tail = header_->tail.load(std::memory_order_acquire);
     QueueNode* last = arena_->find_node(tagged_ref(tail));
     const uint64_t last_state = last != nullptr ? last->state.load(std::memory_order_acquire) : 0;
     const uint64_t next = last != nullptr ? last->next.load(std::memory_order_acquire) : 0;
+    const uint64_t seq = last != nullptr ? last->seq.load(std::memory_order_relaxed) : 0;
+    const uint64_t position = last != nullptr ? last->position_bytes.load(std::memory_order_relaxed) : 0;
     if (tail != header_->tail.load(std::memory_order_acquire)) continue;
     // With the tail unchanged its node cannot have been freed (the head passes a node only
-    // after the tail has): a tail that is not a node of this queue is corruption.
+    // after the tail has): a tail that is not a node of this queue is corruption. Its seq and
+    // position were written before it was linked and are this incarnation's.
     if (last == nullptr || !node_in_channel(last_state)) {
       if (repair() == Repair::kFailed) return Status::kCorruptedIndex;
       continue;
     }
     const BlockRef next_ref = tagged_ref(next);
     if (next_ref == 0) {
+      if (link_sealed(next)) return Status::kClosed;
+      if (bounded) {
+        const Status room = room_after(tail, last, next, seq, position, length);
+        if (room == Status::kInterrupted) continue;
+        if (room != Status::kOk) return room;
+      }
+      node->seq.store(seq + 1, std::memory_order_relaxed);
+      node->position_bytes.store(position + length, std::memory_order_relaxed);
       // release: the node's fields and the message payload happen-before the receiver's
       // acquire load of this link in try_dequeue.
       uint64_t expected = next;
-      if (last->next.compare_exchange_weak(expected, make_tagged(tagged_tag(next) + 1, node_ref),
-                                           std::memory_order_release, std::memory_order_relaxed)) {
+      if (last->next.compare_exchange_weak(expected, next_link(next, node_ref), std::memory_order_release,
+                                           std::memory_order_relaxed)) {
         MEMCHANNEL_CRASH_POINT(kSendLinked);
         uint64_t t = tail;
         header_->tail.compare_exchange_strong(t, make_tagged(tagged_tag(tail) + 1, node_ref),
@@ -362,6 +363,43 @@ Status Channel::enqueue(BlockRef node_ref) {
   return Status::kCorruptedIndex;
 }
 
+void Channel::seal() {
+  for (uint64_t step = 0; step < kMaxQueueSteps; ++step) {
+    const uint64_t tail = header_->tail.load(std::memory_order_acquire);
+    QueueNode* last = arena_->find_node(tagged_ref(tail));
+    const uint64_t last_state = last != nullptr ? last->state.load(std::memory_order_acquire) : 0;
+    const uint64_t next = last != nullptr ? last->next.load(std::memory_order_acquire) : 0;
+    if (tail != header_->tail.load(std::memory_order_acquire)) continue;
+    if (last == nullptr || !node_in_channel(last_state)) {
+      if (repair() == Repair::kFailed) return;  // the closed flag still refuses new sends
+      continue;
+    }
+    const BlockRef next_ref = tagged_ref(next);
+    if (next_ref == 0) {
+      if (link_sealed(next)) return;
+      uint64_t expected = next;
+      if (last->next.compare_exchange_weak(expected, next_link(next, 0, true), std::memory_order_acq_rel,
+                                           std::memory_order_relaxed)) {
+        return;
+      }
+      continue;
+    }
+    QueueNode* successor = arena_->find_node(next_ref);
+    if (successor == nullptr || !node_in_channel(successor->state.load(std::memory_order_acquire))) {
+      if (tail != header_->tail.load(std::memory_order_acquire) ||
+          last->next.load(std::memory_order_acquire) != next) {
+        continue;
+      }
+      if (repair() == Repair::kFailed) return;
+      continue;
+    }
+    uint64_t t = tail;
+    header_->tail.compare_exchange_strong(t, make_tagged(tagged_tag(tail) + 1, next_ref),
+                                          std::memory_order_release, std::memory_order_relaxed);
+  }
+  arena_->note_corruption();
+}
+
 void Channel::advance(uint64_t head, QueueNode* first, uint64_t head_state, BlockRef next) {
   uint64_t expected = head;
   if (header_->head.compare_exchange_strong(expected, make_tagged(tagged_tag(head) + 1, next),
@@ -391,11 +429,13 @@ void Channel::advance(uint64_t head, QueueNode* first, uint64_t head_state, Bloc
     // Refused only if a crash reclaimer freed this old dummy first (recover_queues).
     arena_->free_node_at(first, first_ref, head_state, /*count_refusal=*/false);
     MEMCHANNEL_CRASH_POINT(kRecvOldHeadFreed);
+    if (maxsize_ != 0 || maxbytes_ != 0) notify_all(header_->not_full);  // one message fewer counted
   }
 }
 
-Result<BlockHandle> Channel::try_dequeue(bool* empty) {
+Result<BlockHandle> Channel::try_dequeue(bool* empty, bool* drained) {
   *empty = false;
+  if (drained != nullptr) *drained = false;
   for (uint64_t step = 0; step < kMaxQueueSteps; ++step) {
     const uint64_t head = header_->head.load(std::memory_order_acquire);
     const uint64_t tail = header_->tail.load(std::memory_order_acquire);
@@ -420,6 +460,7 @@ Result<BlockHandle> Channel::try_dequeue(bool* empty) {
     if (next_ref == 0) {
       if (tagged_ref(head) == tagged_ref(tail)) {
         *empty = true;
+        if (drained != nullptr) *drained = link_sealed(next);
         return {Status::kEmpty, {}};
       }
       // The head is before the tail, so the dummy has a successor: unless the tail is not in
@@ -455,21 +496,16 @@ Result<BlockHandle> Channel::try_dequeue(bool* empty) {
     // state word).
     const BlockHandle block{second->block.load(std::memory_order_relaxed),
                             second->generation.load(std::memory_order_relaxed)};
-    const uint64_t length = second->length.load(std::memory_order_relaxed);
     // Claim the message: whoever turns the node kNodeClaimed owns it.
     const uint64_t claimed = with_node_kind(second_state, tag_, arena_->holder(), kNodeClaimed);
     uint64_t expected = second_state;
     if (!second->state.compare_exchange_strong(expected, claimed, std::memory_order_acq_rel)) continue;
-    if (!take_count(*header_)) arena_->note_corruption();  // a message nobody admitted
-    saturating_sub(header_->bytes, length);
-    if (maxsize_ != 0 || maxbytes_ != 0) notify_all(header_->not_full);
     MEMCHANNEL_CRASH_POINT(kRecvClaimed);
     const Status taken = arena_->mark_received(block);
     MEMCHANNEL_CRASH_POINT(kRecvTaken);
     advance(head, first, head_state, next_ref);  // frees `first`, most often the node taken last
     if (taken == Status::kOk && node_holder(claimed) != 0) t_last_taken = {header_, next_ref, claimed};
     if (taken != Status::kOk) continue;  // a forged descriptor: counted by the arena; serve the next
-    header_->received.fetch_add(1, std::memory_order_relaxed);
     return {Status::kOk, block};
   }
   arena_->note_corruption();
@@ -489,11 +525,11 @@ Result<BlockHandle> Channel::try_dequeue(bool* empty) {
 //    before the walk);
 //  - a head that is not this channel's dummy is replaced by a fresh dummy (CAS), the tail
 //    pointed at it, and everything the old head led to is lost;
-//  - count and bytes are set to what the walk found (recount).
+//  - a cut link of a closed channel is sealed (kLinkClosed) rather than cleared.
 // Every change is a CAS from a value the walk saw, so an honest operation that raced the repair
 // is never undone: the repair retries instead. Senders that had already read a tail in the lost
-// part link after it and their messages are lost too; senders admitted but not yet linked are
-// not in the recount, so the channel may briefly admit that many more than maxsize.
+// part link after it and their messages are lost too. The counts need no repair: they follow
+// from the nodes' numbers (a fresh dummy continues the numbering of the tail it replaces).
 Channel::Repair Channel::repair() {
   for (int attempt = 0; attempt < kRepairAttempts; ++attempt) {
     const uint64_t head = header_->head.load(std::memory_order_acquire);
@@ -504,7 +540,11 @@ Channel::Repair Channel::repair() {
       if (head != header_->head.load(std::memory_order_acquire)) continue;
       auto fresh = arena_->allocate_node();
       if (!fresh.ok()) return Repair::kFailed;
-      const uint64_t claimed = make_dummy(arena_->find_node(fresh.value), tag_);
+      QueueNode* old_tail = arena_->find_node(tagged_ref(tail));
+      const bool numbered = old_tail != nullptr && node_in_channel(old_tail->state.load(std::memory_order_acquire));
+      const uint64_t claimed =
+          make_dummy(arena_->find_node(fresh.value), tag_, numbered ? old_tail->seq.load(std::memory_order_relaxed) : 0,
+                     numbered ? old_tail->position_bytes.load(std::memory_order_relaxed) : 0, closed());
       uint64_t expected = head;
       if (!header_->head.compare_exchange_strong(expected, make_tagged(tagged_tag(head) + 1, fresh.value),
                                                  std::memory_order_acq_rel)) {
@@ -516,7 +556,8 @@ Channel::Repair Channel::repair() {
                                                   std::memory_order_acq_rel)) {
       }
       arena_->note_corruption();
-      recount();
+      notify_all(header_->not_full);
+      notify_all(header_->not_empty);
       return Repair::kRepaired;
     }
     std::unordered_set<BlockRef> seen{tagged_ref(head)};
@@ -545,7 +586,7 @@ Channel::Repair Channel::repair() {
     bool changed = false;
     if (broken) {
       uint64_t expected = link;
-      changed |= last->next.compare_exchange_strong(expected, make_tagged(tagged_tag(link) + 1, 0),
+      changed |= last->next.compare_exchange_strong(expected, next_link(link, 0, closed()),
                                                     std::memory_order_acq_rel);
     }
     if (!tail_on_walk) {
@@ -555,40 +596,11 @@ Channel::Repair Channel::repair() {
     }
     if (!changed) return Repair::kIntact;  // nothing wrong on a still queue (any more)
     arena_->note_corruption();
-    recount();
+    notify_all(header_->not_full);
+    notify_all(header_->not_empty);
     return Repair::kRepaired;
   }
   return Repair::kFailed;
-}
-
-void Channel::recount() {
-  for (int attempt = 0; attempt < kRepairAttempts; ++attempt) {
-    const uint64_t head = header_->head.load(std::memory_order_acquire);
-    QueueNode* first = arena_->find_node(tagged_ref(head));
-    if (first == nullptr) return;
-    uint64_t messages = 0, bytes = 0;
-    std::unordered_set<BlockRef> seen{tagged_ref(head)};
-    BlockRef ref = tagged_ref(first->next.load(std::memory_order_acquire));
-    for (uint64_t steps = 0; ref != 0 && steps < kMaxQueueSteps; ++steps) {
-      QueueNode* n = arena_->find_node(ref);
-      if (n == nullptr || !seen.insert(ref).second) break;
-      const uint64_t s = n->state.load(std::memory_order_acquire);
-      if (!node_in_channel(s)) break;
-      if (node_kind(s) == kNodeLinked) {  // claimed messages have left count and bytes already
-        ++messages;
-        bytes += n->length.load(std::memory_order_relaxed);
-      }
-      ref = tagged_ref(n->next.load(std::memory_order_acquire));
-    }
-    if (head != header_->head.load(std::memory_order_acquire)) continue;
-    uint64_t c = header_->count.load(std::memory_order_acquire);
-    while (!header_->count.compare_exchange_weak(c, (c & kClosedBit) | messages, std::memory_order_acq_rel)) {
-    }
-    header_->bytes.store(bytes, std::memory_order_relaxed);
-    break;
-  }
-  notify_all(header_->not_full);
-  notify_all(header_->not_empty);
 }
 
 Result<BlockHandle> Channel::allocate(uint64_t payload_bytes, const PayloadLayout& layout,
@@ -624,43 +636,34 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
   n->block.store(message.ref, std::memory_order_relaxed);
   n->generation.store(message.generation, std::memory_order_relaxed);
   n->length.store(length, std::memory_order_relaxed);
-  n->next.store(make_tagged(tagged_tag(n->next.load(std::memory_order_relaxed)) + 1, 0),
-                std::memory_order_relaxed);
+  n->next.store(next_link(n->next.load(std::memory_order_relaxed), 0), std::memory_order_relaxed);
   MEMCHANNEL_CRASH_POINT(kSendNodeAllocated);
-
-  Admit admit = Admit::kFull;
-  s = wait_sweeping(*arena_, header_->not_full, wait, [&] {
-    admit = try_admit(length);
-    return admit != Admit::kFull;
-  });
-  if (s != Status::kOk || admit == Admit::kClosed) {
-    arena_->free_node_from(node.value, held_state);
-    return s != Status::kOk ? as_flow(s, Status::kFull) : Status::kClosed;
-  }
-  // Admitted: the node now says so (a reclaimer of this process rolls the admission back if
-  // the node never gets linked).
+  // The node names its channel and sender before anything else is shared: a reclaimer of this
+  // process finds it, and frees it if it never got linked.
   const uint64_t linked_state = with_node_kind(held_state, tag_, arena_->holder(), kNodeLinked);
   n->state.store(linked_state, std::memory_order_relaxed);  // published by the link CAS (release)
-  MEMCHANNEL_CRASH_POINT(kSendAdmitted);
+  MEMCHANNEL_CRASH_POINT(kSendNamed);
   uint32_t previous = 0;
   s = arena_->begin_send(block, &previous);
   if (s != Status::kOk) {
-    unadmit(length);
     arena_->free_node_from(node.value, linked_state);
     return s;
   }
   MEMCHANNEL_CRASH_POINT(kSendMarkedSending);
-  s = enqueue(node.value);
-  if (s != Status::kOk) {
+  // Linked when the channel has room (checked at the link: see channel.h), waiting for it.
+  Status linked = Status::kFull;
+  s = wait_sweeping(*arena_, header_->not_full, wait, [&] {
+    linked = enqueue(node.value, length);
+    return linked != Status::kFull;
+  });
+  if (s != Status::kOk || linked != Status::kOk) {
     // Not linked: everything goes back as it was, the block to its sender.
     arena_->abort_send(message, previous);
-    unadmit(length);
     arena_->free_node_from(node.value, linked_state);
-    return s;
+    return s != Status::kOk ? as_flow(s, Status::kFull) : linked;
   }
   arena_->finish_send(message);
   MEMCHANNEL_CRASH_POINT(kSendMarkedQueued);
-  header_->sent.fetch_add(1, std::memory_order_relaxed);
   notify_all(header_->not_empty);
   MEMCHANNEL_CRASH_POINT(kSendNotified);
   return Status::kOk;
@@ -672,11 +675,8 @@ Result<BlockHandle> Channel::recv(const WaitSpec& wait) {
   bool drained = false;
   const Status s = wait_sweeping(*arena_, header_->not_empty, wait, [&] {
     bool empty = false;
-    got = try_dequeue(&empty);
-    if (got.ok() || !empty) return true;
-    const uint64_t c = header_->count.load(std::memory_order_acquire);
-    drained = c == kClosedBit;  // closed, nothing queued, nothing in flight
-    return drained;
+    got = try_dequeue(&empty, &drained);  // drained: the dummy's link is sealed
+    return got.ok() || !empty || drained;
   });
   if (s != Status::kOk) return {as_flow(s, Status::kEmpty), {}};
   if (drained) return {Status::kClosed, {}};
@@ -684,29 +684,66 @@ Result<BlockHandle> Channel::recv(const WaitSpec& wait) {
 }
 
 void Channel::close() {
-  header_->count.fetch_or(kClosedBit, std::memory_order_acq_rel);
+  // The flag first: senders check it before they take a node, and a repair seals what it cuts.
+  header_->closed.store(1, std::memory_order_seq_cst);
+  seal();
   notify_all(header_->not_empty);
   notify_all(header_->not_full);
   notify_all(arena_->space());
 }
 
-bool Channel::closed() const {
-  return (header_->count.load(std::memory_order_acquire) & kClosedBit) != 0;
+bool Channel::closed() const { return header_->closed.load(std::memory_order_acquire) != 0; }
+
+Channel::Counts Channel::counts() const {
+  Counts c;
+  for (int attempt = 0; attempt < kRepairAttempts; ++attempt) {
+    const uint64_t head = header_->head.load(std::memory_order_acquire);
+    const QueueNode* first = arena_->find_node(tagged_ref(head));
+    if (first == nullptr) return c;
+    const uint64_t head_seq = first->seq.load(std::memory_order_relaxed);
+    const uint64_t head_position = first->position_bytes.load(std::memory_order_relaxed);
+    if (header_->head.load(std::memory_order_acquire) != head) continue;
+    // The last node: the tail, or the few nodes a lagging tail has not reached yet.
+    const uint64_t tail = header_->tail.load(std::memory_order_acquire);
+    const QueueNode* last = arena_->find_node(tagged_ref(tail));
+    if (last == nullptr) return c;
+    uint64_t seq = last->seq.load(std::memory_order_relaxed);
+    uint64_t position = last->position_bytes.load(std::memory_order_relaxed);
+    for (int steps = 0; steps < 8; ++steps) {
+      const QueueNode* n = arena_->find_node(tagged_ref(last->next.load(std::memory_order_acquire)));
+      if (n == nullptr || !node_in_channel(n->state.load(std::memory_order_acquire))) break;
+      last = n;
+      seq = n->seq.load(std::memory_order_relaxed);
+      position = n->position_bytes.load(std::memory_order_relaxed);
+    }
+    if (header_->tail.load(std::memory_order_acquire) != tail) continue;
+    c.sent = seq;
+    c.received = head_seq;
+    if (seq >= head_seq && position >= head_position && (seq != head_seq || position == head_position) &&
+        (maxsize_ == 0 || seq - head_seq <= maxsize_)) {
+      c.queued = seq - head_seq;
+      c.bytes = position - head_position;
+    } else {
+      const Counts walked = walk_counts(head, kMaxQueueSteps);  // numbers no honest queue holds
+      c.queued = walked.queued;
+      c.bytes = walked.bytes;
+    }
+    return c;
+  }
+  return c;
 }
 
-uint64_t Channel::queued() const {
-  return header_->count.load(std::memory_order_acquire) & ~kClosedBit;
-}
+uint64_t Channel::queued() const { return counts().queued; }
 
 ChannelStats Channel::stats() const {
   arena_->maybe_reap();
   ChannelStats s{};
-  const uint64_t c = header_->count.load(std::memory_order_acquire);
-  s.queued = c & ~kClosedBit;
-  s.closed = (c & kClosedBit) != 0;
-  s.bytes_queued = header_->bytes.load(std::memory_order_relaxed);
-  s.sent = header_->sent.load(std::memory_order_relaxed);
-  s.received = header_->received.load(std::memory_order_relaxed);
+  const Counts c = counts();
+  s.queued = c.queued;
+  s.closed = closed();
+  s.bytes_queued = c.bytes;
+  s.sent = c.sent;
+  s.received = c.received;
   s.maxsize = maxsize_;
   s.maxbytes = maxbytes_;
   return s;
@@ -747,7 +784,6 @@ uint64_t recover_queues(Arena& arena, uint32_t dead) {
       if (n == nullptr || n->state.load(std::memory_order_acquire) != walked) continue;  // moved on
       const BlockRef block_ref = n->block.load(std::memory_order_relaxed);
       const uint32_t generation = n->generation.load(std::memory_order_relaxed);
-      const uint64_t length = n->length.load(std::memory_order_relaxed);
       // Still the same incarnation (a recycled node has a new generation): the descriptor
       // read above is this node's.
       if (n->state.load(std::memory_order_acquire) != walked) continue;
@@ -762,14 +798,9 @@ uint64_t recover_queues(Arena& arena, uint32_t dead) {
             arena.complete_send(block_ref, block_state);
           }
         } else if (consistent) {
-          // Admitted, never linked: roll the admission back and free the node; the block, if
+          // Named for a send, never linked (nothing was counted): free the node; the block, if
           // it was already kSending, is freed (still kReserved, the holder pass frees it).
-          if (arena.free_node_from(ref, walked)) {
-            take_count(h);
-            saturating_sub(h.bytes, length);
-            notify_all(h.not_full);
-            notify_all(h.not_empty);
-          }
+          arena.free_node_from(ref, walked);
           const bool sending = block_is_message && state_kind(block_state) == kBlockSending &&
                                state_holder(block_state) == dead;
           if (sending && arena.reclaim_block(block_ref, block_state) == Status::kOk) {

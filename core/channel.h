@@ -9,18 +9,30 @@
 // links over 64-byte QueueNodes drawn from the arena. A node carries {block, generation,
 // length}; the queue always holds one dummy node at the head. Nodes are recycled through the
 // arena's node free list and never unmapped, so a receiver that reads a node just recycled by
-// another reads valid memory and fails its tagged CAS. Admission is a separate counter:
-// `count` holds the number of messages queued or being pushed plus a closed bit, so a sender
-// takes a slot (respecting maxsize) with one CAS, and a receiver that sees closed with count 0
-// knows the channel is drained even while another sender's push is still in flight.
+// another reads valid memory and fails its tagged CAS.
+//
+// Counting: nodes carry a sequence number and a running byte position (arena.h), written by
+// the sender before its link CAS. Messages queued = last.seq - dummy.seq, their bytes the
+// difference of positions. The counts therefore change only with the queue's own CASes (a
+// link, a head advance), and a process killed anywhere in a send or a receive cannot leave
+// them wrong: a node it never linked was never counted, a message it claimed stops counting
+// when anyone advances the head past it. (A separate admission counter, as this channel had
+// before, is two words changed by two CASes; the 1-hour soak found it one too high after a
+// receiver was killed between them, which left a closed channel never drained.)
+// Admission (maxsize, maxbytes) is checked at the link: a sender links only if the channel has
+// room counted from the node it links after, and only one sender's link after a given node
+// succeeds, so the bound is exact. Close is a link too: close() seals the last node's link
+// (kLinkClosed), so no sender links after it and a receiver that finds the sealed link at the
+// dummy knows the channel is closed and drained; nothing is ever "in flight".
 //
 // Send:  node = allocate_node (kNodeHeld) and fill {block, generation + 1, length};
-//        admit (count, bytes); node -> kNodeLinked(channel, sender);
-//        block -> kSending; link after the last node (CAS); swing the tail; block -> kQueued.
+//        node -> kNodeLinked(channel, sender); block -> kSending; with room, set seq and
+//        position from the last node and link after it (CAS); swing the tail; block -> kQueued.
+//        While the channel is full the sender waits with its block kSending and node unlinked.
 // Recv:  claim the node after the dummy (kNodeLinked -> kNodeClaimed, by CAS: the claimer owns
-//        the message); count and bytes -= 1 / length; block -> kReceived; advance the head onto
-//        the claimed node (anyone may, so a stalled or dead claimer blocks nobody); whoever
-//        advances frees the old dummy. The claimed node is the new dummy.
+//        the message); block -> kReceived; advance the head onto the claimed node (anyone may,
+//        so a stalled or dead claimer blocks nobody); whoever advances frees the old dummy and
+//        wakes senders waiting for room. The claimed node is the new dummy.
 // Freeing an old dummy claimed by holder X whose block is still kQueued/kSending at the node's
 // generation (X is slow, or died between its claim and kReceived) first hands the message to X:
 // block -> kTransferred(X). X's mark_received takes it; X's reclaimer frees it (advance()).
@@ -31,16 +43,17 @@
 // implies (the dummy kNodeClaimed, messages kNodeLinked, the next one possibly kNodeClaimed by a
 // receiver in progress). A violation seen while the head (or tail) is unchanged cannot be an
 // honest race, so it is corruption: it is counted and the queue repaired (repair() below),
-// losing only the messages past the bad link. A count that exceeds maxsize, or bytes that
-// exceed what maxbytes allows, are recounted from the queue.
+// losing only the messages past the bad link. Sequence numbers or positions no honest queue
+// holds (the last below the dummy, more than maxsize queued) are counted as corruption, and
+// the counts are then taken by walking the queue until the forged node has left it.
 //
 //   ChannelHeader (in a block of arena memory)
 //   +-------------------------------+ 0    identity (immutable after create)
 //   | magic, version, maxsize,      |
 //   | maxbytes, channel id          |
-//   +-------------------------------+ 64   head, received (consumer-owned, own cache line)
-//   +-------------------------------+ 128  tail, sent (producer-owned, own cache line)
-//   +-------------------------------+ 192  count (closed bit | messages), bytes
+//   +-------------------------------+ 64   head (consumer-owned, own cache line)
+//   +-------------------------------+ 128  tail (producer-owned, own cache line)
+//   +-------------------------------+ 192  closed (set by close(); the sealed link is the truth)
 //   +-------------------------------+ 256  not_empty EventCount (receivers sleep here)
 //   +-------------------------------+ 320  not_full EventCount (senders sleep here)
 //   +-------------------------------+ 384  attached handles
@@ -60,8 +73,18 @@
 namespace memchannel {
 
 inline constexpr uint64_t kChannelMagic = 0x314c4e4843434d4dull;  // "MMCCHNL1"
-inline constexpr uint32_t kChannelLayoutVersion = 3;  // 2: node states, claim protocol; 3: sent/received on the tail/head lines
-inline constexpr uint64_t kClosedBit = 1ull << 63;
+inline constexpr uint32_t kChannelLayoutVersion = 4;  // 2: node states, claim protocol; 3: sent/received on the tail/head lines; 4: counts from node seq, sealed link
+// The largest maxsize (a count that fits in 63 bits, as earlier layouts had it).
+inline constexpr uint64_t kMaxChannelSize = (1ull << 63) - 1;
+// A node's `next` link with this tag bit set is sealed: the channel is closed after that node.
+inline constexpr uint32_t kLinkClosed = 1u << 31;
+constexpr bool link_sealed(uint64_t link) { return (tagged_tag(link) & kLinkClosed) != 0; }
+// The next value of a link that held `old`: its tag bumped (within 31 bits), naming `ref`.
+constexpr uint64_t next_link(uint64_t old, BlockRef ref, bool sealed = false) {
+  return make_tagged(((tagged_tag(old) + 1) & ~kLinkClosed) | (sealed ? kLinkClosed : 0), ref);
+}
+static_assert(!link_sealed(next_link(make_tagged(kLinkClosed - 1, 0), 0)));
+static_assert(link_sealed(next_link(0, 0, true)));
 
 struct ChannelHeader {
   uint64_t magic;
@@ -71,12 +94,9 @@ struct ChannelHeader {
   uint64_t maxbytes;    // 0 = unbounded
   uint64_t channel_id;
   uint64_t reserved1_[3];
-  alignas(kCacheLine) std::atomic<uint64_t> head;   // tagged ref of the dummy node; receivers
-  std::atomic<uint64_t> received;                   // messages ever received (receivers' line)
-  alignas(kCacheLine) std::atomic<uint64_t> tail;   // tagged ref of the last node; senders
-  std::atomic<uint64_t> sent;                       // messages ever sent (senders' line)
-  alignas(kCacheLine) std::atomic<uint64_t> count;  // kClosedBit | messages queued or in flight
-  std::atomic<uint64_t> bytes;                      // payload bytes queued or in flight
+  alignas(kCacheLine) std::atomic<uint64_t> head;    // tagged ref of the dummy node; receivers
+  alignas(kCacheLine) std::atomic<uint64_t> tail;    // tagged ref of the last node; senders
+  alignas(kCacheLine) std::atomic<uint64_t> closed;  // 1 once close() began (a hint: see seal())
   alignas(kCacheLine) EventCount not_empty;
   alignas(kCacheLine) EventCount not_full;
   alignas(kCacheLine) std::atomic<uint32_t> attached;                       // Channel objects using this header
@@ -85,7 +105,7 @@ struct ChannelHeader {
 static_assert(std::is_standard_layout_v<ChannelHeader>);
 static_assert(offsetof(ChannelHeader, head) == 64);
 static_assert(offsetof(ChannelHeader, tail) == 128);
-static_assert(offsetof(ChannelHeader, count) == 192);
+static_assert(offsetof(ChannelHeader, closed) == 192);
 static_assert(offsetof(ChannelHeader, not_empty) == 256);
 static_assert(offsetof(ChannelHeader, not_full) == 320);
 static_assert(offsetof(ChannelHeader, attached) == 384);
@@ -148,13 +168,25 @@ class Channel {
 
  private:
   Channel(std::shared_ptr<Arena> arena, ChannelHeader* header, Offset offset);
-  // One attempt at each step; the waits loop around them.
-  enum class Admit { kAdmitted, kFull, kClosed };
-  Admit try_admit(uint64_t length);
-  // Gives back an admission (a send that failed after it was admitted).
-  void unadmit(uint64_t length);
-  Status enqueue(BlockRef node_ref);
-  Result<BlockHandle> try_dequeue(bool* empty);
+  // The counts of the queue as seen from its dummy and its last node.
+  struct Counts {
+    uint64_t queued = 0, bytes = 0, sent = 0, received = 0;
+  };
+  Counts counts() const;
+  // Messages and bytes linked after the dummy of `head`, by walking (for counts that cannot
+  // be right: see the header comment). Stops after `limit` messages.
+  Counts walk_counts(uint64_t head, uint64_t limit) const;
+  // Whether a message of `length` bytes may be linked after a last node at (seq, position):
+  // kOk, kFull, or kRetry when the queue moved while it looked.
+  Status room_after(uint64_t tail, const QueueNode* last, uint64_t next, uint64_t seq, uint64_t position,
+                    uint64_t length) const;
+  // One attempt at each step; the waits loop around them. enqueue links `node_ref` if the
+  // channel has room: kOk, kFull, kClosed (sealed), or a corruption status.
+  Status enqueue(BlockRef node_ref, uint64_t length);
+  // Seals the last node's link (close()).
+  void seal();
+  // kEmpty with *drained when the dummy's link is sealed (closed, nothing left).
+  Result<BlockHandle> try_dequeue(bool* empty, bool* drained = nullptr);
   // Moves the head from `head` (node `first`, whose state is `head_state`) onto `next`; the
   // party that succeeds frees the old dummy.
   void advance(uint64_t head, QueueNode* first, uint64_t head_state, BlockRef next);
@@ -164,8 +196,6 @@ class Channel {
   // kFailed when it could not (no node for a fresh dummy, or the head kept moving).
   enum class Repair { kRepaired, kIntact, kFailed };
   Repair repair();
-  // Re-derives count and bytes from the queue (they were found impossible).
-  void recount();
   bool node_in_channel(uint64_t state) const;
   void drain_and_free();
 
@@ -187,9 +217,9 @@ constexpr uint32_t channel_tag(Offset offset) { return offset_to_ref(offset); }
 // Crash recovery of every queue of `arena` after holder `dead` died; Arena::reap_dead_holders
 // calls it before it frees the dead holder's blocks. For each channel (found by walking arena
 // cells), with a consistent view of its queue (the head unchanged across the walk):
-//  - a node the dead holder had admitted but not linked: rolled back (count, bytes, node,
-//    and its block if kSending); a node it had linked: its block kSending -> kQueued, so the
-//    message is delivered;
+//  - a node the dead holder had named for a send but not linked: freed, and its block if
+//    kSending (nothing was counted); a node it had linked: its block kSending -> kQueued, so
+//    the message is delivered;
 //  - a node the dead holder had claimed whose block it had not taken: the block is freed (the
 //    receiver died holding the message); if the node was freed first, the party that freed it
 //    made the block kTransferred to the dead holder, and the holder pass frees it;

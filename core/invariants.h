@@ -46,8 +46,8 @@ struct InvariantReport {
   uint64_t dead_held_nodes = 0;      // kNodeHeld nodes of holders that are not alive
   uint64_t bad_links = 0;            // heads that are not dummies, links leaving the channel, cycles
   uint64_t tails_off_queue = 0;      // tails not on their queue
-  uint64_t count_mismatches = 0;     // channels whose count (closed bit aside) != queued messages
-  uint64_t bytes_mismatches = 0;     // channels whose bytes != their messages' lengths
+  uint64_t count_mismatches = 0;     // channels whose nodes are not numbered 1, 2, 3... from the dummy
+  uint64_t bytes_mismatches = 0;     // channels whose nodes' byte positions do not add their lengths
   uint64_t counter_mismatches = 0;   // arena counters (blocks/bytes/nodes in use) != the cells
 
   std::vector<std::string> problems;  // one line per violation

@@ -1025,9 +1025,9 @@ std::shared_ptr<PyChannel> make_channel(const py::object& maxsize, const py::obj
     a = arena.cast<std::shared_ptr<PyArena>>();
   }
   const uint64_t max_messages = to_size(maxsize, "maxsize");
-  if (max_messages >= kClosedBit) {
+  if (max_messages > kMaxChannelSize) {
     throw py::value_error("maxsize=" + std::to_string(max_messages) + " is too large: at most " +
-                          std::to_string(kClosedBit - 1) + " messages (2**63 - 1); 0 means unbounded");
+                          std::to_string(kMaxChannelSize) + " messages (2**63 - 1); 0 means unbounded");
   }
   auto created = Channel::create(a->arena, max_messages, to_size(maxbytes, "maxbytes"), next_id());
   if (!created.ok()) raise_status(created.status, "creating a channel");

@@ -118,6 +118,14 @@ HolderIdentity ShmBackend::self_identity() const {
 
 HolderLiveness ShmBackend::liveness(const HolderIdentity& id) const {
   if (id.words[0] == 0 || id.words[0] > 0xffffffffull) return HolderLiveness::kUnknown;
+  if (id.words[1] == 0) {
+    // A pid with no start time (a claim whose claimer died before writing its identity, see
+    // HolderSlot in core/arena.h): no such process means dead; one with that pid may be a
+    // reuse of the number, so it counts as alive (the slot waits, as before).
+    const auto now = identity_of(static_cast<uint32_t>(id.words[0]));
+    if (now.status == Status::kNotFound) return HolderLiveness::kDead;
+    return now.ok() ? HolderLiveness::kAlive : HolderLiveness::kUnknown;
+  }
   const ProcessIdentity who{static_cast<uint32_t>(id.words[0]), 0, id.words[1]};
   switch (check_alive(who)) {
     case Liveness::kAlive: return HolderLiveness::kAlive;

@@ -570,8 +570,8 @@ TYPED_TEST(QueueTest, CloseWakesEveryReceiverRacingForTheLastMessage) {
     ASSERT_EQ(send_value(*ch, 1, no_wait()), Status::kOk);  // one message, every receiver after it
     ch->close();
     // Keep the arena's node free list busy while the receivers race: the winner frees a node
-    // between unlinking the message and decrementing the count, and contention there widens
-    // the window the losers can fall into.
+    // after it advanced the head onto the sealed last node, and contention there widens the
+    // window the losers can fall into.
     for (int churn = 0; churn < 256; ++churn) {
       auto n = arena->allocate_node();
       if (n.ok()) arena->free_node(n.value);
@@ -580,7 +580,7 @@ TYPED_TEST(QueueTest, CloseWakesEveryReceiverRacingForTheLastMessage) {
     // A receiver stuck for good: closed and drained, every other receiver returned, and the
     // rest asleep in the kernel with the futex word unchanged, three looks in a row.
     auto stuck = [&] {
-      if (hdr->count.load() != kClosedBit) return false;
+      if (!ch->closed() || ch->queued() != 0) return false;
       int inside = 0;
       for (int i = 0; i < kReceivers; ++i) {
         const size_t k = static_cast<size_t>(i);

@@ -218,7 +218,7 @@ TYPED_TEST(ReclaimTest, ClaimerKilledMidClaimGivesItsSlotBack) {
   ASSERT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0);
   auto claiming = [&] {
     uint32_t n = 0;
-    for (const HolderSlot& slot : header->holders) n += slot.state.load() == kSlotClaiming ? 1 : 0;
+    for (const HolderSlot& slot : header->holders) n += slot_kind(slot.state.load()) == kSlotClaiming ? 1 : 0;
     return n;
   };
   ASSERT_EQ(claiming(), 1u);
@@ -231,6 +231,110 @@ TYPED_TEST(ReclaimTest, ClaimerKilledMidClaimGivesItsSlotBack) {
   EXPECT_EQ(claiming(), 0u) << "the dead claimer's slot is still kSlotClaiming";
   EXPECT_EQ(header->attached_holders.load(), attached);
   EXPECT_EQ(active_slots(*arena), 1u);
+}
+
+// A claimer killed right after its claim, before it wrote any of its identity. The claim word
+// itself names the claimer's pid (core/arena.h, HolderSlot), so a plain stats() call finds it
+// dead and gives the slot and the attach count back.
+TYPED_TEST(ReclaimTest, ClaimerKilledBeforeItsIdentityGivesItsSlotBack) {
+  auto arena = this->make_arena(4 * kMiB);
+  ASSERT_NE(arena, nullptr);
+  ArenaHeader* header = arena_header(*arena);
+  const uint32_t attached = header->attached_holders.load();
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    for (HolderSlot& slot : header->holders) {
+      uint32_t expected = kSlotFree;
+      if (!slot.state.compare_exchange_strong(expected, slot_claiming(static_cast<uint64_t>(::getpid())))) continue;
+      header->attached_holders.fetch_add(1);
+      ::_exit(0);  // killed here: no identity written
+    }
+    ::_exit(1);
+  }
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(pid, &wstatus, 0), pid);
+  ASSERT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0);
+  auto claiming = [&] {
+    uint32_t n = 0;
+    for (const HolderSlot& slot : header->holders) n += slot_kind(slot.state.load()) == kSlotClaiming ? 1 : 0;
+    return n;
+  };
+  ASSERT_EQ(claiming(), 1u);
+  const int64_t start = monotonic_ns();
+  while (claiming() != 0 && monotonic_ns() - start < kWithinNs) {
+    (void)arena->stats();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(claiming(), 0u) << "the dead claimer's slot is still kSlotClaiming";
+  EXPECT_EQ(header->attached_holders.load(), attached);
+  EXPECT_EQ(active_slots(*arena), 1u);
+}
+
+// A reaper killed half way through a reap: it had taken a dead holder's slot (kSlotReclaiming,
+// naming itself) and died before freeing anything. The 10-minute soak found such a slot stuck
+// for good, and with it the arena's attach count. The next sweep finds the reaper dead, takes
+// the reap over and finishes it: the dead holder's blocks, both slots and the count come back.
+TYPED_TEST(ReclaimTest, ReaperKilledMidReapIsFinishedByTheNextSweep) {
+  auto arena = this->make_arena(16 * kMiB);
+  ASSERT_NE(arena, nullptr);
+  ArenaHeader* header = arena_header(*arena);
+  const uint32_t attached = header->attached_holders.load();
+  const uint64_t baseline = arena->counters().blocks_in_use;
+  arena->set_sweep_interval(-1);  // nobody sweeps before the reaper has played its part
+  // The holder that dies: 3 blocks reserved.
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  const pid_t victim = ::fork();
+  if (victim == 0) {
+    ::close(ready[0]);
+    arena->reattach_after_fork();
+    if (arena->holder() == 0) ::_exit(5);
+    for (int i = 0; i < 3; ++i) {
+      if (!arena->allocate(1000, PayloadLayout{}).ok()) ::_exit(6);
+    }
+    const uint32_t holder = arena->holder();
+    if (::write(ready[1], &holder, sizeof holder) != sizeof holder) ::_exit(8);
+    for (;;) ::pause();
+  }
+  ::close(ready[1]);
+  uint32_t victim_holder = 0;
+  ASSERT_EQ(::read(ready[0], &victim_holder, sizeof victim_holder), static_cast<ssize_t>(sizeof victim_holder));
+  ::close(ready[0]);
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(victim, &wstatus, 0), victim);
+  ASSERT_EQ(arena->counters().blocks_in_use, baseline + 3);
+  // The reaper: attaches, takes the victim's slot for its reap, and dies.
+  const pid_t reaper = ::fork();
+  if (reaper == 0) {
+    arena->reattach_after_fork();
+    if (arena->holder() == 0) ::_exit(5);
+    HolderSlot& mine = header->holders[arena->holder() - 1];
+    HolderSlot& slot = header->holders[victim_holder - 1];
+    uint32_t expected = kSlotActive;
+    if (!slot.state.compare_exchange_strong(expected, slot_reclaiming(arena->holder(), mine.incarnation.load()))) {
+      ::_exit(6);
+    }
+    ::kill(::getpid(), SIGKILL);
+    ::_exit(7);
+  }
+  ASSERT_EQ(::waitpid(reaper, &wstatus, 0), reaper);
+  ASSERT_TRUE(WIFSIGNALED(wstatus)) << "status " << wstatus;
+  ASSERT_EQ(slot_kind(header->holders[victim_holder - 1].state.load()), kSlotReclaiming);
+  ASSERT_EQ(header->attached_holders.load(), attached + 2);
+
+  arena->set_sweep_interval(kSweepIntervalNs);
+  const int64_t start = monotonic_ns();
+  while ((active_slots(*arena) != 1 || header->attached_holders.load() != attached ||
+          slot_kind(header->holders[victim_holder - 1].state.load()) != kSlotFree) &&
+         monotonic_ns() - start < 2 * kWithinNs) {
+    (void)arena->stats();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(slot_kind(header->holders[victim_holder - 1].state.load()), kSlotFree) << "the reap was not finished";
+  EXPECT_EQ(active_slots(*arena), 1u) << "the reaper's own slot";
+  EXPECT_EQ(header->attached_holders.load(), attached);
+  EXPECT_EQ(arena->counters().blocks_in_use, baseline) << "the victim's blocks";
 }
 
 }  // namespace
