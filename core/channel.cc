@@ -262,6 +262,18 @@ Channel::Counts Channel::walk_counts(uint64_t head, uint64_t limit) const {
 
 Status Channel::room_after(uint64_t tail, const QueueNode* last, uint64_t next, uint64_t seq, uint64_t position,
                            uint64_t length) const {
+  const auto fits = [&](uint64_t queued, uint64_t bytes) {
+    if (maxsize_ != 0 && queued >= maxsize_) return false;
+    // An empty channel admits one message, however large, so nothing deadlocks.
+    return maxbytes_ == 0 || bytes == 0 || (length <= maxbytes_ && bytes <= maxbytes_ - length);
+  };
+  {
+    const uint64_t seen_seq = seen_head_seq_.load(std::memory_order_relaxed);
+    const uint64_t seen_position = seen_head_position_.load(std::memory_order_relaxed);
+    if (seq >= seen_seq && position >= seen_position && fits(seq - seen_seq, position - seen_position)) {
+      return Status::kOk;  // room even by an old copy of the dummy's numbers (see channel.h)
+    }
+  }
   // The dummy's numbers, read while the head names it (a dummy's seq never changes while it
   // is one, and the head moves on before the node is freed).
   const uint64_t head = header_->head.load(std::memory_order_acquire);
@@ -289,10 +301,11 @@ Status Channel::room_after(uint64_t tail, const QueueNode* last, uint64_t next, 
     queued = walked.queued;
     bytes = walked.bytes;
   }
-  if (maxsize_ != 0 && queued >= maxsize_) return Status::kFull;
-  // An empty channel admits one message, however large, so nothing deadlocks.
-  if (maxbytes_ != 0 && bytes != 0 && (length > maxbytes_ || bytes > maxbytes_ - length)) return Status::kFull;
-  return Status::kOk;
+  if (!impossible) {
+    seen_head_seq_.store(head_seq, std::memory_order_relaxed);
+    seen_head_position_.store(head_position, std::memory_order_relaxed);
+  }
+  return fits(queued, bytes) ? Status::kOk : Status::kFull;
 }
 
 Status Channel::enqueue(BlockRef node_ref, uint64_t length) {

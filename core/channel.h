@@ -205,6 +205,11 @@ class Channel {
   uint32_t tag_;           // this channel's tag in node states: offset_ / 64
   uint64_t maxsize_;       // private copies of the limits, read once at open
   uint64_t maxbytes_;
+  // The dummy's numbers as this object last read them. The dummy's seq and position only grow,
+  // so counting room from an old copy overstates what is queued: a send that fits by the copy
+  // fits, and only one that does not reads the shared head (room_after). Process-local hints.
+  mutable std::atomic<uint64_t> seen_head_seq_{0};
+  mutable std::atomic<uint64_t> seen_head_position_{0};
   std::atomic<uint64_t> fork_generation_{fork_generation()};  // process image of the attach
   std::atomic<bool> attached_{true};              // this object still holds its attach
   std::atomic<bool> inherited_{false};            // attach taken by reattach_after_fork
