@@ -53,241 +53,19 @@
 #include <string_view>
 #include <type_traits>
 
+#include "core/arena_layout.h"
 #include "core/backend.h"
 #include "core/block.h"
+#include "core/crash_points.h"
+#include "core/node.h"
 #include "core/layout.h"
 #include "core/status.h"
 #include "core/waiter.h"
 
 namespace memchannel {
 
-inline constexpr uint64_t kArenaMagic = 0x314e524148434d4dull;  // "MMCHARN1"
-inline constexpr uint32_t kArenaLayoutVersion = 5;  // 2: node states, kBlockSending, carving; 3: striped counters; 4: kBlockTransferred; 5: node seq
-inline constexpr uint32_t kArenaReady = 0x52454459u;            // "REDY"
-// segment_bytes[i] while one party creates segment i: the creating word names the creator
-// (holder id and the incarnation of its slot), so a creator that died half way is detected and
-// its segment replaced (Arena::grow). ~0ull (kSegmentCreating) is a creating word of no holder.
-inline constexpr uint64_t kSegmentCreating = ~0ull;
-constexpr uint64_t make_creating_word(uint32_t holder, uint32_t incarnation) {
-  return (0xffffffffull << 32) | (static_cast<uint64_t>(incarnation & 0xffffff) << 8) | (holder & 0xff);
-}
-constexpr bool is_creating_word(uint64_t w) { return (w >> 32) == 0xffffffffull; }
-constexpr uint32_t creating_holder(uint64_t w) { return static_cast<uint32_t>(w) & 0xff; }
-constexpr uint32_t creating_incarnation(uint64_t w) { return (static_cast<uint32_t>(w) >> 8) & 0xffffff; }
-static_assert(is_creating_word(kSegmentCreating) && creating_holder(kSegmentCreating) == 0xff);
-inline constexpr uint32_t kNodeMagic = 0x4d434e44u;             // "MCND"
 
-// ---- Crash points (RELIABILITY.md item 3) --------------------------------------------------------
-// Each names the moment just after one step of reserve -> write descriptor -> publish -> wake and
-// recv -> release. In builds with MEMCHANNEL_TEST_HOOKS a test installs a hook (a plain function
-// pointer) that may kill the process there; in other builds MEMCHANNEL_CRASH_POINT is empty.
-enum class CrashPoint : uint32_t {
-  // Arena::allocate
-  kAllocPopped,         // a block is off its free list, not yet claimed (still kFree)
-  kAllocCarveLocked,    // a fresh cell holds this holder's carving word; cursor not yet moved
-  kAllocCarved,         // the cursor is past the fresh cell; its header not yet written
-  kAllocClaimed,        // the block is kReserved by this holder; metadata not yet written
-  // Arena::release
-  kReleaseRefDropped,   // the last reference is dropped; the block still names its holder
-  kReleaseMarkedFree,   // the block is kFree, not yet on its free list
-  kReleasePushed,       // the block is on its free list; waiters not yet woken
-  // Arena::allocate_node / free_node
-  kNodePopped,          // a node is off the node free list, not yet claimed (still kNodeFree)
-  kNodeCarveLocked,     // as kAllocCarveLocked, for a node
-  kNodeCarved,          // as kAllocCarved, for a node
-  kNodeClaimed,         // the node is kNodeHeld by this holder
-  kNodeConvertClaimed,  // capacity spent: a free data block is kReserved to be cut into nodes
-  kNodeConvertCells,    // its cells after the first are kNodeHeld nodes; the first not yet
-  kNodeConverted,       // every cell is a kNodeHeld node; none is on the free list yet
-  kNodeMarkedFree,      // a node is kNodeFree, not yet on the node free list
-  // Channel::send
-  kSendNodeAllocated,   // a node is held; the message is not admitted
-  kSendNamed,           // the node is kNodeLinked(channel, sender) with the descriptor; not linked
-  kSendMarkedSending,   // the block is kSending
-  kSendLinked,          // the node is linked after the last node (not yet the tail)
-  kSendTailSwung,       // the tail names the node
-  kSendMarkedQueued,    // the block is kQueued
-  kSendNotified,        // receivers woken
-  // Channel::recv
-  kRecvClaimed,         // the first message node is kNodeClaimed by this holder
-  kRecvTaken,           // its block is kReceived by this holder
-  kRecvHeadAdvanced,    // the head names the claimed node; the old dummy not yet freed
-  kRecvTransferred,     // the old dummy's message, not yet taken by its claimer, is kTransferred
-                        // to that claimer; the old dummy not yet freed
-  kRecvOldHeadFreed,    // the old dummy is free
-  // Arena::grow
-  kGrowSegmentClaimed,  // segment_bytes[next] holds this holder's creating word; no segment yet
-  kGrowSegmentCreated,  // the segment exists and is mapped here; its size not yet published
-  kCount
-};
-inline constexpr uint32_t kCrashPointCount = static_cast<uint32_t>(CrashPoint::kCount);
-const char* to_string(CrashPoint p);
 
-using CrashHook = void (*)(CrashPoint);
-#if defined(MEMCHANNEL_TEST_HOOKS)
-inline constexpr bool kCrashHooksCompiled = true;
-namespace detail {
-extern std::atomic<CrashHook> g_crash_hook;
-}  // namespace detail
-// Installs `hook` (nullptr: none) for every crash point of this process.
-inline void set_crash_hook(CrashHook hook) { detail::g_crash_hook.store(hook, std::memory_order_seq_cst); }
-inline void crash_point(CrashPoint p) {
-  if (CrashHook hook = detail::g_crash_hook.load(std::memory_order_relaxed)) hook(p);
-}
-#define MEMCHANNEL_CRASH_POINT(name) ::memchannel::crash_point(::memchannel::CrashPoint::name)
-#else
-inline constexpr bool kCrashHooksCompiled = false;
-inline void set_crash_hook(CrashHook) {}
-#define MEMCHANNEL_CRASH_POINT(name) static_cast<void>(0)
-#endif
-
-// Processes that may hold blocks. Holder id = slot index + 1 (0 = untracked, heap backend).
-inline constexpr uint32_t kMaxHolders = 128;
-// Prompt reclamation (Arena::maybe_reap): a process sweeps its arena's holder slots for dead
-// peers at most this often, from its ordinary calls.
-inline constexpr int64_t kSweepIntervalNs = 250'000'000;
-enum HolderSlotState : uint32_t { kSlotFree = 0, kSlotClaiming = 1, kSlotActive = 2, kSlotReclaiming = 3 };
-// A slot's state word: the state in the low byte, and in the rest who is working on it, so a
-// party killed in the middle can be told from one still at work:
-//   kSlotClaiming    | claimer's identity word 0 (its pid) & 0xffffff << 8
-//   kSlotReclaiming  | reaper's holder id << 8 | reaper's incarnation & 0xffff << 16
-// A claimer killed before it wrote its identity, or a reaper killed half way through a reap,
-// is then found dead by the next sweep, which takes the slot over (Arena::reap_dead_holders).
-constexpr uint32_t slot_kind(uint32_t word) { return word & 0xff; }
-constexpr uint32_t slot_claiming(uint64_t claimer) {
-  return kSlotClaiming | (static_cast<uint32_t>(claimer & 0xffffff) << 8);
-}
-constexpr uint32_t slot_claimer(uint32_t word) { return word >> 8; }
-constexpr uint32_t slot_reclaiming(uint32_t reaper, uint32_t incarnation) {
-  return kSlotReclaiming | ((reaper & 0xff) << 8) | ((incarnation & 0xffff) << 16);
-}
-constexpr uint32_t slot_reaper(uint32_t word) { return (word >> 8) & 0xff; }
-constexpr uint32_t slot_reaper_incarnation(uint32_t word) { return word >> 16; }
-static_assert(slot_kind(slot_claiming(0xffffffffu)) == kSlotClaiming);
-static_assert(slot_reaper(slot_reclaiming(128, 0x12345)) == 128);
-static_assert(slot_reaper_incarnation(slot_reclaiming(128, 0x12345)) == 0x2345);
-
-struct alignas(kCacheLine) HolderSlot {
-  std::atomic<uint32_t> state;             // slot state word (above); identity valid while kSlotActive
-  std::atomic<uint32_t> incarnation;       // bumped by every claim: tells occupants of a slot apart
-  std::atomic<uint64_t> identity[2];       // backend-defined (pid, start time)
-  std::atomic<uint64_t> reclaimed_blocks;  // blocks freed on behalf of a dead occupant
-};
-static_assert(sizeof(HolderSlot) == kCacheLine);
-
-struct alignas(kCacheLine) FreeList {
-  std::atomic<uint64_t> head;  // tagged: (pop/push count << 32) | BlockRef of the top block
-};
-
-// Counters touched by every allocate and free are striped: a party adds to its own stripe
-// (by holder and thread) and stats() sums the stripes, so a sender and a receiver on two
-// cores do not bounce one cache line per message. A block allocated in one stripe and freed
-// in another leaves each stripe off; the sum is exact modulo 2^64.
-inline constexpr uint32_t kCounterStripes = 16;
-struct alignas(kCacheLine) CounterStripe {
-  std::atomic<uint64_t> blocks_in_use;     // data blocks allocated and not yet freed
-  std::atomic<uint64_t> bytes_in_use;      // their class sizes
-  std::atomic<uint64_t> nodes_in_use;      // queue nodes and channel headers
-  std::atomic<uint64_t> bytes_copied;      // payload bytes copied by senders (0 on zero-copy)
-};
-static_assert(sizeof(CounterStripe) == kCacheLine);
-
-struct ArenaCounters {
-  std::atomic<uint64_t> corruption_count;  // validation failures of arena memory
-  std::atomic<uint64_t> carved_bytes;      // memory handed out by the carve cursor
-  CounterStripe stripes[kCounterStripes];
-};
-
-struct ArenaHeader {
-  // Identity: creator-written, immutable after `ready`.
-  uint64_t magic;
-  uint32_t version;
-  uint32_t header_bytes;
-  uint64_t capacity;
-  uint64_t arena_id;
-  std::atomic<uint32_t> ready;
-  uint32_t reserved0_[7];
-  // Growth.
-  alignas(kCacheLine) std::atomic<uint64_t> carve;          // arena offset of the next free byte
-  std::atomic<uint32_t> segment_count;
-  uint32_t reserved1_;
-  std::atomic<uint64_t> segment_bytes[kMaxSegments];
-  alignas(kCacheLine) ArenaCounters counters;
-  alignas(kCacheLine) EventCount space;                     // woken when blocks are freed
-  std::atomic<uint32_t> attached_holders;                   // live holder slots; 0 = torn down
-  std::atomic<uint64_t> reclaimed_blocks;                   // blocks freed for dead holders
-  HolderSlot holders[kMaxHolders];
-  alignas(kCacheLine) std::atomic<uint64_t> node_free;      // tagged free list of QueueNodes
-  FreeList free_lists[kNumClasses];
-};
-static_assert(std::is_standard_layout_v<ArenaHeader>);
-static_assert(offsetof(ArenaHeader, carve) == 64);
-static_assert(alignof(ArenaHeader) == kCacheLine);
-static_assert(sizeof(ArenaHeader) % kCacheLine == 0);
-
-// A 64-byte cell of a channel's descriptor queue (see channel.h).
-//
-//   0       8      12     16      24     28      32      40      48       64
-//   +-------+------+------+-------+------+-------+-------+-------+--------+
-//   | next  |block | gen  |length |free_ |magic  | state | seq   |position|
-//   |tagged |      |      |       |next  |       |       |       | bytes  | (+8 reserved)
-//   +-------+------+------+-------+------+-------+-------+-------+--------+
-//
-// `seq` and `position_bytes` number a channel's messages: a message linked after node L has
-// seq = L.seq + 1 and position_bytes = L.position_bytes + length, written by its sender before
-// the link CAS publishes the node and never changed while the node is in the queue. So the
-// number of messages queued is last.seq - dummy.seq and their bytes the difference of
-// position_bytes: counts that follow from the queue itself, which a killed sender or receiver
-// cannot leave wrong (see channel.h).
-//
-// Node state (one 64-bit word, changed by CAS or by its exclusive owner):
-//
-//    63               32 31        16 15      8 7       0
-//   +-------------------+------------+---------+---------+
-//   | channel tag       | generation |  holder |  kind   |
-//   +-------------------+------------+---------+---------+
-//
-//   kNodeFree --allocate_node--> kNodeHeld(holder) --send-----> kNodeLinked(channel, sender)
-//      ^                             |                                      | a receiver claims it
-//      +--------- free_node ---------+                                      v
-//      +<------- advanced past as the queue's dummy ---------- kNodeClaimed(channel, receiver)
-//
-// The generation is bumped by every allocation, so a stale claim or free of a recycled node
-// fails its CAS. A queue holds a kNodeClaimed dummy at its head, then kNodeLinked messages; a
-// link to a node in any other state, or of another channel, is corruption. The holder field
-// lets a reclaimer find what a dead process held or was sending (Arena::reap_dead_holders).
-struct QueueNode {
-  std::atomic<uint64_t> next;        // tagged link to the next node; ref 0 = end
-  std::atomic<uint32_t> block;       // BlockRef of the message
-  std::atomic<uint32_t> generation;  // the block's generation when queued
-  std::atomic<uint64_t> length;      // payload bytes, for the channel's byte count
-  std::atomic<uint32_t> free_next;   // node free-list link
-  uint32_t magic;                    // kNodeMagic
-  std::atomic<uint64_t> state;       // node state, see above
-  std::atomic<uint64_t> seq;         // messages linked into the channel up to this one
-  std::atomic<uint64_t> position_bytes;  // their payload bytes
-  uint64_t reserved_;
-};
-static_assert(sizeof(QueueNode) == 64);
-static_assert(std::is_standard_layout_v<QueueNode>);
-static_assert(offsetof(QueueNode, free_next) == kCellWordOffset);
-static_assert(offsetof(QueueNode, magic) == kCellMagicOffset);
-static_assert(offsetof(QueueNode, state) == 32);
-static_assert(offsetof(QueueNode, seq) == 40);
-
-enum NodeKind : uint32_t { kNodeFree = 0, kNodeHeld = 1, kNodeLinked = 2, kNodeClaimed = 3 };
-
-constexpr uint64_t make_node_state(uint32_t channel, uint32_t generation, uint32_t holder, NodeKind kind) {
-  return (static_cast<uint64_t>(channel) << 32) | (static_cast<uint64_t>(generation & 0xffff) << 16) |
-         (static_cast<uint64_t>(holder & 0xff) << 8) | kind;
-}
-constexpr NodeKind node_kind(uint64_t s) { return static_cast<NodeKind>(s & 0xff); }
-constexpr uint32_t node_holder(uint64_t s) { return static_cast<uint32_t>(s >> 8) & 0xff; }
-constexpr uint32_t node_generation(uint64_t s) { return static_cast<uint32_t>(s >> 16) & 0xffff; }
-constexpr uint32_t node_channel(uint64_t s) { return static_cast<uint32_t>(s >> 32); }
-constexpr uint64_t with_node_kind(uint64_t s, uint32_t channel, uint32_t holder, NodeKind kind) {
-  return make_node_state(channel, node_generation(s), holder, kind);
-}
 
 // A reference to a block by one holder: the ref plus the generation it was handed out with.
 struct BlockHandle {
@@ -434,6 +212,8 @@ class Arena {
   bool free_node_at(QueueNode* n, BlockRef ref, uint64_t expected, bool count_refusal = true);
   QueueNode* node(BlockRef ref);               // nullptr (and a corruption count) if invalid
   QueueNode* find_node(BlockRef ref);          // the same without counting (caller confirms)
+  // A block header in arena memory (in bounds, block magic), or nullptr; no counting.
+  BlockHeader* find_block(BlockRef ref) { return block_cell(ref); }
   // Cells of `bytes` for long-lived structures (channel headers); freed with free_cells.
   Result<Offset> allocate_cells(uint64_t bytes);
   void free_cells(Offset off);

@@ -7,11 +7,11 @@
 #include <utility>
 #include <vector>
 
+#include "core/queue_walk.h"
+
 namespace memchannel {
 namespace {
 
-// A corrupted queue can hold a cycle; no honest operation needs anywhere near this many retries.
-constexpr uint64_t kMaxQueueSteps = 1ull << 22;
 
 // Turns a freshly allocated node into a queue's dummy: no message, no successor, and state
 // "consumed message" (claimed, by nobody in particular) of channel `tag`, numbered as if it
@@ -79,43 +79,6 @@ inline Status wait_sweeping(Arena& arena, EventCount& ec, const WaitSpec& spec, 
 // Flow-control statuses as the API reports them: a wait that ran out means full / empty.
 Status as_flow(Status s, Status when_out_of_time) {
   return s == Status::kTimedOut ? when_out_of_time : s;
-}
-
-// A block header in arena memory, or nullptr (tests the magic only; callers CAS exact words).
-BlockHeader* find_block(Arena& arena, BlockRef ref) {
-  if (ref == 0) return nullptr;
-  auto* hdr = arena.translate_as<BlockHeader>(ref_to_offset(ref));
-  if (hdr == nullptr || load_cell_magic(hdr) != kBlockMagic) return nullptr;
-  return hdr;
-}
-
-// The nodes reachable from the head of `h`, seen with the head unchanged from start to end.
-// Empty (and *consistent false) if no attempt saw a still head. Stops at the first link that
-// leaves the channel (a corrupted queue keeps its valid prefix).
-std::unordered_set<BlockRef> snapshot_queue(Arena& arena, ChannelHeader& h, uint32_t tag, bool* consistent) {
-  std::unordered_set<BlockRef> seen;
-  *consistent = false;
-  for (int attempt = 0; attempt < kRepairAttempts; ++attempt) {
-    seen.clear();
-    const uint64_t head = h.head.load(std::memory_order_acquire);
-    BlockRef ref = tagged_ref(head);
-    for (uint64_t steps = 0; ref != 0 && steps < kMaxQueueSteps; ++steps) {
-      QueueNode* n = arena.find_node(ref);
-      if (n == nullptr || !seen.insert(ref).second) break;
-      const uint64_t s = n->state.load(std::memory_order_acquire);
-      if (node_channel(s) != tag || (node_kind(s) != kNodeLinked && node_kind(s) != kNodeClaimed)) {
-        seen.erase(ref);
-        break;
-      }
-      ref = tagged_ref(n->next.load(std::memory_order_acquire));
-    }
-    if (h.head.load(std::memory_order_acquire) == head) {
-      *consistent = true;
-      return seen;
-    }
-  }
-  seen.clear();
-  return seen;
 }
 
 }  // namespace
@@ -244,19 +207,15 @@ Channel::Counts Channel::walk_counts(uint64_t head, uint64_t limit) const {
   Counts c;
   QueueNode* first = arena_->find_node(tagged_ref(head));
   if (first == nullptr) return c;
-  std::unordered_set<BlockRef> seen{tagged_ref(head)};
-  BlockRef ref = tagged_ref(first->next.load(std::memory_order_acquire));
-  for (uint64_t steps = 0; ref != 0 && steps < kMaxQueueSteps && c.queued < limit; ++steps) {
-    QueueNode* n = arena_->find_node(ref);
-    if (n == nullptr || !seen.insert(ref).second) break;
-    const uint64_t s = n->state.load(std::memory_order_acquire);
-    if (!node_in_channel(s)) break;
-    if (node_kind(s) == kNodeLinked) {  // a claimed one has been received
-      ++c.queued;
-      c.bytes += n->length.load(std::memory_order_relaxed);
-    }
-    ref = tagged_ref(n->next.load(std::memory_order_acquire));
-  }
+  walk_queue(
+      *arena_, first, tagged_ref(head), tag_, [](uint64_t s, bool) { return node_state_in_queue(s); },
+      [&](BlockRef, QueueNode* n, uint64_t s) {
+        if (node_kind(s) == kNodeLinked) {  // a claimed one has been received
+          ++c.queued;
+          c.bytes += n->length.load(std::memory_order_relaxed);
+        }
+        return c.queued < limit;
+      });
   return c;
 }
 
@@ -573,28 +532,21 @@ Channel::Repair Channel::repair() {
       notify_all(header_->not_empty);
       return Repair::kRepaired;
     }
-    std::unordered_set<BlockRef> seen{tagged_ref(head)};
-    QueueNode* last = first;
-    BlockRef last_ref = tagged_ref(head);
-    uint64_t link = first->next.load(std::memory_order_acquire);
-    bool tail_on_walk = tagged_ref(tail) == last_ref;
-    bool broken = false;
-    for (uint64_t steps = 0;; ++steps) {
-      const BlockRef ref = tagged_ref(link);
-      if (ref == 0) break;
-      QueueNode* n = arena_->find_node(ref);
-      const uint64_t s = n != nullptr ? n->state.load(std::memory_order_acquire) : 0;
-      const bool claimed_ok = node_kind(s) == kNodeClaimed && last_ref == tagged_ref(head);
-      if (n == nullptr || steps >= kMaxQueueSteps || !seen.insert(ref).second || node_channel(s) != tag_ ||
-          (node_kind(s) != kNodeLinked && !claimed_ok)) {
-        broken = true;
-        break;
-      }
-      last = n;
-      last_ref = ref;
-      if (ref == tagged_ref(tail)) tail_on_walk = true;
-      link = n->next.load(std::memory_order_acquire);
-    }
+    // Messages, and a claimed node only right after the dummy (a receive in progress).
+    bool tail_on_walk = tagged_ref(tail) == tagged_ref(head);
+    const QueueWalk walk = walk_queue(
+        *arena_, first, tagged_ref(head), tag_,
+        [](uint64_t s, bool after_dummy) {
+          return node_kind(s) == kNodeLinked || (node_kind(s) == kNodeClaimed && after_dummy);
+        },
+        [&](BlockRef ref, QueueNode*, uint64_t) {
+          if (ref == tagged_ref(tail)) tail_on_walk = true;
+          return true;
+        });
+    QueueNode* last = walk.last;
+    const BlockRef last_ref = walk.last_ref;
+    const uint64_t link = walk.link;
+    const bool broken = walk.broken;
     if (head != header_->head.load(std::memory_order_acquire)) continue;  // a receiver moved it
     bool changed = false;
     if (broken) {
@@ -760,83 +712,6 @@ ChannelStats Channel::stats() const {
   s.maxsize = maxsize_;
   s.maxbytes = maxbytes_;
   return s;
-}
-
-uint64_t recover_queues(Arena& arena, uint32_t dead) {
-  struct Queue {
-    ChannelHeader* header = nullptr;
-    std::vector<std::pair<BlockRef, uint64_t>> nodes;  // linked or claimed nodes, state as walked
-  };
-  std::unordered_map<uint32_t, Queue> queues;
-  arena.for_each_cell([&](const CellInfo& c) {
-    if (c.kind == CellInfo::kBlock) {
-      if ((c.block->flags.load(std::memory_order_relaxed) & kBlockFlagArena) == 0 ||
-          c.bytes < sizeof(BlockHeader) + sizeof(ChannelHeader)) {
-        return;
-      }
-      const Offset at = c.offset + sizeof(BlockHeader);
-      auto* h = arena.translate_as<ChannelHeader>(at);
-      if (h != nullptr && h->magic == kChannelMagic && h->version == kChannelLayoutVersion) {
-        queues[channel_tag(at)].header = h;
-      }
-    } else if (c.kind == CellInfo::kNode) {
-      const uint64_t s = c.node->state.load(std::memory_order_acquire);
-      if (node_kind(s) == kNodeLinked || node_kind(s) == kNodeClaimed) {
-        queues[node_channel(s)].nodes.emplace_back(offset_to_ref(c.offset), s);
-      }
-    }
-  });
-  uint64_t freed = 0;
-  for (auto& [tag, q] : queues) {
-    if (q.header == nullptr) continue;
-    ChannelHeader& h = *q.header;
-    bool consistent = false;
-    const std::unordered_set<BlockRef> in_queue = snapshot_queue(arena, h, tag, &consistent);
-    for (const auto& [ref, walked] : q.nodes) {
-      QueueNode* n = arena.find_node(ref);
-      if (n == nullptr || n->state.load(std::memory_order_acquire) != walked) continue;  // moved on
-      const BlockRef block_ref = n->block.load(std::memory_order_relaxed);
-      const uint32_t generation = n->generation.load(std::memory_order_relaxed);
-      // Still the same incarnation (a recycled node has a new generation): the descriptor
-      // read above is this node's.
-      if (n->state.load(std::memory_order_acquire) != walked) continue;
-      BlockHeader* block = find_block(arena, block_ref);
-      const uint32_t block_state = block != nullptr ? block->state.load(std::memory_order_acquire) : 0;
-      const bool block_is_message = block != nullptr && state_generation(block_state) == generation;
-      const bool queued = in_queue.count(ref) != 0;
-      if (node_kind(walked) == kNodeLinked && node_holder(walked) == dead) {
-        if (queued) {
-          // Linked before its sender died: finish the send, the message is delivered.
-          if (block_is_message && state_kind(block_state) == kBlockSending) {
-            arena.complete_send(block_ref, block_state);
-          }
-        } else if (consistent) {
-          // Named for a send, never linked (nothing was counted): free the node; the block, if
-          // it was already kSending, is freed (still kReserved, the holder pass frees it).
-          arena.free_node_from(ref, walked);
-          const bool sending = block_is_message && state_kind(block_state) == kBlockSending &&
-                               state_holder(block_state) == dead;
-          if (sending && arena.reclaim_block(block_ref, block_state) == Status::kOk) {
-            ++freed;
-          }
-        }
-        // Not knowable (the head kept moving): the holder pass frees a kSending block; a linked
-        // message is then skipped by its receiver, an unlinked node stays allocated.
-      } else if (node_kind(walked) == kNodeClaimed) {
-        if (node_holder(walked) == dead && block_is_message &&
-            (state_kind(block_state) == kBlockQueued || state_kind(block_state) == kBlockSending)) {
-          // Claimed by a receiver that died before taking the block: it goes with the receiver.
-          if (arena.reclaim_block(block_ref, block_state) == Status::kOk) ++freed;
-        }
-        if (consistent && !queued) {
-          // Behind the head: an old dummy whose advancer died before freeing it (or one a
-          // repair cut off). If the advancer is alive and frees it first, this CAS fails.
-          arena.free_node_from(ref, walked, /*count_refusal=*/false);
-        }
-      }
-    }
-  }
-  return freed;
 }
 
 }  // namespace memchannel

@@ -47,6 +47,33 @@ uint32_t active_slots(Arena& arena) {
   return n;
 }
 
+// Forks a process that attaches, reserves 3 blocks and is SIGKILLed; returns its holder id
+// (0 on failure). Nobody has reaped it yet when this returns (if the caller stopped sweeping).
+uint32_t kill_a_holder_of_three_blocks(Arena& arena) {
+  int ready[2];
+  if (::pipe(ready) != 0) return 0;
+  const pid_t victim = ::fork();
+  if (victim == 0) {
+    ::close(ready[0]);
+    arena.reattach_after_fork();
+    if (arena.holder() == 0) ::_exit(5);
+    for (int i = 0; i < 3; ++i) {
+      if (!arena.allocate(1000, PayloadLayout{}).ok()) ::_exit(6);
+    }
+    const uint32_t holder = arena.holder();
+    if (::write(ready[1], &holder, sizeof holder) != sizeof holder) ::_exit(8);
+    for (;;) ::pause();
+  }
+  ::close(ready[1]);
+  uint32_t holder = 0;
+  if (::read(ready[0], &holder, sizeof holder) != static_cast<ssize_t>(sizeof holder)) holder = 0;
+  ::close(ready[0]);
+  ::kill(victim, SIGKILL);
+  int wstatus = 0;
+  ::waitpid(victim, &wstatus, 0);
+  return holder;
+}
+
 template <typename Factory>
 class ReclaimTest : public BackendTest<Factory> {
  protected:
@@ -281,28 +308,9 @@ TYPED_TEST(ReclaimTest, ReaperKilledMidReapIsFinishedByTheNextSweep) {
   const uint32_t attached = header->attached_holders.load();
   const uint64_t baseline = arena->counters().blocks_in_use;
   arena->set_sweep_interval(-1);  // nobody sweeps before the reaper has played its part
-  // The holder that dies: 3 blocks reserved.
-  int ready[2];
-  ASSERT_EQ(::pipe(ready), 0);
-  const pid_t victim = ::fork();
-  if (victim == 0) {
-    ::close(ready[0]);
-    arena->reattach_after_fork();
-    if (arena->holder() == 0) ::_exit(5);
-    for (int i = 0; i < 3; ++i) {
-      if (!arena->allocate(1000, PayloadLayout{}).ok()) ::_exit(6);
-    }
-    const uint32_t holder = arena->holder();
-    if (::write(ready[1], &holder, sizeof holder) != sizeof holder) ::_exit(8);
-    for (;;) ::pause();
-  }
-  ::close(ready[1]);
-  uint32_t victim_holder = 0;
-  ASSERT_EQ(::read(ready[0], &victim_holder, sizeof victim_holder), static_cast<ssize_t>(sizeof victim_holder));
-  ::close(ready[0]);
-  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  const uint32_t victim_holder = kill_a_holder_of_three_blocks(*arena);
+  ASSERT_NE(victim_holder, 0u);
   int wstatus = 0;
-  ASSERT_EQ(::waitpid(victim, &wstatus, 0), victim);
   ASSERT_EQ(arena->counters().blocks_in_use, baseline + 3);
   // The reaper: attaches, takes the victim's slot for its reap, and dies.
   const pid_t reaper = ::fork();
@@ -335,6 +343,48 @@ TYPED_TEST(ReclaimTest, ReaperKilledMidReapIsFinishedByTheNextSweep) {
   EXPECT_EQ(active_slots(*arena), 1u) << "the reaper's own slot";
   EXPECT_EQ(header->attached_holders.load(), attached);
   EXPECT_EQ(arena->counters().blocks_in_use, baseline) << "the victim's blocks";
+}
+
+// A reap begun by a process that is still attaching (it has no holder id yet) names its reaper
+// by pid. While that process lives nobody takes the reap over (a reap recorded as "holder 0"
+// was once taken over at once and run twice, decrementing the attach count twice: the soak's
+// arena then refused every new participant as "being torn down"); once it dies, the next sweep
+// finishes the reap.
+TYPED_TEST(ReclaimTest, ReapByAnAttachingProcessIsTakenOverOnlyWhenItDies) {
+  auto arena = this->make_arena(16 * kMiB);
+  ASSERT_NE(arena, nullptr);
+  ArenaHeader* header = arena_header(*arena);
+  const uint32_t attached = header->attached_holders.load();
+  const uint64_t baseline = arena->counters().blocks_in_use;
+  arena->set_sweep_interval(-1);
+  const uint32_t victim_holder = kill_a_holder_of_three_blocks(*arena);
+  ASSERT_NE(victim_holder, 0u);
+  HolderSlot& slot = header->holders[victim_holder - 1];
+  const pid_t reaper = ::fork();  // plays the attaching reaper: alive, doing nothing
+  if (reaper == 0) {
+    for (;;) ::pause();
+  }
+  uint32_t expected = kSlotActive;
+  ASSERT_TRUE(slot.state.compare_exchange_strong(expected, slot_reclaiming_by_pid(static_cast<uint64_t>(reaper))));
+  arena->set_sweep_interval(kSweepIntervalNs);
+  const int64_t start = monotonic_ns();
+  while (monotonic_ns() - start < kWithinNs) {  // several sweeps while the reaper lives
+    (void)arena->stats();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(slot_kind(slot.state.load()), kSlotReclaimingByPid) << "a live reaper's reap was taken over";
+  EXPECT_EQ(header->attached_holders.load(), attached + 1);
+  ASSERT_EQ(::kill(reaper, SIGKILL), 0);
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(reaper, &wstatus, 0), reaper);
+  const int64_t dead_at = monotonic_ns();
+  while (slot_kind(slot.state.load()) != kSlotFree && monotonic_ns() - dead_at < kWithinNs) {
+    (void)arena->stats();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(slot_kind(slot.state.load()), kSlotFree) << "the dead reaper's reap was not finished";
+  EXPECT_EQ(header->attached_holders.load(), attached) << "decremented once, for the victim";
+  EXPECT_EQ(arena->counters().blocks_in_use, baseline);
 }
 
 }  // namespace

@@ -1,12 +1,18 @@
+// Whole-arena walks for tests and tools: Arena::census (counts by state) and check_invariants
+// (the crash tests' full cross-check, core/invariants.h). Both read the free lists through one
+// walker. Neither is on the data path.
 #include "core/invariants.h"
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <sstream>
 #include <unordered_map>
 #include <unordered_set>
 
+#include "core/arena_internal.h"
 #include "core/channel.h"
+#include "core/node.h"
 
 namespace memchannel {
 namespace {
@@ -33,7 +39,87 @@ void note(InvariantReport& r, uint64_t& counter, const Parts&... parts) {
   r.problems.push_back(os.str());
 }
 
+// The list index walk_free_lists gives the node free list (block classes are 0..kNumClasses-1).
+constexpr uint32_t kNodeFreeList = kNumClasses;
+
+// Walks every free list: the block lists by class, then the node list. For each entry
+// `entry(list, ref)` checks it and returns its successor, or 0 to end that list.
+template <typename Entry>
+void walk_free_lists(ArenaHeader& h, Entry&& entry) {
+  for (uint32_t list = 0; list <= kNodeFreeList; ++list) {
+    const std::atomic<uint64_t>& head = list < kNumClasses ? h.free_lists[list].head : h.node_free;
+    for (BlockRef ref = tagged_ref(head.load(std::memory_order_acquire)); ref != 0;) ref = entry(list, ref);
+  }
+}
+
 }  // namespace
+
+ArenaCensus Arena::census() {
+  ArenaCensus c;
+  walk_cells([&](const CellInfo& cell) {
+    if (cell.kind == CellInfo::kCarving) {
+      ++c.carving_cells;
+      return;
+    }
+    if (cell.kind == CellInfo::kNode) {
+      ++c.nodes;
+      switch (node_kind(cell.node->state.load(std::memory_order_acquire))) {
+        case kNodeFree: ++c.nodes_free; break;
+        case kNodeHeld: ++c.nodes_held; break;
+        case kNodeLinked: ++c.nodes_linked; break;
+        case kNodeClaimed: ++c.nodes_claimed; break;
+      }
+      return;
+    }
+    ++c.blocks;
+    if ((cell.block->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) {
+      ++c.arena_cells;
+      return;
+    }
+    switch (state_kind(cell.block->state.load(std::memory_order_acquire))) {
+      case kBlockFree: ++c.free_blocks; break;
+      case kBlockReserved: ++c.reserved; break;
+      case kBlockQueued: ++c.queued; break;
+      case kBlockReceived: ++c.received; break;
+      case kBlockSending: ++c.sending; break;
+      case kBlockTransferred: ++c.transferred; break;
+    }
+  }, &c.bad_cells);
+  // Every block on a free list must be free, of the list's class, and listed once (a quiescent
+  // check); the same for the node free list.
+  std::set<BlockRef> listed, nodes_listed;
+  walk_free_lists(*header_, [&](uint32_t list, BlockRef ref) -> BlockRef {
+    if (list == kNodeFreeList) {
+      QueueNode* n = find_node(ref);
+      if (n == nullptr || !nodes_listed.insert(ref).second) {
+        c.node_list_consistent = false;
+        return 0;
+      }
+      if (node_kind(n->state.load(std::memory_order_acquire)) != kNodeFree) c.node_list_consistent = false;
+      return n->free_next.load(std::memory_order_relaxed);
+    }
+    BlockHeader* hdr = block_header(ref);
+    if (hdr == nullptr || !listed.insert(ref).second) {
+      c.free_lists_consistent = false;
+      return 0;
+    }
+    if (state_kind(hdr->state.load(std::memory_order_acquire)) != kBlockFree ||
+        hdr->size_class.load(std::memory_order_relaxed) != list) {
+      c.free_lists_consistent = false;
+    }
+    return hdr->next_free.load(std::memory_order_relaxed);
+  });
+  c.free_listed = listed.size();
+  c.nodes_free_listed = nodes_listed.size();
+  return c;
+}
+
+uint64_t Arena::for_each_cell(const std::function<void(const CellInfo&)>& visit) {
+  uint64_t bad = 0;
+  walk_cells([&](const CellInfo& c) { visit(c); }, &bad);
+  return bad;
+}
+
 
 uint64_t InvariantReport::violations() const {
   return bad_cells + unfinished_carves + lost_blocks + bad_list_entries + listed_twice +
@@ -110,52 +196,47 @@ InvariantReport check_invariants(Arena& arena) {
   if (r.bad_cells != 0) r.problems.push_back("the cell walk stopped at a cell it could not size");
   r.channels = channels.size();
 
-  // 2. Free lists: every entry a free block of the list's class, each listed once.
-  std::set<BlockRef> listed;
-  for (uint32_t cls = 0; cls < kNumClasses; ++cls) {
-    BlockRef ref = tagged_ref(header->free_lists[cls].head.load(std::memory_order_acquire));
-    for (uint64_t steps = 0; ref != 0; ++steps) {
-      auto it = cells.blocks.find(ref);
-      if (it == cells.blocks.end()) {
-        note(r, r.bad_list_entries, "free list ", cls, " names ", ref_name(ref), ", not a block");
-        break;
+  // 2. Free lists: every entry a free block of the list's class (a free node), each listed once.
+  std::set<BlockRef> listed, nodes_listed;
+  walk_free_lists(*header, [&](uint32_t list, BlockRef ref) -> BlockRef {
+    if (list == kNodeFreeList) {
+      auto it = cells.nodes.find(ref);
+      if (it == cells.nodes.end()) {
+        note(r, r.bad_node_list_entries, "node free list names ", ref_name(ref), ", not a node");
+        return 0;
       }
-      BlockHeader* hdr = it->second;
-      if (state_kind(hdr->state.load(std::memory_order_acquire)) != kBlockFree ||
-          hdr->size_class.load(std::memory_order_relaxed) != cls ||
-          (hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) {
-        note(r, r.bad_list_entries, "free list ", cls, " holds ", ref_name(ref),
-             ", which is not a free block of that class");
+      if (node_kind(it->second->state.load(std::memory_order_acquire)) != kNodeFree) {
+        note(r, r.bad_node_list_entries, "node free list holds ", ref_name(ref), ", which is not free");
       }
-      if (!listed.insert(ref).second) {
-        note(r, r.listed_twice, "free list ", cls, " reaches ", ref_name(ref), " twice");
-        break;
+      if (!nodes_listed.insert(ref).second) {
+        note(r, r.nodes_listed_twice, "node free list reaches ", ref_name(ref), " twice");
+        return 0;
       }
-      ref = hdr->next_free.load(std::memory_order_relaxed);
+      return it->second->free_next.load(std::memory_order_relaxed);
     }
-  }
+    auto it = cells.blocks.find(ref);
+    if (it == cells.blocks.end()) {
+      note(r, r.bad_list_entries, "free list ", list, " names ", ref_name(ref), ", not a block");
+      return 0;
+    }
+    BlockHeader* hdr = it->second;
+    if (state_kind(hdr->state.load(std::memory_order_acquire)) != kBlockFree ||
+        hdr->size_class.load(std::memory_order_relaxed) != list ||
+        (hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) {
+      note(r, r.bad_list_entries, "free list ", list, " holds ", ref_name(ref),
+           ", which is not a free block of that class");
+    }
+    if (!listed.insert(ref).second) {
+      note(r, r.listed_twice, "free list ", list, " reaches ", ref_name(ref), " twice");
+      return 0;
+    }
+    return hdr->next_free.load(std::memory_order_relaxed);
+  });
   for (const auto& [ref, hdr] : cells.blocks) {
     if ((hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) continue;
     if (state_kind(hdr->state.load(std::memory_order_acquire)) == kBlockFree && listed.count(ref) == 0) {
       note(r, r.lost_blocks, "free block ", ref_name(ref), " is on no free list");
     }
-  }
-  std::set<BlockRef> nodes_listed;
-  BlockRef node_ref = tagged_ref(header->node_free.load(std::memory_order_acquire));
-  while (node_ref != 0) {
-    auto it = cells.nodes.find(node_ref);
-    if (it == cells.nodes.end()) {
-      note(r, r.bad_node_list_entries, "node free list names ", ref_name(node_ref), ", not a node");
-      break;
-    }
-    if (node_kind(it->second->state.load(std::memory_order_acquire)) != kNodeFree) {
-      note(r, r.bad_node_list_entries, "node free list holds ", ref_name(node_ref), ", which is not free");
-    }
-    if (!nodes_listed.insert(node_ref).second) {
-      note(r, r.nodes_listed_twice, "node free list reaches ", ref_name(node_ref), " twice");
-      break;
-    }
-    node_ref = it->second->free_next.load(std::memory_order_relaxed);
   }
 
   // 3. Queues: the dummy, then messages; each message names a block queued as that message.

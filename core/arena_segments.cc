@@ -1,0 +1,214 @@
+// Arena creation, attachment and growth: segment 0 and the segment table (core/arena_layout.h).
+#include <algorithm>
+#include <cstring>
+#include <new>
+
+#include "core/arena_internal.h"
+
+namespace memchannel {
+using namespace arena_internal;  // NOLINT: the implementation's own helpers
+
+namespace {
+// The payload of the largest size class whose blocks fit in `block` bytes.
+uint64_t largest_class_payload(uint64_t block) {
+  const uint32_t cls = class_for_units(block >> kUnitShift);
+  uint64_t bytes = class_units(cls) << kUnitShift;
+  if (bytes > block) bytes = cls == 0 ? 0 : class_units(cls - 1) << kUnitShift;
+  return bytes > sizeof(BlockHeader) ? bytes - sizeof(BlockHeader) : 0;
+}
+}  // namespace
+
+Result<std::shared_ptr<Arena>> Arena::create(std::unique_ptr<MemoryBackend> backend,
+                                             uint64_t capacity, uint64_t arena_id) {
+  if (capacity < kHeaderBytes + kUnit * 16) return {Status::kInvalidArgument, nullptr};
+  const uint64_t seg0 = std::min({capacity, kInitialSegmentBytes, kMaxSegmentBytes});
+  auto seg = backend->create_segment(0, seg0);
+  if (!seg.ok()) return {seg.status, nullptr};
+  auto* header = new (seg.value) ArenaHeader{};  // memory is zero-filled; this starts lifetimes
+  header->magic = kArenaMagic;
+  header->version = kArenaLayoutVersion;
+  header->header_bytes = static_cast<uint32_t>(kHeaderBytes);
+  header->capacity = capacity;
+  header->arena_id = arena_id;
+  header->segment_bytes[0].store(seg0, std::memory_order_relaxed);
+  header->segment_count.store(1, std::memory_order_relaxed);
+  header->carve.store(make_offset(0, kHeaderBytes), std::memory_order_relaxed);
+  header->counters.carved_bytes.store(kHeaderBytes, std::memory_order_relaxed);
+  std::shared_ptr<Arena> arena(new Arena(std::move(backend), header, capacity));
+  arena->sizes_[0].store(seg0, std::memory_order_relaxed);
+  arena->bases_[0].store(seg.value, std::memory_order_release);
+  header->attached_holders.store(1, std::memory_order_relaxed);  // the creator
+  if (arena->backend_->tracks_holders()) {
+    const Status s = arena->claim_holder_slot();
+    if (s != Status::kOk) return {s, nullptr};
+  }
+  // Published last: an opener that sees kArenaReady sees every field above (acquire).
+  header->ready.store(kArenaReady, std::memory_order_release);
+  return {Status::kOk, std::move(arena)};
+}
+
+Result<std::shared_ptr<Arena>> Arena::attach(std::unique_ptr<MemoryBackend> backend,
+                                             uint64_t segment0_bytes) {
+  if (segment0_bytes < kHeaderBytes || segment0_bytes > kMaxSegmentBytes) {
+    return {Status::kCorruptedLength, nullptr};
+  }
+  auto seg = backend->map_segment(0, segment0_bytes);
+  if (!seg.ok()) return {seg.status, nullptr};
+  auto* header = reinterpret_cast<ArenaHeader*>(seg.value);
+  if (header->ready.load(std::memory_order_acquire) != kArenaReady) return {Status::kNotReady, nullptr};
+  if (header->magic != kArenaMagic) return {Status::kBadMagic, nullptr};
+  if (header->version != kArenaLayoutVersion || header->header_bytes != kHeaderBytes) {
+    return {Status::kVersionMismatch, nullptr};
+  }
+  const uint64_t capacity_untrusted = header->capacity;
+  if (capacity_untrusted < segment0_bytes ||
+      capacity_untrusted > kMaxSegmentBytes * kMaxSegments ||
+      header->segment_bytes[0].load(std::memory_order_acquire) != segment0_bytes) {
+    return {Status::kCorruptedLength, nullptr};
+  }
+  // Join the holders unless the last one is already tearing the arena down.
+  uint32_t attached = header->attached_holders.load(std::memory_order_acquire);
+  do {
+    if (attached == 0 || attached > kMaxHolders) return {Status::kNotFound, nullptr};
+  } while (!header->attached_holders.compare_exchange_weak(attached, attached + 1,
+                                                           std::memory_order_acq_rel));
+  std::shared_ptr<Arena> arena(new Arena(std::move(backend), header, capacity_untrusted));
+  arena->sizes_[0].store(segment0_bytes, std::memory_order_relaxed);
+  arena->bases_[0].store(seg.value, std::memory_order_release);
+  if (arena->backend_->tracks_holders()) {
+    arena->reap_dead_holders();
+    const Status s = arena->claim_holder_slot();
+    if (s != Status::kOk) return {s, nullptr};
+  }
+  return {Status::kOk, std::move(arena)};
+}
+
+uint64_t Arena::max_payload() const {
+  const uint64_t seg0 = sizes_[0].load(std::memory_order_relaxed);
+  const uint64_t largest_segment =
+      std::min(std::max(capacity_ - seg0, seg0 - kHeaderBytes), kMaxSegmentBytes);
+  const uint64_t block = std::min(largest_segment, kMaxBlockBytes);
+  // The largest class that fits, minus the header.
+  const uint32_t cls = class_for_units(block >> kUnitShift);
+  uint64_t bytes = class_units(cls) << kUnitShift;
+  if (bytes > block) bytes = cls == 0 ? 0 : class_units(cls - 1) << kUnitShift;
+  return bytes > sizeof(BlockHeader) ? bytes - sizeof(BlockHeader) : 0;
+}
+
+uint64_t Arena::reachable_payload() const {
+  // A block of a class can be served if one exists (it lies in a segment, in the part carved
+  // so far) or can still be carved (after the carve cursor, or in a segment still to be made).
+  // Segment sizes and the cursor are read from shared memory: they only decide which error a
+  // failed request reports. A segment being created could be of any size: then judge nothing.
+  const uint64_t cursor = header_->carve.load(std::memory_order_acquire);
+  uint64_t largest = 0, total = 0;
+  uint32_t i = 0;
+  for (; i < kMaxSegments; ++i) {
+    const uint64_t b = header_->segment_bytes[i].load(std::memory_order_acquire);
+    if (b == 0) break;
+    if (b == kSegmentCreating || b > kMaxSegmentBytes) return max_payload();
+    const uint64_t start = i == 0 ? std::min(b, kHeaderBytes) : 0;
+    uint64_t usable = b - start;
+    if (i == segment_of(cursor) && within_segment(cursor) >= start && within_segment(cursor) <= b) {
+      usable = std::max(within_segment(cursor) - start, b - within_segment(cursor));  // carved, left
+    }
+    largest = std::max(largest, usable);
+    total += b;
+  }
+  if (i < kMaxSegments && total < capacity_) largest = std::max(largest, std::min(capacity_ - total, kMaxSegmentBytes));
+  // Room for the queue node a send needs besides the block: what is reported here must be
+  // sendable, not only reservable, or a send of it would wait forever on a small arena.
+  largest = largest > kUnit ? largest - kUnit : 0;
+  return std::min(max_payload(), largest_class_payload(std::min(largest, kMaxBlockBytes)));
+}
+
+uint8_t* Arena::map_segment_slow(uint32_t index) {
+  const uint64_t bytes_untrusted = header_->segment_bytes[index].load(std::memory_order_acquire);
+  if (bytes_untrusted == 0 || is_creating_word(bytes_untrusted) ||
+      bytes_untrusted > kMaxSegmentBytes) {
+    return nullptr;
+  }
+  std::lock_guard<std::mutex> lock(map_mutex_);
+  uint8_t* base = bases_[index].load(std::memory_order_acquire);
+  if (base != nullptr) return base;
+  auto mapped = backend_->map_segment(index, bytes_untrusted);
+  if (!mapped.ok()) return nullptr;
+  sizes_[index].store(bytes_untrusted, std::memory_order_relaxed);
+  bases_[index].store(mapped.value, std::memory_order_release);  // pairs with segment_base's load
+  return mapped.value;
+}
+
+Status Arena::grow(uint32_t current, uint64_t at_least) {
+  // Never waits: a segment another live party is creating makes this kInterrupted at once, and
+  // the caller (carve) reports kOutOfCapacity, so its caller waits on the space EventCount with
+  // its own deadline (the creator wakes it when the segment is published). A segment whose
+  // creator died half way (its creating word names a holder that is gone) is taken over and
+  // created again: the dead creator's file, if any, is replaced (ShmBackend::create_segment).
+  const uint32_t next = current + 1;
+  if (next >= kMaxSegments) return Status::kOutOfCapacity;
+  uint64_t existing = header_->segment_bytes[next].load(std::memory_order_acquire);
+  if (is_creating_word(existing) && bases_[next].load(std::memory_order_acquire) != nullptr) {
+    // Another thread of this process is publishing the segment it just created (it maps the
+    // segment before it writes the size): wait for it like for any live creator.
+    if (existing == make_creating_word(holder_, incarnation_)) return Status::kInterrupted;
+    // This process has mapped that segment already: it was created, and the entry was
+    // rewritten since. Taking it over would unmap memory in use here.
+    note_corruption();
+    return Status::kOutOfCapacity;
+  }
+  if (is_creating_word(existing) && creator_alive(existing)) return Status::kInterrupted;
+  if (existing == 0 || is_creating_word(existing)) {
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < next; ++i) {
+      const uint64_t b = header_->segment_bytes[i].load(std::memory_order_acquire);
+      if (is_creating_word(b) || b > kMaxSegmentBytes) return Status::kOutOfCapacity;
+      total += b;
+    }
+    if (total >= capacity_) return Status::kOutOfCapacity;
+    const uint64_t current_size = sizes_[current].load(std::memory_order_relaxed);
+    uint64_t size = std::max(std::min(current_size * 2, kMaxSegmentBytes), round_up_pow2(at_least));
+    size = std::min({size, capacity_ - total, kMaxSegmentBytes});
+    if (size < at_least) return Status::kOutOfCapacity;
+    const uint64_t mine = make_creating_word(holder_, incarnation_);
+    if (!header_->segment_bytes[next].compare_exchange_strong(existing, mine, std::memory_order_acq_rel)) {
+      return Status::kOk;  // someone else claimed it (or took it over); retry against theirs
+    }
+    MEMCHANNEL_CRASH_POINT(kGrowSegmentClaimed);
+    auto created = backend_->create_segment(next, size);
+    if (!created.ok()) {
+      uint64_t w = mine;
+      header_->segment_bytes[next].compare_exchange_strong(w, 0, std::memory_order_acq_rel);
+      notify_all(header_->space);  // waiters for this segment: it will not come from us
+      return created.status == Status::kSystemError ? Status::kOutOfCapacity : created.status;
+    }
+    {
+      std::lock_guard<std::mutex> lock(map_mutex_);
+      sizes_[next].store(size, std::memory_order_relaxed);
+      bases_[next].store(created.value, std::memory_order_release);
+    }
+    MEMCHANNEL_CRASH_POINT(kGrowSegmentCreated);
+    uint64_t w = mine;
+    if (!header_->segment_bytes[next].compare_exchange_strong(w, size, std::memory_order_acq_rel)) {
+      // Taken over meanwhile (we were thought dead: a forged or misread slot). Ours is not the
+      // arena's segment: forget our mapping and use theirs.
+      note_corruption();
+      std::lock_guard<std::mutex> lock(map_mutex_);
+      bases_[next].store(nullptr, std::memory_order_release);
+      sizes_[next].store(0, std::memory_order_relaxed);
+      return Status::kOk;
+    }
+    uint32_t count = header_->segment_count.load(std::memory_order_acquire);
+    while (count < next + 1 &&
+           !header_->segment_count.compare_exchange_weak(count, next + 1, std::memory_order_acq_rel)) {
+    }
+    notify_all(header_->space);  // callers that found the segment being created wait there
+  }
+  // Move the carve cursor past the full segment (whoever gets there first).
+  uint64_t cur = header_->carve.load(std::memory_order_acquire);
+  while (segment_of(cur) == current &&
+         !header_->carve.compare_exchange_weak(cur, make_offset(next, 0), std::memory_order_acq_rel)) {
+  }
+  return Status::kOk;
+}
+
+}  // namespace memchannel
