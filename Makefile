@@ -56,7 +56,7 @@ test-python: install
 
 test: test-cpp test-python sanitize
 
-# Sanitizer builds (RELIABILITY.md items 9 and 15), run by `make test`: only the C++ libraries,
+# Sanitizer builds (docs/reliability.md items 9 and 15), run by `make test`: only the C++ libraries,
 # GoogleTests, canaries and fuzz target are built (no Python module, no benchmarks).
 #   test-asan  core + shm GoogleTests under ASan+UBSan (UB aborts: -fno-sanitize-recover), the
 #              canaries, and the fuzz corpus replayed through real segments plus a short
@@ -93,7 +93,7 @@ test-fuzz: deps
 demo: install
 	$(VPY) -m memchannel demo
 
-# Soak (RELIABILITY.md 14): not part of `make test`; reports its figures and checks.
+# Soak (docs/reliability.md item 14): not part of `make test`; reports its figures and checks.
 SOAK_SECONDS ?= 3600
 soak: install
 	$(VPY) -m bench.soak --seconds $(SOAK_SECONDS) --json build/soak-$(PYVER).json

@@ -1,4 +1,4 @@
-"""Soak (RELIABILITY.md 14): random SIGKILLs and restarts of participants for a while, then
+"""Soak (docs/reliability.md item 14): random SIGKILLs and restarts of participants for a while, then
 check that arena usage and /dev/shm entries return to baseline and that resident memory of
 the surviving process grew less than 5 %.
 

@@ -30,9 +30,6 @@ class MemoryBackend {
   // Concurrency: any thread; the arena calls it at most once per index per process.
   virtual Result<uint8_t*> map_segment(uint32_t index, uint64_t bytes) = 0;
 
-  // Human-readable kind, e.g. "heap" or "shm".
-  virtual const char* kind() const = 0;
-
   // Last system error (errno) seen by create/map, for messages.
   virtual int last_errno() const { return 0; }
 

@@ -21,7 +21,6 @@ class HeapBackend final : public MemoryBackend {
 
   Result<uint8_t*> create_segment(uint32_t index, uint64_t bytes) override;
   Result<uint8_t*> map_segment(uint32_t index, uint64_t bytes) override;
-  const char* kind() const override { return "heap"; }
   int last_errno() const override { return last_errno_; }
 
  private:

@@ -1,4 +1,4 @@
-// Invariant checker for arena memory (RELIABILITY.md item 3): after a crash and the reclamation
+// Invariant checker for arena memory (docs/reliability.md item 3): after a crash and the reclamation
 // of the dead process, every block must be in exactly one place and every index in bounds.
 //
 // check_invariants() walks every carved cell, every free list and every channel queue of an

@@ -341,4 +341,16 @@ uint64_t recover_queues(Arena& arena, uint32_t dead) {
   return freed;
 }
 
+bool any_holder_may_live(const ArenaHeader& header, const MemoryBackend& liveness, bool young) {
+  for (const HolderSlot& slot : header.holders) {
+    const uint32_t state = slot.state.load(std::memory_order_relaxed);
+    if (slot_kind(state) == kSlotFree) continue;
+    const HolderIdentity id{{slot.identity[0].load(std::memory_order_relaxed),
+                             slot.identity[1].load(std::memory_order_relaxed)}};
+    const HolderLiveness l = id.words[0] == 0 ? HolderLiveness::kUnknown : liveness.liveness(id);
+    if (l == HolderLiveness::kAlive || (l == HolderLiveness::kUnknown && young)) return true;
+  }
+  return false;
+}
+
 }  // namespace memchannel

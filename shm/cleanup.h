@@ -1,4 +1,4 @@
-// Finding and removing memchannel segments in /dev/shm (RELIABILITY.md items 5 and 6).
+// Finding and removing memchannel segments in /dev/shm (docs/reliability.md items 5 and 6).
 //
 // This layer knows names, owners and bytes, not arenas: it lists segments by prefix and
 // removes those a caller-supplied predicate condemns. The predicate (from the core) reads

@@ -1,4 +1,4 @@
-// Process identity and liveness that pid reuse cannot fool (RELIABILITY.md item 4).
+// Process identity and liveness that pid reuse cannot fool (docs/reliability.md item 4).
 //
 // A pid alone names "whichever process has this number now": after a crash the kernel may
 // hand the number to an unrelated process, and kill(pid, 0) would call the dead owner alive.

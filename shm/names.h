@@ -3,8 +3,8 @@
 // A segment name is `<prefix><32 lowercase hex digits>`: the prefix starts with "memchannel-"
 // and the hex digits are 128 bits from getrandom(2). The name is the only thing that keeps
 // an unrelated process of the same user from guessing a segment, so it never contains the
-// pid, a counter or a time, and carries more than the 64 random bits DESIGN.md section 4 asks
-// for. Names are also what cleanup matches on, so every name must pass is_memchannel_name().
+// pid, a counter or a time, and carries more than the 64 random bits docs/design.md
+// (Shared-memory rules) asks for. Names are also what cleanup matches on, so every name must pass is_memchannel_name().
 //
 // Test isolation: a test picks its own prefix with random_test_prefix() and passes it
 // everywhere (or sets MEMCHANNEL_SHM_PREFIX for child processes), so parallel test runs

@@ -29,7 +29,7 @@
 //   that does not make sense call it before touching more memory, and report kTruncated
 //   rather than read on.
 // - The destructor unmaps and closes; it never unlinks. Only the creator decides when a name
-//   goes away (DESIGN.md section 4), through unlink().
+//   goes away (docs/design.md, Shared-memory rules), through unlink().
 // - No exception escapes: Boost.Interprocess's interprocess_exception and std::bad_alloc are
 //   caught here and returned as a Status with the errno of the failing call.
 //

@@ -19,7 +19,7 @@
 #include "core/channel.h"
 #include "core/heap_backend.h"
 #include "shm/names.h"
-#include "shm/shm_backend.h"
+#include "shm/backend/shm_backend.h"
 
 using namespace memchannel;
 

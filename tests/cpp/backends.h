@@ -1,8 +1,8 @@
 // Backend factories for the core's conformance tests.
 //
 // Every core test suite is a TYPED_TEST_SUITE over `BackendTypes`, so the same tests run
-// against every MemoryBackend (STYLE.md: "one conformance test suite runs against every
-// implementation of a concept"). To run them against another backend, add its factory type to
+// against every MemoryBackend (one conformance suite for every implementation of the
+// concept). To run them against another backend, add its factory type to
 // `BackendTypes` below; a factory is any type with
 //
 //     static std::unique_ptr<memchannel::MemoryBackend> make();   // a fresh, empty backend
@@ -31,7 +31,7 @@
 #include "core/layout.h"
 #include "core/status.h"
 #include "shm/names.h"
-#include "shm/shm_backend.h"
+#include "shm/backend/shm_backend.h"
 
 namespace memchannel {
 

@@ -1,4 +1,4 @@
-// Garbage in arena memory (RELIABILITY.md item 8): a peer that writes nonsense into shared
+// Garbage in arena memory (docs/reliability.md item 8): a peer that writes nonsense into shared
 // structures gets a typed error and a bump of corruption_count, nothing crashes or reads out of
 // bounds, and valid traffic still flows afterwards. Each test forges one field through the same
 // translate() view a peer's garbage would travel through, using the header structs of
@@ -821,7 +821,7 @@ TYPED_TEST(CorruptionTest, ChannelOpenRefusesWrongMagicVersionAndOffset) {
   expect_traffic_flows(arena);
 }
 
-// RELIABILITY.md item 8: "a wrong magic or version: each case returns its typed error and bumps
+// docs/reliability.md item 8: "a wrong magic or version: each case returns its typed error and bumps
 // a corruption counter". Channel::open returns the typed errors but never counts them.
 TYPED_TEST(CorruptionTest, ChannelOpenCountsWrongMagicAndVersion) {
   auto arena = this->make_arena();
@@ -911,7 +911,6 @@ class ForgedSegmentBackend final : public MemoryBackend {
     if (index != 0 || bytes > size_) return {Status::kCorruptedOffset, nullptr};
     return {Status::kOk, memory_.get()};
   }
-  const char* kind() const override { return "forged"; }
   ArenaHeader& header() { return *reinterpret_cast<ArenaHeader*>(memory_.get()); }
 
  private:

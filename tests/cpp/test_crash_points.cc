@@ -1,5 +1,5 @@
 // A process killed at each step of reserve -> write descriptor -> publish -> wake and
-// recv -> release (RELIABILITY.md item 3). For every crash point (CrashPoint in core/arena.h)
+// recv -> release (docs/reliability.md item 3). For every crash point (CrashPoint in core/arena.h)
 // and every workload that reaches it, a forked child attaches to a shared-memory arena, runs a
 // send/recv workload and SIGKILLs itself the first (or a later) time it reaches the point. The
 // parent then reaps the dead holder (Arena::reap_dead_holders, as any survivor does) and runs

@@ -1,5 +1,5 @@
 // Cleanup: list by prefix, remove only what the predicate condemns, never another user's or
-// another prefix's segments (RELIABILITY.md items 5 and 6).
+// another prefix's segments (docs/reliability.md items 5 and 6).
 #include "shm/cleanup.h"
 
 #include <fcntl.h>

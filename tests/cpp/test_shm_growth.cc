@@ -31,7 +31,7 @@
 #include "core/status.h"
 #include "shm/names.h"
 #include "shm/segment.h"
-#include "shm/shm_backend.h"
+#include "shm/backend/shm_backend.h"
 #include "tests/cpp/backends.h"
 
 namespace memchannel::testing {

@@ -1,5 +1,5 @@
 // Liveness by pid plus start time: a reused pid is not mistaken for the dead owner
-// (RELIABILITY.md item 4).
+// (docs/reliability.md item 4).
 #include "shm/liveness.h"
 
 #include <sys/prctl.h>

@@ -1,5 +1,5 @@
 // Segment names: unguessable (>= 64 random bits each), distinct, and validated
-// (RELIABILITY.md item 12, DESIGN.md section 4).
+// (docs/reliability.md item 12; docs/design.md, Shared-memory rules).
 #include "shm/names.h"
 
 #include <gtest/gtest.h>

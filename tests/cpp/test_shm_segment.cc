@@ -1,5 +1,5 @@
 // Segment: creation never adopts, opening trusts nothing, space and truncation errors are
-// errors and not SIGBUS (RELIABILITY.md items 10 and 11).
+// errors and not SIGBUS (docs/reliability.md items 10 and 11).
 #include "shm/segment.h"
 
 #include <fcntl.h>
@@ -32,7 +32,7 @@
 #include "core/waiter.h"
 #include "shm/cleanup.h"
 #include "shm/names.h"
-#include "shm/shm_backend.h"
+#include "shm/backend/shm_backend.h"
 
 namespace memchannel::shm {
 namespace {
@@ -335,7 +335,7 @@ TEST_F(ShmSegment, TruncationByAPeerIsDetected) {
   EXPECT_TRUE(Segment::unlink(name).ok());
 }
 
-// ---- Truncation after mapping: the SIGBUS guard (RELIABILITY.md item 10) ----
+// ---- Truncation after mapping: the SIGBUS guard (docs/reliability.md item 10) ----
 
 // Runs `body` in a forked child and returns its wait status. The child's exit code is what
 // `body` returns; a child killed by a signal shows as WIFSIGNALED. Keeps a SIGBUS that the

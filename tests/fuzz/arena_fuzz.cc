@@ -1,4 +1,4 @@
-// Fuzz target (RELIABILITY.md item 9): arena memory filled with fuzzer bytes goes through the
+// Fuzz target (docs/reliability.md item 9): arena memory filled with fuzzer bytes goes through the
 // path a peer takes when it joins an arena, and nothing may crash, hang or touch memory
 // outside the segments (built with ASan+UBSan, so an out-of-bounds access or undefined
 // behaviour is a finding, not luck):
@@ -35,7 +35,7 @@
 #include "core/waiter.h"
 #include "shm/names.h"
 #include "shm/segment.h"
-#include "shm/shm_backend.h"
+#include "shm/backend/shm_backend.h"
 #include "tests/fuzz/fuzz_image.h"
 
 namespace memchannel::fuzz {

@@ -1,5 +1,5 @@
 // The arena fuzz target's input format and the in-memory backend it runs over
-// (RELIABILITY.md item 9). Shared by the fuzz target, the standalone driver and the seed
+// (docs/reliability.md item 9). Shared by the fuzz target, the standalone driver and the seed
 // generator, so the three agree on every byte.
 //
 // An input is what a peer could hand us: the handle's channel offset, a few bits that decide
@@ -132,7 +132,6 @@ class FuzzBackend final : public MemoryBackend {
     return {Status::kOk, segments_[index].data()};
   }
 
-  const char* kind() const override { return "fuzz"; }
   bool tracks_holders() const override { return true; }
   HolderIdentity self_identity() const override { return kSelfIdentity; }
   HolderLiveness liveness(const HolderIdentity& id) const override {

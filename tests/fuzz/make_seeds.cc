@@ -42,7 +42,6 @@ class SeedBackend final : public MemoryBackend {
     if (index >= kMaxSegments || store_->segments[index].size() < bytes) return {Status::kNotFound, nullptr};
     return {Status::kOk, store_->segments[index].data()};
   }
-  const char* kind() const override { return "seed"; }
   bool tracks_holders() const override { return true; }
   HolderIdentity self_identity() const override { return {{pid_, 1}}; }
   HolderLiveness liveness(const HolderIdentity&) const override { return HolderLiveness::kAlive; }

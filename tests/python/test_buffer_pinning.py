@@ -1,4 +1,4 @@
-"""No use after release, from any thread (RELIABILITY.md item 21).
+"""No use after release, from any thread (docs/reliability.md item 21).
 
 Buffer.write() of 256 KiB or more copies with the GIL released. While it copies, the Buffer is
 pinned: release() and send() from another thread raise BufferError instead of freeing the

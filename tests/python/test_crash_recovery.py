@@ -1,4 +1,4 @@
-"""Crash model (RELIABILITY.md 1, 2, 5, 6): a SIGKILLed process costs the others nothing but
+"""Crash model (docs/reliability.md items 1, 2, 5, 6): a SIGKILLed process costs the others nothing but
 its own unsent data; cleanup removes what dead processes leave behind."""
 
 import multiprocessing as mp

@@ -1,5 +1,5 @@
 """Buffers whose items are pointers never cross a channel, and formats are checked on both
-sides (RELIABILITY.md item 16).
+sides (docs/reliability.md item 16).
 
 Sender: any format with a pointer item ('O' plain, in a struct, in a sub-array; '&'; 'X{}')
 is refused by send(), send_nowait() and reserve() with a TypeError that names send_object().

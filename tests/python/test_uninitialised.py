@@ -1,4 +1,4 @@
-"""No object in an invalid state reaches C++ (RELIABILITY.md item 24).
+"""No object in an invalid state reaches C++ (docs/reliability.md item 24).
 
 Every extension type is walked in every invalid state it can be put in: made by ``__new__``
 without ``__init__``, after a failed ``__init__``, and (Channel) after ``close()``, (Buffer)

@@ -33,7 +33,6 @@ class ShmBackend final : public MemoryBackend {
 
   memchannel::Result<uint8_t*> create_segment(uint32_t index, uint64_t bytes) override;
   memchannel::Result<uint8_t*> map_segment(uint32_t index, uint64_t bytes) override;
-  const char* kind() const override { return "shm"; }
   int last_errno() const override { return last_errno_; }
 
   bool tracks_holders() const override { return true; }

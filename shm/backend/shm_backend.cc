@@ -1,4 +1,4 @@
-#include "shm/shm_backend.h"
+#include "shm/backend/shm_backend.h"
 
 #include <algorithm>
 #include <cstring>
@@ -7,6 +7,7 @@
 #include <set>
 #include <utility>
 
+#include "core/recovery.h"
 #include "shm/cleanup.h"
 #include "shm/liveness.h"
 #include "shm/names.h"
@@ -150,15 +151,7 @@ bool arena_is_abandoned(const SegmentPeek& peek) {
   // A private, aligned copy: the mapping is read-only and may change under us.
   auto header = std::make_unique<ArenaHeader>();
   std::memcpy(static_cast<void*>(header.get()), peek.head.data(), sizeof(ArenaHeader));
-  bool any_live = false;
-  for (const HolderSlot& slot : header->holders) {
-    const uint32_t state = slot.state.load(std::memory_order_relaxed);
-    if (state == kSlotFree) continue;
-    const ProcessIdentity who{static_cast<uint32_t>(slot.identity[0].load(std::memory_order_relaxed)), 0,
-                              slot.identity[1].load(std::memory_order_relaxed)};
-    const Liveness l = who.pid == 0 ? Liveness::kUnknown : check_alive(who);
-    if (l == Liveness::kAlive || (l == Liveness::kUnknown && !old_enough)) any_live = true;
-  }
+  const bool any_live = any_holder_may_live(*header, *ShmBackend::for_existing(std::string()), !old_enough);
   if (header->ready.load(std::memory_order_relaxed) != kArenaReady) return !any_live && old_enough;
   return !any_live;
 }
