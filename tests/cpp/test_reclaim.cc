@@ -218,24 +218,35 @@ TYPED_TEST(ReclaimTest, SweepsAtMostOncePerInterval) {
   EXPECT_EQ(active_slots(*arena), 1u);
 }
 
-// A process killed while claiming its holder slot: after writing its identity, before marking
-// the slot active (the window the 1-hour soak hit: the slot and the arena's attach count
-// leaked, so the segments outlived every process). The child plays exactly that claim on a
-// free slot and dies; a plain stats() call must give the slot and the count back.
-TYPED_TEST(ReclaimTest, ClaimerKilledMidClaimGivesItsSlotBack) {
-  auto arena = this->make_arena(4 * kMiB);
-  ASSERT_NE(arena, nullptr);
-  ArenaHeader* header = arena_header(*arena);
+// Sweeps (any core call does: stats) until `done` or `within_ns`; returns done().
+template <typename Done>
+bool sweep_until(Arena& arena, Done&& done, int64_t within_ns = kWithinNs) {
+  const int64_t start = monotonic_ns();
+  while (!done() && monotonic_ns() - start < within_ns) {
+    (void)arena.stats();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return done();
+}
+
+// A child plays a claim of a free slot and dies in it: with its identity written (before
+// marking the slot active) or before writing any (the claim word then names its pid). A plain
+// stats() call must give the slot and the attach count back.
+void expect_dead_claimer_reclaimed(Arena& arena, bool write_identity) {
+  ArenaHeader* header = arena_header(arena);
   const uint32_t attached = header->attached_holders.load();
   const pid_t pid = ::fork();
   if (pid == 0) {
+    const HolderIdentity me = arena.backend().self_identity();
     for (HolderSlot& slot : header->holders) {
       uint32_t expected = kSlotFree;
-      if (!slot.state.compare_exchange_strong(expected, kSlotClaiming)) continue;
+      const uint32_t claim = write_identity ? kSlotClaiming : slot_claiming(static_cast<uint64_t>(::getpid()));
+      if (!slot.state.compare_exchange_strong(expected, claim)) continue;
       header->attached_holders.fetch_add(1);  // an attacher counts itself first, then claims
-      const HolderIdentity me = arena->backend().self_identity();
-      slot.identity[0].store(me.words[0]);
-      slot.identity[1].store(me.words[1]);
+      if (write_identity) {
+        slot.identity[0].store(me.words[0]);
+        slot.identity[1].store(me.words[1]);
+      }
       ::_exit(0);  // killed here: the slot stays kSlotClaiming
     }
     ::_exit(1);
@@ -250,51 +261,26 @@ TYPED_TEST(ReclaimTest, ClaimerKilledMidClaimGivesItsSlotBack) {
   };
   ASSERT_EQ(claiming(), 1u);
   ASSERT_EQ(header->attached_holders.load(), attached + 1);
-  const int64_t start = monotonic_ns();
-  while (claiming() != 0 && monotonic_ns() - start < kWithinNs) {
-    (void)arena->stats();
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  EXPECT_EQ(claiming(), 0u) << "the dead claimer's slot is still kSlotClaiming";
+  EXPECT_TRUE(sweep_until(arena, [&] { return claiming() == 0; })) << "the dead claimer's slot is still kSlotClaiming";
   EXPECT_EQ(header->attached_holders.load(), attached);
-  EXPECT_EQ(active_slots(*arena), 1u);
+  EXPECT_EQ(active_slots(arena), 1u);
 }
 
-// A claimer killed right after its claim, before it wrote any of its identity. The claim word
-// itself names the claimer's pid (core/arena.h, HolderSlot), so a plain stats() call finds it
-// dead and gives the slot and the attach count back.
+// Killed after writing its identity, before marking the slot active (the window the 1-hour
+// soak hit: the slot and the arena's attach count leaked, so the segments outlived every
+// process).
+TYPED_TEST(ReclaimTest, ClaimerKilledMidClaimGivesItsSlotBack) {
+  auto arena = this->make_arena(4 * kMiB);
+  ASSERT_NE(arena, nullptr);
+  expect_dead_claimer_reclaimed(*arena, /*write_identity=*/true);
+}
+
+// Killed right after its claim, before it wrote any of its identity (core/arena_layout.h,
+// HolderSlot: the claim word names the claimer's pid).
 TYPED_TEST(ReclaimTest, ClaimerKilledBeforeItsIdentityGivesItsSlotBack) {
   auto arena = this->make_arena(4 * kMiB);
   ASSERT_NE(arena, nullptr);
-  ArenaHeader* header = arena_header(*arena);
-  const uint32_t attached = header->attached_holders.load();
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    for (HolderSlot& slot : header->holders) {
-      uint32_t expected = kSlotFree;
-      if (!slot.state.compare_exchange_strong(expected, slot_claiming(static_cast<uint64_t>(::getpid())))) continue;
-      header->attached_holders.fetch_add(1);
-      ::_exit(0);  // killed here: no identity written
-    }
-    ::_exit(1);
-  }
-  int wstatus = 0;
-  ASSERT_EQ(::waitpid(pid, &wstatus, 0), pid);
-  ASSERT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0);
-  auto claiming = [&] {
-    uint32_t n = 0;
-    for (const HolderSlot& slot : header->holders) n += slot_kind(slot.state.load()) == kSlotClaiming ? 1 : 0;
-    return n;
-  };
-  ASSERT_EQ(claiming(), 1u);
-  const int64_t start = monotonic_ns();
-  while (claiming() != 0 && monotonic_ns() - start < kWithinNs) {
-    (void)arena->stats();
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  EXPECT_EQ(claiming(), 0u) << "the dead claimer's slot is still kSlotClaiming";
-  EXPECT_EQ(header->attached_holders.load(), attached);
-  EXPECT_EQ(active_slots(*arena), 1u);
+  expect_dead_claimer_reclaimed(*arena, /*write_identity=*/false);
 }
 
 // A reaper killed half way through a reap: it had taken a dead holder's slot (kSlotReclaiming,
@@ -332,13 +318,10 @@ TYPED_TEST(ReclaimTest, ReaperKilledMidReapIsFinishedByTheNextSweep) {
   ASSERT_EQ(header->attached_holders.load(), attached + 2);
 
   arena->set_sweep_interval(kSweepIntervalNs);
-  const int64_t start = monotonic_ns();
-  while ((active_slots(*arena) != 1 || header->attached_holders.load() != attached ||
-          slot_kind(header->holders[victim_holder - 1].state.load()) != kSlotFree) &&
-         monotonic_ns() - start < 2 * kWithinNs) {
-    (void)arena->stats();
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  sweep_until(*arena, [&] {
+    return active_slots(*arena) == 1 && header->attached_holders.load() == attached &&
+           slot_kind(header->holders[victim_holder - 1].state.load()) == kSlotFree;
+  });
   EXPECT_EQ(slot_kind(header->holders[victim_holder - 1].state.load()), kSlotFree) << "the reap was not finished";
   EXPECT_EQ(active_slots(*arena), 1u) << "the reaper's own slot";
   EXPECT_EQ(header->attached_holders.load(), attached);
@@ -367,21 +350,13 @@ TYPED_TEST(ReclaimTest, ReapByAnAttachingProcessIsTakenOverOnlyWhenItDies) {
   uint32_t expected = kSlotActive;
   ASSERT_TRUE(slot.state.compare_exchange_strong(expected, slot_reclaiming_by_pid(static_cast<uint64_t>(reaper))));
   arena->set_sweep_interval(kSweepIntervalNs);
-  const int64_t start = monotonic_ns();
-  while (monotonic_ns() - start < kWithinNs) {  // several sweeps while the reaper lives
-    (void)arena->stats();
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  sweep_until(*arena, [] { return false; });  // several sweeps while the reaper lives
   EXPECT_EQ(slot_kind(slot.state.load()), kSlotReclaimingByPid) << "a live reaper's reap was taken over";
   EXPECT_EQ(header->attached_holders.load(), attached + 1);
   ASSERT_EQ(::kill(reaper, SIGKILL), 0);
   int wstatus = 0;
   ASSERT_EQ(::waitpid(reaper, &wstatus, 0), reaper);
-  const int64_t dead_at = monotonic_ns();
-  while (slot_kind(slot.state.load()) != kSlotFree && monotonic_ns() - dead_at < kWithinNs) {
-    (void)arena->stats();
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  sweep_until(*arena, [&] { return slot_kind(slot.state.load()) == kSlotFree; });
   EXPECT_EQ(slot_kind(slot.state.load()), kSlotFree) << "the dead reaper's reap was not finished";
   EXPECT_EQ(header->attached_holders.load(), attached) << "decremented once, for the victim";
   EXPECT_EQ(arena->counters().blocks_in_use, baseline);
