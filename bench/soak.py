@@ -118,6 +118,7 @@ def run(seconds: float, participants: int, kill_every: float, seed: int) -> dict
         start_one()
 
     kills = 0
+    failures: list[dict] = []  # participants that ended on their own (an exception)
     parent_sent = parent_received = 0
     samples = []
     rss_warm = None
@@ -139,11 +140,20 @@ def run(seconds: float, participants: int, kill_every: float, seed: int) -> dict
             except mc.Empty:
                 break
         if now >= next_kill:
+            # A participant that ended on its own raised (its traceback is in the log): that is
+            # a failure of the run, not a kill. Replace it and count it.
+            for tag in [t for t, (_, p) in procs.items() if p.exitcode is not None]:
+                role, p = procs.pop(tag)
+                failures.append({"t": round(now - t_start, 1), "role": role, "exitcode": p.exitcode})
+                start_one()
             tag = rng.choice(list(procs))
             role, p = procs.pop(tag)
-            os.kill(p.pid, signal.SIGKILL)
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+                kills += 1
+            except ProcessLookupError:
+                failures.append({"t": round(now - t_start, 1), "role": role, "exitcode": p.exitcode})
             p.join(10)
-            kills += 1
             start_one()
             next_kill = now + kill_every * rng.uniform(0.5, 1.5)
         if rss_warm is None and now >= warmup_end:
@@ -160,7 +170,10 @@ def run(seconds: float, participants: int, kill_every: float, seed: int) -> dict
             next_sample = now + max(1.0, seconds / 60)
 
     # Tear down: kill everyone, drain, reap, compare with the baseline.
-    for _, p in procs.values():
+    for role, p in procs.values():
+        if p.exitcode is not None:
+            failures.append({"t": round(time.monotonic() - t_start, 1), "role": role, "exitcode": p.exitcode})
+            continue
         os.kill(p.pid, signal.SIGKILL)
     for _, p in procs.values():
         p.join(10)
@@ -206,6 +219,7 @@ def run(seconds: float, participants: int, kill_every: float, seed: int) -> dict
         "messages lost (blocks left queued after the drain, channel counts) == 0": lost == 0,
         "/dev/shm entries back to baseline": shm_after == shm_before,
         "parent RSS grew < 5 % after warm-up": rss_end < rss_warm * 1.05,
+        "no participant ended on its own (an exception)": not failures,
     }
     return {
         "seconds": seconds, "participants": participants, "kills": kills,
@@ -214,7 +228,7 @@ def run(seconds: float, participants: int, kill_every: float, seed: int) -> dict
         "final": {k: final[k] for k in ("blocks_in_use", "bytes_in_use", "reclaimed_blocks",
                                          "corruption_count")},
         "census": census, "rss_warm": rss_warm, "rss_end": rss_end,
-        "messages_lost": lost, "left_queued": left_queued,
+        "messages_lost": lost, "left_queued": left_queued, "participant_failures": failures,
         "shm_before": shm_before, "shm_after": shm_after,
         "checks": checks, "samples": samples,
     }
