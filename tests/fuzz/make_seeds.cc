@@ -132,14 +132,14 @@ void write_dictionary(const std::string& path) {
     out += "\"\n";
   };
   const uint64_t arena_magic = kArenaMagic, channel_magic = kChannelMagic, seg0 = kSegment0Bytes,
-                 creating = kSegmentCreating, closed = kClosedBit;
+                 creating = kSegmentCreating, sealed = next_link(0, 0, true);
   const uint32_t ready = kArenaReady, block_magic = kBlockMagic, node_magic = kNodeMagic,
                  version = kArenaLayoutVersion, active = kSlotActive;
   word("arena_magic", &arena_magic, 8);
   word("channel_magic", &channel_magic, 8);
   word("segment0_bytes", &seg0, 8);
   word("segment_creating", &creating, 8);
-  word("closed_bit", &closed, 8);
+  word("sealed_link", &sealed, 8);
   word("arena_ready", &ready, 4);
   word("block_magic", &block_magic, 4);
   word("node_magic", &node_magic, 4);
