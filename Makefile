@@ -39,11 +39,12 @@ venv: $(VENV)/.ready
 
 # The Python package, built by scikit-build-core into a persistent build dir (incremental).
 install: deps venv
-	$(VPY) -m pip install -q --no-build-isolation --config-settings=build-dir=build/py-$(PYVER) .
+	$(VPY) -m pip install -q --no-build-isolation --config-settings=build-dir=build/py-$(PYVER) \
+	  --config-settings=cmake.define.MEMCHANNEL_WERROR=ON .
 
 cpp: deps venv
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPython_EXECUTABLE=$(abspath $(VPY)) \
-	  -DMEMCHANNEL_BUILD_PYTHON=OFF -DMEMCHANNEL_TEST_HOOKS=ON >/dev/null
+	  -DMEMCHANNEL_BUILD_PYTHON=OFF -DMEMCHANNEL_TEST_HOOKS=ON -DMEMCHANNEL_WERROR=ON >/dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 
 test-cpp: cpp
@@ -68,7 +69,7 @@ SAN_BUILD ?= build
 FUZZ_SECONDS ?= 60
 STANDALONE_FUZZ_SECONDS ?= 15
 FUZZ_CXX ?= clang++-14
-SAN_CMAKE := -DMEMCHANNEL_BUILD_PYTHON=OFF -DMEMCHANNEL_BUILD_BENCH=OFF -DMEMCHANNEL_TEST_HOOKS=ON
+SAN_CMAKE := -DMEMCHANNEL_BUILD_PYTHON=OFF -DMEMCHANNEL_BUILD_BENCH=OFF -DMEMCHANNEL_TEST_HOOKS=ON -DMEMCHANNEL_WERROR=ON
 SAN_ENV := UBSAN_OPTIONS=print_stacktrace=1 TSAN_OPTIONS=second_deadlock_stack=1
 
 sanitize: test-asan test-tsan test-fuzz
