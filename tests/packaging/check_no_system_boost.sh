@@ -29,7 +29,17 @@ mkdir "$work/src"
 "$PYTHON" -m venv "$work/venv"
 # Boost found nowhere else: no CMake config or include path from the environment.
 unset BOOST_ROOT Boost_ROOT Boost_DIR CPATH CPLUS_INCLUDE_PATH CMAKE_PREFIX_PATH || true
-"$work/venv/bin/pip" wheel -q --no-deps -w "$work/dist" "$work/src"
+if ! "$work/venv/bin/pip" wheel -v --no-deps --config-settings=build.verbose=true -w "$work/dist" "$work/src" > "$work/build.log" 2>&1; then
+  tail -40 "$work/build.log" >&2
+  echo "FAIL: pip wheel" >&2
+  exit 1
+fi
+if ! grep -q "headers from PyPI's boost-headers" "$work/build.log"; then
+  echo "FAIL: the build did not take the headers of boost-headers" >&2
+  exit 1
+fi
+grep -q -- "-Werror" "$work/build.log" && { echo "FAIL: the pip build compiled with -Werror" >&2; exit 1; }
+grep -o "Boost [0-9.]* headers from PyPI's boost-headers" "$work/build.log"
 wheel=$(ls "$work"/dist/memchannel-*.whl)
 echo "built $(basename "$wheel")"
 "$work/venv/bin/pip" install -q "$wheel"
