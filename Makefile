@@ -16,7 +16,7 @@ JOBS ?= $(shell nproc)
 DEB_PACKAGES := libgtest-dev libboost-dev libbenchmark-dev clang-14 libclang-rt-14-dev
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv install cpp test test-cpp test-python demo bench clean sanitize test-asan test-tsan test-fuzz soak
+.PHONY: all deps venv install cpp test test-cpp test-python typecheck demo bench clean sanitize test-asan test-tsan test-fuzz soak
 
 all: install
 
@@ -32,7 +32,7 @@ deps:
 $(VENV)/.ready:
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q "pybind11>=3.0" "scikit-build-core>=0.10" numpy pytest pytest-timeout matplotlib hypothesis
+	$(VPY) -m pip install -q "pybind11>=3.0" "scikit-build-core>=0.10" numpy pytest pytest-timeout matplotlib hypothesis mypy
 	touch $@
 
 venv: $(VENV)/.ready
@@ -52,10 +52,19 @@ test-cpp: cpp
 
 # pytest: every capability's tests, the docs examples, and the benchmark harness in smoke mode
 # (every transport yields a row or a stated skip; no timings are asserted).
-test-python: install
+test-python: install typecheck
 	$(VPY) -m pytest -q tests/python bench/test_bench_smoke.py $(PYTEST_ARGS)
 
 test: test-cpp test-python sanitize
+
+# The typing files (python/memchannel/py.typed, *.pyi): the docs examples and a typed use of the
+# public API pass mypy, and stubtest checks the stubs against the installed package.
+STUBBED := memchannel._memchannel memchannel._channel memchannel.queues memchannel.executor memchannel.compare
+typecheck: install
+	@$(VPY) -c 'import mypy' 2>/dev/null || $(VPY) -m pip install -q mypy
+	$(VPY) -m mypy --cache-dir build/mypy-$(PYVER) docs/examples
+	$(VPY) -m mypy --cache-dir build/mypy-$(PYVER) --strict tests/python/test_typed_api.py
+	$(VPY) -m mypy.stubtest --allowlist tests/packaging/stubtest_allowlist.txt $(STUBBED)
 
 # Sanitizer builds (RELIABILITY.md items 9 and 15), run by `make test`: only the C++ libraries,
 # GoogleTests, canaries and fuzz target are built (no Python module, no benchmarks).
