@@ -66,7 +66,7 @@ typecheck: install
 	$(VPY) -m mypy --cache-dir build/mypy-$(PYVER) --strict tests/python/test_typed_api.py
 	$(VPY) -m mypy.stubtest --allowlist tests/packaging/stubtest_allowlist.txt $(STUBBED)
 
-# Sanitizer builds (RELIABILITY.md items 9 and 15), run by `make test`: only the C++ libraries,
+# Sanitizer builds (docs/reliability.md, items 9 and 15), run by `make test`: only the C++ libraries,
 # GoogleTests, canaries and fuzz target are built (no Python module, no benchmarks).
 #   test-asan  core + shm GoogleTests under ASan+UBSan (UB aborts: -fno-sanitize-recover), the
 #              canaries, and the fuzz corpus replayed through real segments plus a short
@@ -103,7 +103,7 @@ test-fuzz: deps
 demo: install
 	$(VPY) -m memchannel demo
 
-# Soak (RELIABILITY.md 14): not part of `make test`; reports its figures and checks.
+# Soak (docs/reliability.md, item 14): not part of `make test`; reports its figures and checks.
 SOAK_SECONDS ?= 3600
 soak: install
 	$(VPY) -m bench.soak --seconds $(SOAK_SECONDS) --json build/soak-$(PYVER).json

@@ -82,5 +82,5 @@ def test_installed_package_ships_its_typing_files():
 
     package = pathlib.Path(memchannel.__file__).parent
     assert (package / "py.typed").is_file()
-    for stub in ("_memchannel.pyi", "_channel.pyi", "queues.pyi"):
+    for stub in ("_memchannel.pyi", "_channel.pyi", "queues.pyi", "executor.pyi", "compare.pyi", "_build_info.py"):
         assert (package / stub).is_file(), stub
