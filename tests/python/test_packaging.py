@@ -31,6 +31,7 @@ def _can_unshare_mounts() -> str | None:
     return None
 
 
+@pytest.mark.packaging
 def test_pip_wheel_builds_and_runs_without_system_boost():
     reason = _can_unshare_mounts()
     if reason:
