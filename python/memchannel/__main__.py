@@ -122,8 +122,11 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
 def _cleanup_dry_run(prefix: str) -> int:
     """What `cleanup` would remove: the arenas none of whose segments a live process maps.
 
-    `cleanup` itself decides from the holder registry inside each arena (a process that died
-    holding it is dead there too); a segment mapped by no live process has no live holder.
+    `cleanup` itself decides from the holder registry inside each arena; an attached process
+    maps its arena's segments until it detaches, so the two agree except in two corners: a
+    process that maps a segment without being a holder (a fork child that inherited the
+    mapping, while the holders are dead) keeps it here, and a segment whose creator is still
+    initialising it (no mapping yet, for a moment) is listed here while cleanup waits for it.
     """
     rows = _segments(prefix)
     arenas: dict[str, list[tuple[str, int, list[tuple[int, str]]]]] = {}
