@@ -250,7 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rest and not getattr(args, "passthrough", False):
         parser.error("unrecognized arguments: " + " ".join(rest))
     args.rest = rest
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return result
 
 
