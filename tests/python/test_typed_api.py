@@ -137,3 +137,13 @@ def test_stubs_catch_wrong_calls(tmp_path: Path) -> None:
     out = completed.stdout
     for line in (3, 4, 5, 6, 7):
         assert f"bad.py:{line}: error:" in out, out
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "pybind11 (3.1) sets no __text_signature__, so inspect.signature fails on the extension's "
+    "methods; docstrings that start 'name(self, /, ...)\\n--\\n\\n' (pybind11 defs under "
+    "py::options().disable_function_signatures(), and the PyMethodDefs of send/recv/Buffer) "
+    "would give it: remove this mark when pybind/ does"))
+def test_extension_methods_have_inspectable_signatures() -> None:
+    for method in (mc.Channel.send, mc.Channel.recv, mc.Channel.reserve, mc.Buffer.write):
+        inspect.signature(method)
