@@ -16,7 +16,7 @@ JOBS ?= $(shell nproc)
 DEB_PACKAGES := libgtest-dev libboost-dev libbenchmark-dev clang-14 libclang-rt-14-dev
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv install cpp test test-cpp test-python demo bench clean sanitize test-asan test-tsan test-fuzz soak
+.PHONY: all deps venv install cpp test test-cpp test-python typecheck demo bench clean sanitize test-asan test-tsan test-fuzz soak
 
 all: install
 
@@ -32,18 +32,19 @@ deps:
 $(VENV)/.ready:
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q "pybind11>=3.0" "scikit-build-core>=0.10" numpy pytest pytest-timeout matplotlib hypothesis
+	$(VPY) -m pip install -q "pybind11>=3.0" "scikit-build-core>=0.10" numpy pytest pytest-timeout matplotlib hypothesis mypy
 	touch $@
 
 venv: $(VENV)/.ready
 
 # The Python package, built by scikit-build-core into a persistent build dir (incremental).
 install: deps venv
-	$(VPY) -m pip install -q --no-build-isolation --config-settings=build-dir=build/py-$(PYVER) .
+	$(VPY) -m pip install -q --no-build-isolation --config-settings=build-dir=build/py-$(PYVER) \
+	  --config-settings=cmake.define.MEMCHANNEL_WERROR=ON .
 
 cpp: deps venv
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPython_EXECUTABLE=$(abspath $(VPY)) \
-	  -DMEMCHANNEL_BUILD_PYTHON=OFF -DMEMCHANNEL_TEST_HOOKS=ON >/dev/null
+	  -DMEMCHANNEL_BUILD_PYTHON=OFF -DMEMCHANNEL_TEST_HOOKS=ON -DMEMCHANNEL_WERROR=ON >/dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 
 test-cpp: cpp
@@ -51,12 +52,21 @@ test-cpp: cpp
 
 # pytest: every capability's tests, the docs examples, and the benchmark harness in smoke mode
 # (every transport yields a row or a stated skip; no timings are asserted).
-test-python: install
+test-python: install typecheck
 	$(VPY) -m pytest -q tests/python bench/test_bench_smoke.py $(PYTEST_ARGS)
 
 test: test-cpp test-python sanitize
 
-# Sanitizer builds (docs/reliability.md items 9 and 15), run by `make test`: only the C++ libraries,
+# The typing files (python/memchannel/py.typed, *.pyi): the docs examples and a typed use of the
+# public API pass mypy, and stubtest checks the stubs against the installed package.
+STUBBED := memchannel._memchannel memchannel._channel memchannel.queues memchannel.executor memchannel.compare
+typecheck: install
+	@$(VPY) -c 'import mypy' 2>/dev/null || $(VPY) -m pip install -q mypy
+	$(VPY) -m mypy --cache-dir build/mypy-$(PYVER) docs/examples
+	$(VPY) -m mypy --cache-dir build/mypy-$(PYVER) --strict tests/python/test_typed_api.py
+	$(VPY) -m mypy.stubtest --allowlist tests/packaging/stubtest_allowlist.txt $(STUBBED)
+
+# Sanitizer builds (docs/reliability.md, items 9 and 15), run by `make test`: only the C++ libraries,
 # GoogleTests, canaries and fuzz target are built (no Python module, no benchmarks).
 #   test-asan  core + shm GoogleTests under ASan+UBSan (UB aborts: -fno-sanitize-recover), the
 #              canaries, and the fuzz corpus replayed through real segments plus a short
@@ -68,7 +78,7 @@ SAN_BUILD ?= build
 FUZZ_SECONDS ?= 60
 STANDALONE_FUZZ_SECONDS ?= 15
 FUZZ_CXX ?= clang++-14
-SAN_CMAKE := -DMEMCHANNEL_BUILD_PYTHON=OFF -DMEMCHANNEL_BUILD_BENCH=OFF -DMEMCHANNEL_TEST_HOOKS=ON
+SAN_CMAKE := -DMEMCHANNEL_BUILD_PYTHON=OFF -DMEMCHANNEL_BUILD_BENCH=OFF -DMEMCHANNEL_TEST_HOOKS=ON -DMEMCHANNEL_WERROR=ON
 SAN_ENV := UBSAN_OPTIONS=print_stacktrace=1 TSAN_OPTIONS=second_deadlock_stack=1
 
 sanitize: test-asan test-tsan test-fuzz
@@ -93,7 +103,7 @@ test-fuzz: deps
 demo: install
 	$(VPY) -m memchannel demo
 
-# Soak (docs/reliability.md item 14): not part of `make test`; reports its figures and checks.
+# Soak (docs/reliability.md, item 14): not part of `make test`; reports its figures and checks.
 SOAK_SECONDS ?= 3600
 soak: install
 	$(VPY) -m bench.soak --seconds $(SOAK_SECONDS) --json build/soak-$(PYVER).json

@@ -1,5 +1,5 @@
 // Status codes of the MemChannel core. The core never throws: every operation that can fail
-// returns a Status, and the Python glue translates it in one place (pybind/errors.cc).
+// returns a Status, and the Python glue translates it in one place (`raise_status`, in pybind/).
 #pragma once
 
 #include <cstdint>

@@ -10,6 +10,7 @@ Run: python docs/examples/parallelism_pipeline.py   (from docs/guide-parallelism
 import queue
 import struct
 import threading
+from concurrent.futures import Future
 
 import memchannel as mc
 
@@ -37,7 +38,7 @@ def sender(in_flight, outbox):
 if __name__ == "__main__":
     with mc.InterpreterPoolExecutor(max_workers=2) as pool:
         inbox, outbox = pool.channel(), mc.Channel()
-        in_flight = queue.SimpleQueue()
+        in_flight: queue.SimpleQueue[Future[bytes] | None] = queue.SimpleQueue()
         stages = [threading.Thread(target=listener, args=(inbox, pool, in_flight)),
                   threading.Thread(target=sender, args=(in_flight, outbox))]
         for stage in stages:

@@ -12,7 +12,7 @@ import numpy as np
 if "--stdlib" in sys.argv:
     from multiprocessing import Queue
 else:
-    from memchannel import Queue  # the swap
+    from memchannel import Queue  # type: ignore[assignment]  # the swap (another class to mypy)
 
 
 def produce(q, count, nbytes):

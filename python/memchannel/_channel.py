@@ -1,4 +1,5 @@
-"""Python-level parts of Channel and Arena: pickling, attach, object messages."""
+"""The Python side of Channel and Arena (pickling, attach, object messages, Arena.channel and
+Arena.reserve) over the extension's classes; types in _channel.pyi and _memchannel.pyi."""
 
 from __future__ import annotations
 
@@ -24,14 +25,18 @@ class Channel(_memchannel.Channel):
 
     ``Channel(maxsize=0, *, maxbytes=0, backend="shm", arena=None)``: ``maxsize`` bounds the
     number of queued messages and ``maxbytes`` their payload bytes (0 = unbounded, limited only
-    by the arena's capacity). Concurrency: any thread, any interpreter.
+    by the arena's capacity). ``backend="shm"`` (the default) lives in /dev/shm and reaches
+    other processes through ``handle`` or pickling; ``"heap"`` stays in this process. With
+    ``arena``, the channel is made in that arena's memory (its backend). Concurrency: any
+    thread, any interpreter; with "shm", any process.
     """
 
     __slots__ = ()
 
     @classmethod
     def attach(cls, handle: bytes) -> "Channel":
-        """Open the channel named by ``handle`` (``ch.handle``) in this interpreter."""
+        """Open the channel named by ``handle`` (``ch.handle``) in this interpreter or process
+        (heap channels: this process only). ``ChannelNotFound`` once it no longer exists."""
         if not isinstance(handle, (bytes, bytearray, memoryview)):
             raise TypeError(f"Channel.attach() needs the bytes of Channel.handle, got {type(handle).__name__}")
         return cls(_handle=bytes(handle))
@@ -66,10 +71,12 @@ class Arena(_memchannel.Arena):
     """Memory shared by the channels made from it; a received Buffer can be sent on to any
     channel of the same arena without a copy.
 
-    ``Arena(capacity=None, backend="shm")``. Concurrency: any thread, any interpreter.
+    ``Arena(capacity=None, backend="shm")``: ``capacity`` in bytes (default 1 GiB, mapped as it
+    is used). Concurrency: any thread, any interpreter; with "shm", any process.
     """
 
     def channel(self, maxsize: int = 0, *, maxbytes: int = 0) -> Channel:
+        """A new Channel in this arena's memory (``maxsize`` and ``maxbytes`` as for Channel)."""
         return Channel(maxsize, maxbytes=maxbytes, arena=self)
 
     def reserve(self, nbytes=None, *, format="B", shape=None, timeout=None) -> Buffer:
