@@ -185,7 +185,8 @@ std::shared_ptr<PyChannel> PyChannel::attach(const py::bytes& handle_bytes) {
     auto arena = open_shm_arena(h.name);
     auto opened = Channel::open(arena, h.offset);
     if (!opened.ok() || opened.value->channel_id() != h.channel_id) {
-      raise_error(ErrorClass::kChannelNotFound, "the channel of this handle no longer exists in arena '" + h.name + "'");
+      raise_error(ErrorClass::kChannelNotFound,
+                  "the channel of this handle no longer exists in arena '" + h.name + "'");
     }
     ch = std::move(opened.value);
     register_channel(ch);

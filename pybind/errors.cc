@@ -1,5 +1,6 @@
 #include "pybind/errors.h"
 
+#include <cstdio>
 #include <cstring>
 
 #include "pybind/state.h"
@@ -52,6 +53,22 @@ const char* error_class_name(ErrorClass cls) {
     case ErrorClass::kWaitCancelled: return "WaitCancelled";
   }
   return "MemChannelError";
+}
+
+std::string printable(std::string_view f) {
+  std::string out;
+  for (size_t i = 0; i < f.size() && i < 80; ++i) {
+    const unsigned char c = static_cast<unsigned char>(f[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      char esc[8];
+      std::snprintf(esc, sizeof(esc), "\\x%02x", c);
+      out += esc;
+    }
+  }
+  if (f.size() > 80) out += "...";
+  return out;
 }
 
 [[noreturn]] void raise_error(ErrorClass cls, const std::string& message) {

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <new>
 #include <string>
+#include <string_view>
 
 #include "core/status.h"
 #include "shm/status.h"
@@ -37,6 +38,10 @@ inline constexpr size_t kErrorClassCount = 8;
 
 // The name of `cls` in memchannel.errors.
 const char* error_class_name(ErrorClass cls);
+
+// Bytes from an untrusted source (a forged block's format, a handle's name) for a message:
+// printable ASCII as is, other bytes and backslashes escaped (\xNN), at most 80 shown.
+std::string printable(std::string_view bytes);
 
 // Raises memchannel.errors.<cls>(message) of this interpreter.
 [[noreturn]] void raise_error(ErrorClass cls, const std::string& message);

@@ -105,7 +105,7 @@ py::object PyChannel::wrap(BlockHandle block) {
   // exports it: a peer may have written any format into the block (e.g. 'O', which numpy
   // would turn into this process dereferencing the peer's pointers). Plain bytes: one lookup.
   if (!format_fits(v.value.format_view(), v.value.itemsize)) {
-    const std::string shown = printable_format(v.value.format_view());
+    const std::string shown = printable(v.value.format_view());
     const FormatInfo info = parse_format(v.value.format_view());
     const std::string why = info.verdict == FormatVerdict::kOk
                                 ? "it describes items of " + std::to_string(info.itemsize) + " bytes"

@@ -2,7 +2,7 @@
 
 #include <pybind11/pybind11.h>
 
-#include <cstdio>
+#include "pybind/errors.h"
 
 namespace memchannel::py_glue {
 
@@ -34,25 +34,9 @@ uint32_t format_itemsize(std::string& format) {
   return static_cast<uint32_t>(itemsize);
 }
 
-std::string printable_format(std::string_view f) {
-  std::string out;
-  for (size_t i = 0; i < f.size() && i < 80; ++i) {
-    const unsigned char c = static_cast<unsigned char>(f[i]);
-    if (c >= 0x20 && c < 0x7f && c != '\\') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      char esc[8];
-      std::snprintf(esc, sizeof(esc), "\\x%02x", c);
-      out += esc;
-    }
-  }
-  if (f.size() > 80) out += "...";
-  return out;
-}
-
 [[noreturn]] void refuse_format(const std::string& what, std::string_view format, uint64_t itemsize) {
   const FormatInfo info = parse_format(format);
-  const std::string shown = "'" + printable_format(format) + "'";
+  const std::string shown = "'" + printable(format) + "'";
   if (info.verdict == FormatVerdict::kPointer) {
     throw py::type_error(what + ": buffers whose items are pointers (format " + shown + ": " + info.why +
                          ") cannot cross a channel: the receiver would dereference this process's "

@@ -15,9 +15,6 @@ namespace memchannel::py_glue {
 // it: "T{d:f0:i:f1:}"), when numpy is importable. The caller checks the result.
 uint32_t format_itemsize(std::string& format);
 
-// A format string for a message: non-printable bytes escaped (it may come from a forged block).
-std::string printable_format(std::string_view f);
-
 // Why `format` with `itemsize` cannot describe a Buffer (see pybind/pep3118.h), as the error a
 // sender gets: TypeError for pointer items, ValueError for the rest.
 [[noreturn]] void refuse_format(const std::string& what, std::string_view format, uint64_t itemsize);

@@ -27,23 +27,6 @@ uint64_t get_u64(const std::string& in, size_t at) {
   return v;
 }
 
-// A name for a message: printable ASCII as is, any other byte escaped (it came from the caller).
-std::string shown_name(const std::string& name) {
-  std::string out;
-  for (const char ch : name) {
-    const unsigned char c = static_cast<unsigned char>(ch);
-    if (c >= 0x20 && c < 0x7f) {
-      out.push_back(ch);
-    } else {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 0xf]);
-    }
-  }
-  return out;
-}
-
 [[noreturn]] void not_a_handle() {
   throw py::value_error("not a memchannel channel handle (expected the bytes of Channel.handle)");
 }
@@ -84,7 +67,7 @@ HandleFields decode_handle(const std::string& bytes) {
     }
     if (h.mapped_bytes != 0 || !h.name.empty()) not_a_handle();
   } else if (!shm::is_memchannel_name(h.name)) {
-    throw py::value_error("not a memchannel segment name: '" + shown_name(h.name) + "'");
+    throw py::value_error("not a memchannel segment name: '" + printable(h.name) + "'");
   }
   return h;
 }
