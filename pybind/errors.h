@@ -35,6 +35,7 @@ enum class ErrorClass : uint8_t {
   kWaitCancelled,
 };
 inline constexpr size_t kErrorClassCount = 8;
+static_assert(static_cast<size_t>(ErrorClass::kWaitCancelled) + 1 == kErrorClassCount);
 
 // The name of `cls` in memchannel.errors.
 const char* error_class_name(ErrorClass cls);
