@@ -14,7 +14,7 @@
 #include "pybind/registry.h"
 #include "shm/cleanup.h"
 #include "shm/names.h"
-#include "shm/shm_backend.h"
+#include "shm/backend/shm_backend.h"
 
 namespace memchannel::py_glue {
 namespace {

@@ -4,7 +4,7 @@
 #include <cstring>
 
 #include "pybind/state.h"
-#include "shm/shm_backend.h"
+#include "shm/backend/shm_backend.h"
 
 namespace memchannel::py_glue {
 namespace {
