@@ -1,0 +1,127 @@
+// memchannel.Buffer: one block held by this interpreter, exported through the buffer protocol.
+//
+// Buffer objects are a plain CPython type, not a pybind11 class: one is made and freed per
+// received message, and pybind11's instance registry (a hash-map insert and erase per object)
+// and dispatch cost more than the channel operation itself. Each interpreter makes its own
+// type object (make_buffer_type, kept in its module state); they all share the slot functions
+// of pybind/buffer.cc.
+#pragma once
+
+#include <Python.h>
+#include <pybind11/pybind11.h>
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "core/arena.h"
+#include "core/status.h"
+#include "pybind/errors.h"
+
+namespace memchannel::py_glue {
+
+namespace py = pybind11;
+
+inline constexpr uint64_t kCopyWithoutGil = 256 * 1024;  // copies this large run without the GIL
+
+struct Buffer {
+  enum class State { kLive, kReleased, kSent };
+
+  std::shared_ptr<Arena> arena;
+  BlockHandle block;
+  uint8_t* data = nullptr;
+  uint64_t nbytes = 0;
+  Py_ssize_t itemsize = 1;
+  int ndim = 1;
+  std::string format = "B";
+  std::array<Py_ssize_t, kMaxNdim> shape{};
+  std::array<Py_ssize_t, kMaxNdim> strides{};
+  int exports = 0;  // live memoryviews / arrays over this buffer
+  // Operations of this interpreter running on the payload with the GIL released (a large
+  // write()): while one runs, release() and send() refuse (BufferError) instead of freeing or
+  // handing on memory still being written. Read and written with the GIL held.
+  int pins = 0;
+  State state = State::kLive;
+
+  Buffer(std::shared_ptr<Arena> a, BlockHandle b, const BlockView& v)
+      : arena(std::move(a)), block(b), data(v.data), nbytes(v.length), itemsize(v.itemsize),
+        ndim(static_cast<int>(v.ndim)), format(v.format_view()) {
+    Py_ssize_t stride = itemsize;
+    for (int i = ndim - 1; i >= 0; --i) {
+      shape[i] = static_cast<Py_ssize_t>(v.shape[i]);
+      strides[i] = stride;
+      stride *= shape[i];
+    }
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() {
+    if (state == State::kLive) arena->release(block);  // garbage-collected: the block goes back
+  }
+
+  void check_live(const char* what) const {
+    if (state == State::kReleased) {
+      throw py::value_error(std::string(what) + ": operation forbidden on a released memchannel Buffer");
+    }
+    if (state == State::kSent) {
+      throw py::value_error(std::string(what) +
+                            ": this Buffer was sent; ownership moved to the channel, so it can no "
+                            "longer be used (receive the message to use its data)");
+    }
+  }
+  void check_no_exports(const char* what) const {
+    if (pins > 0) {
+      PyErr_Format(PyExc_BufferError,
+                   "%s: another thread is copying into this Buffer (a write() in progress); wait for "
+                   "it to return first",
+                   what);
+      throw py::error_already_set();
+    }
+    if (exports > 0) {
+      PyErr_Format(PyExc_BufferError,
+                   "%s: %d memoryview(s) or array(s) still export this Buffer; delete them (or call "
+                   "memoryview.release()) first",
+                   what, exports);
+      throw py::error_already_set();
+    }
+  }
+  void release() {
+    if (state != State::kLive) return;  // like memoryview.release(): a second call is a no-op
+    check_no_exports("release()");
+    state = State::kReleased;
+    const Status s = arena->release(block);
+    // kNotHolder: inherited across fork(), the block is the parent's; this Buffer forgets it.
+    if (s != Status::kOk && s != Status::kNotHolder) raise_status(s, "releasing a Buffer");
+  }
+  py::tuple shape_tuple() const {
+    py::tuple t(ndim);
+    for (int i = 0; i < ndim; ++i) t[static_cast<size_t>(i)] = py::int_(shape[i]);
+    return t;
+  }
+};
+
+struct BufferObject {
+  PyObject_HEAD
+  Buffer buf;  // constructed in place by new_buffer(), destroyed by buffer_dealloc()
+};
+
+inline Buffer* as_buffer(PyObject* obj) { return &reinterpret_cast<BufferObject*>(obj)->buf; }
+
+extern "C" int buffer_getbuffer(PyObject* obj, Py_buffer* view, int flags);
+
+// A memchannel Buffer of any interpreter (each has its own type object; all share the slot).
+inline bool is_buffer(PyObject* obj) {
+  const PyBufferProcs* procs = Py_TYPE(obj)->tp_as_buffer;
+  return procs != nullptr && procs->bf_getbuffer == &buffer_getbuffer;
+}
+
+// A new Buffer object of `type` (this interpreter's Buffer type) owning `block`. On failure
+// the block goes back to the arena.
+py::object new_buffer(PyTypeObject* type, std::shared_ptr<Arena> arena, BlockHandle block, const BlockView& v);
+
+// A new Buffer type object for the calling interpreter (a new reference).
+PyObject* make_buffer_type();
+
+}  // namespace memchannel::py_glue

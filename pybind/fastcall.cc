@@ -1,0 +1,225 @@
+#include "pybind/fastcall.h"
+
+#include <array>
+#include <cstring>
+#include <string>
+
+#include "pybind/buffer.h"
+#include "pybind/channel.h"
+#include "pybind/errors.h"
+#include "pybind/formats.h"
+#include "pybind/gil.h"
+#include "pybind/holder.h"
+#include "pybind/wait.h"
+
+namespace memchannel::py_glue {
+
+namespace py = pybind11;
+
+// ---------------------------------------------------------------------------------------------
+// PyChannel's per-message operations, beside the methods that call them.
+
+BlockHandle PyChannel::copy_in(const py::handle& data, const WaitSpec& spec) {
+  Py_buffer view;
+  if (PyObject_GetBuffer(data.ptr(), &view, PyBUF_FULL_RO) != 0) {
+    PyErr_Clear();
+    throw py::type_error(
+        std::string("send() needs a bytes-like object (bytes, bytearray, memoryview, "
+                    "array.array, numpy array, memchannel.Buffer); got ") +
+        Py_TYPE(data.ptr())->tp_name + ". Use send_object() for arbitrary Python objects.");
+  }
+  struct ViewGuard {
+    Py_buffer* v;
+    ~ViewGuard() { PyBuffer_Release(v); }
+  } guard{&view};
+  if (view.suboffsets != nullptr) {
+    throw py::type_error("send() cannot take buffers with suboffsets (PIL-style arrays)");
+  }
+  std::array<int64_t, kMaxNdim> shape{};
+  if (view.ndim > static_cast<int>(kMaxNdim)) {
+    throw py::value_error("send(): arrays with more than " + std::to_string(kMaxNdim) +
+                          " dimensions are not supported");
+  }
+  for (int i = 0; i < view.ndim; ++i) shape[i] = view.shape != nullptr ? view.shape[i] : view.len;
+  PayloadLayout layout;
+  layout.itemsize = static_cast<uint32_t>(view.itemsize);
+  layout.ndim = static_cast<uint32_t>(view.ndim);
+  layout.shape = shape.data();
+  layout.format = view.format != nullptr ? std::string_view(view.format) : std::string_view("B");
+  if (layout.format.size() > kMaxFormatLen) {
+    throw py::value_error("send(): buffer format string longer than " + std::to_string(kMaxFormatLen));
+  }
+  check_outgoing_format("send()", layout.format, static_cast<uint64_t>(view.itemsize));
+  const uint64_t nbytes = static_cast<uint64_t>(view.len);
+  auto got = waiting(spec, [&](const WaitSpec& w) { return ch().allocate(nbytes, layout, w); });
+  if (!got.ok()) {
+    raise_status(got.status, got.status == Status::kTooLarge ? capacity_message(*arena->arena, nbytes)
+                                                             : "no room for the message");
+  }
+  uint8_t* dst = arena->arena->payload(got.value);
+  const bool contiguous = PyBuffer_IsContiguous(&view, 'C') != 0;
+  if (contiguous && nbytes >= kCopyWithoutGil) {
+    // The exporter is pinned by `view`; nothing can resize it.
+    without_gil([&] { std::memcpy(dst, view.buf, nbytes); });
+  } else if (contiguous) {
+    std::memcpy(dst, view.buf, nbytes);
+  } else if (PyBuffer_ToContiguous(dst, &view, view.len, 'C') != 0) {
+    arena->arena->release(got.value);
+    throw py::error_already_set();
+  }
+  arena->arena->add_bytes_copied(nbytes);
+  return got.value;
+}
+
+void PyChannel::send(const py::handle& data, bool block, const py::object& timeout) {
+  const WaitSpec spec = wait_spec(block, timeout);
+  if (is_buffer(data.ptr())) {
+    Buffer* b = as_buffer(data.ptr());
+    b->check_live("send()");
+    if (b->arena == arena->arena) {  // same arena: ownership moves, no copy
+      b->check_no_exports("send()");
+      b->state = Buffer::State::kSent;  // claimed while the GIL is released below
+      const Status s = waiting(spec, [&](const WaitSpec& w) { return ch().send(b->block, w); });
+      if (s != Status::kOk) {
+        b->state = Buffer::State::kLive;  // not sent: the caller still owns it
+        raise_status(s, "");
+      }
+      return;
+    }
+  }
+  const BlockHandle fresh = copy_in(data, spec);
+  const Status s = waiting(spec, [&](const WaitSpec& w) { return ch().send(fresh, w); });
+  if (s != Status::kOk) {
+    arena->arena->release(fresh);
+    raise_status(s, "");
+  }
+}
+
+py::object PyChannel::wrap(BlockHandle block) {
+  auto v = arena->arena->view(block);
+  if (!v.ok()) {
+    arena->arena->release(block);
+    raise_status(v.status, "received a message with corrupted metadata");
+  }
+  // view() checked shape x itemsize == length; the format is checked here, before anything
+  // exports it: a peer may have written any format into the block (e.g. 'O', which numpy
+  // would turn into this process dereferencing the peer's pointers). Plain bytes: one lookup.
+  if (!format_fits(v.value.format_view(), v.value.itemsize)) {
+    const std::string shown = printable(v.value.format_view());
+    const FormatInfo info = parse_format(v.value.format_view());
+    const std::string why = info.verdict == FormatVerdict::kOk
+                                ? "it describes items of " + std::to_string(info.itemsize) + " bytes"
+                                : std::string(info.why);
+    arena->arena->note_corruption();
+    arena->arena->release(block);
+    raise_error(ErrorClass::kCorruptionError,
+                "received a message whose format metadata is corrupt (format '" + shown + "' with itemsize " +
+                    std::to_string(v.value.itemsize) + ": " + why + "); the message was dropped");
+  }
+  return new_buffer(reinterpret_cast<PyTypeObject*>(buffer_type.ptr()), arena->arena, block, v.value);
+}
+
+py::object PyChannel::recv(bool block, const py::object& timeout) {
+  const WaitSpec spec = wait_spec(block, timeout);
+  auto got = waiting(spec, [&](const WaitSpec& w) { return ch().recv(w); });
+  if (!got.ok()) raise_status(got.status, "");
+  return wrap(got.value);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The METH_FASTCALL methods.
+
+namespace {
+
+// The PyChannel of a Channel object (the method descriptor has already checked the type).
+PyChannel& channel_of(PyObject* self) {
+  PyChannel* c = held_object_of_checked_type<PyChannel>(self);
+  if (c == nullptr) return channel_self(self);  // raises: not initialised
+  return *c;
+}
+
+// Positional-or-keyword arguments of a fastcall method: `out` gets at most names.size() values
+// (nullptr where not given); the first `required` must be given.
+template <size_t N>
+void parse_fastcall(const char* fn, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames,
+                    const std::array<const char*, N>& names, size_t required, std::array<PyObject*, N>& out) {
+  out.fill(nullptr);
+  if (static_cast<size_t>(nargs) > N) {
+    throw py::type_error(std::string(fn) + "() takes at most " + std::to_string(N) + " arguments (" +
+                         std::to_string(nargs) + " given)");
+  }
+  for (Py_ssize_t i = 0; i < nargs; ++i) out[static_cast<size_t>(i)] = args[i];
+  const Py_ssize_t nkw = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
+  for (Py_ssize_t k = 0; k < nkw; ++k) {
+    PyObject* key = PyTuple_GET_ITEM(kwnames, k);
+    size_t i = 0;
+    while (i < N && PyUnicode_CompareWithASCIIString(key, names[i]) != 0) ++i;
+    if (i == N) {
+      throw py::type_error(std::string(fn) + "() got an unexpected keyword argument '" +
+                           std::string(py::str(key)) + "'");
+    }
+    if (out[i] != nullptr) {
+      throw py::type_error(std::string(fn) + "() got multiple values for argument '" + names[i] + "'");
+    }
+    out[i] = args[nargs + k];
+  }
+  for (size_t i = 0; i < required; ++i) {
+    if (out[i] == nullptr) {
+      throw py::type_error(std::string(fn) + "() missing required argument '" + names[i] + "'");
+    }
+  }
+}
+
+bool block_flag(PyObject* block) {
+  if (block == nullptr) return true;
+  const int truth = PyObject_IsTrue(block);
+  if (truth < 0) throw py::error_already_set();
+  return truth != 0;
+}
+
+py::object timeout_arg(PyObject* timeout) {
+  return timeout == nullptr ? py::none() : py::reinterpret_borrow<py::object>(timeout);
+}
+
+extern "C" PyObject* channel_send(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  return guarded([&]() -> PyObject* {
+    std::array<PyObject*, 3> a;
+    parse_fastcall("send", args, nargs, kwnames, std::array<const char*, 3>{"data", "block", "timeout"}, 1, a);
+    channel_of(self).send(a[0], block_flag(a[1]), timeout_arg(a[2]));
+    Py_RETURN_NONE;
+  }, nullptr);
+}
+
+extern "C" PyObject* channel_recv(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  return guarded([&]() -> PyObject* {
+    std::array<PyObject*, 2> a;
+    parse_fastcall("recv", args, nargs, kwnames, std::array<const char*, 2>{"block", "timeout"}, 0, a);
+    return channel_of(self).recv(block_flag(a[0]), timeout_arg(a[1])).release().ptr();
+  }, nullptr);
+}
+
+PyMethodDef channel_send_def = {
+    "send", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(channel_send)), METH_FASTCALL | METH_KEYWORDS,
+    "send(data, block=True, timeout=None): queue a copy of the bytes-like `data` (one memcpy), or "
+    "move a Buffer of this channel's arena without a copy."};
+PyMethodDef channel_recv_def = {
+    "recv", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(channel_recv)), METH_FASTCALL | METH_KEYWORDS,
+    "recv(block=True, timeout=None) -> Buffer: the next message, viewing channel memory."};
+
+void add_fast_method(py::handle cls, PyMethodDef* def) {
+  PyObject* descr = PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(cls.ptr()), def);
+  if (descr == nullptr || PyObject_SetAttrString(cls.ptr(), def->ml_name, descr) != 0) {
+    Py_XDECREF(descr);
+    throw py::error_already_set();
+  }
+  Py_DECREF(descr);
+}
+
+}  // namespace
+
+void add_fast_methods(py::handle channel_cls) {
+  add_fast_method(channel_cls, &channel_send_def);
+  add_fast_method(channel_cls, &channel_recv_def);
+}
+
+}  // namespace memchannel::py_glue

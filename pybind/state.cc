@@ -1,0 +1,51 @@
+#include "pybind/state.h"
+
+namespace memchannel::py_glue {
+namespace {
+
+constexpr const char* kStateKey = "memchannel._memchannel.state";
+
+extern "C" void free_state(PyObject* capsule) {
+  auto* state = static_cast<ModuleState*>(PyCapsule_GetPointer(capsule, kStateKey));
+  if (state == nullptr) {
+    PyErr_Clear();
+    return;
+  }
+  for (PyObject*& cls : state->errors) Py_CLEAR(cls);
+  Py_CLEAR(state->buffer_type);
+  delete state;
+}
+
+}  // namespace
+
+void init_module_state(PyObject* buffer_type) {
+  PyObject* dict = PyInterpreterState_GetDict(PyInterpreterState_Get());
+  if (dict == nullptr) throw py::error_already_set();
+  auto* state = new ModuleState();
+  // The capsule owns `state` from here: a failure below frees what was filled in.
+  py::object capsule = py::reinterpret_steal<py::object>(PyCapsule_New(state, kStateKey, free_state));
+  if (!capsule) {
+    delete state;
+    throw py::error_already_set();
+  }
+  py::module_ errors = py::module_::import("memchannel.errors");
+  for (size_t i = 0; i < kErrorClassCount; ++i) {
+    py::object cls = errors.attr(error_class_name(static_cast<ErrorClass>(i)));
+    state->errors[i] = cls.release().ptr();
+  }
+  state->buffer_type = Py_NewRef(buffer_type);
+  if (PyDict_SetItemString(dict, kStateKey, capsule.ptr()) != 0) throw py::error_already_set();
+}
+
+ModuleState& module_state() {
+  PyObject* dict = PyInterpreterState_GetDict(PyInterpreterState_Get());
+  PyObject* capsule = dict != nullptr ? PyDict_GetItemString(dict, kStateKey) : nullptr;  // borrowed
+  void* state = capsule != nullptr ? PyCapsule_GetPointer(capsule, kStateKey) : nullptr;
+  if (state == nullptr) {
+    PyErr_SetString(PyExc_RuntimeError, "memchannel._memchannel is not initialised in this interpreter");
+    throw py::error_already_set();
+  }
+  return *static_cast<ModuleState*>(state);
+}
+
+}  // namespace memchannel::py_glue

@@ -1,0 +1,31 @@
+// Module state: what each interpreter's _memchannel module holds for the C++ code.
+//
+// The module supports a per-interpreter GIL, so no Python object lives in a C++ static: every
+// interpreter that imports _memchannel gets its own ModuleState, made by the module's exec and
+// kept in the interpreter's state dict (PyInterpreterState_GetDict) until that interpreter is
+// cleared. A pybind11 module has no PyModuleDef state of its own (m_size 0), and a lookup
+// through the interpreter dict does not depend on sys.modules, which is torn down earlier.
+#pragma once
+
+#include <Python.h>
+
+#include <array>
+
+#include "pybind/errors.h"
+
+namespace memchannel::py_glue {
+
+struct ModuleState {
+  std::array<PyObject*, kErrorClassCount> errors{};  // memchannel.errors classes, by ErrorClass
+  PyObject* buffer_type = nullptr;                    // this interpreter's memchannel.Buffer type
+};
+
+// Module exec, once per interpreter: imports memchannel.errors and builds this interpreter's
+// state (strong references to the classes and to `buffer_type`).
+void init_module_state(PyObject* buffer_type);
+
+// This interpreter's state. Raises RuntimeError (py::error_already_set) if the module was
+// never initialised in this interpreter, or the interpreter is being cleared.
+ModuleState& module_state();
+
+}  // namespace memchannel::py_glue
