@@ -667,7 +667,6 @@ Channel::Counts Channel::counts() const {
     if (first == nullptr) return c;
     const uint64_t head_seq = first->seq.load(std::memory_order_relaxed);
     const uint64_t head_position = first->position_bytes.load(std::memory_order_relaxed);
-    if (header_->head.load(std::memory_order_acquire) != head) continue;
     // The last node: the tail, or the few nodes a lagging tail has not reached yet.
     const uint64_t tail = header_->tail.load(std::memory_order_acquire);
     const QueueNode* last = arena_->find_node(tagged_ref(tail));
@@ -681,20 +680,28 @@ Channel::Counts Channel::counts() const {
       seq = n->seq.load(std::memory_order_relaxed);
       position = n->position_bytes.load(std::memory_order_relaxed);
     }
-    if (header_->tail.load(std::memory_order_acquire) != tail) continue;
+    // The head unchanged from before the dummy's numbers were read to after the last node's:
+    // both describe the queue as it was at one moment (a head read earlier than the last node
+    // would count messages linked after it moved on, more than the channel ever held).
+    const bool still = header_->head.load(std::memory_order_acquire) == head;
     c.sent = seq;
     c.received = head_seq;
     if (seq >= head_seq && position >= head_position && (seq != head_seq || position == head_position) &&
         (maxsize_ == 0 || seq - head_seq <= maxsize_)) {
       c.queued = seq - head_seq;
       c.bytes = position - head_position;
-    } else {
-      const Counts walked = walk_counts(head, kMaxQueueSteps);  // numbers no honest queue holds
-      c.queued = walked.queued;
-      c.bytes = walked.bytes;
+      if (still) return c;
+      continue;
     }
+    if (!still) continue;
+    const Counts walked = walk_counts(head, kMaxQueueSteps);  // numbers no honest queue holds
+    c.queued = walked.queued;
+    c.bytes = walked.bytes;
     return c;
   }
+  // The head kept moving: the last look, within the channel's bounds.
+  if (maxsize_ != 0) c.queued = std::min(c.queued, maxsize_);
+  if (maxbytes_ != 0) c.bytes = std::min(c.bytes, std::max(maxbytes_, arena_->max_payload()));
   return c;
 }
 

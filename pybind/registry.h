@@ -11,12 +11,6 @@
 
 namespace memchannel::py_glue {
 
-// An arena plus what the Python layer needs to name it.
-struct ArenaEntry {
-  std::shared_ptr<Arena> arena;
-  std::string backend;  // "heap" or "shm"
-};
-
 // Concurrency: every function may be called from any thread and any interpreter.
 uint64_t next_id();
 void register_channel(const std::shared_ptr<Channel>& ch);

@@ -1,4 +1,4 @@
-# Types of the extension module, as pybind/module.cc defines it. The public classes are
+# Types of the extension module, as pybind/ defines it (module.cc registers them). The public classes are
 # memchannel.Channel, memchannel.Arena and memchannel.Buffer (see _channel.pyi).
 from collections.abc import Buffer as _BytesLike, Sequence
 from typing import Any, Literal, Self, final
