@@ -200,11 +200,11 @@ extern "C" PyObject* channel_recv(PyObject* self, PyObject* const* args, Py_ssiz
 
 PyMethodDef channel_send_def = {
     "send", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(channel_send)), METH_FASTCALL | METH_KEYWORDS,
-    "send(data, block=True, timeout=None): queue a copy of the bytes-like `data` (one memcpy), or "
+    "send($self, /, data, block=True, timeout=None)\n--\n\nQueue a copy of the bytes-like `data` (one memcpy), or "
     "move a Buffer of this channel's arena without a copy."};
 PyMethodDef channel_recv_def = {
     "recv", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(channel_recv)), METH_FASTCALL | METH_KEYWORDS,
-    "recv(block=True, timeout=None) -> Buffer: the next message, viewing channel memory."};
+    "recv($self, /, block=True, timeout=None)\n--\n\nThe next message (a Buffer), viewing channel memory."};
 
 void add_fast_method(py::handle cls, PyMethodDef* def) {
   PyObject* descr = PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(cls.ptr()), def);
