@@ -18,6 +18,7 @@
 #include "pybind/channel.h"
 #include "pybind/errors.h"
 #include "pybind/fastcall.h"
+#include "pybind/objects.h"
 #include "pybind/gil.h"
 #include "pybind/pep3118.h"
 #include "pybind/registry.h"
@@ -129,7 +130,8 @@ PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreter
   }, py::arg("prefix") = "", "_list_segments(prefix='')\n--\n\nThe memchannel segments in /dev/shm.");
 
   auto channel_cls = py::class_<PyChannel, std::shared_ptr<PyChannel>>(m, "Channel", "A buffer channel (see memchannel.Channel).");
-  add_fast_methods(channel_cls);  // send, recv: pybind/fastcall.cc
+  add_fast_methods(channel_cls);    // send, recv: pybind/fastcall.cc
+  add_object_methods(channel_cls);  // send_object, recv_object and the batches: pybind/objects.cc
   channel_cls
       .def(py::init(&make_channel), py::arg("maxsize") = 0, py::kw_only(), py::arg("maxbytes") = 0,
            py::arg("backend") = "shm", py::arg("arena") = py::none(), py::arg("_handle") = py::none(),

@@ -3,7 +3,7 @@ Arena.reserve) over the extension's classes; types in _channel.pyi and _memchann
 
 from __future__ import annotations
 
-from . import _memchannel, _objects
+from . import _memchannel
 
 Buffer = _memchannel.Buffer
 
@@ -37,24 +37,6 @@ class Channel(_memchannel.Channel):
 
     def __reduce__(self):
         return (_attach_pickled, (self.handle,))
-
-    def send_object(self, obj, block: bool = True, timeout=None) -> None:
-        """Send any picklable object as one message (pickle protocol 5).
-
-        numpy arrays and other out-of-band buffers are copied once into channel memory (a copy
-        not counted in ``stats()["bytes_copied"]``) and arrive with no copy. Pickling errors
-        raise the original exception and leave nothing queued. See ``memchannel._objects``.
-        Concurrency: any thread, any interpreter, any process.
-        """
-        _objects.send_object(self, obj, block, timeout)
-
-    def recv_object(self, block: bool = True, timeout=None):
-        """Receive one object sent with ``send_object``; its arrays view channel memory.
-
-        Runs ``pickle.loads``: receive only from trusted peers. Concurrency: any thread,
-        any interpreter, any process.
-        """
-        return _objects.recv_object(self, block, timeout)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
