@@ -66,13 +66,31 @@ py::object import_objects_attr(PyObject*& slot, const char* name) {
   return py::reinterpret_borrow<py::object>(slot);
 }
 
-// pickle.dumps(obj, 5, buffer_callback=buffers.append); `buffers` gets the out-of-band buffers.
+// pickle.dumps(obj, 5, buffer_callback=...); `buffers` gets the out-of-band buffers (left
+// empty for the usual object that has none). The interpreter's reusable list is used unless
+// another send_object is pickling right now (a __reduce__ that sends, or another thread while
+// pickling runs Python code): then a list of this call's own.
 py::object pickle_object(ModuleState& st, PyObject* obj, py::list& buffers) {
-  py::object append = buffers.attr("append");
-  static_assert(PY_VECTORCALL_ARGUMENTS_OFFSET != 0);
   py::int_ protocol(5);
-  PyObject* argv[3] = {obj, protocol.ptr(), append.ptr()};
+  if (st.buffers_list_busy) {
+    py::object append = buffers.attr("append");
+    PyObject* argv[3] = {obj, protocol.ptr(), append.ptr()};
+    PyObject* data = PyObject_Vectorcall(st.pickle_dumps, argv, 2, st.buffer_callback_kwnames);
+    if (data == nullptr) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(data);
+  }
+  st.buffers_list_busy = true;
+  PyObject* argv[3] = {obj, protocol.ptr(), st.buffers_append};
   PyObject* data = PyObject_Vectorcall(st.pickle_dumps, argv, 2, st.buffer_callback_kwnames);
+  st.buffers_list_busy = false;
+  const Py_ssize_t n = PyList_GET_SIZE(st.buffers_list);
+  if (n != 0) {  // hand them over, and leave the shared list empty
+    for (Py_ssize_t i = 0; i < n; ++i) buffers.append(py::handle(PyList_GET_ITEM(st.buffers_list, i)));
+    if (PyList_SetSlice(st.buffers_list, 0, n, nullptr) != 0) {
+      Py_XDECREF(data);
+      throw py::error_already_set();
+    }
+  }
   if (data == nullptr) throw py::error_already_set();
   return py::reinterpret_steal<py::object>(data);
 }

@@ -18,6 +18,8 @@ extern "C" void free_state(PyObject* capsule) {
   Py_CLEAR(state->buffer_callback_kwnames);
   Py_CLEAR(state->objects_send_with_buffers);
   Py_CLEAR(state->objects_decode);
+  Py_CLEAR(state->buffers_append);
+  Py_CLEAR(state->buffers_list);
   delete state;
 }
 
@@ -43,6 +45,9 @@ void init_module_state(PyObject* buffer_type) {
   state->pickle_dumps = py::object(pickle.attr("dumps")).release().ptr();
   state->pickle_loads = py::object(pickle.attr("loads")).release().ptr();
   state->buffer_callback_kwnames = py::make_tuple("buffer_callback").release().ptr();
+  py::list buffers;
+  state->buffers_append = py::object(buffers.attr("append")).release().ptr();
+  state->buffers_list = buffers.release().ptr();
   if (PyDict_SetItemString(dict, kStateKey, capsule.ptr()) != 0) throw py::error_already_set();
 }
 

@@ -26,6 +26,12 @@ struct ModuleState {
   PyObject* buffer_callback_kwnames = nullptr;
   PyObject* objects_send_with_buffers = nullptr;
   PyObject* objects_decode = nullptr;
+  // A list for pickle's out-of-band buffers and its bound append, reused by send_object while
+  // no other send_object of this interpreter is pickling (buffers_list_busy); a nested or
+  // concurrent one makes its own.
+  PyObject* buffers_list = nullptr;
+  PyObject* buffers_append = nullptr;
+  bool buffers_list_busy = false;
 };
 
 // Module exec, once per interpreter: imports memchannel.errors and builds this interpreter's

@@ -98,10 +98,14 @@ class Queue:
 
     def put(self, obj, block: bool = True, timeout=None) -> None:
         """Enqueue ``obj``; blocks while full (``Full`` on timeout, or at once if not ``block``)."""
-        self._check_closed()
+        # The per-item path: the checks of _check_closed and _clamp, written inline.
+        if self._closed:
+            self._check_closed()
         self._used = True
+        if timeout is not None and timeout < 0:
+            timeout = 0.0
         try:
-            self._items.send_object(obj, block, _clamp(timeout))
+            self._items.send_object(obj, block, timeout)
         except ChannelClosed:
             raise ShutDown(f"put() on a shut-down queue {self!r}") from None
 
@@ -110,12 +114,15 @@ class Queue:
 
         Its numpy arrays view shared memory, which returns to the arena when they are gone.
         """
-        self._check_closed()
+        if self._closed:
+            self._check_closed()
         self._used = True
         if self._state.closed:
             raise ShutDown(f"get() on a queue {self!r} shut down with immediate=True")
+        if timeout is not None and timeout < 0:
+            timeout = 0.0
         try:
-            return self._items.recv_object(block, _clamp(timeout))
+            return self._items.recv_object(block, timeout)
         except ChannelClosed:
             raise ShutDown(f"get() on a shut-down and drained queue {self!r}") from None
 
