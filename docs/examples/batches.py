@@ -19,17 +19,22 @@ def worker(jobs: mc.Queue, results: mc.Queue) -> None:
 
 if __name__ == "__main__":
     ch = mc.Channel(maxsize=8)
-    print("queued:", ch.send_many([b"a", b"bb", b"ccc"]))  # expect: queued: 3
-    print("received:", [bytes(b) for b in ch.recv_many(10)])  # expect: received: [b'a', b'bb', b'ccc']
+    # expect: queued: 3
+    print("queued:", ch.send_many([b"a", b"bb", b"ccc"]))
+    # expect: received: [b'a', b'bb', b'ccc']
+    print("received:", [bytes(b) for b in ch.recv_many(10)])
 
     try:  # a bounded channel queues what fits, then waits; the error says how many went in
         ch.send_many([b"%d" % i for i in range(20)], timeout=0.1)
     except mc.Full as exc:
-        print("Full after", exc.queued, "messages")  # expect: Full after 8 messages
-    print("then:", len(ch.recv_many(100)), "drained")  # expect: then: 8 drained
+        # expect: Full after 8 messages
+        print("Full after", exc.queued, "messages")
+    # expect: then: 8 drained
+    print("then:", len(ch.recv_many(100)), "drained")
 
     ch.send_objects([(1, "one"), {"two": 2}, [3.0]])
-    print("objects:", ch.recv_objects(10))  # expect: objects: [(1, 'one'), {'two': 2}, [3.0]]
+    # expect: objects: [(1, 'one'), {'two': 2}, [3.0]]
+    print("objects:", ch.recv_objects(10))
 
     jobs, results = mc.Queue(), mc.Queue()
     p = mp.get_context("spawn").Process(target=worker, args=(jobs, results))
@@ -43,4 +48,5 @@ if __name__ == "__main__":
             else:
                 total += r
     p.join()
-    print("sum of squares:", total)  # expect: sum of squares: 332833500
+    # expect: sum of squares: 332833500
+    print("sum of squares:", total)
