@@ -1,4 +1,5 @@
-# Types of memchannel.executor's public names (the pools; their engine is private).
+# Types of memchannel.executor's public names (the pools; their engine, memchannel._engine,
+# is private).
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future as _StdFuture
 from concurrent.futures import BrokenExecutor
@@ -28,7 +29,14 @@ class RemoteError(Exception):
 
 class Future(_StdFuture[_T]): ...
 
-class _ChannelPoolExecutor(Executor):
+class _Executor(Executor):
+    # Stub only: what every executor of this module has (the pools and SerialExecutor).
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None: ...
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]: ...
     def map(
         self,
@@ -38,6 +46,8 @@ class _ChannelPoolExecutor(Executor):
         chunksize: int = 1,
     ) -> Iterator[_T]: ...
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
+
+class _ChannelPoolExecutor(_Executor):
     def reserve(
         self,
         nbytes: int | None = None,
@@ -49,13 +59,7 @@ class _ChannelPoolExecutor(Executor):
     def channel(self, maxsize: int = 0, *, maxbytes: int = 0) -> Channel: ...
     def stats(self) -> dict[str, Any]: ...
 
-class InterpreterPoolExecutor(_ChannelPoolExecutor):
-    def __init__(
-        self,
-        max_workers: int | None = None,
-        initializer: Callable[..., object] | None = None,
-        initargs: tuple[Any, ...] = (),
-    ) -> None: ...
+class InterpreterPoolExecutor(_ChannelPoolExecutor): ...
 
 class ProcessPoolExecutor(_ChannelPoolExecutor):
     def __init__(
@@ -67,22 +71,7 @@ class ProcessPoolExecutor(_ChannelPoolExecutor):
         mp_context: BaseContext | None = None,
     ) -> None: ...
 
-class SerialExecutor(Executor):
-    def __init__(
-        self,
-        max_workers: int | None = None,
-        initializer: Callable[..., object] | None = None,
-        initargs: tuple[Any, ...] = (),
-    ) -> None: ...
-    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]: ...
-    def map(
-        self,
-        fn: Callable[..., _T],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int = 1,
-    ) -> Iterator[_T]: ...
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
+class SerialExecutor(_Executor): ...
 
 EXECUTOR_KINDS: tuple[str, ...]
 

@@ -338,6 +338,20 @@ def test_unpicklable_result_is_reported():
             interp.call(threading.Lock)
 
 
+def test_a_new_interpreter_gets_only_the_worker_and_its_pickling():
+    # create() ships the code of memchannel/_worker.py and memchannel/_crossinterp.py, not
+    # of the package: the worker runs without memchannel (nor its C extension) imported.
+    with interpreters.create() as interp:
+        interp.exec(textwrap.dedent("""
+            import sys
+            loaded = sorted(name for name in sys.modules if "memchannel" in name)
+            assert loaded == ["_memchannel_crossinterp", "_memchannel_interpreters_worker"], loaded
+            worker = sys.modules["_memchannel_interpreters_worker"]
+            assert worker.__file__.endswith("_worker.py"), worker.__file__
+            assert sys.modules["_memchannel_crossinterp"].__file__.endswith("_crossinterp.py")
+        """))
+
+
 def test_sys_path_matches_the_caller():
     with interpreters.create() as interp:
         assert interp.call(current_sys_path) == [p for p in sys.path if isinstance(p, str)]
