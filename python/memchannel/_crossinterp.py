@@ -45,7 +45,7 @@ def loads(unpickler_class, data, buffers=None):
     if buffers is None:
         # No keyword argument: on CPython 3.12.0-3.12.3 the first keyword call of an
         # extension function made in a subinterpreter crashes the process at exit
-        # (gh-119213; see memchannel._engine._warm_argument_parsers).
+        # (gh-119213; see warm_argument_parsers).
         return unpickler_class(io.BytesIO(data)).load()
     return unpickler_class(io.BytesIO(data), buffers=buffers).load()
 
@@ -96,6 +96,51 @@ class TargetSideUnpickler(pickle.Unpickler):
             return super().find_class(module_name, qualname)
         except Exception as exc:
             raise ImportFailure(module_name, qualname, exc) from exc
+
+
+# ---------------------------------------------------------------------------------------
+# Stateless functions travel by value (as in 3.14's concurrent.interpreters)
+
+def rebuild_function(code, name, qualname, defaults, kwdefaults):
+    """The receiving end of a stateless function sent by value: the same code, with this
+    interpreter's ``__main__`` as its globals."""
+    import marshal
+    function = types.FunctionType(marshal.loads(code), sys.modules["__main__"].__dict__,
+                                  name, defaults)
+    function.__qualname__ = qualname
+    function.__kwdefaults__ = kwdefaults
+    return function
+
+
+def _by_reference(function):
+    module = sys.modules.get(getattr(function, "__module__", None) or "")
+    try:
+        return _resolve_qualname(module, function.__qualname__) is function
+    except AttributeError:
+        return False
+
+
+class Pickler(pickle.Pickler):
+    """Pickles like ``pickle.dumps`` except for functions that cannot be found by module and
+    qualified name (lambdas, functions defined in a function) and use no closure: those
+    travel by value, their code object and defaults, and run in the target with its
+    ``__main__`` as globals."""
+
+    def reducer_override(self, obj):
+        if (type(obj) is types.FunctionType and not obj.__closure__
+                and not _by_reference(obj)):
+            import marshal
+            return rebuild_function, (marshal.dumps(obj.__code__), obj.__name__,
+                                      obj.__qualname__, obj.__defaults__, obj.__kwdefaults__)
+        return NotImplemented
+
+
+def dumps(obj):
+    """``obj`` pickled for another interpreter (stateless functions by value)."""
+    import io
+    file = io.BytesIO()
+    Pickler(file, protocol=PICKLE_PROTOCOL).dump(obj)
+    return file.getvalue()
 
 
 def _root_cause(exc):
@@ -170,6 +215,29 @@ def describe_exception(exc, hide):
         pickled = None
     return (exc_type.__name__, exc_type.__qualname__, exc_type.__module__,
             message, formatted, pickled)
+
+
+def warm_argument_parsers():
+    """CPython 3.12.0-3.12.3 (gh-119213, fixed in 3.12.4): the keyword-name tuple of an
+    extension function's argument parser is created the first time the function is called
+    with keywords, from the allocator of the interpreter calling it, and kept for the
+    process.  If that first call happens in an isolated subinterpreter, the process
+    crashes at exit ("free(): invalid pointer").  So call, here in the main interpreter,
+    every such function the workers call with keywords (pickling, in memchannel._objects,
+    memchannel._engine and memchannel._worker): ``interpreters.create()`` and the pools do,
+    in the main interpreter.  A task's own first keyword call to an extension function (not
+    one of Python's core builtins) can still hit the bug: use 3.12.4+."""
+    if sys.version_info[:2] != (3, 12) or sys.version_info >= (3, 12, 4):
+        return
+    import _pickle
+    import io
+
+    buffers: list = []
+    data = _pickle.dumps(pickle.PickleBuffer(b"x"), protocol=PICKLE_PROTOCOL,
+                         buffer_callback=buffers.append)
+    _pickle.loads(data, buffers=buffers)
+    _pickle.Pickler(io.BytesIO(), protocol=PICKLE_PROTOCOL, buffer_callback=None)
+    _pickle.Unpickler(io.BytesIO(data), buffers=buffers)
 
 
 # ---------------------------------------------------------------------------------------
@@ -278,9 +346,13 @@ def load_callers_main():
 # In an interpreter made by interpreters.create(), the copy its bootstrap loaded holds the
 # caller's main script: the package's name for this module then means that copy (the
 # import system returns what sys.modules holds once a module's code has run).
+# Everywhere else this module is registered under the shipped name too, so that what
+# pickles refer to by that name (rebuild_function) resolves in the caller and the target.
 _shipped = sys.modules.get(SHIPPED_NAME)
-if _shipped is not None and __name__ != SHIPPED_NAME:
+if _shipped is not None and _shipped.__dict__ is not globals():
     sys.modules[__name__] = _shipped
 else:
+    sys.modules[SHIPPED_NAME] = sys.modules[__name__]
     remember_main()  # usually imported while the main script runs
 del _shipped
+rebuild_function.__module__ = SHIPPED_NAME

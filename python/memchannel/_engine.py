@@ -725,30 +725,9 @@ def check_max_workers(max_workers):
     return max_workers
 
 
-def _warm_argument_parsers():
-    """CPython 3.12.0-3.12.3 (gh-119213, fixed in 3.12.4): the keyword-name tuple of an
-    extension function's argument parser is created the first time the function is called
-    with keywords, from the allocator of the interpreter calling it, and kept for the
-    process.  If that first call happens in an isolated subinterpreter, the process
-    crashes at exit ("free(): invalid pointer").  So call, here in the main interpreter,
-    every such function the worker loop calls with keywords (pickling, in
-    memchannel._objects and here).  A task's own first keyword call to an extension
-    function (not one of Python's core builtins) can still hit the bug: use 3.12.4+."""
-    if sys.version_info[:2] != (3, 12) or sys.version_info >= (3, 12, 4):
-        return
-    import _pickle
-
-    buffers: list = []
-    data = _pickle.dumps(pickle.PickleBuffer(b"x"), protocol=_PROTOCOL,
-                         buffer_callback=buffers.append)
-    _pickle.loads(data, buffers=buffers)
-    _pickle.Pickler(io.BytesIO(), protocol=_PROTOCOL, buffer_callback=None)
-    _pickle.Unpickler(io.BytesIO(data), buffers=buffers)
-
-
 class InterpreterEngine(Engine):
     def __init__(self, **kwargs):
-        _warm_argument_parsers()
+        _crossinterp.warm_argument_parsers()
         super().__init__(**kwargs)
         # Workers may be created after the main script has ended (a pool finishing at
         # exit what was submitted without waiting), when __main__.__file__ is gone: note

@@ -41,8 +41,17 @@ try:  # CPython 3.13
     def _send_reply(channel, data):
         _lowlevel_channels.send(channel, data, blocking=False)
 
-    def _current_id():
+    def current_id():
+        """The id of the interpreter running the calling thread."""
         return int(_lowlevel_interpreters.get_current()[0])
+
+    def interpreter_exists(interp_id):
+        """Whether interpreter ``interp_id`` exists (ids are never reused)."""
+        try:
+            _lowlevel_interpreters.whence(interp_id)
+        except _lowlevel_interpreters.InterpreterNotFoundError:
+            return False
+        return True
 except ImportError:  # CPython 3.12
     import _xxinterpchannels as _lowlevel_channels
     import _xxsubinterpreters as _lowlevel_interpreters
@@ -50,12 +59,21 @@ except ImportError:  # CPython 3.12
     def _send_reply(channel, data):
         _lowlevel_channels.send(channel, data)
 
-    def _current_id():
+    def current_id():
+        """The id of the interpreter running the calling thread."""
         return int(_lowlevel_interpreters.get_current())
+
+    def interpreter_exists(interp_id):
+        """Whether interpreter ``interp_id`` exists (ids are never reused)."""
+        try:
+            _lowlevel_interpreters.is_running(interp_id)
+        except RuntimeError:
+            return False
+        return True
 
 
 def _where():
-    return f"interpreter {_current_id()}"
+    return f"interpreter {current_id()}"
 
 
 def _bootstrap(request):

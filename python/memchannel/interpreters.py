@@ -80,7 +80,6 @@ Limits
 """
 
 import marshal
-import pickle
 import sys
 import threading
 import types
@@ -96,25 +95,41 @@ __all__ = [
     "create", "list_all", "get_current", "get_main", "is_shareable",
     "Interpreter", "ExceptionInfo",
     "InterpreterError", "InterpreterNotFoundError", "ExecutionFailed", "NotShareableError",
+    "create_queue", "Queue", "QueueEmpty", "QueueFull",
 ]
 
 from . import _atexit, _crossinterp, _worker  # noqa: E402  (after the version check)
+from ._queues import (  # noqa: E402  (3.14's concurrent.interpreters queue names)
+    UNBOUND,
+    UNBOUND_ERROR,
+    UNBOUND_REMOVE,
+    ItemInterpreterDestroyed,
+    Queue,
+    QueueEmpty,
+    QueueError,
+    QueueFull,
+    QueueNotFoundError,
+)
+from ._queues import create as create_queue  # noqa: E402
 
 
 
 # ---------------------------------------------------------------------------------------
 # Exceptions
 
-class InterpreterError(Exception):
-    """Base class for errors raised by this module."""
+if sys.version_info >= (3, 13):
+    # The classes code written for 3.14's concurrent.interpreters catches: the low-level
+    # module's, which 3.14 re-exports.
+    from _interpreters import InterpreterError, InterpreterNotFoundError, NotShareableError
+else:
+    class InterpreterError(Exception):
+        """A subinterpreter could not be created, closed or run (3.14's name)."""
 
+    class InterpreterNotFoundError(InterpreterError):
+        """The interpreter has been closed (destroyed) or never existed."""
 
-class InterpreterNotFoundError(InterpreterError):
-    """The interpreter has been closed (destroyed) or never existed."""
-
-
-class NotShareableError(ValueError):
-    """A value could not be pickled for, or unpickled from, another interpreter."""
+    class NotShareableError(ValueError):
+        """A value could not be pickled for, or unpickled from, another interpreter."""
 
 
 class ExceptionInfo:
@@ -162,14 +177,17 @@ class ExecutionFailed(InterpreterError):
     """
 
     def __init__(self, excinfo, remote_exception=None):
-        summary = f"{excinfo.type_name}: {excinfo.msg}" if excinfo.msg else excinfo.type_name
+        # excinfo may also be 3.14's (or the low-level module's) snapshot: .type, .msg.
+        type_name = getattr(getattr(excinfo, "type", None), "__name__", None) or "Exception"
+        summary = f"{type_name}: {excinfo.msg}" if excinfo.msg else type_name
         super().__init__(summary)
         self.excinfo = excinfo
         self.remote_exception = remote_exception
 
     def __str__(self):
-        return (f"{self.args[0]}\n\nUncaught in the interpreter:\n\n"
-                f"{self.excinfo.formatted.rstrip()}")
+        formatted = (getattr(self.excinfo, "formatted", None)
+                     or getattr(self.excinfo, "errdisplay", None) or "")
+        return f"{self.args[0]}\n\nUncaught in the interpreter:\n\n{formatted.rstrip()}"
 
     def __reduce__(self):
         # The remote exception object is dropped: it may not pickle a second time.
@@ -221,6 +239,14 @@ class _Backend313:
 
     def current_id(self):
         return int(self._interpreters.get_current()[0])
+
+    _WHENCE = {0: "unknown", 1: "runtime init", 2: "legacy C-API", 3: "C-API",
+               4: "cross-interpreter C-API", 5: "_interpreters module"}
+
+    def whence(self, interp_id):
+        """Where interpreter ``interp_id`` was created, as 3.14 names it; ValueError for a
+        negative id, InterpreterNotFoundError for one that does not exist."""
+        return self._WHENCE.get(self._interpreters.whence(interp_id), "unknown")
 
     def main_id(self):
         return int(self._interpreters.get_main()[0])
@@ -288,6 +314,14 @@ class _Backend312:
     def current_id(self):
         return int(self._interpreters.get_current())
 
+    def whence(self, interp_id):
+        """As _Backend313.whence; 3.12 records only which interpreter is the main one."""
+        if interp_id < 0:
+            raise ValueError(f"interpreter ID must be a non-negative int, got {interp_id}")
+        if interp_id not in self.list_ids():
+            raise InterpreterNotFoundError(f"unrecognized interpreter ID {interp_id}")
+        return "runtime init" if interp_id == self.main_id() else "unknown"
+
     def main_id(self):
         return int(self._interpreters.get_main())
 
@@ -336,6 +370,8 @@ is_shareable = _backend.is_shareable
 _registry_lock = threading.Lock()
 # id -> Interpreter created here.  Weak: dropping the last reference closes it.
 _owned_interpreters = weakref.WeakValueDictionary()
+# id -> Interpreter for the others (views), so that Interpreter(id) is Interpreter(id).
+_views = weakref.WeakValueDictionary()
 
 
 # How long close() and interpreter exit wait for a busy interpreter to stop once its
@@ -424,6 +460,7 @@ def _preload_for_312():
     # Only the main interpreter can load them; a failed attempt elsewhere is the bug.
     if _backend.current_id() != _backend.main_id():
         return
+    _crossinterp.warm_argument_parsers()
     import importlib
     for module_name in _PRELOAD_ON_312:
         try:
@@ -522,26 +559,33 @@ class Interpreter:
     different interpreters run in parallel.
     """
 
-    def __new__(cls, id):
+    def __new__(cls, id, /):
+        # As 3.14: an int id of an existing interpreter, one object per interpreter.
+        if not isinstance(id, int):
+            raise TypeError(f"id must be an int, got {id!r}")
         interp_id = int(id)
         with _registry_lock:
-            owned = _owned_interpreters.get(interp_id)
-        if owned is not None:
-            return owned
+            known = _owned_interpreters.get(interp_id) or _views.get(interp_id)
+        if known is not None:
+            return known
+        whence = _backend.whence(interp_id)  # ValueError / InterpreterNotFoundError
         view = super().__new__(cls)
         view._id = interp_id
+        view._whence = whence
         view._handle = None
         view._isolated = None
         view._closed = False
         view._finalizer = None
         view._request_lock = None
         view._closing = False
-        return view
+        with _registry_lock:
+            return _views.setdefault(interp_id, view)
 
     @classmethod
     def _new_owned(cls, handle, isolated):
         interp = super().__new__(cls)
         interp._id = int(handle)
+        interp._whence = "_interpreters module"  # 3.14's name for "made by create()"
         interp._handle = handle
         interp._isolated = isolated
         interp._closed = False
@@ -558,6 +602,12 @@ class Interpreter:
     def id(self):
         """The process-wide interpreter id (an int)."""
         return self._id
+
+    @property
+    def whence(self):
+        """Where the interpreter was created, with 3.14's names: "_interpreters module"
+        (by ``create()``), "runtime init" (the main interpreter), "unknown", ..."""
+        return self._whence
 
     @property
     def isolated(self):
@@ -587,7 +637,8 @@ class Interpreter:
         return self
 
     def __exit__(self, *exc_info):
-        self.close()
+        if not self._closed:
+            self.close()
 
     # -- state --------------------------------------------------------------------------
 
@@ -597,15 +648,21 @@ class Interpreter:
         return _backend.is_running(self._handle if self._handle is not None else self._id)
 
     def close(self):
-        """Destroy the interpreter.  Idempotent.
+        """Destroy the interpreter.  As in 3.14, closing it again raises
+        InterpreterNotFoundError, and the main or current interpreter cannot be closed
+        (InterpreterError).
 
         If a thread is running in it, every memchannel call it is blocked in (``recv()``,
         ``send()``, ``Queue.get()``, ...) raises ``memchannel.WaitCancelled`` there, and
         close() waits up to 2 s for the running code to end.  Raises InterpreterError if
         it is still running then (code that is not waiting in memchannel cannot be
-        interrupted), or if the interpreter was not made by ``create()``.
+        interrupted).  An interpreter not made by ``create()`` is destroyed if it is idle.
         """
-        self._check_owned("close")
+        if self._handle is None:
+            _backend.destroy(self._id)  # a view: InterpreterError if main, current, running
+            self._closed = True
+            return
+        self._check_open()
         if not self._request_lock.acquire(blocking=False):
             self._closing = True
             _cancel_waits(self._id)
@@ -619,8 +676,7 @@ class Interpreter:
                     f"cannot close {self!r}: a thread is running in it and did not stop "
                     f"within {_STOP_TIMEOUT:g} s (it is not waiting in a memchannel call)")
         try:
-            if self._closed:
-                return
+            self._check_open()  # closed by another thread meanwhile
             try:
                 _backend.destroy(self._handle)
             except InterpreterNotFoundError:
@@ -640,6 +696,8 @@ class Interpreter:
         any other value is passed by pickle, like 3.14 does for values it cannot share.
         """
         namespace = dict(ns or {}, **kwargs)
+        if not namespace:
+            raise ValueError("prepare_main(): no names to bind")  # as 3.14
         for name in namespace:
             if not isinstance(name, str):
                 raise TypeError(f"prepare_main(): names must be str, got {name!r}")
@@ -703,7 +761,7 @@ class Interpreter:
 
     def _pickle(self, obj, what):
         try:
-            return pickle.dumps(obj, protocol=_crossinterp.PICKLE_PROTOCOL)
+            return _crossinterp.dumps(obj)
         except Exception as exc:
             raise NotShareableError(
                 f"{what}: cannot be sent to {self!r}: {type(exc).__name__}: {exc}") from exc
@@ -713,7 +771,11 @@ class Interpreter:
         shared = {_worker.REQUEST_KEY: request}
         if extra_shared:
             shared.update(extra_shared)
-        with self._request_lock:
+        # As in 3.14: a busy interpreter is an error, not something to wait for.
+        if not self._request_lock.acquire(blocking=False):
+            self._check_open()
+            raise InterpreterError(f"interpreter {self._id} is already running")
+        try:
             self._check_open()
             reply_channel = _backend.create_channel()
             try:
@@ -723,6 +785,8 @@ class Interpreter:
                 reply = _backend.receive(reply_channel)
             finally:
                 _backend.destroy_channel(reply_channel)
+        finally:
+            self._request_lock.release()
         if reply is None:
             # The worker itself failed before replying (e.g. it could not be loaded).
             raise InterpreterError(
