@@ -58,29 +58,17 @@ def load(module_name, replacements, *, fresh=()):
                 setattr(parent, child, value)
 
 
-def expect_failures(items, table):
-    """Mark the collected items named in ``table`` ({"Class.test": reason}) as expected
-    failures (strict: a listed test that passes fails the run, so the table stays true).
+def expect_failures(module, table):
+    """Mark the tests of ``module`` named in ``table`` ({"Class.test": reason}) as expected
+    failures, strict: a listed test that passes fails the run, so the table stays true.
 
     A listed test runs without ``subTest``: its first failing part fails it (pytest's
     subtest reports would otherwise count each part apart from the expected failure)."""
-    for item in items:
-        cls = getattr(item, "cls", None)
-        if cls is None:
-            continue
-        reason = table.get(f"{cls.__name__}.{item.name}")
-        if reason is None:
-            continue
-        item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
-
-
-def run_without_subtests(module, table):
-    """Before collection: each test of ``module`` listed in ``table`` runs without
-    ``subTest`` (see expect_failures)."""
-    for name in table:
+    for name, reason in table.items():
         class_name, method_name = name.split(".")
         cls = getattr(module, class_name)
-        setattr(cls, method_name, _without_subtests(getattr(cls, method_name)))
+        method = _without_subtests(getattr(cls, method_name))
+        setattr(cls, method_name, pytest.mark.xfail(reason=reason, strict=True)(method))
 
 
 def _without_subtests(method):

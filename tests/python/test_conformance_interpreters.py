@@ -14,7 +14,7 @@ import pytest
 
 from memchannel import interpreters
 
-from _stdlib import load, run_without_subtests
+from _stdlib_suites import expect_failures, load
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,7 +45,7 @@ EXPECTED_FAILURES = {
     "TestInterpreterPrepareMain.test_created_with_capi": _CAPI,
 }
 
-run_without_subtests(_suite, EXPECTED_FAILURES)
+expect_failures(_suite, EXPECTED_FAILURES)
 for _name in dir(_suite):
     if _name.endswith("Tests") or _name.startswith("Test"):
         globals()[_name] = getattr(_suite, _name)
