@@ -59,7 +59,6 @@ import itertools
 import os
 import pickle
 import queue
-import sys
 import threading
 import traceback
 import weakref
@@ -371,10 +370,11 @@ class Engine:
                 self.init_blob, _ = _dump((initializer, tuple(initargs)),
                                           arrays_as_views=arrays_as_views, in_band=True)
             except Exception as exc:
-                error = _unsendable_callable(initializer, "the initializer")
-                if error is None:
+                error = self.not_shareable(
+                    _unsendable_callable(initializer, "the initializer") or exc)
+                if error is exc:
                     raise
-                raise error from exc
+                raise error from error.__cause__
         self.arena = Arena(backend=backend)
         self.results = self.arena.channel()
         self.lock = threading.Lock()
@@ -448,6 +448,15 @@ class Engine:
     def launch(self, worker):  # pragma: no cover - defined by each executor
         raise NotImplementedError
 
+    def cause_of(self, description):
+        """The ``__cause__`` of a task's exception: the worker's traceback text, as
+        ``concurrent.futures.process`` does."""
+        return RemoteTraceback(f'\n"""\n{description[4].rstrip()}\n"""')
+
+    def not_shareable(self, exc):
+        """The exception for a function or arguments that cannot be sent (as is, here)."""
+        return exc
+
     def worker_ended(self, worker, error):
         """Called by the thread driving or watching a worker, once it is entirely gone."""
         try:
@@ -511,9 +520,11 @@ class Engine:
         Concurrency: the feeder and submitting threads, at the same time."""
         future = item.future
         moved: list = []
+        dumped = False
         try:
             payload, buffers = _dump((item.fn, item.args, item.kwargs),
                                      arrays_as_views=self.arrays_as_views, moved=moved)
+            dumped = True
             for buf in moved:
                 if buf.released:
                     raise ValueError("a memchannel.Buffer passed to the pool was already "
@@ -524,8 +535,8 @@ class Engine:
                         "memoryview or array: delete those views before submitting it (the "
                         "Buffer is moved to the worker, not copied)")
         except BaseException as exc:
-            if isinstance(exc, Exception):
-                exc = _unsendable_callable(item.fn, "the function") or exc
+            if isinstance(exc, Exception) and not dumped:
+                exc = self.not_shareable(_unsendable_callable(item.fn, "the function") or exc)
             with self.lock:
                 self.outstanding -= 1
                 worker.in_flight -= 1
@@ -609,7 +620,7 @@ class Engine:
                 return
             future.set_result(result)
         else:
-            future.set_exception(_rebuild_exception(message[3]))
+            future.set_exception(_rebuild_exception(message[3], self.cause_of(message[3])))
 
     def _break(self, reason, cause_text):
         with self.lock:
@@ -682,11 +693,11 @@ def _drain(channel):
             pass
 
 
-def _rebuild_exception(description):
+def _rebuild_exception(description, cause):
     """The exception a future gets for a task that raised ``description`` (``_describe``):
-    the same exception, or a RemoteError when it does not unpickle here, caused by a
-    RemoteTraceback holding the worker's traceback text."""
-    type_name, type_qualname, type_module, message, text, pickled = description
+    the same exception, or a RemoteError when it does not unpickle here, with ``cause``
+    (holding the worker's traceback text) as its ``__cause__``."""
+    type_name, type_qualname, type_module, message, _text, pickled = description
     exc = None
     if pickled is not None:
         try:
@@ -695,7 +706,7 @@ def _rebuild_exception(description):
             exc = None
     if not isinstance(exc, BaseException):
         exc = RemoteError(f"{type_module}.{type_qualname}", message)
-    exc.__cause__ = RemoteTraceback(f'\n"""\n{text.rstrip()}\n"""')
+    exc.__cause__ = cause
     return exc
 
 
@@ -726,7 +737,8 @@ def check_max_workers(max_workers):
 
 
 class InterpreterEngine(Engine):
-    def __init__(self, **kwargs):
+    def __init__(self, *, thread_name_prefix, **kwargs):
+        self.thread_name_prefix = thread_name_prefix
         _crossinterp.warm_argument_parsers()
         super().__init__(**kwargs)
         # Workers may be created after the main script has ended (a pool finishing at
@@ -734,9 +746,24 @@ class InterpreterEngine(Engine):
         # now where the main script is, for interpreters.create().
         _crossinterp.remember_main()
 
+    def cause_of(self, description):
+        """As 3.14's InterpreterPoolExecutor: an ExecutionFailed whose ``excinfo`` holds
+        the worker's exception type, message and traceback text."""
+        from . import interpreters
+        return interpreters.ExecutionFailed(interpreters.ExceptionInfo(*description[:5]))
+
+    def not_shareable(self, exc):
+        """As 3.14: NotShareableError, caused by the pickling error."""
+        from .interpreters import NotShareableError
+        if isinstance(exc, NotShareableError) or not isinstance(exc, Exception):
+            return exc
+        error = NotShareableError(str(exc))
+        error.__cause__ = exc
+        return error
+
     def launch(self, worker):
         thread = threading.Thread(target=self._drive, args=(worker,),
-                                  name=f"{self.name}_{worker.id}")
+                                  name=f"{self.thread_name_prefix}_{worker.id}")
         worker.handle = thread
         thread.start()
 

@@ -30,10 +30,14 @@ pending futures fail with it and ``submit`` raises it.
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
+import os
+import time
 import weakref
-from concurrent.futures import _base
+from concurrent.futures import ThreadPoolExecutor, _base
+from concurrent.futures.thread import BrokenThreadPool
 
 from ._engine import (
     Engine,
@@ -54,8 +58,9 @@ __all__ = [
 ]
 
 
-class BrokenInterpreterPool(_base.BrokenExecutor):
-    """An InterpreterPoolExecutor worker failed in its initializer or ended abruptly."""
+class BrokenInterpreterPool(BrokenThreadPool):
+    """An InterpreterPoolExecutor worker failed in its initializer or ended abruptly
+    (a ``BrokenThreadPool``, as in 3.14)."""
 
 
 class _ChannelPoolExecutor(_base.Executor):
@@ -79,15 +84,21 @@ class _ChannelPoolExecutor(_base.Executor):
         """
         return self._engine.submit(fn, args, kwargs)
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1):
-        """Like ``Executor.map``; ``chunksize`` > 1 sends that many calls per task."""
+    def map(self, fn, *iterables, timeout=None, chunksize=1, buffersize=None):
+        """Like 3.14's ``Executor.map``: ``chunksize`` > 1 sends that many calls per task;
+        ``buffersize``: at most that many tasks are submitted and not yet yielded (the
+        iterables are then read lazily, so they may be endless)."""
+        if buffersize is not None:
+            if not isinstance(buffersize, int):
+                raise TypeError("buffersize must be an integer or None")
+            if buffersize < 1:
+                raise ValueError("buffersize must be None or > 0")
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if chunksize == 1:
-            return super().map(fn, *iterables, timeout=timeout)
-        results = super().map(functools.partial(call_chunk, fn),
-                              chunks(iterables, chunksize), timeout=timeout)
-        return flatten(results)
+            return _map(self, fn, iterables, timeout, buffersize)
+        return flatten(_map(self, functools.partial(call_chunk, fn),
+                            (chunks(iterables, chunksize),), timeout, buffersize))
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         """Stop accepting tasks; workers finish the tasks already submitted (unless
@@ -117,26 +128,64 @@ class _ChannelPoolExecutor(_base.Executor):
         return self._engine.broken
 
 
-class InterpreterPoolExecutor(_ChannelPoolExecutor):
+def _map(executor, fn, iterables, timeout, buffersize):
+    if buffersize is None:
+        return _base.Executor.map(executor, fn, *iterables, timeout=timeout)
+    end_time = None if timeout is None else timeout + time.monotonic()
+    arguments = zip(*iterables)
+    futures = collections.deque(executor.submit(fn, *args)
+                                for args in itertools.islice(arguments, buffersize))
+
+    def results():
+        try:
+            while futures:
+                args = next(arguments, None)
+                if args is not None:  # one more in flight for each one yielded
+                    futures.append(executor.submit(fn, *args))
+                future = futures.popleft()
+                if end_time is None:
+                    yield _base._result_or_cancel(future)
+                else:
+                    yield _base._result_or_cancel(future, end_time - time.monotonic())
+        finally:
+            for future in futures:
+                future.cancel()
+
+    return results()
+
+
+class InterpreterPoolExecutor(_ChannelPoolExecutor, ThreadPoolExecutor):
     """A ``concurrent.futures.Executor`` whose workers are isolated subinterpreters.
 
-    ``InterpreterPoolExecutor(max_workers=None, initializer=None, initargs=())``, as in
-    CPython 3.14.  Each worker is an interpreter with its own GIL, driven by its own thread,
-    started when needed (up to ``max_workers``, default ``os.cpu_count()``) and reused.
+    ``InterpreterPoolExecutor(max_workers=None, thread_name_prefix='', initializer=None,
+    initargs=())``, as in CPython 3.14, and like 3.14's a ``ThreadPoolExecutor`` subclass
+    (so ``asyncio``'s ``loop.set_default_executor()`` takes it).  Each worker is an
+    interpreter with its own GIL, driven by its own thread (named
+    ``thread_name_prefix + "_" + n``), started when needed (up to ``max_workers``, default
+    ``min(32, cpu count + 4)`` as ``ThreadPoolExecutor``) and reused.
     ``initializer(*initargs)`` runs in each new worker; if it raises, the pool breaks
-    (``BrokenInterpreterPool``).  Tasks run in parallel on CPython 3.12 and 3.13; arrays
-    reach them as memoryviews (numpy cannot load in a subinterpreter).
+    (``BrokenInterpreterPool``).  A task's exception arrives as the same exception, chained
+    from an ``interpreters.ExecutionFailed`` holding the worker's traceback; a function or
+    arguments that cannot be pickled fail with ``interpreters.NotShareableError``.  Tasks
+    run in parallel on CPython 3.12 and 3.13; arrays reach them as memoryviews (numpy
+    cannot load in a subinterpreter).
     Concurrency: any thread may submit; shutdown from any thread.
     """
 
     _counter = itertools.count()
 
-    def __init__(self, max_workers=None, initializer=None, initargs=()):
+    def __init__(self, max_workers=None, thread_name_prefix="", initializer=None,
+                 initargs=()):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
+        if max_workers is None:
+            cpus = getattr(os, "process_cpu_count", os.cpu_count)() or 1
+            max_workers = min(32, cpus + 4)
         max_workers = check_max_workers(max_workers)
+        name = f"InterpreterPoolExecutor-{next(self._counter)}"
+        self._thread_name_prefix = thread_name_prefix or name
         self._setup(InterpreterEngine(
-            name=f"InterpreterPoolExecutor-{next(self._counter)}", max_workers=max_workers,
+            name=name, thread_name_prefix=self._thread_name_prefix, max_workers=max_workers,
             initializer=initializer, initargs=initargs, backend="heap",
             arrays_as_views=True, broken_type=BrokenInterpreterPool,
             broken_text="the interpreter pool is not usable anymore", eager=False))

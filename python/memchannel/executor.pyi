@@ -2,7 +2,8 @@
 # is private).
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future as _StdFuture
-from concurrent.futures import BrokenExecutor
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.thread import BrokenThreadPool
 from multiprocessing.context import BaseContext
 from typing import Any, Literal, ParamSpec, TypeVar
 
@@ -17,7 +18,7 @@ __all__ = [
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-class BrokenInterpreterPool(BrokenExecutor): ...
+class BrokenInterpreterPool(BrokenThreadPool): ...
 
 class RemoteTraceback(Exception):
     tb: str
@@ -48,6 +49,14 @@ class _Executor(Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
 
 class _ChannelPoolExecutor(_Executor):
+    def map(
+        self,
+        fn: Callable[..., _T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[_T]: ...
     def reserve(
         self,
         nbytes: int | None = None,
@@ -59,7 +68,14 @@ class _ChannelPoolExecutor(_Executor):
     def channel(self, maxsize: int = 0, *, maxbytes: int = 0) -> Channel: ...
     def stats(self) -> dict[str, Any]: ...
 
-class InterpreterPoolExecutor(_ChannelPoolExecutor): ...
+class InterpreterPoolExecutor(_ChannelPoolExecutor, ThreadPoolExecutor):  # type: ignore[misc]
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        thread_name_prefix: str = "",
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None: ...
 
 class ProcessPoolExecutor(_ChannelPoolExecutor):
     def __init__(
