@@ -49,17 +49,40 @@ through a process-global channel.  Everything here is built from those two opera
 * memchannel.executor's pools use the same pieces on both sides (memchannel/_crossinterp.py),
   so a pool's task and ``call()`` resolve ``__main__`` and report failures alike.
 
-Threads: each interpreter runs one request at a time (a per-interpreter lock makes a
-second thread wait; CPython itself refuses to run one interpreter in two threads at once
-on 3.12 and 3.13).  Different interpreters run in parallel in different threads; with
-the default isolated config each has its own GIL.
+Threads: each interpreter runs one request at a time: as in 3.14, ``exec()``, ``call()``
+or ``prepare_main()`` on an interpreter another thread is running raises
+InterpreterError ("already running").  Different interpreters run in parallel in
+different threads; with the default isolated config each has its own GIL.
+
+Queues: ``create_queue()`` / ``Queue`` (memchannel/_queues.py) are 3.14's cross-interpreter
+queue on memchannel channels: blocking ``get()``/``put()`` wait on a futex, with no
+polling, and honour float timeouts on the monotonic clock.
+
+As 3.14's ``concurrent.interpreters``, name for name (docs/interpreters.md lists the
+conformance counts).  Deliberate differences:
+
+* ``call()``, ``prepare_main()`` and queues pickle every value (3.14 shares some types
+  natively and pickles the rest): the same values arrive, as copies.
+* ``exec()``, ``call()`` and ``prepare_main()`` run only in interpreters made by this
+  module's ``create()``; for others (main, or made by the C API) the ``Interpreter`` is
+  a view (``id``, ``whence``, ``is_running()``, ``close()``).
+* 3.12 does not record how an interpreter was made: ``whence`` is "runtime init" for the
+  main interpreter, "_interpreters module" for those made here, else "unknown".
+* A queue is known to an interpreter once the queue object has reached it (created there
+  or passed to it): ``Queue(id)`` elsewhere raises QueueNotFoundError; the unbound-item
+  rule applies when an item is got, so ``qsize()`` counts items ``UNBOUND_REMOVE`` skips.
+* ``Interpreter`` also works as a context manager (closes on exit), has ``isolated``,
+  ``call_in_thread()`` gives the thread ``result``/``exception`` attributes, and
+  ``ExecutionFailed`` carries ``remote_exception`` (the exception itself, when it pickles).
 
 Limits
 ------
 * Values are copied, never shared: a list passed to ``call()`` or ``prepare_main()`` is a
-  new list in the target.  Callables must be importable by name (no lambdas, closures or
-  locally defined functions).  Functions from an interactive session or ``python -c``
-  cannot be resolved in the target; put them in a module or script file.
+  new list in the target.  Callables are pickled by module and qualified name, except
+  stateless functions (lambdas and local functions without a closure), which travel by
+  value, as in 3.14, and run with the target's ``__main__`` as globals.  Closures cannot
+  be sent.  Functions from an interactive session or ``python -c`` cannot be resolved in
+  the target; put them in a module or script file.
 * The caller's main script is executed again in the target (under a name other than
   ``"__main__"``) the first time one of its objects is needed there, exactly like
   multiprocessing's spawn: keep its side effects under ``if __name__ == "__main__":``.
@@ -72,9 +95,10 @@ Limits
   single-phase extension modules first tried in a subinterpreter can still hit that bug.
 * Ctrl-C reaches the main thread only after the interpreter it is running returns:
   signals are handled by the main interpreter only.
-* An interpreter cannot be closed while a thread runs in it (``InterpreterError``); join
-  the thread first.  ``close()`` otherwise is idempotent, and interpreters still open at
-  exit, or no longer referenced, are destroyed automatically.
+* An interpreter cannot be closed while a thread runs in it (``InterpreterError``) unless
+  that thread waits in memchannel; join the thread first.  Closing it again raises
+  InterpreterNotFoundError, as in 3.14; interpreters still open at exit, or no longer
+  referenced, are destroyed automatically.
 * Tested on CPython 3.12.1 and 3.13.0.  On 3.14+ prefer the standard
   ``concurrent.interpreters``; this module keeps using the 3.13 private modules there.
 """
