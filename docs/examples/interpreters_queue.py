@@ -15,23 +15,28 @@ def main() -> None:
     requests = interpreters.create_queue()
     replies = interpreters.create_queue(maxsize=10)
     interp = interpreters.create()
-    print("whence:", interp.whence)  # expect: whence: _interpreters module
-    print("lambda:", interp.call(lambda: 6 * 7))  # expect: lambda: 42
+    # expect: whence: _interpreters module
+    print("whence:", interp.whence)
+    # expect: lambda: 42
+    print("lambda:", interp.call(lambda: 6 * 7))
     worker = interp.call_in_thread(echo, requests, replies)
     for n in (1, 2, 3):
         requests.put(n)
-        print("echoed:", replies.get(timeout=10))  # expect: echoed: 2
+        # expect: echoed: 2
+        print("echoed:", replies.get(timeout=10))
     requests.put(None)
     worker.join()
     try:
         replies.get(timeout=0.1)
     except interpreters.QueueEmpty:  # a queue.Empty too
-        print("empty after the echo")  # expect: empty after the echo
+        # expect: empty after the echo
+        print("empty after the echo")
     interp.close()
     try:
         interp.close()
     except interpreters.InterpreterNotFoundError:
-        print("closed twice: InterpreterNotFoundError")  # expect: closed twice: InterpreterNotFoundError
+        # expect: closed twice: InterpreterNotFoundError
+        print("closed twice: InterpreterNotFoundError")
 
 
 if __name__ == "__main__":
