@@ -139,3 +139,25 @@ def test_items_of_a_live_interpreter_are_delivered():
     with interpreters.create() as interp:
         interp.call(put_items, q, {})
         assert [q.get(), q.get()] == ["first", "second"]
+
+
+def put_numbered(q, sender, count):
+    for i in range(count):
+        q.put((sender, i))
+
+
+def test_many_interpreters_put_at_once_and_every_item_arrives_once_in_order_per_sender():
+    q = interpreters.create_queue(maxsize=8)  # small: the senders block on a full queue
+    workers = [interpreters.create() for _ in range(3)]
+    try:
+        threads = [w.call_in_thread(put_numbered, q, n, 200) for n, w in enumerate(workers)]
+        got = [q.get(timeout=30) for _ in range(600)]
+        for thread in threads:
+            thread.join()
+            assert thread.exception is None
+    finally:
+        for w in workers:
+            w.close()
+    for sender in range(3):
+        assert [i for s, i in got if s == sender] == list(range(200))
+    assert q.empty()
