@@ -123,6 +123,9 @@ def test_targets_are_the_issues():
         "S3 64 B round-trip p50, subinterpreters": ("max", 10.0),
         "S4 1080p frames/s processes vs multiprocessing.Queue": ("ratio", 10.0),
         "M1 1,000,000 queued 64 B messages: shm arena bytes": ("max", 200e6),
+        "Q1 64 B interpreter-queue echo p50 vs 3.13 queue (blocking gets)": ("ratio", 100.0),
+        "Q1 64 B interpreter-queue echo round trips/s vs 3.13 queue (blocking gets)":
+            ("ratio", 2.0),
     }
 
 
