@@ -261,8 +261,7 @@ class _Backend313:
     def list_ids(self):
         return [int(interp_id) for interp_id, _whence in self._interpreters.list_all()]
 
-    def current_id(self):
-        return int(self._interpreters.get_current()[0])
+    current_id = staticmethod(_worker.current_id)  # one implementation for both sides
 
     _WHENCE = {0: "unknown", 1: "runtime init", 2: "legacy C-API", 3: "C-API",
                4: "cross-interpreter C-API", 5: "_interpreters module"}
@@ -335,8 +334,7 @@ class _Backend312:
     def list_ids(self):
         return [int(interp_id) for interp_id in self._interpreters.list_all()]
 
-    def current_id(self):
-        return int(self._interpreters.get_current())
+    current_id = staticmethod(_worker.current_id)  # one implementation for both sides
 
     def whence(self, interp_id):
         """As _Backend313.whence; 3.12 records only which interpreter is the main one."""
