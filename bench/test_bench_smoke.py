@@ -132,6 +132,9 @@ def test_targets_are_the_issues():
         "S7 batches of 64 x 64 B processes: msg/s": ("min", 8e6),
         "S6 1->2 receivers vs S1 1->1, 64 B processes": ("scenario_ratio", 0.5),
         "M1 1,000,000 queued 64 B messages: shm arena bytes": ("max", 128e6),
+        "Q1 64 B interpreter-queue echo p50 vs 3.13 queue (blocking gets)": ("ratio", 100.0),
+        "Q1 64 B interpreter-queue echo round trips/s vs 3.13 queue (blocking gets)":
+            ("ratio", 2.0),
     }
 
 

@@ -66,6 +66,13 @@ TARGETS = [
     dict(target="M1 1,000,000 queued 64 B messages: shm arena bytes", kind="max",
          scenario="M1", param=64, mine=MC_PROC, field="arena_carved_bytes", goal=128 * MB,
          unit="MB", min_count=1_000_000),
+    # Q1 (interp_echo.py): memchannel.interpreters Queue vs 3.13's interpreter queue
+    dict(target="Q1 64 B interpreter-queue echo p50 vs 3.13 queue (blocking gets)",
+         kind="ratio", scenario="Q1", param=64, mine="mc.interpreters.Queue",
+         peer="interpqueue-blocking", field="p50_us", goal=100.0),
+    dict(target="Q1 64 B interpreter-queue echo round trips/s vs 3.13 queue (blocking gets)",
+         kind="ratio", scenario="Q1", param=64, mine="mc.interpreters.Queue",
+         peer="interpqueue-blocking", field="value", goal=2.0),
 ]
 LOWER_IS_BETTER = {"p50_us", "p99_us", "us_per_msg"}
 

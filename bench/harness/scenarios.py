@@ -600,3 +600,6 @@ def param_label(param):
         return f"{param} B"
     return {"2to1": "2->1", "1to2": "1->2", "batch64": "64/batch", "64B-untouched": "64 B untouched",
             "16MiB-untouched": "16 MiB untouched"}.get(param, str(param))
+
+
+from . import interp_echo  # noqa: E402,F401  (registers Q1 and its two transports)

@@ -1,7 +1,9 @@
-# Types of memchannel.executor's public names (the pools; their engine is private).
+# Types of memchannel.executor's public names (the pools; their engine, memchannel._engine,
+# is private).
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future as _StdFuture
-from concurrent.futures import BrokenExecutor
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.thread import BrokenThreadPool
 from multiprocessing.context import BaseContext
 from typing import Any, Literal, ParamSpec, TypeVar
 
@@ -16,7 +18,7 @@ __all__ = [
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-class BrokenInterpreterPool(BrokenExecutor): ...
+class BrokenInterpreterPool(BrokenThreadPool): ...
 
 class RemoteTraceback(Exception):
     tb: str
@@ -28,7 +30,14 @@ class RemoteError(Exception):
 
 class Future(_StdFuture[_T]): ...
 
-class _ChannelPoolExecutor(Executor):
+class _Executor(Executor):
+    # Stub only: what every executor of this module has (the pools and SerialExecutor).
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None: ...
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]: ...
     def map(
         self,
@@ -38,6 +47,16 @@ class _ChannelPoolExecutor(Executor):
         chunksize: int = 1,
     ) -> Iterator[_T]: ...
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
+
+class _ChannelPoolExecutor(_Executor):
+    def map(
+        self,
+        fn: Callable[..., _T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[_T]: ...
     def reserve(
         self,
         nbytes: int | None = None,
@@ -49,10 +68,11 @@ class _ChannelPoolExecutor(Executor):
     def channel(self, maxsize: int = 0, *, maxbytes: int = 0) -> Channel: ...
     def stats(self) -> dict[str, Any]: ...
 
-class InterpreterPoolExecutor(_ChannelPoolExecutor):
+class InterpreterPoolExecutor(_ChannelPoolExecutor, ThreadPoolExecutor):  # type: ignore[misc]
     def __init__(
         self,
         max_workers: int | None = None,
+        thread_name_prefix: str = "",
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
     ) -> None: ...
@@ -67,22 +87,7 @@ class ProcessPoolExecutor(_ChannelPoolExecutor):
         mp_context: BaseContext | None = None,
     ) -> None: ...
 
-class SerialExecutor(Executor):
-    def __init__(
-        self,
-        max_workers: int | None = None,
-        initializer: Callable[..., object] | None = None,
-        initargs: tuple[Any, ...] = (),
-    ) -> None: ...
-    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]: ...
-    def map(
-        self,
-        fn: Callable[..., _T],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int = 1,
-    ) -> Iterator[_T]: ...
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
+class SerialExecutor(_Executor): ...
 
 EXECUTOR_KINDS: tuple[str, ...]
 

@@ -16,13 +16,14 @@ common ground is small: run a *string* in an interpreter's ``__main__`` with a d
 shareable values (str, bytes, int, None, channel ids) bound as globals, and move bytes
 through a process-global channel.  Everything here is built from those two operations:
 
-* At ``create()`` the new interpreter runs a bootstrap that loads this very file (its
-  compiled code is passed in as marshal bytes) as the private module
-  ``_memchannel_interpreters_worker``, and copies in the caller's ``sys.path`` and
-  ``sys.argv`` so the same packages import there, and where the caller's main script is.
-  That is read from ``__main__`` when this module is imported and at every ``create()``;
-  CPython deletes ``__main__.__file__`` once the script has run, so an interpreter
-  created later (at exit) uses the last place seen (``_remember_main``).
+* At ``create()`` the new interpreter runs a bootstrap that loads the worker
+  (memchannel/_worker.py, plus the pickling of memchannel/_crossinterp.py it needs; their
+  compiled code is passed in as marshal bytes) as private modules, and copies in the
+  caller's ``sys.path`` and ``sys.argv`` so the same packages import there, and where the
+  caller's main script is.  That is read from ``__main__`` when this module is imported
+  and at every ``create()``; CPython deletes ``__main__.__file__`` once the script has
+  run, so an interpreter created later (at exit) uses the last place seen
+  (``_crossinterp.remember_main``).
 * Every operation (exec, prepare_main, call) is one request: the caller creates a
   low-level channel, binds the request bytes and the channel id in the target's
   ``__main__``, and runs a one-line script that calls the worker.  The worker does the
@@ -45,21 +46,43 @@ through a process-global channel.  Everything here is built from those two opera
   (``.remote_exception``) when it pickles and unpickles.  A callable or argument the
   target cannot import fails with an ImportError (ModuleNotFoundError) naming the module,
   the object and what to do.
-* memchannel.executor's pools use the same pieces on both sides (``_TargetSideUnpickler``,
-  ``_import_error``, ``_describe_exception``, ``_CallerSideUnpickler``), so a pool's task
-  and ``call()`` resolve ``__main__`` and report failures alike.
+* memchannel.executor's pools use the same pieces on both sides (memchannel/_crossinterp.py),
+  so a pool's task and ``call()`` resolve ``__main__`` and report failures alike.
 
-Threads: each interpreter runs one request at a time (a per-interpreter lock makes a
-second thread wait; CPython itself refuses to run one interpreter in two threads at once
-on 3.12 and 3.13).  Different interpreters run in parallel in different threads; with
-the default isolated config each has its own GIL.
+Threads: each interpreter runs one request at a time: as in 3.14, ``exec()``, ``call()``
+or ``prepare_main()`` on an interpreter another thread is running raises
+InterpreterError ("already running").  Different interpreters run in parallel in
+different threads; with the default isolated config each has its own GIL.
+
+Queues: ``create_queue()`` / ``Queue`` (memchannel/_queues.py) are 3.14's cross-interpreter
+queue on memchannel channels: blocking ``get()``/``put()`` wait on a futex, with no
+polling, and honour float timeouts on the monotonic clock.
+
+As 3.14's ``concurrent.interpreters``, name for name (docs/interpreters.md lists the
+conformance counts).  Deliberate differences:
+
+* ``call()``, ``prepare_main()`` and queues pickle every value (3.14 shares some types
+  natively and pickles the rest): the same values arrive, as copies.
+* ``exec()``, ``call()`` and ``prepare_main()`` run only in interpreters made by this
+  module's ``create()``; for others (main, or made by the C API) the ``Interpreter`` is
+  a view (``id``, ``whence``, ``is_running()``, ``close()``).
+* 3.12 does not record how an interpreter was made: ``whence`` is "runtime init" for the
+  main interpreter, "_interpreters module" for those made here, else "unknown".
+* A queue is known to an interpreter once the queue object has reached it (created there
+  or passed to it): ``Queue(id)`` elsewhere raises QueueNotFoundError; the unbound-item
+  rule applies when an item is got, so ``qsize()`` counts items ``UNBOUND_REMOVE`` skips.
+* ``Interpreter`` also works as a context manager (closes on exit), has ``isolated``,
+  ``call_in_thread()`` gives the thread ``result``/``exception`` attributes, and
+  ``ExecutionFailed`` carries ``remote_exception`` (the exception itself, when it pickles).
 
 Limits
 ------
 * Values are copied, never shared: a list passed to ``call()`` or ``prepare_main()`` is a
-  new list in the target.  Callables must be importable by name (no lambdas, closures or
-  locally defined functions).  Functions from an interactive session or ``python -c``
-  cannot be resolved in the target; put them in a module or script file.
+  new list in the target.  Callables are pickled by module and qualified name, except
+  stateless functions (lambdas and local functions without a closure), which travel by
+  value, as in 3.14, and run with the target's ``__main__`` as globals.  Closures cannot
+  be sent.  Functions from an interactive session or ``python -c`` cannot be resolved in
+  the target; put them in a module or script file.
 * The caller's main script is executed again in the target (under a name other than
   ``"__main__"``) the first time one of its objects is needed there, exactly like
   multiprocessing's spawn: keep its side effects under ``if __name__ == "__main__":``.
@@ -72,15 +95,15 @@ Limits
   single-phase extension modules first tried in a subinterpreter can still hit that bug.
 * Ctrl-C reaches the main thread only after the interpreter it is running returns:
   signals are handled by the main interpreter only.
-* An interpreter cannot be closed while a thread runs in it (``InterpreterError``); join
-  the thread first.  ``close()`` otherwise is idempotent, and interpreters still open at
-  exit, or no longer referenced, are destroyed automatically.
+* An interpreter cannot be closed while a thread runs in it (``InterpreterError``) unless
+  that thread waits in memchannel; join the thread first.  Closing it again raises
+  InterpreterNotFoundError, as in 3.14; interpreters still open at exit, or no longer
+  referenced, are destroyed automatically.
 * Tested on CPython 3.12.1 and 3.13.0.  On 3.14+ prefer the standard
   ``concurrent.interpreters``; this module keeps using the 3.13 private modules there.
 """
 
 import marshal
-import pickle
 import sys
 import threading
 import types
@@ -96,38 +119,41 @@ __all__ = [
     "create", "list_all", "get_current", "get_main", "is_shareable",
     "Interpreter", "ExceptionInfo",
     "InterpreterError", "InterpreterNotFoundError", "ExecutionFailed", "NotShareableError",
+    "create_queue", "Queue", "QueueEmpty", "QueueFull",
 ]
 
-# Name of the private module the worker side of this file lives under in every
-# interpreter created here (never "memchannel.interpreters": importing that would run
-# the package __init__, which loads the C extension, and the worker needs none of it).
-_WORKER_MODULE_NAME = "_memchannel_interpreters_worker"
+from . import _atexit, _crossinterp, _worker  # noqa: E402  (after the version check)
+from ._queues import (  # noqa: E402  (3.14's concurrent.interpreters queue names)
+    UNBOUND,
+    UNBOUND_ERROR,
+    UNBOUND_REMOVE,
+    ItemInterpreterDestroyed,
+    Queue,
+    QueueEmpty,
+    QueueError,
+    QueueFull,
+    QueueNotFoundError,
+)
+from ._queues import create as create_queue  # noqa: E402
 
-# Name the caller's __main__ module gets when it is imported inside a target
-# interpreter, whose own __main__ is a different module.
-_MAIN_ALIAS = "__memchannel_main__"
-
-# Globals bound in the target's __main__ for one request; the worker pops them at once.
-_REQUEST_KEY = "__memchannel_request__"
-_REPLY_KEY = "__memchannel_reply_channel__"
-_WORKER_CODE_KEY = "__memchannel_worker_code__"
-
-_PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
 # ---------------------------------------------------------------------------------------
 # Exceptions
 
-class InterpreterError(Exception):
-    """Base class for errors raised by this module."""
+if sys.version_info >= (3, 13):
+    # The classes code written for 3.14's concurrent.interpreters catches: the low-level
+    # module's, which 3.14 re-exports.
+    from _interpreters import InterpreterError, InterpreterNotFoundError, NotShareableError
+else:
+    class InterpreterError(Exception):
+        """A subinterpreter could not be created, closed or run (3.14's name)."""
 
+    class InterpreterNotFoundError(InterpreterError):
+        """The interpreter has been closed (destroyed) or never existed."""
 
-class InterpreterNotFoundError(InterpreterError):
-    """The interpreter has been closed (destroyed) or never existed."""
-
-
-class NotShareableError(ValueError):
-    """A value could not be pickled for, or unpickled from, another interpreter."""
+    class NotShareableError(ValueError):
+        """A value could not be pickled for, or unpickled from, another interpreter."""
 
 
 class ExceptionInfo:
@@ -175,14 +201,17 @@ class ExecutionFailed(InterpreterError):
     """
 
     def __init__(self, excinfo, remote_exception=None):
-        summary = f"{excinfo.type_name}: {excinfo.msg}" if excinfo.msg else excinfo.type_name
+        # excinfo may also be 3.14's (or the low-level module's) snapshot: .type, .msg.
+        type_name = getattr(getattr(excinfo, "type", None), "__name__", None) or "Exception"
+        summary = f"{type_name}: {excinfo.msg}" if excinfo.msg else type_name
         super().__init__(summary)
         self.excinfo = excinfo
         self.remote_exception = remote_exception
 
     def __str__(self):
-        return (f"{self.args[0]}\n\nUncaught in the interpreter:\n\n"
-                f"{self.excinfo.formatted.rstrip()}")
+        formatted = (getattr(self.excinfo, "formatted", None)
+                     or getattr(self.excinfo, "errdisplay", None) or "")
+        return f"{self.args[0]}\n\nUncaught in the interpreter:\n\n{formatted.rstrip()}"
 
     def __reduce__(self):
         # The remote exception object is dropped: it may not pickle a second time.
@@ -232,8 +261,15 @@ class _Backend313:
     def list_ids(self):
         return [int(interp_id) for interp_id, _whence in self._interpreters.list_all()]
 
-    def current_id(self):
-        return int(self._interpreters.get_current()[0])
+    current_id = staticmethod(_worker.current_id)  # one implementation for both sides
+
+    _WHENCE = {0: "unknown", 1: "runtime init", 2: "legacy C-API", 3: "C-API",
+               4: "cross-interpreter C-API", 5: "_interpreters module"}
+
+    def whence(self, interp_id):
+        """Where interpreter ``interp_id`` was created, as 3.14 names it; ValueError for a
+        negative id, InterpreterNotFoundError for one that does not exist."""
+        return self._WHENCE.get(self._interpreters.whence(interp_id), "unknown")
 
     def main_id(self):
         return int(self._interpreters.get_main()[0])
@@ -298,8 +334,15 @@ class _Backend312:
     def list_ids(self):
         return [int(interp_id) for interp_id in self._interpreters.list_all()]
 
-    def current_id(self):
-        return int(self._interpreters.get_current())
+    current_id = staticmethod(_worker.current_id)  # one implementation for both sides
+
+    def whence(self, interp_id):
+        """As _Backend313.whence; 3.12 records only which interpreter is the main one."""
+        if interp_id < 0:
+            raise ValueError(f"interpreter ID must be a non-negative int, got {interp_id}")
+        if interp_id not in self.list_ids():
+            raise InterpreterNotFoundError(f"unrecognized interpreter ID {interp_id}")
+        return "runtime init" if interp_id == self.main_id() else "unknown"
 
     def main_id(self):
         return int(self._interpreters.get_main())
@@ -344,356 +387,13 @@ is_shareable = _backend.is_shareable
 
 
 # ---------------------------------------------------------------------------------------
-# Pickling across interpreters (used on both sides)
-
-def _resolve_qualname(module, qualname):
-    obj = module
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-class _CallerSideUnpickler(pickle.Unpickler):
-    """Unpickles replies: objects the target found in the caller's main script point
-    back at this interpreter's ``__main__`` (so do multiprocessing's spawned workers',
-    found under ``__mp_main__``)."""
-
-    def find_class(self, module_name, qualname):
-        if module_name in (_MAIN_ALIAS, "__mp_main__"):
-            module_name = "__main__"
-        return super().find_class(module_name, qualname)
-
-
-class _ImportFailure(Exception):
-    """Raised by ``_TargetSideUnpickler`` when a pickle names something that cannot be
-    imported here; ``_import_error`` turns it into the ImportError the caller sees."""
-
-    def __init__(self, module, name, error):
-        super().__init__(module, name, error)
-        self.module, self.name, self.error = module, name, error
-
-
-class _TargetSideUnpickler(pickle.Unpickler):
-    """Unpickles requests in the target.  In an interpreter made by ``create()``,
-    ``__main__.name`` means the *caller's* main script (imported here on first use).
-    Anything that cannot be imported raises ``_ImportFailure``.  (memchannel.executor's
-    workers, interpreters and processes, unpickle their tasks with this class too; in a
-    process it only does the reporting.)"""
-
-    def find_class(self, module_name, qualname):
-        try:
-            if module_name == "__main__" and _callers_main is not None:
-                callers_main = _load_callers_main()
-                if callers_main is not None:
-                    try:
-                        return _resolve_qualname(callers_main, qualname)
-                    except AttributeError:
-                        pass  # maybe defined by exec() in this interpreter's own __main__
-            return super().find_class(module_name, qualname)
-        except Exception as exc:
-            raise _ImportFailure(module_name, qualname, exc) from exc
-
-
-def _loads(unpickler_class, data):
-    import io
-    return unpickler_class(io.BytesIO(data)).load()
-
-
-def _root_cause(exc):
-    seen = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        deeper = exc.__cause__ if exc.__cause__ is not None else exc.__context__
-        if deeper is None:
-            break
-        exc = deeper
-    return exc
-
-
-def _one_line(exc):
-    try:
-        text = str(exc)
-    except Exception:
-        text = ""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    text = lines[-1] if lines else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _import_error(failure, where):
-    """The ImportError (ModuleNotFoundError when a module is missing) to raise when
-    ``where`` (e.g. "worker interpreter 3") cannot import what a pickle names: it names
-    the module and the object, says why, and what to do about it."""
-    module, name, error = failure.module, failure.name, failure.error
-    root = _root_cause(error)
-    if "subinterpreter" in str(root):
-        hint = ("an extension module that cannot be loaded in an isolated subinterpreter "
-                "(numpy is one) was imported on the way: import it only inside the "
-                "functions that need it, not at the top of a module the worker imports "
-                "(in the main script, under `if __name__ == '__main__':`), pass arrays as "
-                "arguments (they arrive as memoryview), or use processes")
-    elif module in ("__main__", _MAIN_ALIAS):
-        hint = ("functions of the main script are found by importing the script again in "
-                "the worker, which cannot work for an interactive session or `python -c`: "
-                "put them in a module or a script file")
-    else:
-        hint = ("functions and classes sent to a worker must be importable there by module "
-                "and qualified name (no lambdas, nested functions or local classes), from "
-                "the sys.path the worker started with")
-    cls = ModuleNotFoundError if isinstance(error, ModuleNotFoundError) else ImportError
-    return cls(f"{where} could not import {name!r} from module {module!r} "
-               f"({_one_line(root)}); {hint}", name=module)
-
-
-def _describe_exception(exc, hide=None):
-    """(type name, qualname, module, message, traceback text, pickled exception or None)
-    of an exception about to be reported to another interpreter or process.
-
-    Frames at the top of the traceback whose globals are ``hide`` (default: this
-    module's) are left out: the user's code starts below them.  Never raises.
-    """
-    import traceback
-    exc_type = type(exc)
-    try:
-        message = str(exc)
-    except BaseException:
-        message = "<str() of the exception failed>"
-    tb = exc.__traceback__
-    hidden = globals() if hide is None else hide
-    while tb is not None and tb.tb_frame.f_globals is hidden:
-        tb = tb.tb_next
-    try:
-        formatted = "".join(traceback.format_exception(exc_type, exc, tb))
-    except BaseException:
-        formatted = f"{exc_type.__name__}: {message}\n"
-    try:
-        pickled = pickle.dumps(exc, protocol=_PICKLE_PROTOCOL)
-    except BaseException:
-        pickled = None
-    return (exc_type.__name__, exc_type.__qualname__, exc_type.__module__,
-            message, formatted, pickled)
-
-
-def _describe_main_module():
-    """What the target needs to re-import this interpreter's __main__ (see
-    _load_callers_main): (module name, None) for ``-m``, (None, path) for a script,
-    (None, None) when it cannot be seen (interactive, ``-c``, or the script has ended:
-    CPython deletes ``__main__.__file__`` once the main script has run)."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name:
-        return spec.name, None
-    path = getattr(main, "__file__", None)
-    if isinstance(path, str):
-        import os
-        return None, os.path.abspath(path)
-    return None, None
-
-
-# The main module that interpreters created from here resolve ``__main__`` references
-# against, as last seen (see _remember_main).
-_main_seen = (None, None)
-_main_seen_lock = threading.Lock()
-
-
-def _remember_main():
-    """Record where this interpreter's ``__main__`` comes from, if that can be seen now,
-    and return the last record: (module name, path), or (None, None).
-
-    Called when this module is imported, by every ``create()``, and by
-    memchannel.executor when a pool is made.  An interpreter created after the main
-    script has ended (a pool finishing, at exit, work submitted without waiting) can no
-    longer see ``__main__.__file__`` and uses the record.  In an interpreter made by
-    ``create()``, whose own ``__main__`` has no script, the record is the caller's main
-    script, so interpreters it creates resolve ``__main__`` the same way.
-    """
-    global _main_seen
-    with _main_seen_lock:
-        described = _describe_main_module()
-        if described != (None, None):
-            _main_seen = described
-        return _main_seen
-
-
-_remember_main()  # this module is usually imported while the main script runs
-
-
-# ---------------------------------------------------------------------------------------
-# Worker side: runs inside the target interpreter, in the module _WORKER_MODULE_NAME.
-
-# Set by _worker_bootstrap() in a target interpreter: (name, path) of the caller's main
-# module, as _describe_main_module gave it; None outside interpreters made by create().
-_callers_main = None
-_callers_main_lock = threading.Lock()
-
-
-def _load_callers_main():
-    """Import the caller's main script here as ``__memchannel_main__`` (once); None if the
-    caller's main cannot be imported (interactive session, ``-c``, a package's __main__)."""
-    with _callers_main_lock:
-        module = sys.modules.get(_MAIN_ALIAS)
-        if module is not None:
-            return module
-        if _callers_main is None:
-            return None
-        import importlib.machinery
-        import importlib.util
-        name, path = _callers_main
-        if name is not None:
-            # Like multiprocessing: never re-run a package's __main__ (e.g. "pytest").
-            if name == "__main__" or name.endswith(".__main__"):
-                return None
-            spec = importlib.util.find_spec(name)
-            if spec is None or not hasattr(spec.loader, "get_code"):
-                return None
-            code = spec.loader.get_code(name)
-        elif path is not None:
-            # An explicit loader also accepts scripts whose name does not end in .py.
-            loader = importlib.machinery.SourceFileLoader(_MAIN_ALIAS, path)
-            spec = importlib.util.spec_from_file_location(_MAIN_ALIAS, path, loader=loader)
-            code = loader.get_code(_MAIN_ALIAS)
-        else:
-            return None
-        # Run the code in a module of our own, as runpy does: a __name__ other than
-        # "__main__" keeps the script's main guard closed, while __spec__ and
-        # __package__ stay the real ones so relative imports in a -m module resolve.
-        module = types.ModuleType(_MAIN_ALIAS)
-        module.__spec__ = spec
-        module.__loader__ = spec.loader
-        module.__file__ = spec.origin
-        module.__package__ = spec.parent
-        sys.modules[_MAIN_ALIAS] = module
-        try:
-            exec(code, module.__dict__)
-        except BaseException as exc:
-            del sys.modules[_MAIN_ALIAS]
-            raise ImportError(
-                f"could not import the caller's main module ({name or path}) "
-                f"as {_MAIN_ALIAS!r}: {type(exc).__name__}: {exc}") from exc
-        return module
-
-
-def _worker_bootstrap(request):
-    """The first request in a new interpreter: the caller's sys.path, sys.argv and main
-    module (see create())."""
-    global _callers_main, _main_seen
-    path, argv, main_name, main_path = marshal.loads(request)
-    sys.path[:] = path
-    sys.argv = argv  # a script imported again by _load_callers_main may read it
-    _callers_main = _main_seen = (main_name, main_path)
-    return None
-
-
-def _where():
-    return f"interpreter {_backend.current_id()}"
-
-
-def _worker_exec(request):
-    kind, code = marshal.loads(request)
-    if kind == "source":
-        code = compile(code, "<string>", "exec")
-    exec(code, sys.modules["__main__"].__dict__)
-    return None
-
-
-def _worker_prepare_main(request):
-    try:
-        namespace = _loads(_TargetSideUnpickler, request)
-    except _ImportFailure as failure:
-        raise _import_error(failure, f"prepare_main() in {_where()}") from failure.error
-    except Exception as exc:
-        raise pickle.UnpicklingError(
-            f"prepare_main(): could not unpickle the values here: {exc}") from exc
-    sys.modules["__main__"].__dict__.update(namespace)
-    return None
-
-
-def _worker_call(request):
-    try:
-        function, args, kwargs = _loads(_TargetSideUnpickler, request)
-    except _ImportFailure as failure:
-        raise _import_error(failure, f"call() in {_where()}") from failure.error
-    except Exception as exc:
-        raise pickle.UnpicklingError(
-            f"call(): could not unpickle the callable or its arguments here: {exc}") from exc
-    result = function(*args, **kwargs)
-    try:
-        return pickle.dumps(result, protocol=_PICKLE_PROTOCOL)
-    except Exception as exc:
-        raise pickle.PicklingError(
-            f"call(): the result of {function!r} ({type(result).__name__}) "
-            f"could not be pickled: {exc}") from exc
-
-
-_WORKER_OPERATIONS = {
-    "bootstrap": _worker_bootstrap,
-    "exec": _worker_exec,
-    "prepare_main": _worker_prepare_main,
-    "call": _worker_call,
-}
-
-
-def _serve(operation):
-    """Entry point of every request script: do one operation, send exactly one reply."""
-    main_namespace = sys.modules["__main__"].__dict__
-    request = main_namespace.pop(_REQUEST_KEY)
-    reply_channel = main_namespace.pop(_REPLY_KEY)
-    try:
-        reply = ("ok", _WORKER_OPERATIONS[operation](request))
-    except BaseException as exc:  # SystemExit and KeyboardInterrupt too: report, never exit
-        reply = ("error",) + _describe_exception(exc)
-    _backend.send(reply_channel, marshal.dumps(reply))
-
-
-def _request_script(operation):
-    # One expression statement: binds no name in the target's __main__.
-    return f"__import__('sys').modules[{_WORKER_MODULE_NAME!r}]._serve({operation!r})"
-
-
-# Run once in a new interpreter: turn the marshalled code of this file into the worker
-# module, then serve the bootstrap request like any other.
-_BOOTSTRAP_SCRIPT = f"""\
-def __memchannel_bootstrap__():
-    import marshal, sys, types
-    main_namespace = sys.modules['__main__'].__dict__
-    code = marshal.loads(main_namespace.pop({_WORKER_CODE_KEY!r}))
-    worker = types.ModuleType({_WORKER_MODULE_NAME!r})
-    worker.__file__ = code.co_filename
-    sys.modules[worker.__name__] = worker
-    exec(code, worker.__dict__)
-    worker._serve('bootstrap')
-__memchannel_bootstrap__()
-del __memchannel_bootstrap__
-"""
-
-_worker_code_bytes = None
-
-
-def _worker_code():
-    """This file's compiled code, marshalled once per process."""
-    global _worker_code_bytes
-    if _worker_code_bytes is None:
-        spec = globals().get("__spec__")
-        source = None
-        if spec is not None and spec.loader is not None and hasattr(spec.loader, "get_source"):
-            source = spec.loader.get_source(spec.name)
-        if source is None:
-            with open(__file__, encoding="utf-8") as source_file:
-                source = source_file.read()
-        _worker_code_bytes = marshal.dumps(compile(source, __file__, "exec"))
-    return _worker_code_bytes
-
-
-# ---------------------------------------------------------------------------------------
 # Caller side: the public API
 
 _registry_lock = threading.Lock()
 # id -> Interpreter created here.  Weak: dropping the last reference closes it.
 _owned_interpreters = weakref.WeakValueDictionary()
-try:
-    threading._register_atexit(lambda: _cancel_on_keyboard_interrupt())
-except RuntimeError:  # pragma: no cover - imported while threading shuts down
-    pass
+# id -> Interpreter for the others (views), so that Interpreter(id) is Interpreter(id).
+_views = weakref.WeakValueDictionary()
 
 
 # How long close() and interpreter exit wait for a busy interpreter to stop once its
@@ -761,6 +461,9 @@ def _cancel_on_keyboard_interrupt():
         _memchannel._exit_by_sigint_at_exit()
 
 
+_atexit.register("stop", _cancel_on_keyboard_interrupt)
+
+
 # Stdlib C modules that CPython 3.12 cannot load in an isolated interpreter (single-phase
 # init), plus hashlib.  On 3.12.1, when the first attempt to load one of them in the
 # process happens inside an isolated interpreter, destroying that interpreter later
@@ -779,6 +482,7 @@ def _preload_for_312():
     # Only the main interpreter can load them; a failed attempt elsewhere is the bug.
     if _backend.current_id() != _backend.main_id():
         return
+    _crossinterp.warm_argument_parsers()
     import importlib
     for module_name in _PRELOAD_ON_312:
         try:
@@ -797,7 +501,7 @@ def create(*, isolated=True):
     Concurrency: any thread.
     """
     _preload_for_312()
-    main_name, main_path = _remember_main()
+    main_name, main_path = _crossinterp.remember_main()
     handle = _backend.create(isolated)
     interp = Interpreter._new_owned(handle, isolated)
     try:
@@ -807,8 +511,8 @@ def create(*, isolated=True):
             main_name,
             main_path,
         ))
-        interp._request("bootstrap", bootstrap, script=_BOOTSTRAP_SCRIPT,
-                        extra_shared={_WORKER_CODE_KEY: _worker_code()})
+        interp._request("bootstrap", bootstrap, script=_worker.BOOTSTRAP_SCRIPT,
+                        extra_shared={_worker.CODE_KEY: _worker.shipped_code()})
     except BaseException:
         interp.close()
         raise
@@ -877,26 +581,33 @@ class Interpreter:
     different interpreters run in parallel.
     """
 
-    def __new__(cls, id):
+    def __new__(cls, id, /):
+        # As 3.14: an int id of an existing interpreter, one object per interpreter.
+        if not isinstance(id, int):
+            raise TypeError(f"id must be an int, got {id!r}")
         interp_id = int(id)
         with _registry_lock:
-            owned = _owned_interpreters.get(interp_id)
-        if owned is not None:
-            return owned
+            known = _owned_interpreters.get(interp_id) or _views.get(interp_id)
+        if known is not None:
+            return known
+        whence = _backend.whence(interp_id)  # ValueError / InterpreterNotFoundError
         view = super().__new__(cls)
         view._id = interp_id
+        view._whence = whence
         view._handle = None
         view._isolated = None
         view._closed = False
         view._finalizer = None
         view._request_lock = None
         view._closing = False
-        return view
+        with _registry_lock:
+            return _views.setdefault(interp_id, view)
 
     @classmethod
     def _new_owned(cls, handle, isolated):
         interp = super().__new__(cls)
         interp._id = int(handle)
+        interp._whence = "_interpreters module"  # 3.14's name for "made by create()"
         interp._handle = handle
         interp._isolated = isolated
         interp._closed = False
@@ -913,6 +624,12 @@ class Interpreter:
     def id(self):
         """The process-wide interpreter id (an int)."""
         return self._id
+
+    @property
+    def whence(self):
+        """Where the interpreter was created, with 3.14's names: "_interpreters module"
+        (by ``create()``), "runtime init" (the main interpreter), "unknown", ..."""
+        return self._whence
 
     @property
     def isolated(self):
@@ -942,7 +659,8 @@ class Interpreter:
         return self
 
     def __exit__(self, *exc_info):
-        self.close()
+        if not self._closed:
+            self.close()
 
     # -- state --------------------------------------------------------------------------
 
@@ -952,15 +670,21 @@ class Interpreter:
         return _backend.is_running(self._handle if self._handle is not None else self._id)
 
     def close(self):
-        """Destroy the interpreter.  Idempotent.
+        """Destroy the interpreter.  As in 3.14, closing it again raises
+        InterpreterNotFoundError, and the main or current interpreter cannot be closed
+        (InterpreterError).
 
         If a thread is running in it, every memchannel call it is blocked in (``recv()``,
         ``send()``, ``Queue.get()``, ...) raises ``memchannel.WaitCancelled`` there, and
         close() waits up to 2 s for the running code to end.  Raises InterpreterError if
         it is still running then (code that is not waiting in memchannel cannot be
-        interrupted), or if the interpreter was not made by ``create()``.
+        interrupted).  An interpreter not made by ``create()`` is destroyed if it is idle.
         """
-        self._check_owned("close")
+        if self._handle is None:
+            _backend.destroy(self._id)  # a view: InterpreterError if main, current, running
+            self._closed = True
+            return
+        self._check_open()
         if not self._request_lock.acquire(blocking=False):
             self._closing = True
             _cancel_waits(self._id)
@@ -974,8 +698,7 @@ class Interpreter:
                     f"cannot close {self!r}: a thread is running in it and did not stop "
                     f"within {_STOP_TIMEOUT:g} s (it is not waiting in a memchannel call)")
         try:
-            if self._closed:
-                return
+            self._check_open()  # closed by another thread meanwhile
             try:
                 _backend.destroy(self._handle)
             except InterpreterNotFoundError:
@@ -995,6 +718,8 @@ class Interpreter:
         any other value is passed by pickle, like 3.14 does for values it cannot share.
         """
         namespace = dict(ns or {}, **kwargs)
+        if not namespace:
+            raise ValueError("prepare_main(): no names to bind")  # as 3.14
         for name in namespace:
             if not isinstance(name, str):
                 raise TypeError(f"prepare_main(): names must be str, got {name!r}")
@@ -1027,7 +752,7 @@ class Interpreter:
         request = self._pickle((callable, args, kwargs), f"call({callable!r}, ...)")
         reply = self._request("call", request)
         try:
-            return _loads(_CallerSideUnpickler, reply)
+            return _crossinterp.loads(_crossinterp.CallerSideUnpickler, reply)
         except Exception as exc:
             raise NotShareableError(
                 f"the result of {callable!r} in {self!r} could not be unpickled here: "
@@ -1058,26 +783,32 @@ class Interpreter:
 
     def _pickle(self, obj, what):
         try:
-            return pickle.dumps(obj, protocol=_PICKLE_PROTOCOL)
+            return _crossinterp.dumps(obj)
         except Exception as exc:
             raise NotShareableError(
                 f"{what}: cannot be sent to {self!r}: {type(exc).__name__}: {exc}") from exc
 
     def _request(self, operation, request, *, script=None, extra_shared=None):
         """Run one worker operation in the interpreter and return its reply payload."""
-        shared = {_REQUEST_KEY: request}
+        shared = {_worker.REQUEST_KEY: request}
         if extra_shared:
             shared.update(extra_shared)
-        with self._request_lock:
+        # As in 3.14: a busy interpreter is an error, not something to wait for.
+        if not self._request_lock.acquire(blocking=False):
+            self._check_open()
+            raise InterpreterError(f"interpreter {self._id} is already running")
+        try:
             self._check_open()
             reply_channel = _backend.create_channel()
             try:
-                shared[_REPLY_KEY] = reply_channel
-                run_error = _backend.run(self._handle, script or _request_script(operation),
+                shared[_worker.REPLY_KEY] = reply_channel
+                run_error = _backend.run(self._handle, script or _worker.request_script(operation),
                                          shared)
                 reply = _backend.receive(reply_channel)
             finally:
                 _backend.destroy_channel(reply_channel)
+        finally:
+            self._request_lock.release()
         if reply is None:
             # The worker itself failed before replying (e.g. it could not be loaded).
             raise InterpreterError(
@@ -1091,7 +822,7 @@ class Interpreter:
         remote_exception = None
         if pickled is not None:
             try:
-                remote_exception = _loads(_CallerSideUnpickler, pickled)
+                remote_exception = _crossinterp.loads(_crossinterp.CallerSideUnpickler, pickled)
             except Exception:
                 pass  # e.g. its class exists only in the other interpreter
         raise ExecutionFailed(excinfo, remote_exception)

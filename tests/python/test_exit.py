@@ -178,9 +178,6 @@ assert ch.recv().tobytes() == b"still works"
     assert "Exception in thread" not in err, err  # close() stopped it on purpose: no report
 
 
-@pytest.mark.xfail(sys.version_info < (3, 13), strict=True,
-                   reason="CPython 3.12.1 aborts (free(): invalid pointer) when an interpreter "
-                          "whose exec() raised is destroyed, memchannel or not; see docs/design.md")
 def test_interpreter_close_ends_a_waiting_exec_thread():
     source = SUBINTERPRETER_PRELUDE.format(backend="shm") + """
 errors = []

@@ -161,10 +161,11 @@ def test_context_manager_closes():
     assert interp_id not in [other.id for other in interpreters.list_all()]
 
 
-def test_closing_twice_is_fine():
+def test_closing_twice_raises_as_in_3_14_but_the_context_manager_does_not():
     interp = interpreters.create()
     interp.close()
-    interp.close()
+    with pytest.raises(interpreters.InterpreterNotFoundError, match="has been closed"):
+        interp.close()
     with interp:
         pass
 
@@ -198,8 +199,8 @@ def test_main_interpreter_view_cannot_run_code_or_close():
     assert repr(main) == f"Interpreter(id={main.id})"
     with pytest.raises(interpreters.InterpreterError, match="not made by"):
         main.exec("x = 1")
-    with pytest.raises(interpreters.InterpreterError, match="not made by"):
-        main.close()
+    with pytest.raises(interpreters.InterpreterError, match="cannot destroy"):
+        main.close()  # as in 3.14: the main (here also the current) interpreter stays
 
 
 def test_close_while_a_thread_runs_inside_raises():
@@ -327,15 +328,42 @@ def test_unpicklable_argument_raises_not_shareable():
     with interpreters.create() as interp:
         with pytest.raises(interpreters.NotShareableError):
             interp.call(identity, threading.Lock())
+        captured = 1
         with pytest.raises(interpreters.NotShareableError):
-            interp.call(lambda: 1)
+            interp.call(lambda: captured)  # a closure: not stateless
         assert interp.call(identity, 5) == 5  # nothing was left half-done
+
+
+def test_stateless_functions_and_lambdas_are_sent_by_value_as_in_3_14():
+    def local_function(x, scale=3):
+        return x * scale
+
+    with interpreters.create() as interp:
+        interp.exec("offset = 100")
+        assert interp.call(lambda: 1) == 1
+        assert interp.call(local_function, 2) == 6
+        # The function runs with the target's __main__ as its globals.
+        assert interp.call(lambda: offset + 1) == 101  # noqa: F821 (defined over there)
 
 
 def test_unpicklable_result_is_reported():
     with interpreters.create() as interp:
         with pytest.raises(interpreters.ExecutionFailed, match="could not be pickled"):
             interp.call(threading.Lock)
+
+
+def test_a_new_interpreter_gets_only_the_worker_and_its_pickling():
+    # create() ships the code of memchannel/_worker.py and memchannel/_crossinterp.py, not
+    # of the package: the worker runs without memchannel (nor its C extension) imported.
+    with interpreters.create() as interp:
+        interp.exec(textwrap.dedent("""
+            import sys
+            loaded = sorted(name for name in sys.modules if "memchannel" in name)
+            assert loaded == ["_memchannel_crossinterp", "_memchannel_interpreters_worker"], loaded
+            worker = sys.modules["_memchannel_interpreters_worker"]
+            assert worker.__file__.endswith("_worker.py"), worker.__file__
+            assert sys.modules["_memchannel_crossinterp"].__file__.endswith("_crossinterp.py")
+        """))
 
 
 def test_sys_path_matches_the_caller():
@@ -401,12 +429,32 @@ def test_call_in_thread_keeps_and_reports_the_failure(monkeypatch):
     assert [report.exc_value for report in reported] == [thread.exception]
 
 
-def test_threads_sharing_one_interpreter_take_turns():
+def test_a_busy_interpreter_refuses_a_second_thread_as_in_3_14(tmp_path):
+    started_r, started_w = os.pipe()
+    release_r, release_w = os.pipe()
+    try:
+        with interpreters.create() as interp:
+            busy = interp.call_in_thread(wait_on_pipe, started_w, release_r)
+            assert os.read(started_r, 1) == b"s"
+            for attempt in (lambda: interp.exec("x = 1"), lambda: interp.prepare_main(x=1),
+                            lambda: interp.call(bump_counter)):
+                with pytest.raises(interpreters.InterpreterError, match="already running"):
+                    attempt()
+            os.write(release_w, b"r")
+            busy.join()
+            assert busy.result == b"r"
+            assert interp.call(bump_counter) == 1  # idle again: runs
+    finally:
+        for fd in (started_r, started_w, release_r, release_w):
+            os.close(fd)
+
+
+def test_threads_sharing_one_interpreter_one_after_the_other():
     with interpreters.create() as interp:
-        threads = [interp.call_in_thread(bump_counter) for _ in range(8)]
-        for thread in threads:
+        for expected in range(1, 9):
+            thread = interp.call_in_thread(bump_counter)
             thread.join()
-        assert sorted(thread.result for thread in threads) == list(range(1, 9))
+            assert thread.result == expected
 
 
 # --- functions defined in the caller's __main__ ---------------------------------------
