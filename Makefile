@@ -35,7 +35,9 @@ $(VENV)/.ready:
 	$(VPY) -m pip install -q "pybind11>=3.1,<3.2" "scikit-build-core>=0.10" numpy pytest pytest-timeout matplotlib hypothesis mypy
 	touch $@
 
+# distributed: the Dask tests (tests/python/test_dask*.py); also into a venv made before it was listed.
 venv: $(VENV)/.ready
+	@$(VPY) -c 'import distributed' 2>/dev/null || $(VPY) -m pip install -q distributed
 
 # The Python package, built by scikit-build-core into a persistent build dir (incremental).
 install: deps venv
