@@ -38,6 +38,17 @@ all they use; results are kept in the worker's main interpreter and counted by s
 any other result.  Concurrency: the worker never runs more tasks at once than its thread
 count, so ``max_workers=None`` gives each worker that many interpreters.
 
+Dask's profiler: CPython's ``sys._current_frames()``, called from the worker's main
+interpreter while a subinterpreter runs, builds frame objects for the subinterpreter's
+threads with the wrong interpreter's memory allocator, and the process later aborts
+("free(): invalid pointer").  Dask's statistical profiler calls it every 10 ms (1 s for
+the event loop's).  So the plugin stops the worker's profiler callbacks and makes
+``sys._current_frames()`` raise RuntimeError in that process from then on (an audit
+hook); start such workers with the profiler off (``distributed.worker.profile.enabled:
+false``, or ``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False``; ``profiler_off()``
+sets it for a LocalCluster), so that its event-loop watcher thread does not end with
+that RuntimeError.  docs/guide-cluster.md says more.
+
 Only pure-Python work can run in an isolated subinterpreter: numpy cannot be imported there
 (numpy#24755), nor pandas or anything built on them; numpy arrays given to such a task
 arrive as memoryviews (see ``memchannel.executor``).  Leave those tasks unannotated: they
@@ -46,6 +57,7 @@ run in the worker's threads as usual.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from concurrent.futures import Executor, Future, InvalidStateError
@@ -59,7 +71,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 from . import _dask_call
 from .executor import InterpreterPoolExecutor
 
-__all__ = ["InterpreterExecutorPlugin", "WorkerInterpreterExecutor", "interpreter_stats"]
+__all__ = ["InterpreterExecutorPlugin", "WorkerInterpreterExecutor", "interpreter_stats",
+           "profiler_off", "ClusterExecutor"]
 
 DEFAULT_NAME = "interpreters"
 
@@ -74,6 +87,7 @@ class WorkerInterpreterExecutor(Executor):
     """
 
     def __init__(self, max_workers=None):
+        _refuse_current_frames()
         self.pool = InterpreterPoolExecutor(max_workers)
 
     def submit(self, fn, /, *args, **kwargs):
@@ -160,6 +174,41 @@ def _error(exc, error_message, remote_text):
     return msg
 
 
+_CURRENT_FRAMES_REFUSED = (
+    "sys._current_frames() is refused in this process: it runs memchannel subinterpreters, "
+    "and CPython would build their frames with this interpreter's allocator, which aborts "
+    "the process; turn Dask's profiler off (distributed.worker.profile.enabled: false; "
+    "see docs/guide-cluster.md)")
+_refusing = False
+
+
+def _current_frames_hook(event, args):
+    if event == "sys._current_frames":
+        raise RuntimeError(_CURRENT_FRAMES_REFUSED)
+
+
+def _refuse_current_frames():
+    """From now on in this process, ``sys._current_frames()`` raises RuntimeError instead
+    of corrupting memory (see the module docstring; test_dask.py,
+    test_current_frames_is_refused_in_a_worker_instead_of_aborting_it).  An audit hook:
+    it cannot be removed, and the process is a worker with interpreters for good."""
+    global _refusing
+    with _lock:
+        if not _refusing:
+            sys.addaudithook(_current_frames_hook)
+            _refusing = True
+
+
+_lock = threading.Lock()
+
+
+def profiler_off():
+    """The Dask config that turns the workers' statistical profiler off, for
+    ``dask.config.set(profiler_off())`` around ``LocalCluster(...)`` (its worker
+    processes inherit the config)."""
+    return {"distributed.worker.profile.enabled": False}
+
+
 def task_to_call(node, data):
     """A ``dask._task_spec`` node as a ``_dask_call.Call`` tree, the values of the
     dependencies (``data``, by key) in place of their references.  TypeError for a node
@@ -211,6 +260,17 @@ class InterpreterExecutorPlugin(WorkerPlugin):
         self.name = f"memchannel-{name}"  # the plugin's key: registering again replaces it
 
     def setup(self, worker):
+        import logging
+
+        stopped = [name for name in ("profile", "profile-cycle")
+                   if name in worker.periodic_callbacks]
+        for name in stopped:  # it calls sys._current_frames() (the module docstring)
+            worker.periodic_callbacks.pop(name).stop()
+        if stopped:
+            logging.getLogger(__name__).warning(
+                "memchannel.dask: stopped Dask's profiler on worker %s (it cannot run beside "
+                "subinterpreters; start workers with distributed.worker.profile.enabled: "
+                "false, see docs/guide-cluster.md)", worker.address)
         if self.executor_name in worker.executors:
             if isinstance(worker.executors[self.executor_name], WorkerInterpreterExecutor):
                 worker.executors.pop(self.executor_name).shutdown(wait=False)
@@ -232,3 +292,107 @@ def interpreter_stats(dask_worker, name=DEFAULT_NAME):
     or None when it has none: ``client.run(interpreter_stats)`` gives them per worker."""
     executor = dask_worker.executors.get(name)
     return executor.stats() if isinstance(executor, WorkerInterpreterExecutor) else None
+
+
+# -- memchannel.compare on a Dask cluster ------------------------------------------------
+
+COMPARE_KINDS = ("dask", "dask-processes", "dask-interpreters")
+_COMPARE_EXECUTOR = "compare-interpreters"  # compare's own name: never a user's plugin
+
+
+class ClusterExecutor(Executor):
+    """A ``concurrent.futures.Executor`` on a Dask cluster, for ``memchannel.compare``:
+    ``Client.get_executor(pure=False)`` (so that equal calls are not deduplicated), its
+    tasks annotated ``executor=...`` for "dask-interpreters".
+
+    ``target``: "local" (a ``LocalCluster`` on 127.0.0.1 started here and closed by
+    ``shutdown``, shaped by ``kind`` and ``n``: "dask" 1 worker process x n threads,
+    "dask-processes" n processes x 1 thread, "dask-interpreters" 1 process x n
+    interpreters), a scheduler address, or a ``distributed.Client`` (the cluster as it is;
+    ``n`` is not used).  ``workers``: task slots (threads) in the cluster; ``cluster``:
+    its shape, in words.
+    """
+
+    def __init__(self, kind, n, target):
+        from distributed import Client, LocalCluster
+
+        if kind not in COMPARE_KINDS:
+            raise ValueError(f"unknown Dask kind {kind!r}; choose from {', '.join(COMPARE_KINDS)}")
+        self.kind = kind
+        self._cluster = self._client = None
+        self._plugin = None
+        try:
+            if isinstance(target, Client):
+                client = target
+            elif target == "local":
+                processes = n if kind == "dask-processes" else 1
+                threads = 1 if kind == "dask-processes" else n
+                import dask
+
+                with dask.config.set(profiler_off()):
+                    self._cluster = LocalCluster(
+                        n_workers=processes, threads_per_worker=threads, processes=True,
+                        host="127.0.0.1", dashboard_address=":0")
+                client = self._client = Client(self._cluster)
+            elif isinstance(target, str):
+                if kind == "dask-processes":
+                    raise ValueError("the 'dask-processes' kind shapes its own cluster: "
+                                     "it needs dask='local'")
+                client = self._client = Client(target)
+            else:
+                raise TypeError(f"dask must be 'local', a scheduler address or a "
+                                f"distributed.Client, not {type(target).__name__}")
+            nthreads = list(client.nthreads().values())
+            if not nthreads:
+                raise RuntimeError(f"the Dask cluster at {client.scheduler.address} has no "
+                                   "workers")
+            self.workers = sum(nthreads)
+            unit = "interpreter" if kind == "dask-interpreters" else "thread"
+            count = len(nthreads)
+            if len(set(nthreads)) == 1:
+                each = f"{nthreads[0]} {unit}{'s' if nthreads[0] > 1 else ''}"
+            else:
+                each = f"{self.workers} {unit}s in all"
+            where = "LocalCluster" if self._cluster is not None else client.scheduler.address
+            self.cluster = f"{where}: {count} worker process{'es' if count > 1 else ''} x {each}"
+            self.client = client
+            self._executor = client.get_executor(pure=False)
+            self._annotations = {}
+            if kind == "dask-interpreters":
+                self._plugin = InterpreterExecutorPlugin(name=_COMPARE_EXECUTOR)
+                client.register_plugin(self._plugin)
+                self._annotations = {"executor": _COMPARE_EXECUTOR}
+        except BaseException:
+            self._close()
+            raise
+
+    def submit(self, fn, /, *args, **kwargs):
+        import dask
+
+        with dask.annotate(**self._annotations):
+            return self._executor.submit(fn, *args, **kwargs)
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        import dask
+
+        with dask.annotate(**self._annotations):  # client.map submits everything now
+            return self._executor.map(fn, *iterables, timeout=timeout)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        self._executor.shutdown(wait=wait)
+        self._close()
+
+    def _close(self):
+        if self._plugin is not None:
+            try:
+                self.client.unregister_worker_plugin(self._plugin.name)
+            except Exception:  # the cluster is gone already: nothing to undo
+                pass
+            self._plugin = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
