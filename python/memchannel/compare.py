@@ -296,14 +296,14 @@ def _expand_kinds(kinds):
 def _cluster_executor(kind, n, dask, ray):
     """A pool of a cluster kind: its executor has ``workers`` and ``cluster``."""
     if kind == "ray":
-        from .ray import RayExecutor
         if ray is None:
             raise ValueError("the 'ray' kind needs ray='local' or a Ray address")
+        from .ray import RayExecutor
         return RayExecutor(n, address=None if ray == "local" else ray)
-    from .dask import ClusterExecutor
     if dask is None:
         raise ValueError(f"the {kind!r} kind needs dask='local', a scheduler address or "
                          "a distributed.Client")
+    from .dask import ClusterExecutor
     return ClusterExecutor(kind, n, dask)
 
 

@@ -60,8 +60,8 @@ class RayExecutor(Executor):
         self.workers = int(resources.get("CPU", 0))
         nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
         where = "local Ray" if address is None else f"Ray at {address}"
-        self.cluster = f"{where}: {nodes} node{'s' if nodes != 1 else ''}, "
-                        f"{self.workers} CPU{'s' if self.workers != 1 else ''}"
+        self.cluster = (f"{where}: {nodes} node{'s' if nodes != 1 else ''}, "
+                        f"{self.workers} CPU{'s' if self.workers != 1 else ''}")
         self._remote = {}
         self._lock = threading.Lock()
         self._shutdown = False
