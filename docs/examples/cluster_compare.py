@@ -16,7 +16,8 @@ def main():
                      workers=(2,), dask="local", overhead_tasks=5)
     print(report.table())
     # expect: kind
-    # expect: dask-interpreters  2
+    # expect: LocalCluster: 1 worker process x 2 threads
+    # expect: LocalCluster: 2 worker processes x 1 thread
     # expect: LocalCluster: 1 worker process x 2 interpreters
     print("results equal every way:", len({tuple(r) for r in report.results.values()}) == 1)
     # expect: results equal every way: True
