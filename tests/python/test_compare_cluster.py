@@ -28,6 +28,18 @@ def _executor_names(dask_worker):
     return sorted(dask_worker.executors)
 
 
+def test_the_cli_adds_the_dask_kinds_with_dask_local(capsys):
+    # First in this file: its process pools fork before any Dask thread exists here.
+    status = main(["--workload", "cpu", "--quick", "--workers", "1", "--dask", "local",
+                   "--startup", "no"])
+    assert status == 0
+    out = capsys.readouterr().out
+    for text in ("LocalCluster: 1 worker process x 1 thread",
+                 "LocalCluster: 1 worker process x 1 interpreter", "dask-processes",
+                 "dask-interpreters", "interpreters", "processes-pickle"):
+        assert text in out
+
+
 def test_a_local_cluster_per_kind_shaped_by_the_worker_count(tmp_path):
     pytest.importorskip("matplotlib")
     report = mc.compare(tasks.square, list(range(10)),
@@ -83,17 +95,6 @@ def test_cluster_kinds_need_to_be_told_where_to_run(client):
                    dask=client.scheduler.address)
     with pytest.raises(ValueError, match="needs ray='local'"):
         mc.compare(tasks.square, [1], kinds=("ray",), workers=(1,))
-
-
-def test_the_cli_adds_the_dask_kinds_with_dask_local(capsys):
-    status = main(["--workload", "cpu", "--quick", "--workers", "1", "--dask", "local",
-                   "--startup", "no"])
-    assert status == 0
-    out = capsys.readouterr().out
-    for text in ("LocalCluster: 1 worker process x 1 thread",
-                 "LocalCluster: 1 worker process x 1 interpreter", "dask-processes",
-                 "dask-interpreters", "interpreters", "processes-pickle"):
-        assert text in out
 
 
 def test_the_cli_runs_on_a_scheduler_address(client, capsys):
