@@ -312,7 +312,7 @@ def _cluster_size(kind, dask, ray):
     target = ray if kind == "ray" else dask
     if target is None or target == "local":
         return None
-    pool = _cluster_executor(kind, None, dask, ray)
+    pool = _cluster_executor("ray" if kind == "ray" else "dask", None, dask, ray)
     try:
         return pool.workers
     finally:

@@ -112,7 +112,10 @@ class WorkerInterpreterExecutor(Executor):
         call = task_to_call(task, data)
         out = Future()
         start = time.time()
-        if any(type(a) is _dask_call.Call for a in (*call.args, *call.kwargs.values())):
+        if type(call) is not _dask_call.Call:  # an alias or a data node: nothing to run
+            inner = Future()
+            inner.set_result(call)
+        elif any(type(a) is _dask_call.Call for a in (*call.args, *call.kwargs.values())):
             inner = self.pool.submit(_dask_call.evaluate, call)
         else:  # the common case: one function, its arguments
             inner = self.pool.submit(call.func, *call.args, **call.kwargs)
@@ -128,11 +131,8 @@ def _reply(out, inner, start, time_delay):
 
     stop = time.time()
     if inner.cancelled():
-        msg = None
-        try:
-            raise RuntimeError("the task was cancelled in the interpreter pool")
-        except RuntimeError as exc:
-            msg = _error(exc, error_message, None)
+        msg = _error(RuntimeError("the task was cancelled in the interpreter pool"),
+                     error_message, None)
     elif (exc := inner.exception()) is not None:
         msg = _error(exc, error_message, _remote_text(exc))
     else:
@@ -284,7 +284,9 @@ class InterpreterExecutorPlugin(WorkerPlugin):
         executor = worker.executors.get(self.executor_name)
         if isinstance(executor, WorkerInterpreterExecutor):
             del worker.executors[self.executor_name]
-            executor.shutdown(wait=True)
+            # Not waiting: this runs on the worker's event loop.  Running tasks finish,
+            # then the interpreters end (at the latest when the process exits).
+            executor.shutdown(wait=False)
 
 
 def interpreter_stats(dask_worker, name=DEFAULT_NAME):

@@ -247,3 +247,31 @@ def test_workers_close_cleanly_after_idling_beside_their_interpreters(caplog):
         assert client.gather(client.map(tasks.square, range(4), pure=False)) == [0, 1, 4, 9]
     ended = [r.getMessage() for r in caplog.records if "Worker process" in r.getMessage()]
     assert not [m for m in ended if "killed by signal" in m], ended
+
+
+def test_tasks_become_plain_calls_without_dask_in_them():
+    from dask._task_spec import Alias, DataNode, Dict, List, Task, TaskRef
+
+    from memchannel import _dask_call
+    from memchannel.dask import task_to_call
+
+    data = {"x": 3, "y": [1, 2]}
+    node = Task("k", tasks.add, TaskRef("x"),
+                b=Task("inner", tasks.square, Alias("a", "x")))
+    call = task_to_call(node, data)
+    assert type(call) is _dask_call.Call and call.func is tasks.add
+    assert _dask_call.evaluate(call) == node(data) == 12
+    nested = Task("n", sorted, List([TaskRef("x"), DataNode(None, 1)]))
+    assert _dask_call.evaluate(task_to_call(nested, data)) == [1, 3]
+    mapping = Task("m", dict, Dict({"a": TaskRef("y"), "b": 5}))
+    assert _dask_call.evaluate(task_to_call(mapping, data)) == {"a": [1, 2], "b": 5}
+    assert task_to_call(Alias("z", "y"), data) == [1, 2]  # no call at all
+    # only memchannel's own functions and the user's are left to pickle by name
+    def functions(c):
+        yield c.func
+        for a in (*c.args, *c.kwargs.values()):
+            if type(a) is _dask_call.Call:
+                yield from functions(a)
+    for built in (call, task_to_call(nested, data), task_to_call(mapping, data)):
+        assert not [f for f in functions(built)
+                    if getattr(f, "__module__", "").startswith(("dask", "distributed"))]
