@@ -197,7 +197,8 @@ class Comparison:
         kinds = list(dict.fromkeys(r.kind for r in self.rows))
         counts = sorted({r.workers for r in self.rows})
         panels = 3 if self.startup else 2
-        fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2))
+        clusters = any(r.cluster for r in self.rows)
+        fig, axes = plt.subplots(1, panels, figsize=(max(5.2, 1.05 * len(kinds)) * panels, 4.4))
         width = 0.8 / len(counts)
         for ax, metric, label in ((axes[0], "wall_s", "wall time (s, median; bars: range), "
                                    "lower is better"),
@@ -219,7 +220,7 @@ class Comparison:
                               label=f"{n} worker{'s' if n > 1 else ''}")
                 ax.bar_label(bars, fmt="%.2f", fontsize=7)
             ax.set_xticks(range(len(kinds)), [_tick_label(self.rows, k) for k in kinds],
-                          rotation=20, fontsize=7)
+                          rotation=0 if clusters else 20, fontsize=7)
             ax.set_title(label, fontsize=9)
             ax.margins(y=0.15)
             if metric == "speedup":
@@ -249,7 +250,10 @@ def _tick_label(rows, kind):
     line per distinct shape, without the scheduler address)."""
     shapes = list(dict.fromkeys(r.cluster.partition(": ")[2] or r.cluster
                                 for r in rows if r.kind == kind and r.cluster))
-    return "\n".join([kind] + shapes)
+    short = [shape.replace("worker processes", "procs").replace("worker process", "proc")
+             .replace("interpreters", "interps").replace("interpreter", "interp")
+             .replace(" x ", "\nx ", 1) for shape in shapes]
+    return "\n".join([kind] + short)
 
 
 def _ms(seconds):
