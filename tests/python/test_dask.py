@@ -49,8 +49,16 @@ def _executor_type(dask_worker, name="interpreters"):
     return None if executor is None else type(executor).__name__
 
 
+def _thread_names(dask_worker):
+    import threading
+
+    return sorted(thread.name for thread in threading.enumerate())
+
+
 def test_the_plugin_gives_every_worker_an_interpreter_pool_sized_by_its_threads(client):
     assert set(client.run(_executor_type).values()) == {"WorkerInterpreterExecutor"}
+    # profiler_off() reached the worker processes: no profiler thread in them
+    assert not [names for names in client.run(_thread_names).values() if "Profile" in names]
     futures = client.map(tasks.square, range(8), pure=False)
     with dask.annotate(executor="interpreters"):
         futures += client.map(tasks.square, range(8, 16), pure=False)
