@@ -38,7 +38,7 @@ class RayExecutor(Executor):
 
     ``RayExecutor(max_workers=None, *, address=None)``: with no address, starts Ray on
     this machine (``ray.init(num_cpus=max_workers)``; default: all CPUs) and stops it at
-    ``shutdown``; with an address ("auto" or "ray://host:10001" or "host:6379"), connects
+    ``shutdown``; with an address ("auto" or "HEAD_HOST:6379"), connects
     to that cluster (``max_workers`` is not used: the cluster's CPUs are) and only
     disconnects.  If Ray is already initialised in this process, uses it as it is and
     leaves it running.  ``workers``: CPUs Ray offers; ``cluster``: that, in words.
