@@ -17,6 +17,8 @@ docs/guide-cluster.md says where Ray fits beside Dask.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from concurrent.futures import Executor
 
@@ -39,8 +41,9 @@ class RayExecutor(Executor):
     ``RayExecutor(max_workers=None, *, address=None)``: with no address, starts Ray on
     this machine (``ray.init(num_cpus=max_workers)``; default: all CPUs) and stops it at
     ``shutdown``; with an address ("auto" or "HEAD_HOST:6379"), connects
-    to that cluster (``max_workers`` is not used: the cluster's CPUs are) and only
-    disconnects.  If Ray is already initialised in this process, uses it as it is and
+    to that cluster (``max_workers`` is not used: the cluster's CPUs are; the task's
+    module must be installed on its nodes) and only disconnects.  Ray's local workers get
+    this process's ``sys.path`` (as ``PYTHONPATH``), as spawned processes do.  If Ray is already initialised in this process, uses it as it is and
     leaves it running.  ``workers``: CPUs Ray offers; ``cluster``: that, in words.
     Concurrency: any thread may submit.
     """
@@ -51,9 +54,14 @@ class RayExecutor(Executor):
         self._owned = not ray.is_initialized()
         if self._owned:
             if address is None:
+                # Ray's workers start with their own sys.path: give them this process's
+                # (as multiprocessing's spawn does), so that they import what it imports.
+                path = os.pathsep.join(p for p in sys.path if isinstance(p, str) and p
+                                       and os.path.isdir(p))
                 ray.init(num_cpus=max_workers, include_dashboard=False,
                          object_store_memory=_LOCAL_OBJECT_STORE_BYTES,
-                         log_to_driver=False, configure_logging=False)
+                         log_to_driver=False, configure_logging=False,
+                         runtime_env={"env_vars": {"PYTHONPATH": path}})
             else:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
         resources = ray.cluster_resources()
