@@ -29,9 +29,10 @@ def _executor_names(dask_worker):
 
 
 def test_the_cli_adds_the_dask_kinds_with_dask_local(capsys):
-    # First in this file: its process pools fork before any Dask thread exists here.
+    # spawn: other tests may have left Dask's threads in this process, and fork with
+    # threads running is unsafe.
     status = main(["--workload", "cpu", "--quick", "--workers", "1", "--dask", "local",
-                   "--startup", "no"])
+                   "--startup", "no", "--start-method", "spawn"])
     assert status == 0
     out = capsys.readouterr().out
     for text in ("LocalCluster: 1 worker process x 1 thread",
