@@ -180,6 +180,7 @@ _CURRENT_FRAMES_REFUSED = (
     "the process; turn Dask's profiler off (distributed.worker.profile.enabled: false; "
     "see docs/guide-cluster.md)")
 _refusing = False
+_lock = threading.Lock()
 
 
 def _current_frames_hook(event, args):
@@ -197,9 +198,6 @@ def _refuse_current_frames():
         if not _refusing:
             sys.addaudithook(_current_frames_hook)
             _refusing = True
-
-
-_lock = threading.Lock()
 
 
 def profiler_off():
