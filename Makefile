@@ -118,7 +118,7 @@ bench: install
 	@$(VPY) -c 'import ray' 2>/dev/null || $(VPY) -m pip install -q ray || echo "ray does not install here: its rows are left out"
 	$(VPY) -m bench.harness $(BENCH_ARGS)
 	$(VPY) -m memchannel compare --workload cpu --workers 2 --repeat 5 --startup no \
-	  --kinds serial,threads,interpreters,dask,dask-processes,dask-interpreters$$($(VPY) -c 'import ray' 2>/dev/null && echo ,ray --ray local) \
+	  --kinds serial,ideal,threads,interpreters,dask,dask-processes,dask-interpreters$$($(VPY) -c 'import ray' 2>/dev/null && echo ,ray --ray local) \
 	  --dask local --png build/compare-cluster.png --json build/compare-cluster.json
 
 clean:
