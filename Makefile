@@ -35,7 +35,9 @@ $(VENV)/.ready:
 	$(VPY) -m pip install -q "pybind11>=3.1,<3.2" "scikit-build-core>=0.10" numpy pytest pytest-timeout matplotlib hypothesis mypy
 	touch $@
 
+# distributed: the Dask tests (tests/python/test_dask*.py); also into a venv made before it was listed.
 venv: $(VENV)/.ready
+	@$(VPY) -c 'import distributed' 2>/dev/null || $(VPY) -m pip install -q distributed
 
 # The Python package, built by scikit-build-core into a persistent build dir (incremental).
 install: deps venv
@@ -108,9 +110,16 @@ SOAK_SECONDS ?= 3600
 soak: install
 	$(VPY) -m bench.soak --seconds $(SOAK_SECONDS) --json build/soak-$(PYVER).json
 
+# Ray (compare's ray kind, tests/python/test_ray.py) where it installs; then the cluster
+# comparison of docs/guide-cluster.md: one LocalCluster worker process with 2 interpreters
+# against 1 process x 2 threads and 2 single-thread processes.
 bench: install
 	$(VPY) -m bench.harness --install-peers
+	@$(VPY) -c 'import ray' 2>/dev/null || $(VPY) -m pip install -q ray || echo "ray does not install here: its rows are left out"
 	$(VPY) -m bench.harness $(BENCH_ARGS)
+	$(VPY) -m memchannel compare --workload cpu --workers 2 --repeat 5 --startup no \
+	  --kinds serial,ideal,threads,interpreters,dask,dask-processes,dask-interpreters$$($(VPY) -c 'import ray' 2>/dev/null && echo ,ray --ray local) \
+	  --dask local --png build/compare-cluster.png --json build/compare-cluster.json
 
 clean:
 	rm -rf build

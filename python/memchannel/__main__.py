@@ -5,7 +5,7 @@
     cleanup   remove shared-memory segments whose every process is dead (--dry-run: only show)
     demo      the demo (`make demo`)
     bench     where the side-by-side benchmarks are (`python -m bench.harness` in a checkout)
-    compare   process vs interpreter vs thread parallelism on a workload
+    compare   process vs interpreter vs thread parallelism on a workload (--dask, --ray: on a cluster too)
 """
 
 from __future__ import annotations

@@ -18,6 +18,25 @@ processes          ``memchannel.executor.ProcessPoolExecutor``: processes, memch
 processes-pickle   ``concurrent.futures.ProcessPoolExecutor``: processes, pickles over pipes
 ================== ==========================================================================
 
+On a cluster (``dask=`` "local", a scheduler address or a ``distributed.Client``;
+``ray=`` "local" or an address; ``memchannel.dask.ClusterExecutor``,
+``memchannel.ray.RayExecutor``; docs/guide-cluster.md):
+
+================== ==========================================================================
+dask               ``Client.get_executor(pure=False)``: tasks in the workers' threads
+dask-processes     the same, on a LocalCluster of n single-thread worker processes
+dask-interpreters  tasks annotated ``executor=...``, run in the workers' subinterpreters
+                   (``memchannel.dask.InterpreterExecutorPlugin``)
+ray                Ray tasks (``ray.remote``), one CPU each
+================== ==========================================================================
+
+With ``dask="local"`` each worker count n gets its own LocalCluster on 127.0.0.1: "dask" 1
+worker process x n threads, "dask-processes" n processes x 1 thread, "dask-interpreters"
+1 process x n interpreters.  On an existing cluster (an address or a Client) there is one
+row per kind, its worker count the cluster's threads, whatever ``workers`` says.  Each of
+these rows states its cluster (``Row.cluster``); start-up is the cluster's (or the
+connection's) until the first no-op result; bytes moved and copied are not counted.
+
 "processes" in ``kinds`` runs both process pools: memchannel's, and the stdlib one with its
 default pickling as the reference.  "ideal" (POSIX, not a default) is a control, not an
 executor: n forked copies of this process each run their share of the tasks on inputs they
@@ -65,8 +84,10 @@ import time
 __all__ = ["compare", "Comparison", "Row", "ResultsDiffer", "measure_startup", "main",
            "DEFAULT_KINDS", "KINDS"]
 
-KINDS = ("serial", "threads", "interpreters", "processes", "processes-pickle", "ideal")
+KINDS = ("serial", "threads", "interpreters", "processes", "processes-pickle", "ideal",
+         "dask", "dask-processes", "dask-interpreters", "ray")
 DEFAULT_KINDS = ("serial", "threads", "interpreters", "processes")
+CLUSTER_KINDS = ("dask", "dask-processes", "dask-interpreters", "ray")
 
 
 class ResultsDiffer(Exception):
@@ -77,12 +98,13 @@ class Row:
     """One kind at one worker count.  Times in seconds; None where not applicable."""
 
     FIELDS = ("kind", "workers", "tasks", "startup_s", "wall_s", "overhead_s",
-              "bytes_moved", "bytes_copied", "speedup", "wall_runs")
+              "bytes_moved", "bytes_copied", "speedup", "wall_runs", "cluster")
     __slots__ = FIELDS
 
     def __init__(self, kind, workers, tasks, startup_s, wall_s, overhead_s, bytes_moved,
-                 bytes_copied, speedup=None):
+                 bytes_copied, speedup=None, cluster=None):
         self.kind, self.workers, self.tasks = kind, workers, tasks
+        self.cluster = cluster  # the cluster kinds: its shape, in words
         self.startup_s, self.wall_s, self.overhead_s = startup_s, wall_s, overhead_s
         self.bytes_moved, self.bytes_copied, self.speedup = bytes_moved, bytes_copied, speedup
         self.wall_runs = [wall_s]  # every timed run; wall_s is their median
@@ -116,8 +138,10 @@ class Comparison:
         title = f"{self.name}: {self.description}" if self.description else self.name
         lines = [f"workload: {title}", f"machine:  {self.machine}", ""]
         repeated = any(len(r.wall_runs) > 1 for r in self.rows)
+        clusters = any(r.cluster for r in self.rows)
         header = ("kind", "workers", "start-up", "wall", "speedup", "per-task", "moved",
-                  "copied") + (("wall range",) if repeated else ())
+                  "copied") + (("wall range",) if repeated else ()) + (
+                  ("cluster",) if clusters else ())
         body = []
         for r in self.rows:
             cells = (r.kind, str(r.workers), _ms(r.startup_s), _secs(r.wall_s),
@@ -125,12 +149,15 @@ class Comparison:
                      _us(r.overhead_s), _bytes(r.bytes_moved), _bytes(r.bytes_copied))
             if repeated:
                 cells += (f"{min(r.wall_runs):.3f}-{max(r.wall_runs):.3f} s",)
+            if clusters:
+                cells += (r.cluster or "this machine",)
             body.append(cells)
         widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-        fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
-        lines.append(fmt.format(*header))
+        fmt = "  ".join(f"{{:<{w}}}" if i < 2 or (clusters and i == len(widths) - 1)
+                        else f"{{:>{w}}}" for i, w in enumerate(widths))
+        lines.append(fmt.format(*header).rstrip())
         lines.append(fmt.format(*("-" * w for w in widths)))
-        lines.extend(fmt.format(*b) for b in body)
+        lines.extend(fmt.format(*b).rstrip() for b in body)
         lines.append("(wall: the workload on a pool whose workers have all started and "
                      "imported the task's function;\n start-up, until a new pool's first "
                      "result, is not part of it; speedup: serial wall / wall)")
@@ -170,7 +197,8 @@ class Comparison:
         kinds = list(dict.fromkeys(r.kind for r in self.rows))
         counts = sorted({r.workers for r in self.rows})
         panels = 3 if self.startup else 2
-        fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2))
+        clusters = any(r.cluster for r in self.rows)
+        fig, axes = plt.subplots(1, panels, figsize=(max(5.2, 1.05 * len(kinds)) * panels, 4.4))
         width = 0.8 / len(counts)
         for ax, metric, label in ((axes[0], "wall_s", "wall time (s, median; bars: range), "
                                    "lower is better"),
@@ -191,7 +219,8 @@ class Comparison:
                 bars = ax.bar(xs, ys, width, yerr=errors, capsize=2,
                               label=f"{n} worker{'s' if n > 1 else ''}")
                 ax.bar_label(bars, fmt="%.2f", fontsize=7)
-            ax.set_xticks(range(len(kinds)), kinds, rotation=20, fontsize=8)
+            ax.set_xticks(range(len(kinds)), [_tick_label(self.rows, k) for k in kinds],
+                          rotation=0 if clusters else 20, fontsize=7)
             ax.set_title(label, fontsize=9)
             ax.margins(y=0.15)
             if metric == "speedup":
@@ -214,6 +243,17 @@ class Comparison:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         return path
+
+
+def _tick_label(rows, kind):
+    """A chart's label for ``kind``: with its cluster's shape when it ran on one (one
+    line per distinct shape, without the scheduler address)."""
+    shapes = list(dict.fromkeys(r.cluster.partition(": ")[2] or r.cluster
+                                for r in rows if r.kind == kind and r.cluster))
+    short = [shape.replace("worker processes", "procs").replace("worker process", "proc")
+             .replace("interpreters", "interps").replace("interpreter", "interp")
+             .replace(" x ", "\nx ", 1) for shape in shapes]
+    return "\n".join([kind] + short)
 
 
 def _ms(seconds):
@@ -255,6 +295,32 @@ def _expand_kinds(kinds):
             if name not in out:
                 out.append(name)
     return out
+
+
+def _cluster_executor(kind, n, dask, ray):
+    """A pool of a cluster kind: its executor has ``workers`` and ``cluster``."""
+    if kind == "ray":
+        if ray is None:
+            raise ValueError("the 'ray' kind needs ray='local' or a Ray address")
+        from .ray import RayExecutor
+        return RayExecutor(n, address=None if ray == "local" else ray)
+    if dask is None:
+        raise ValueError(f"the {kind!r} kind needs dask='local', a scheduler address or "
+                         "a distributed.Client")
+    from .dask import ClusterExecutor
+    return ClusterExecutor(kind, n, dask)
+
+
+def _cluster_size(kind, dask, ray):
+    """The task slots of an existing cluster (None for "local": compare shapes it)."""
+    target = ray if kind == "ray" else dask
+    if target is None or target == "local":
+        return None
+    pool = _cluster_executor("ray" if kind == "ray" else "dask", None, dask, ray)
+    try:
+        return pool.workers
+    finally:
+        pool.shutdown(wait=True)
 
 
 def _default_runner(pool, fn, inputs):
@@ -302,11 +368,12 @@ def _run_ideal(n, fn, inputs):
     wall = time.perf_counter() - t
     if failed:
         raise RuntimeError(f"the ideal control failed in {len(failed)} of its {n} children")
-    return (None, None, wall, 0, None), None
+    return (None, None, wall, 0, None, None), None
 
 
-def _run_one(kind, n, fn, inputs, runner, overhead_tasks, pool_kwargs, count_bytes=True):
-    """One run on a fresh pool: (startup, overhead, wall, moved, copied), results."""
+def _run_one(kind, n, fn, inputs, runner, overhead_tasks, pool_kwargs, count_bytes=True,
+             clusters=None):
+    """One run on a fresh pool: (startup, overhead, wall, moved, copied, cluster), results."""
     from . import workloads
     from .executor import make_executor
 
@@ -314,7 +381,11 @@ def _run_one(kind, n, fn, inputs, runner, overhead_tasks, pool_kwargs, count_byt
         return _run_ideal(n, fn, inputs)
 
     t0 = time.perf_counter()
-    pool = make_executor(kind, n, **pool_kwargs)
+    if kind in CLUSTER_KINDS:
+        pool = _cluster_executor(kind, n, *clusters)
+        count_bytes = False  # not counted on a cluster
+    else:
+        pool = make_executor(kind, n, **pool_kwargs)
     try:
         pool.submit(workloads.noop).result()
         startup = None if kind == "serial" else time.perf_counter() - t0
@@ -339,7 +410,7 @@ def _run_one(kind, n, fn, inputs, runner, overhead_tasks, pool_kwargs, count_byt
         del data
     finally:
         pool.shutdown(wait=True)
-    return (startup, overhead, wall, moved, copied), results
+    return (startup, overhead, wall, moved, copied, getattr(pool, "cluster", None)), results
 
 
 def _median(values):
@@ -357,7 +428,8 @@ def _row(kind, n, tasks, samples):
     walls = [x[2] for x in samples]
     moved, copied = samples[0][3], samples[0][4]  # counted in the first run only
     row = Row(kind, n, tasks, _median(startups) if startups else None, _median(walls),
-              _median(overheads) if overheads else None, moved, copied)
+              _median(overheads) if overheads else None, moved, copied,
+              cluster=samples[0][5])
     row.wall_runs = walls
     return row
 
@@ -418,7 +490,7 @@ def _short(value):
 
 def compare(fn, inputs, kinds=DEFAULT_KINDS, workers=(1, 2), *, runner=None, name=None,
             description="", repeat=1, overhead_tasks=100, mp_context=None, startup=False,
-            progress=None):
+            progress=None, dask=None, ray=None):
     """Run ``fn`` over ``inputs`` each way in ``kinds`` with each worker count in
     ``workers``; raise ResultsDiffer unless every way returns the same results; return a
     Comparison (``.rows``, ``.table()``, ``.plot(path)``).
@@ -433,13 +505,18 @@ def compare(fn, inputs, kinds=DEFAULT_KINDS, workers=(1, 2), *, runner=None, nam
     ``mp_context``: the multiprocessing context of both process pools (default: the
     platform's).  ``startup=True`` also measures worker start-up (``measure_startup``).
     ``progress``: called with a line of text before each run.
+    ``dask``, ``ray``: where the cluster kinds run (the module docstring): "local", an
+    address, or for ``dask`` a ``distributed.Client``.
     """
     if "ideal" in kinds and (runner is not None or not hasattr(os, "fork")):
         raise ValueError("the 'ideal' control needs os.fork and the default runner")
     runner = runner or _default_runner
     pool_kwargs = {} if mp_context is None else {"mp_context": mp_context}
-    configs = [(kind, n) for kind in _expand_kinds(kinds)
-               for n in ((1,) if kind == "serial" else tuple(workers))]
+    configs = []
+    for kind in _expand_kinds(kinds):
+        size = _cluster_size(kind, dask, ray) if kind in CLUSTER_KINDS else None
+        counts = (1,) if kind == "serial" else (size,) if size else tuple(workers)
+        configs.extend((kind, n) for n in counts)
     repeat = max(1, int(repeat))
     samples = {config: [] for config in configs}
     results, reference = {}, None
@@ -452,7 +529,7 @@ def compare(fn, inputs, kinds=DEFAULT_KINDS, workers=(1, 2), *, runner=None, nam
                          + (f" (run {run + 1} of {repeat})" if repeat > 1 else "") + " ...")
             kwargs = pool_kwargs if kind.startswith("processes") else {}
             sample, got = _run_one(kind, n, fn, inputs, runner, overhead_tasks, kwargs,
-                                   count_bytes=run == 0)
+                                   count_bytes=run == 0, clusters=(dask, ray))
             samples[(kind, n)].append(sample)
             if kind == "ideal":
                 continue  # a control: it returns no results
@@ -504,8 +581,8 @@ def measure_startup(kinds=KINDS, repeat=3, start_methods=None, bare=True):
                                 if m in multiprocessing.get_all_start_methods()]
     plans = []
     for kind in kinds:
-        if kind in ("serial", "ideal"):
-            continue
+        if kind in ("serial", "ideal") or kind in CLUSTER_KINDS:
+            continue  # a cluster's start-up is its rows' start-up
         if kind == "processes":
             for method in methods:
                 plans.append((f"process ({method})", kind,
@@ -574,11 +651,20 @@ def main(argv=None) -> int:
     parser.add_argument("--workload", default="cpu",
                         help="cpu, arrays, pipeline, or FILE:FUNC (default: cpu)")
     parser.add_argument("--workers", default="1,2", help="worker counts (default: 1,2)")
-    parser.add_argument("--kinds", default=",".join(DEFAULT_KINDS),
+    parser.add_argument("--kinds",
                         help=f"comma-separated, from {', '.join(KINDS)}; 'processes' runs "
                              "both process pools; 'ideal' is a control: forked copies of "
                              "this process sharing the tasks, no transport (default: "
-                             "%(default)s)")
+                             f"{','.join(DEFAULT_KINDS)}, and the cluster kinds of --dask "
+                             "and --ray)")
+    parser.add_argument("--dask", metavar="ADDRESS|local",
+                        help="also run on a Dask cluster: a scheduler address "
+                             "(tcp://host:8786; kinds dask, dask-interpreters) or 'local' "
+                             "(a LocalCluster on 127.0.0.1 per worker count; kinds dask, "
+                             "dask-processes, dask-interpreters)")
+    parser.add_argument("--ray", metavar="ADDRESS|local",
+                        help="also run as Ray tasks: 'local' (ray.init on this machine, "
+                             "num_cpus per worker count) or a Ray address")
     parser.add_argument("--tasks", type=int, help="number of tasks (default: per workload)")
     parser.add_argument("--png", help="write a bar chart to this PNG file")
     parser.add_argument("--json", help="write the rows as JSON to this file")
@@ -601,7 +687,20 @@ def main(argv=None) -> int:
             raise ValueError
     except ValueError:
         parser.error(f"--workers: comma-separated positive integers, not {args.workers!r}")
-    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    if args.kinds is not None:
+        kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    else:
+        kinds = DEFAULT_KINDS
+        if args.dask:
+            kinds += ("dask",) + (("dask-processes",) if args.dask == "local" else ()) + (
+                "dask-interpreters",)
+        if args.ray:
+            kinds += ("ray",)
+    for option, names in (("--dask", ("dask", "dask-processes", "dask-interpreters")),
+                          ("--ray", ("ray",))):
+        wanted = [k for k in kinds if k in names]
+        if wanted and not getattr(args, option[2:]):
+            parser.error(f"kind {wanted[0]!r} needs {option} ADDRESS or {option} local")
     try:
         _expand_kinds(kinds)
         workload = workloads.get_workload(args.workload, tasks=args.tasks, quick=args.quick,
@@ -621,12 +720,13 @@ def main(argv=None) -> int:
                          runner=workload.runner, name=workload.name,
                          description=workload.description, mp_context=mp_context,
                          repeat=args.repeat or (1 if args.quick else 3),
-                         overhead_tasks=20 if args.quick else 200, progress=progress)
+                         overhead_tasks=20 if args.quick else 200, progress=progress,
+                         dask=args.dask, ray=args.ray)
     except ResultsDiffer as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except ValueError as exc:  # e.g. the ideal control with the pipeline's own runner
-        parser.error(str(exc))
+    except (ValueError, ImportError) as exc:  # e.g. the ideal control with the pipeline's
+        parser.error(str(exc))                # own runner; Dask or Ray not installed
     if args.startup == "yes" or (args.startup == "auto" and not args.quick):
         progress("worker start-up ...")
         report.startup = measure_startup(_expand_kinds(kinds), repeat=1 if args.quick else 3)

@@ -9,6 +9,8 @@ __all__ = ["compare", "Comparison", "Row", "ResultsDiffer", "measure_startup", "
 
 KINDS: tuple[str, ...]
 DEFAULT_KINDS: tuple[str, ...]
+CLUSTER_KINDS: tuple[str, ...]
+BARE_PREFIX: str
 
 class ResultsDiffer(Exception): ...
 
@@ -24,6 +26,7 @@ class Row:
     bytes_copied: int | None
     speedup: float | None
     wall_runs: list[float | None]
+    cluster: str | None
     def __init__(
         self,
         kind: str,
@@ -35,6 +38,7 @@ class Row:
         bytes_moved: int | None,
         bytes_copied: int | None,
         speedup: float | None = None,
+        cluster: str | None = None,
     ) -> None: ...
     def as_dict(self) -> dict[str, Any]: ...
 
@@ -56,7 +60,7 @@ class Comparison:
     ) -> None: ...
     def row(self, kind: str, workers: int) -> Row: ...
     def table(self) -> str: ...
-    def plot(self, path: str | PathLike[str]) -> None: ...
+    def plot(self, path: str | PathLike[str]) -> str | PathLike[str]: ...
 
 def compare(
     fn: Callable[[Any], Any],
@@ -72,6 +76,8 @@ def compare(
     mp_context: BaseContext | None = None,
     startup: bool = False,
     progress: Callable[[str], object] | None = None,
+    dask: str | Any | None = None,
+    ray: str | None = None,
 ) -> Comparison: ...
 def measure_startup(
     kinds: Sequence[str] = ...,
