@@ -356,3 +356,35 @@ else:
     remember_main()  # usually imported while the main script runs
 del _shipped
 rebuild_function.__module__ = SHIPPED_NAME
+
+
+# --- sys._current_frames() while subinterpreters run --------------------------------------------
+# CPython 3.12/3.13 build the frame objects of every interpreter's threads with the calling
+# interpreter's allocator, so sys._current_frames() (and sys._current_exceptions()) with a
+# memchannel subinterpreter alive corrupts the heap and aborts the process later ("double
+# free or corruption"). Once this process has created one, an audit hook makes both calls raise
+# RuntimeError instead (test_interpreters_module.py,
+# test_current_frames_raises_instead_of_aborting_the_process).
+
+CURRENT_FRAMES_REFUSED = (
+    "{event}() is refused in this process: it has created memchannel subinterpreters, and "
+    "CPython would build their threads' frames with this interpreter's allocator, which "
+    "aborts the process (tools that call it: Dask's profiler, pytest-timeout's thread "
+    "method; see docs/interpreters.md)")
+_refusing_current_frames = False
+_refusing_lock = threading.Lock()
+
+
+def _current_frames_hook(event, args):
+    if event in ("sys._current_frames", "sys._current_exceptions"):
+        raise RuntimeError(CURRENT_FRAMES_REFUSED.format(event=event))
+
+
+def refuse_current_frames() -> None:
+    """From now on in this interpreter, sys._current_frames() and sys._current_exceptions()
+    raise RuntimeError (an audit hook: it cannot be removed). Called by interpreters.create()."""
+    global _refusing_current_frames
+    with _refusing_lock:
+        if not _refusing_current_frames:
+            sys.addaudithook(_current_frames_hook)
+            _refusing_current_frames = True

@@ -174,30 +174,13 @@ def _error(exc, error_message, remote_text):
     return msg
 
 
-_CURRENT_FRAMES_REFUSED = (
-    "sys._current_frames() is refused in this process: it runs memchannel subinterpreters, "
-    "and CPython would build their frames with this interpreter's allocator, which aborts "
-    "the process; turn Dask's profiler off (distributed.worker.profile.enabled: false; "
-    "see docs/guide-cluster.md)")
-_refusing = False
-_lock = threading.Lock()
-
-
-def _current_frames_hook(event, args):
-    if event == "sys._current_frames":
-        raise RuntimeError(_CURRENT_FRAMES_REFUSED)
-
-
 def _refuse_current_frames():
-    """From now on in this process, ``sys._current_frames()`` raises RuntimeError instead
-    of corrupting memory (see the module docstring; test_dask.py,
-    test_current_frames_is_refused_in_a_worker_instead_of_aborting_it).  An audit hook:
-    it cannot be removed, and the process is a worker with interpreters for good."""
-    global _refusing
-    with _lock:
-        if not _refusing:
-            sys.addaudithook(_current_frames_hook)
-            _refusing = True
+    """sys._current_frames() raises RuntimeError in this process from now on, rather than
+    aborting it (memchannel._crossinterp.refuse_current_frames; test_dask.py,
+    test_current_frames_is_refused_in_a_worker_instead_of_aborting_it)."""
+    from . import _crossinterp
+
+    _crossinterp.refuse_current_frames()
 
 
 def profiler_off():

@@ -501,6 +501,7 @@ def create(*, isolated=True):
     Concurrency: any thread.
     """
     _preload_for_312()
+    _crossinterp.refuse_current_frames()
     main_name, main_path = _crossinterp.remember_main()
     handle = _backend.create(isolated)
     interp = Interpreter._new_owned(handle, isolated)

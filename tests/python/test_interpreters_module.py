@@ -533,3 +533,34 @@ def test_an_interpreter_created_after_the_script_ended_still_finds_its_functions
     assert completed.stderr == ""
     assert completed.stdout.splitlines() == [
         "script ran", "main file at exit: None", "square at exit: 49"]
+
+
+def test_current_frames_raises_instead_of_aborting_the_process(tmp_path):
+    # CPython builds other interpreters' frames with the caller's allocator: without the
+    # refusal this script dies of "double free or corruption" (SIGABRT) after the second task.
+    script = tmp_path / "frames.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        from memchannel import InterpreterPoolExecutor
+
+        def add_one(x):
+            return x + 1
+
+        if __name__ == "__main__":
+            with InterpreterPoolExecutor(1) as pool:
+                print(pool.submit(add_one, 1).result())
+                for call in (sys._current_frames, sys._current_exceptions):
+                    try:
+                        call()
+                    except RuntimeError as exc:
+                        print("refused:", exc)
+                print(pool.submit(add_one, 2).result())
+            print("exit ok")
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "refused: sys._current_frames() is refused" in out
+    assert "refused: sys._current_exceptions() is refused" in out
+    assert out.splitlines()[-2:] == ["3", "exit ok"]
