@@ -42,9 +42,16 @@ void Arena::detach() {
   // Dead holders still count as attached until reaped: reap them so the last live process
   // really is the last and removes the segments.
   reap_dead_holders();
-  if (holder_ != 0) free_slot(header_->holders[holder_ - 1]);
+  if (holder_ != 0) {
+    free_slot(header_->holders[holder_ - 1]);
+    backend_->unlock_slot(holder_ - 1);  // after the slot is free: never a live-looking dead slot
+  }
   if (header_->attached_holders.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-    backend_->remove_segments(header_->segment_count.load(std::memory_order_acquire));
+    const uint32_t count = std::min(header_->segment_count.load(std::memory_order_acquire), kMaxSegments - 1);
+    for (uint32_t i = 1; i <= count; ++i) {  // names of every segment, and of one being created
+      backend_->use_segment_nonce(i, header_->segment_nonce[i].load(std::memory_order_acquire));
+    }
+    backend_->remove_segments(count);
   }
 }
 

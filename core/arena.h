@@ -306,6 +306,9 @@ class Arena {
   }
   static uint32_t thread_stripe();
   Status grow(uint32_t current_segment, uint64_t at_least);
+  // Creates segment `index` under a fresh recorded nonce (Arena::grow has claimed the index);
+  // `taken_over`: a dead creator's file may sit under the nonce recorded before.
+  Result<uint8_t*> create_named_segment(uint32_t index, uint64_t bytes, bool taken_over);
   // This process's mapping of segment `index`, mapped on first use; nullptr if it cannot be.
   uint8_t* segment_base(uint32_t index) {
     uint8_t* base = bases_[index].load(std::memory_order_acquire);

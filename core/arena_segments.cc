@@ -55,11 +55,13 @@ Result<std::shared_ptr<Arena>> Arena::attach(std::unique_ptr<MemoryBackend> back
   auto seg = backend->map_segment(0, segment0_bytes);
   if (!seg.ok()) return {seg.status, nullptr};
   auto* header = reinterpret_cast<ArenaHeader*>(seg.value);
-  if (header->ready.load(std::memory_order_acquire) != kArenaReady) return {Status::kNotReady, nullptr};
-  if (header->magic != kArenaMagic) return {Status::kBadMagic, nullptr};
-  if (header->version != kArenaLayoutVersion || header->header_bytes != kHeaderBytes) {
-    return {Status::kVersionMismatch, nullptr};
-  }
+  // Magic and layout version before anything else (core/arena_layout.h): a header of another
+  // version is refused before any of its fields is read as ours. A zero magic with `ready`
+  // unset is a creator still at work.
+  const bool ready = header->ready.load(std::memory_order_acquire) == kArenaReady;
+  if (header->magic != kArenaMagic) return {ready || header->magic != 0 ? Status::kBadMagic : Status::kNotReady, nullptr};
+  if (!arena_header_compatible(*header)) return {Status::kVersionMismatch, nullptr};
+  if (!ready) return {Status::kNotReady, nullptr};
   const uint64_t capacity_untrusted = header->capacity;
   if (capacity_untrusted < segment0_bytes ||
       capacity_untrusted > kMaxSegmentBytes * kMaxSegments ||
@@ -131,11 +133,32 @@ uint8_t* Arena::map_segment_slow(uint32_t index) {
   std::lock_guard<std::mutex> lock(map_mutex_);
   uint8_t* base = bases_[index].load(std::memory_order_acquire);
   if (base != nullptr) return base;
+  // The nonce was written before the size was published (grow): the name is the creator's.
+  backend_->use_segment_nonce(index, header_->segment_nonce[index].load(std::memory_order_acquire));
   auto mapped = backend_->map_segment(index, bytes_untrusted);
   if (!mapped.ok()) return nullptr;
   sizes_[index].store(bytes_untrusted, std::memory_order_relaxed);
   bases_[index].store(mapped.value, std::memory_order_release);  // pairs with segment_base's load
   return mapped.value;
+}
+
+Result<uint8_t*> Arena::create_named_segment(uint32_t index, uint64_t bytes, bool taken_over) {
+  if (taken_over) {
+    // A creator that died half way may have left its file under the nonce it recorded.
+    backend_->use_segment_nonce(index, header_->segment_nonce[index].load(std::memory_order_acquire));
+    backend_->discard_segment(index);
+  }
+  // A fresh nonce per try, recorded before the file exists (so a takeover finds its name). A
+  // name already taken (squatted: only possible by guessing 64 random bits) is skipped.
+  Result<uint8_t*> created{Status::kSystemError, nullptr};
+  for (int attempt = 0; attempt < kMaxNameCollisions; ++attempt) {
+    const uint64_t nonce = backend_->new_segment_nonce();
+    header_->segment_nonce[index].store(nonce, std::memory_order_release);
+    backend_->use_segment_nonce(index, nonce);
+    created = backend_->create_segment(index, bytes);
+    if (created.ok() || !backend_->last_create_collided()) break;
+  }
+  return created;
 }
 
 Status Arena::grow(uint32_t current, uint64_t at_least) {
@@ -174,7 +197,7 @@ Status Arena::grow(uint32_t current, uint64_t at_least) {
       return Status::kOk;  // someone else claimed it (or took it over); retry against theirs
     }
     MEMCHANNEL_CRASH_POINT(kGrowSegmentClaimed);
-    auto created = backend_->create_segment(next, size);
+    auto created = create_named_segment(next, size, is_creating_word(existing));
     if (!created.ok()) {
       uint64_t w = mine;
       header_->segment_bytes[next].compare_exchange_strong(w, 0, std::memory_order_acq_rel);

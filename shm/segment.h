@@ -95,6 +95,14 @@ class Segment {
   // Errors: kInvalidName, kNotFound, kPermissionDenied, kSystemError.
   // Concurrency: any thread, any process.
   static Outcome unlink(std::string_view name) noexcept;
+  // The same, only for a file this user may trust: a regular file (no symlink followed), owned
+  // by geteuid(), mode exactly 0600, and still the same file (device, inode) when it is
+  // unlinked. Everything that removes a segment it did not just create goes through here
+  // (teardown, cleanup, replacing a dead creator's growth segment), so another user's file,
+  // planted at a name memchannel would use, is never removed, even by root.
+  // Errors: those of unlink, and kWrongOwner, kWrongMode, kNotRegularFile (nothing removed).
+  // Concurrency: any thread, any process.
+  static Outcome unlink_if_owned(std::string_view name) noexcept;
 
   // Re-fstats the descriptor: kOk while the file still covers the mapping, kTruncated once a
   // peer has shrunk it (touching the lost tail raises SIGBUS, which the guard absorbs) or once
