@@ -47,6 +47,16 @@ void Arena::detach() {
     backend_->unlock_slot(holder_ - 1);  // after the slot is free: never a live-looking dead slot
   }
   if (header_->attached_holders.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    // The last one by the count; but a count forged low must not remove the segments under
+    // live parties: any other live slot holder means the count lied (restored instead).
+    uint32_t live = 0;
+    const uint32_t occupied = occupied_slots(&live);
+    if (live != 0) {
+      uint32_t zero = 0;
+      header_->attached_holders.compare_exchange_strong(zero, occupied, std::memory_order_acq_rel);
+      note_corruption();
+      return;
+    }
     const uint32_t count = std::min(header_->segment_count.load(std::memory_order_acquire), kMaxSegments - 1);
     for (uint32_t i = 1; i <= count; ++i) {  // names of every segment, and of one being created
       backend_->use_segment_nonce(i, header_->segment_nonce[i].load(std::memory_order_acquire));
@@ -141,7 +151,10 @@ Result<Offset> Arena::carve(uint64_t bytes, bool node, int64_t creator_wait_ns) 
     const uint64_t size = base != nullptr ? sizes_[seg].load(std::memory_order_relaxed) : 0;
     if (base == nullptr || (within & (kUnit - 1)) != 0 || within > size ||
         (seg == 0 && within < kHeaderBytes)) {
-      note_corruption();  // a cursor outside the segments, off the 64-byte grid, or in the header
+      // A cursor outside the segments, off the 64-byte grid, or in the header: re-derived from
+      // the cells (check_header), then carving goes on; reported once if that is impossible.
+      if (repair_carve(cur)) continue;
+      note_corruption();
       return {Status::kCorruptedOffset, 0};
     }
     if (size - within >= kUnit) {
@@ -154,6 +167,7 @@ Result<Offset> Arena::carve(uint64_t bytes, bool node, int64_t creator_wait_ns) 
       if (w != 0) {
         // An initialised cell at the cursor: our cursor read is stale, or the cursor is forged.
         if (header_->carve.load(std::memory_order_acquire) != cur) continue;
+        if (repair_carve(cur)) continue;
         note_corruption();
         return {Status::kCorruptedOffset, 0};
       }

@@ -485,7 +485,10 @@ Result<BlockHandle> Channel::try_dequeue(bool* empty, bool* drained) {
     MEMCHANNEL_CRASH_POINT(kRecvTaken);
     advance(head, first, head_state, next_ref);  // frees `first`, most often the node taken last
     if (taken == Status::kOk && node_holder(claimed) != 0) t_last_taken = {header_, next_ref, claimed};
-    if (taken != Status::kOk) continue;  // a forged descriptor: counted by the arena; serve the next
+    if (taken != Status::kOk) [[unlikely]] {
+      note_message_lost(true);  // a forged descriptor: the message is gone; serve the next
+      continue;
+    }
     return {Status::kOk, block};
   }
   arena_->note_corruption();
@@ -582,6 +585,11 @@ Channel::Repair Channel::repair() {
   return Repair::kFailed;
 }
 
+void Channel::note_message_lost(bool report) {
+  header_->messages_lost.fetch_add(1, std::memory_order_relaxed);
+  if (report) header_->repair_epoch.fetch_add(1, std::memory_order_release);
+}
+
 void Channel::note_repair(uint64_t lost) {
   if (lost != 0) header_->messages_lost.fetch_add(lost, std::memory_order_relaxed);
   header_->repair_epoch.fetch_add(1, std::memory_order_release);
@@ -634,16 +642,18 @@ bool Channel::cut_after(QueueNode* last, BlockRef last_ref, uint64_t link, uint6
 }
 
 uint64_t Channel::count_linked_between(uint64_t base, uint64_t end_seq) {
-  // The numbers say end_seq - base; a forged number could say more than was ever sent, so the
-  // count is bounded by the messages of this channel that exist, numbered in (base, end_seq].
-  uint64_t linked = 0;
+  // The numbers say end_seq - base (the part cut off is numbered without gaps). A forged end
+  // number could say more than was ever sent: then the count is bounded by the messages of this
+  // channel that exist, numbered in (base, end_seq].
+  uint64_t in_use = 0, linked = 0;
   arena_->for_each_cell([&](const CellInfo& c) {
     if (c.kind != CellInfo::kNode) return;
     const uint64_t st = c.node->state.load(std::memory_order_acquire);
     const uint64_t seq = c.node->seq.load(std::memory_order_relaxed);
+    if (node_kind(st) != kNodeFree) ++in_use;
     if (node_channel(st) == tag_ && node_kind(st) == kNodeLinked && seq > base && seq <= end_seq) ++linked;
   });
-  return std::min(linked, end_seq - base);
+  return end_seq - base <= in_use ? end_seq - base : linked;
 }
 
 BlockRef Channel::find_dummy(uint64_t tail) {

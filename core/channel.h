@@ -164,6 +164,11 @@ class Channel {
   // kTimedOut, kInterrupted, kClosed (closed and drained).
   Result<BlockHandle> recv(const WaitSpec& wait);
 
+  // Counts one message lost to corruption found after the queue let go of it (a descriptor or
+  // metadata a peer forged): stats().messages_lost; with `report`, every Channel's next call
+  // is told as after a repair. Concurrency: any thread.
+  void note_message_lost(bool report);
+
   void close();
   bool closed() const;
   ChannelStats stats() const;

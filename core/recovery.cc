@@ -66,6 +66,7 @@ void Arena::sweep_slow() {
     return;
   }
   reap_dead_holders();
+  check_header();  // forged header words are repaired within a sweep interval (docs/shm.md)
 }
 
 Status Arena::claim_holder_slot() {

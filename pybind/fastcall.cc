@@ -99,6 +99,7 @@ py::object PyChannel::wrap(BlockHandle block) {
   auto v = arena->arena->view(block);
   if (!v.ok()) {
     arena->arena->release(block);
+    ch().note_message_lost(false);  // stats()["messages_lost"]; this call raises
     raise_status(v.status, "received a message with corrupted metadata");
   }
   // view() checked shape x itemsize == length; the format is checked here, before anything
@@ -112,6 +113,7 @@ py::object PyChannel::wrap(BlockHandle block) {
                                 : std::string(info.why);
     arena->arena->note_corruption();
     arena->arena->release(block);
+    ch().note_message_lost(false);
     raise_error(ErrorClass::kCorruptionError,
                 "received a message whose format metadata is corrupt (format '" + shown + "' with itemsize " +
                     std::to_string(v.value.itemsize) + ": " + why + "); the message was dropped");
