@@ -287,6 +287,7 @@ Result<BlockRef> Arena::take_free_block(uint32_t cls, uint32_t* generation, Bloc
 Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout& layout,
                                     int64_t creator_wait_ns) {
   maybe_reap();
+  if (truncated()) [[unlikely]] return {Status::kCorruptedLength, {}};
   const bool plain = is_plain_bytes(layout);
   if (!plain && (layout.ndim > kMaxNdim || layout.format.empty() ||
                  layout.format.size() > kMaxFormatLen || layout.itemsize == 0)) {

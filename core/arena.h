@@ -297,6 +297,9 @@ class Arena {
   // repaired (each counted as corruption). Called by every sweep (maybe_reap) and by carve
   // when the cursor makes no sense. Concurrency: any thread.
   uint64_t check_header();
+  // Whether a segment of this arena was found truncated (by this process's sweep, or another
+  // party's, through `ready`): every later allocate, send and recv fails with kCorruptedLength.
+  bool truncated() const { return truncated_.load(std::memory_order_relaxed); }
   uint64_t max_payload() const;
   // The largest payload this arena can still serve: max_payload() bounded by the segments that
   // exist and the room left for new ones. Segments are never removed and blocks never merged,
@@ -356,6 +359,7 @@ class Arena {
   ArenaHeader* header_;                                       // in segment 0
   const uint64_t capacity_;                                   // private copy, bounds growth
   uint64_t arena_id_ = 0;                                     // private copy (check_header)
+  std::atomic<bool> truncated_{false};
   // Re-derives the carve cursor from the cells (the first never-carved cell of the last
   // segment) and installs it in place of `bad`. True if it did.
   bool repair_carve(uint64_t bad);

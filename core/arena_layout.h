@@ -41,6 +41,9 @@ namespace memchannel {
 inline constexpr uint64_t kArenaMagic = 0x314e524148434d4dull;  // "MMCHARN1"
 inline constexpr uint32_t kArenaLayoutVersion = 6;  // 2: node states, kBlockSending, carving; 3: striped counters; 4: kBlockTransferred; 5: node seq; 6: segment nonces, liveness locks
 inline constexpr uint32_t kArenaReady = 0x52454459u;            // "REDY"
+// `ready` once a party found a segment truncated (its pages, and what they held, are gone): the
+// arena is corrupt for every party, which each learns at its next sweep (Arena::check_header).
+inline constexpr uint32_t kArenaTruncated = 0x43555254u;        // "TRUC"
 // segment_bytes[i] while one party creates segment i: the creating word names the creator
 // (holder id and the incarnation of its slot), so a creator that died half way is detected and
 // its segment replaced (Arena::grow). ~0ull (kSegmentCreating) is a creating word of no holder.

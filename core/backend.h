@@ -56,6 +56,10 @@ class MemoryBackend {
   // Removes what a creator that died half way left at segment `index`'s name (if ours).
   virtual void discard_segment(uint32_t /*index*/) {}
 
+  // Whether every segment this process maps is still whole (shm: not truncated by a peer);
+  // kCorruptedLength once one is not. Called by every sweep. Concurrency: any thread.
+  virtual Status check_mappings() const { return Status::kOk; }
+
   // --- Liveness locks (shm): each attached process holds lock `index` (its holder slot, or
   // kMaxHolders + slot while it reaps without a slot of its own) for as long as it occupies it;
   // the kernel drops it when the process dies, in whatever PID namespace it runs.

@@ -701,6 +701,7 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
   arena_->maybe_reap();
   // A repair since this object's last call lost messages: say so once (nothing is sent).
   if (const Status r = repair_reported(); r != Status::kOk) [[unlikely]] return r;
+  if (arena_->truncated()) [[unlikely]] return Status::kCorruptedLength;  // docs/shm.md, Truncation
   const auto held = arena_->held_length(block);
   if (!held.ok()) return held.status;
   const uint64_t length = held.value;
@@ -756,6 +757,7 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
 Result<BlockHandle> Channel::recv(const WaitSpec& wait) {
   arena_->maybe_reap();
   if (const Status r = repair_reported(); r != Status::kOk) [[unlikely]] return {r, {}};
+  if (arena_->truncated()) [[unlikely]] return {Status::kCorruptedLength, {}};
   Result<BlockHandle> got;
   bool drained = false;
   const Status s = wait_sweeping(*arena_, header_->not_empty, wait, [&] {

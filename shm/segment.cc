@@ -269,6 +269,8 @@ Segment::Segment(std::string name, bip::shared_memory_object&& shm,
     : name_(std::move(name)), shm_(std::move(shm)), region_(std::move(region)) {
   guard_slot_ = guard_register(region_.get_address(), region_.get_size(),
                                shm_.get_mapping_handle().handle);
+  struct stat st {};
+  if (::fstat(shm_.get_mapping_handle().handle, &st) == 0) blocks_ = static_cast<uint64_t>(st.st_blocks);
 }
 
 Segment::~Segment() { guard_unregister(guard_slot_); }
@@ -277,7 +279,8 @@ Segment::Segment(Segment&& other) noexcept
     : name_(std::move(other.name_)),
       shm_(std::move(other.shm_)),
       region_(std::move(other.region_)),
-      guard_slot_(std::exchange(other.guard_slot_, -1)) {
+      guard_slot_(std::exchange(other.guard_slot_, -1)),
+      blocks_(other.blocks_) {
   other.name_.clear();
 }
 
@@ -289,6 +292,7 @@ Segment& Segment::operator=(Segment&& other) noexcept {
     shm_ = std::move(other.shm_);
     name_ = std::move(other.name_);
     guard_slot_ = std::exchange(other.guard_slot_, -1);
+    blocks_ = other.blocks_;
     other.name_.clear();
   }
   return *this;
@@ -456,6 +460,8 @@ Outcome Segment::check() const noexcept {
   struct stat st {};
   if (::fstat(fd(), &st) != 0) return {Status::kSystemError, errno};
   if (static_cast<uint64_t>(st.st_size) < size()) return {Status::kTruncated, 0};
+  // Pages gone since it was mapped: truncated and grown back (its contents are zeros now).
+  if (static_cast<uint64_t>(st.st_blocks) < blocks_) return {Status::kTruncated, 0};
   return {};
 }
 

@@ -48,6 +48,9 @@ class ShmBackend final : public MemoryBackend {
   void use_segment_nonce(uint32_t index, uint64_t nonce) override;
   bool last_create_collided() const override { return last_status_ == Status::kAlreadyExists; }
   void discard_segment(uint32_t index) override;
+  memchannel::Status check_mappings() const override {
+    return check_segments().ok() ? memchannel::Status::kOk : memchannel::Status::kCorruptedLength;
+  }
   bool lock_slot(uint32_t index) override;
   void unlock_slot(uint32_t index) override;
   HolderLiveness lock_liveness(uint32_t index) const override;

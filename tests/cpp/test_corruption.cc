@@ -472,6 +472,8 @@ TYPED_TEST(CorruptionTest, ForgedDescriptorsAreSkippedAndCounted) {
     ASSERT_EQ(two.status, Status::kOk);
     EXPECT_EQ(two.value, 2u);
     EXPECT_GT(corruption_count(*arena), before);
+    EXPECT_EQ(ch->stats().messages_lost, 1u) << "the skipped message is counted as lost";
+    EXPECT_TRUE(is_corruption(ch->recv(no_wait()).status)) << "and reported once to the next call";
     auto three = recv_value(*ch);
     ASSERT_EQ(three.status, Status::kOk);
     EXPECT_EQ(three.value, 3u);
