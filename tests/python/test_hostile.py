@@ -120,3 +120,66 @@ def test_forged_link_on_a_closed_channel_still_drains():
             ch.recv()  # no timeout: must not hang
     finally:
         forger.close()
+
+
+# ---- Header words (docs/shm.md, "Threat model"): repaired from private copies and the cells ----
+
+ATTACH_AND_USE = textwrap.dedent(
+    """
+    import sys, memchannel as mc
+    ch = mc.Channel.attach(bytes.fromhex(sys.argv[1]))
+    held = ch.reserve(100000, timeout=3)  # a fresh size class: carved
+    ch.send(b"from the new process", timeout=3)
+    print("ok", ch.stats()["attached_processes"], flush=True)
+    """
+)
+
+
+def attach_and_use(ch):
+    proc = subprocess.run([sys.executable, "-c", ATTACH_AND_USE, ch.handle.hex()], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
+def sweep(ch):
+    """Long enough for this process's next sweep (every 250 ms) to run."""
+    import time
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.4:
+        ch.stats()
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("forgery", ["attach count 0", "carve cursor", "first 64 bytes zeroed", "segment count"])
+def test_header_forgery_is_repaired_not_permanent(forgery):
+    from _forge import ATTACHED_HOLDERS_OFFSET, CARVE_OFFSET, SEGMENT_COUNT_OFFSET
+
+    ch = mc.Arena(capacity=64 << 20, backend="shm").channel()
+    name = ch._arena.name
+    forger = Forger(name)
+    try:
+        ch.send(b"before")
+        before = ch._arena.stats()["corruption_count"]
+        if forgery == "attach count 0":
+            forger.put32(ATTACHED_HOLDERS_OFFSET, 0)  # on main: every new attach "being torn down"
+        elif forgery == "carve cursor":
+            forger.put64(CARVE_OFFSET, 0xDEADBEEF)  # on main: CorruptionError on allocation, for good
+        elif forgery == "first 64 bytes zeroed":
+            for off in range(0, 64, 8):
+                forger.put64(off, 0)
+        else:
+            forger.put32(SEGMENT_COUNT_OFFSET, 0)
+        sweep(ch)
+        assert ch._arena.stats()["corruption_count"] > before, "the forgery was not noticed"
+        words = attach_and_use(ch)  # a new process: attaches, carves, sends
+        assert words[0] == "ok", words
+        assert bytes(ch.recv(timeout=5)) == b"before"
+        assert bytes(ch.recv(timeout=5)) == b"from the new process"
+        big = ch.reserve(300000, timeout=3)  # and this process carves too
+        big.release()
+        # The new process has gone: the count is this process's alone again, not 0 or less.
+        sweep(ch)
+        assert ch.stats()["attached_processes"] == 1, ch.stats()
+    finally:
+        forger.close()
