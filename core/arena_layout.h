@@ -18,7 +18,7 @@
 //     1792  holders[128] (64 B each)      HolderSlot: state word, incarnation, identity
 //     9984  node_free                     tagged free list of QueueNodes
 //    10048  free_lists[92] (64 B each)    one cache line per size class
-//    15936  segment_nonce[64]             random part of each growth segment's name; 16448 in all
+//    15936  segment_nonce[64] (4 B each)  random part of each growth segment's name; 16192 in all
 //
 // Stable across layout versions (every version from 6 on, and what every reader of a foreign
 // arena relies on): magic at 0, version at 8, header_bytes at 12, ready at 32, and the holder
@@ -155,7 +155,7 @@ struct ArenaHeader {
   FreeList free_lists[kNumClasses];
   // Random part of segment i's name (i > 0), written before the segment is created, read by
   // every process that maps or removes it (core/backend.h, "Growth-segment names").
-  alignas(kCacheLine) std::atomic<uint64_t> segment_nonce[kMaxSegments];
+  alignas(kCacheLine) std::atomic<uint32_t> segment_nonce[kMaxSegments];
 };
 inline constexpr std::size_t kHolderTableOffset = 1792;  // never moves (see the table above)
 static_assert(std::is_standard_layout_v<ArenaHeader>);
@@ -184,8 +184,8 @@ static_assert(sizeof(ArenaHeader::counters) == 1088);
 static_assert(sizeof(ArenaHeader::space) == 8);
 static_assert(sizeof(ArenaHeader::holders) == kMaxHolders * 64);
 static_assert(sizeof(ArenaHeader::free_lists) == kNumClasses * 64 && kNumClasses == 92);
-static_assert(sizeof(ArenaHeader::segment_nonce) == kMaxSegments * 8);
-static_assert(sizeof(ArenaHeader) == 16448);
+static_assert(sizeof(ArenaHeader::segment_nonce) == kMaxSegments * 4);
+static_assert(sizeof(ArenaHeader) == 16192);  // + 1 KiB: the 17 KiB smallest arena still fits
 static_assert(alignof(ArenaHeader) == kCacheLine);
 static_assert(sizeof(ArenaHeader) % kCacheLine == 0);
 

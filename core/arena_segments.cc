@@ -161,10 +161,10 @@ Result<uint8_t*> Arena::create_named_segment(uint32_t index, uint64_t bytes, boo
     backend_->discard_segment(index);
   }
   // A fresh nonce per try, recorded before the file exists (so a takeover finds its name). A
-  // name already taken (squatted: only possible by guessing 64 random bits) is skipped.
+  // name already taken (squatted: only possible by guessing 32 random bits) is skipped.
   Result<uint8_t*> created{Status::kSystemError, nullptr};
   for (int attempt = 0; attempt < kMaxNameCollisions; ++attempt) {
-    const uint64_t nonce = backend_->new_segment_nonce();
+    const uint32_t nonce = static_cast<uint32_t>(backend_->new_segment_nonce());
     header_->segment_nonce[index].store(nonce, std::memory_order_release);
     backend_->use_segment_nonce(index, nonce);
     created = backend_->create_segment(index, bytes);

@@ -32,8 +32,8 @@ def _prefix(args: argparse.Namespace) -> str:
 
 def _arena_of(segment: str) -> str:
     """An arena's segments are NAME, NAME.1.<nonce>, NAME.2.<nonce>, ... (the growth segments;
-    the nonce is 16 random hex digits the arena records, docs/shm.md)."""
-    match = re.fullmatch(r"(.+)\.\d+\.[0-9a-f]{16}", segment)
+    the nonce is 8 random hex digits the arena records, docs/shm.md)."""
+    match = re.fullmatch(r"(.+)\.\d+\.[0-9a-f]{8}", segment)
     return match.group(1) if match else segment
 
 

@@ -58,15 +58,15 @@ Result<uint64_t> ShmBackend::probe(const std::string& base_name) {
 
 std::string ShmBackend::segment_name(uint32_t index) const {
   if (index == 0) return base_;
-  char nonce[17];
-  std::snprintf(nonce, sizeof nonce, "%016llx",
-                static_cast<unsigned long long>(index < kMaxSegments ? nonces_[index].load(std::memory_order_acquire) : 0));
+  char nonce[9];
+  std::snprintf(nonce, sizeof nonce, "%08x",
+                static_cast<unsigned>(index < kMaxSegments ? nonces_[index].load(std::memory_order_acquire) : 0));
   return base_ + "." + std::to_string(index) + "." + nonce;
 }
 
 uint64_t ShmBackend::new_segment_nonce() {
-  uint64_t nonce = 0;
-  if (!fill_random(std::as_writable_bytes(std::span<uint64_t>(&nonce, 1)))) return 0;
+  uint32_t nonce = 0;  // ArenaHeader::segment_nonce holds 32 bits
+  if (!fill_random(std::as_writable_bytes(std::span<uint32_t>(&nonce, 1)))) return 0;
   return nonce;
 }
 

@@ -1,7 +1,7 @@
 // ShmBackend: arena segments in named POSIX shared memory, so one arena spans processes.
 //
 // Segment 0 of an arena is named `<prefix><32 hex random chars>` (the base name, 128 random
-// bits, never the pid); segment i > 0 is `<base>.<i>.<16 hex>`, after a nonce of 64 fresh random
+// bits, never the pid); segment i > 0 is `<base>.<i>.<8 hex>`, after a nonce of 32 fresh random
 // bits the arena records in its segment table (a name another user squats is skipped). Segments are created O_EXCL with mode
 // 0600 and their pages reserved up front (a full /dev/shm fails creation, never SIGBUS later);
 // openers check owner, mode and size (shm/segment.h). Every attached process occupies a

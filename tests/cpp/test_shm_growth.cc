@@ -186,8 +186,8 @@ TEST(ShmGrowth, SquattedSegmentNamesAreSkipped) {
   const std::vector<uint64_t> squatted = {0x1111, 0x2222, 0x3333};
   std::vector<std::string> planted;
   for (uint64_t n : squatted) {
-    char hex[17];
-    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(n));
+    char hex[9];
+    std::snprintf(hex, sizeof hex, "%08llx", static_cast<unsigned long long>(n));
     planted.push_back(name + ".1." + hex);
     auto seg = shm::Segment::create(planted.back(), 4096);
     ASSERT_TRUE(seg.ok());

@@ -8,7 +8,7 @@ import mmap
 import os
 import struct
 
-HEADER_BYTES = 16448          # sizeof(ArenaHeader), rounded to 64 (core/arena_layout.h)
+HEADER_BYTES = 16192          # sizeof(ArenaHeader), rounded to 64 (core/arena_layout.h)
 CARVE_OFFSET = 64
 SEGMENT_COUNT_OFFSET = 72
 CORRUPTION_COUNT_OFFSET = 640

@@ -92,7 +92,7 @@ def test_planted_growth_names_neither_stop_growth_nor_are_removed(other_uid):
                             stderr=subprocess.PIPE, text=True)
     name = proc.stdout.readline().strip()
     assert name.startswith("memchannel-"), proc.stderr.read()
-    planted = [f"{name}.{i}" for i in range(1, 9)] + [f"{name}.1.{0:016x}"]
+    planted = [f"{name}.{i}" for i in range(1, 9)] + [f"{name}.1.{0:08x}"]
     as_other(PLANT, *planted)
     try:
         out, err = proc.communicate("go\n", timeout=60)
@@ -100,7 +100,7 @@ def test_planted_growth_names_neither_stop_growth_nor_are_removed(other_uid):
         lines = dict(line.split(" ", 1) for line in out.splitlines())
         assert int(lines["segments"]) >= 2, out  # it grew, past every planted name
         ours = [n for n in lines["names"].split() if n not in planted and n != name]
-        assert ours and all(n.startswith(name + ".") and len(n.rsplit(".", 1)[1]) == 16 for n in ours), ours
+        assert ours and all(n.startswith(name + ".") and len(n.rsplit(".", 1)[1]) == 8 for n in ours), ours
         for n in planted:
             assert owned_by(other_uid, n), f"teardown removed another user's file {n}"
         # ...while the arena's own segments are gone.
