@@ -316,11 +316,10 @@ uint64_t Arena::check_header() {
   restore64(&header_->arena_id, arena_id_);
   // A truncated segment (seen here, or by another party: `ready` says so) is not repairable:
   // what its pages held is gone. Declared corrupt for every party.
-  if (backend_->check_mappings() != Status::kOk) {
-    header_->ready.store(kArenaTruncated, std::memory_order_release);  // lands in zeros if segment 0 went
-  }
+  const bool whole = backend_->check_mappings() == Status::kOk;
+  if (!whole) header_->ready.store(kArenaTruncated, std::memory_order_release);  // lands in zeros if segment 0 went
   const uint32_t ready = header_->ready.load(std::memory_order_relaxed);
-  if (ready == kArenaTruncated || backend_->check_mappings() != Status::kOk) {
+  if (ready == kArenaTruncated || !whole) {
     if (!truncated_.exchange(true, std::memory_order_relaxed)) note_corruption();
     return repaired;
   }
