@@ -633,12 +633,56 @@ bool Channel::cut_after(QueueNode* last, BlockRef last_ref, uint64_t link, uint6
           end.last->next.compare_exchange_strong(e, next_link(e, 0, true), std::memory_order_acq_rel)) {
         const uint64_t end_seq = end.last->seq.load(std::memory_order_relaxed);
         lost = end_seq > base ? count_linked_between(base, end_seq) : 0;
+        if (lost != 0) free_cut_off(base, end_seq, end.last_ref);
         break;
       }
     }
   }
   note_repair(lost);
   return true;
+}
+
+void Channel::free_cut_off(uint64_t base, uint64_t end_seq, BlockRef end_ref) {
+  // The part cut off is the messages numbered in (base, end_seq] whose valid links lead to its
+  // sealed end `end_ref`. Nothing reaches them from the head any more; a node a sender has not
+  // linked yet (its next is 0, not the sealed end) is never among them. Each is freed by CAS
+  // from the state walked, its block only if kQueued at the node's generation (a block still
+  // kSending belongs to a sender finishing its send: left, with its node, as before).
+  std::vector<std::pair<BlockRef, uint64_t>> candidates;
+  arena_->for_each_cell([&](const CellInfo& c) {
+    if (c.kind != CellInfo::kNode) return;
+    const uint64_t st = c.node->state.load(std::memory_order_acquire);
+    const uint64_t seq = c.node->seq.load(std::memory_order_relaxed);
+    if (node_channel(st) == tag_ && node_kind(st) == kNodeLinked && seq > base && seq <= end_seq) {
+      candidates.emplace_back(offset_to_ref(c.offset), st);
+    }
+  });
+  std::vector<std::pair<BlockRef, uint64_t>> members;
+  for (const auto& [ref, st] : candidates) {
+    QueueNode* n = arena_->find_node(ref);
+    if (n == nullptr) continue;
+    bool reaches = ref == end_ref;
+    if (!reaches) {
+      const QueueWalk w = walk_queue(
+          *arena_, n, ref, tag_, [](uint64_t s2, bool) { return node_kind(s2) == kNodeLinked; },
+          [](BlockRef, QueueNode*, uint64_t) { return true; });
+      reaches = w.last_ref == end_ref && !w.broken;
+    }
+    if (reaches) members.emplace_back(ref, st);
+  }
+  for (const auto& [ref, st] : members) {
+    QueueNode* n = arena_->find_node(ref);
+    if (n == nullptr) continue;
+    const BlockHandle message{n->block.load(std::memory_order_relaxed), n->generation.load(std::memory_order_relaxed)};
+    if (n->state.load(std::memory_order_acquire) != st) continue;  // moved on: not ours to free
+    BlockHeader* block = arena_->find_block(message.ref);
+    const uint32_t bs = block != nullptr ? block->state.load(std::memory_order_acquire) : 0;
+    if (block != nullptr && state_generation(bs) == message.generation) {
+      if (state_kind(bs) != kBlockQueued) continue;  // a sender still finishing: leave both
+      arena_->reclaim_block(message.ref, bs);
+    }
+    arena_->free_node_from(ref, st, /*count_refusal=*/false);
+  }
 }
 
 uint64_t Channel::count_linked_between(uint64_t base, uint64_t end_seq) {

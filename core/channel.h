@@ -240,6 +240,8 @@ class Channel {
   BlockRef find_dummy(uint64_t tail);
   // Messages of this channel numbered in (base, end_seq] (a repair's loss; arena walk).
   uint64_t count_linked_between(uint64_t base, uint64_t end_seq);
+  // Gives back the blocks and nodes of the messages a cut left behind (see channel.cc).
+  void free_cut_off(uint64_t base, uint64_t end_seq, BlockRef end_ref);
   std::atomic<uint64_t> fork_generation_{fork_generation()};  // process image of the attach
   std::atomic<bool> attached_{true};              // this object still holds its attach
   std::atomic<bool> inherited_{false};            // attach taken by reattach_after_fork
