@@ -42,9 +42,26 @@ void Arena::detach() {
   // Dead holders still count as attached until reaped: reap them so the last live process
   // really is the last and removes the segments.
   reap_dead_holders();
-  if (holder_ != 0) free_slot(header_->holders[holder_ - 1]);
+  if (holder_ != 0) {
+    free_slot(header_->holders[holder_ - 1]);
+    backend_->unlock_slot(holder_ - 1);  // after the slot is free: never a live-looking dead slot
+  }
   if (header_->attached_holders.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-    backend_->remove_segments(header_->segment_count.load(std::memory_order_acquire));
+    // The last one by the count; but a count forged low must not remove the segments under
+    // live parties: any other live slot holder means the count lied (restored instead).
+    uint32_t live = 0;
+    const uint32_t occupied = occupied_slots(&live);
+    if (live != 0) {
+      uint32_t zero = 0;
+      header_->attached_holders.compare_exchange_strong(zero, occupied, std::memory_order_acq_rel);
+      note_corruption();
+      return;
+    }
+    const uint32_t count = std::min(header_->segment_count.load(std::memory_order_acquire), kMaxSegments - 1);
+    for (uint32_t i = 1; i <= count; ++i) {  // names of every segment, and of one being created
+      backend_->use_segment_nonce(i, header_->segment_nonce[i].load(std::memory_order_acquire));
+    }
+    backend_->remove_segments(count);
   }
 }
 
@@ -134,7 +151,10 @@ Result<Offset> Arena::carve(uint64_t bytes, bool node, int64_t creator_wait_ns) 
     const uint64_t size = base != nullptr ? sizes_[seg].load(std::memory_order_relaxed) : 0;
     if (base == nullptr || (within & (kUnit - 1)) != 0 || within > size ||
         (seg == 0 && within < kHeaderBytes)) {
-      note_corruption();  // a cursor outside the segments, off the 64-byte grid, or in the header
+      // A cursor outside the segments, off the 64-byte grid, or in the header: re-derived from
+      // the cells (check_header), then carving goes on; reported once if that is impossible.
+      if (repair_carve(cur)) continue;
+      note_corruption();
       return {Status::kCorruptedOffset, 0};
     }
     if (size - within >= kUnit) {
@@ -147,6 +167,7 @@ Result<Offset> Arena::carve(uint64_t bytes, bool node, int64_t creator_wait_ns) 
       if (w != 0) {
         // An initialised cell at the cursor: our cursor read is stale, or the cursor is forged.
         if (header_->carve.load(std::memory_order_acquire) != cur) continue;
+        if (repair_carve(cur)) continue;
         note_corruption();
         return {Status::kCorruptedOffset, 0};
       }
@@ -266,6 +287,7 @@ Result<BlockRef> Arena::take_free_block(uint32_t cls, uint32_t* generation, Bloc
 Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout& layout,
                                     int64_t creator_wait_ns) {
   maybe_reap();
+  if (truncated()) [[unlikely]] return {Status::kCorruptedLength, {}};
   const bool plain = is_plain_bytes(layout);
   if (!plain && (layout.ndim > kMaxNdim || layout.format.empty() ||
                  layout.format.size() > kMaxFormatLen || layout.itemsize == 0)) {

@@ -289,7 +289,17 @@ class Arena {
   // The counters as they are (no sweep): for checkers and tools that must not write.
   ArenaStats counters() const;
   uint64_t capacity() const { return capacity_; }
-  uint64_t arena_id() const { return header_->arena_id; }
+  uint64_t arena_id() const { return arena_id_; }  // private copy, read at create/attach
+  // Checks every word of the shared header against this process's private copies and bounds
+  // and repairs what it can prove (docs/shm.md, "Threat model"): the identity words, the segment
+  // table of mapped segments, the segment count, the carve cursor (re-derived by walking the
+  // cells), the attach count (never below the occupied holder slots). Returns the words
+  // repaired (each counted as corruption). Called by every sweep (maybe_reap) and by carve
+  // when the cursor makes no sense. Concurrency: any thread.
+  uint64_t check_header();
+  // Whether a segment of this arena was found truncated (by this process's sweep, or another
+  // party's, through `ready`): every later allocate, send and recv fails with kCorruptedLength.
+  bool truncated() const { return truncated_.load(std::memory_order_relaxed); }
   uint64_t max_payload() const;
   // The largest payload this arena can still serve: max_payload() bounded by the segments that
   // exist and the room left for new ones. Segments are never removed and blocks never merged,
@@ -306,6 +316,9 @@ class Arena {
   }
   static uint32_t thread_stripe();
   Status grow(uint32_t current_segment, uint64_t at_least);
+  // Creates segment `index` under a fresh recorded nonce (Arena::grow has claimed the index);
+  // `taken_over`: a dead creator's file may sit under the nonce recorded before.
+  Result<uint8_t*> create_named_segment(uint32_t index, uint64_t bytes, bool taken_over);
   // This process's mapping of segment `index`, mapped on first use; nullptr if it cannot be.
   uint8_t* segment_base(uint32_t index) {
     uint8_t* base = bases_[index].load(std::memory_order_acquire);
@@ -345,6 +358,14 @@ class Arena {
   std::unique_ptr<MemoryBackend> backend_;
   ArenaHeader* header_;                                       // in segment 0
   const uint64_t capacity_;                                   // private copy, bounds growth
+  uint64_t arena_id_ = 0;                                     // private copy (check_header)
+  std::atomic<bool> truncated_{false};
+  // Re-derives the carve cursor from the cells (the first never-carved cell of the last
+  // segment) and installs it in place of `bad`. True if it did.
+  bool repair_carve(uint64_t bad);
+  // Holder slots not free (an attached process, live or not yet reaped), and how many of them
+  // another live party holds the liveness lock of.
+  uint32_t occupied_slots(uint32_t* live = nullptr);
   uint32_t holder_ = 0;                                       // our slot + 1; 0 = untracked
   uint32_t incarnation_ = 0;                                  // of our slot, when we claimed it
   uint64_t fork_generation_ = fork_generation();              // process image that attached

@@ -17,7 +17,13 @@
 //     1744  reclaimed_blocks              reapers
 //     1792  holders[128] (64 B each)      HolderSlot: state word, incarnation, identity
 //     9984  node_free                     tagged free list of QueueNodes
-//    10048  free_lists[92] (64 B each)    one cache line per size class; 15936 bytes in all
+//    10048  free_lists[92] (64 B each)    one cache line per size class
+//    15936  segment_nonce[64] (4 B each)  random part of each growth segment's name; 16192 in all
+//
+// Stable across layout versions (every version from 6 on, and what every reader of a foreign
+// arena relies on): magic at 0, version at 8, header_bytes at 12, ready at 32, and the holder
+// table at kHolderTableOffset. A reader checks magic and version before it reads anything else
+// (arena_header_compatible below); an arena of another version is refused, and left alone.
 //
 // (Offsets are asserted below; a change to the layout bumps kArenaLayoutVersion.)
 #pragma once
@@ -33,8 +39,11 @@
 namespace memchannel {
 
 inline constexpr uint64_t kArenaMagic = 0x314e524148434d4dull;  // "MMCHARN1"
-inline constexpr uint32_t kArenaLayoutVersion = 5;  // 2: node states, kBlockSending, carving; 3: striped counters; 4: kBlockTransferred; 5: node seq
+inline constexpr uint32_t kArenaLayoutVersion = 6;  // 2: node states, kBlockSending, carving; 3: striped counters; 4: kBlockTransferred; 5: node seq; 6: segment nonces, liveness locks
 inline constexpr uint32_t kArenaReady = 0x52454459u;            // "REDY"
+// `ready` once a party found a segment truncated (its pages, and what they held, are gone): the
+// arena is corrupt for every party, which each learns at its next sweep (Arena::check_header).
+inline constexpr uint32_t kArenaTruncated = 0x43555254u;        // "TRUC"
 // segment_bytes[i] while one party creates segment i: the creating word names the creator
 // (holder id and the incarnation of its slot), so a creator that died half way is detected and
 // its segment replaced (Arena::grow). ~0ull (kSegmentCreating) is a creating word of no holder.
@@ -144,7 +153,11 @@ struct ArenaHeader {
   HolderSlot holders[kMaxHolders];
   alignas(kCacheLine) std::atomic<uint64_t> node_free;      // tagged free list of QueueNodes
   FreeList free_lists[kNumClasses];
+  // Random part of segment i's name (i > 0), written before the segment is created, read by
+  // every process that maps or removes it (core/backend.h, "Growth-segment names").
+  alignas(kCacheLine) std::atomic<uint32_t> segment_nonce[kMaxSegments];
 };
+inline constexpr std::size_t kHolderTableOffset = 1792;  // never moves (see the table above)
 static_assert(std::is_standard_layout_v<ArenaHeader>);
 static_assert(offsetof(ArenaHeader, magic) == 0);
 static_assert(offsetof(ArenaHeader, version) == 8);
@@ -162,8 +175,26 @@ static_assert(offsetof(ArenaHeader, reclaimed_blocks) == 1744);
 static_assert(offsetof(ArenaHeader, holders) == 1792);
 static_assert(offsetof(ArenaHeader, node_free) == 9984);
 static_assert(offsetof(ArenaHeader, free_lists) == 10048);
-static_assert(sizeof(ArenaHeader) == 15936);
+static_assert(offsetof(ArenaHeader, segment_nonce) == 15936);
+static_assert(offsetof(ArenaHeader, holders) == kHolderTableOffset);
+// Section sizes: a field that grows moves everything after it, which the offsets above catch;
+// these say which section it was.
+static_assert(sizeof(ArenaHeader::segment_bytes) == kMaxSegments * 8 && kMaxSegments == 64);
+static_assert(sizeof(ArenaHeader::counters) == 1088);
+static_assert(sizeof(ArenaHeader::space) == 8);
+static_assert(sizeof(ArenaHeader::holders) == kMaxHolders * 64);
+static_assert(sizeof(ArenaHeader::free_lists) == kNumClasses * 64 && kNumClasses == 92);
+static_assert(sizeof(ArenaHeader::segment_nonce) == kMaxSegments * 4);
+static_assert(sizeof(ArenaHeader) == 16192);  // + 1 KiB: the 17 KiB smallest arena still fits
 static_assert(alignof(ArenaHeader) == kCacheLine);
 static_assert(sizeof(ArenaHeader) % kCacheLine == 0);
+
+// Whether a header another process wrote is one this build may read past its first 16 bytes:
+// the magic, then the layout version and header size. Every reader of a foreign arena (attach,
+// the abandoned-arena scan, cleanup) asks this before anything else.
+inline bool arena_header_compatible(const ArenaHeader& h) {
+  return h.magic == kArenaMagic && h.version == kArenaLayoutVersion &&
+         h.header_bytes == ((sizeof(ArenaHeader) + kUnit - 1) & ~(kUnit - 1));
+}
 
 }  // namespace memchannel

@@ -35,6 +35,7 @@ Result<std::shared_ptr<Arena>> Arena::create(std::unique_ptr<MemoryBackend> back
   header->carve.store(make_offset(0, kHeaderBytes), std::memory_order_relaxed);
   header->counters.carved_bytes.store(kHeaderBytes, std::memory_order_relaxed);
   std::shared_ptr<Arena> arena(new Arena(std::move(backend), header, capacity));
+  arena->arena_id_ = arena_id;
   arena->sizes_[0].store(seg0, std::memory_order_relaxed);
   arena->bases_[0].store(seg.value, std::memory_order_release);
   header->attached_holders.store(1, std::memory_order_relaxed);  // the creator
@@ -55,26 +56,39 @@ Result<std::shared_ptr<Arena>> Arena::attach(std::unique_ptr<MemoryBackend> back
   auto seg = backend->map_segment(0, segment0_bytes);
   if (!seg.ok()) return {seg.status, nullptr};
   auto* header = reinterpret_cast<ArenaHeader*>(seg.value);
-  if (header->ready.load(std::memory_order_acquire) != kArenaReady) return {Status::kNotReady, nullptr};
-  if (header->magic != kArenaMagic) return {Status::kBadMagic, nullptr};
-  if (header->version != kArenaLayoutVersion || header->header_bytes != kHeaderBytes) {
-    return {Status::kVersionMismatch, nullptr};
-  }
+  // Magic and layout version before anything else (core/arena_layout.h): a header of another
+  // version is refused before any of its fields is read as ours. A zero magic with `ready`
+  // unset is a creator still at work.
+  const bool ready = header->ready.load(std::memory_order_acquire) == kArenaReady;
+  if (header->magic != kArenaMagic) return {ready || header->magic != 0 ? Status::kBadMagic : Status::kNotReady, nullptr};
+  if (!arena_header_compatible(*header)) return {Status::kVersionMismatch, nullptr};
+  if (!ready) return {Status::kNotReady, nullptr};
   const uint64_t capacity_untrusted = header->capacity;
   if (capacity_untrusted < segment0_bytes ||
       capacity_untrusted > kMaxSegmentBytes * kMaxSegments ||
       header->segment_bytes[0].load(std::memory_order_acquire) != segment0_bytes) {
     return {Status::kCorruptedLength, nullptr};
   }
-  // Join the holders unless the last one is already tearing the arena down.
-  uint32_t attached = header->attached_holders.load(std::memory_order_acquire);
-  do {
-    if (attached == 0 || attached > kMaxHolders) return {Status::kNotFound, nullptr};
-  } while (!header->attached_holders.compare_exchange_weak(attached, attached + 1,
-                                                           std::memory_order_acq_rel));
   std::shared_ptr<Arena> arena(new Arena(std::move(backend), header, capacity_untrusted));
+  arena->arena_id_ = header->arena_id;
   arena->sizes_[0].store(segment0_bytes, std::memory_order_relaxed);
   arena->bases_[0].store(seg.value, std::memory_order_release);
+  // Join the holders unless the last one is already tearing the arena down. A count of 0 (or
+  // past the slots) while a live party holds a slot is forged, not a teardown: repaired.
+  uint32_t attached = header->attached_holders.load(std::memory_order_acquire);
+  do {
+    if (attached == 0 || attached > 2 * kMaxHolders) {
+      uint32_t live = 0;
+      const uint32_t occupied = arena->occupied_slots(&live);
+      if (live == 0 || !header->attached_holders.compare_exchange_strong(attached, occupied, std::memory_order_acq_rel)) {
+        arena->detached_.store(true, std::memory_order_release);  // holds no count: gives none back
+        return {Status::kNotFound, nullptr};
+      }
+      arena->note_corruption();
+      attached = occupied;
+    }
+  } while (!header->attached_holders.compare_exchange_weak(attached, attached + 1,
+                                                           std::memory_order_acq_rel));
   if (arena->backend_->tracks_holders()) {
     arena->reap_dead_holders();
     const Status s = arena->claim_holder_slot();
@@ -131,11 +145,32 @@ uint8_t* Arena::map_segment_slow(uint32_t index) {
   std::lock_guard<std::mutex> lock(map_mutex_);
   uint8_t* base = bases_[index].load(std::memory_order_acquire);
   if (base != nullptr) return base;
+  // The nonce was written before the size was published (grow): the name is the creator's.
+  backend_->use_segment_nonce(index, header_->segment_nonce[index].load(std::memory_order_acquire));
   auto mapped = backend_->map_segment(index, bytes_untrusted);
   if (!mapped.ok()) return nullptr;
   sizes_[index].store(bytes_untrusted, std::memory_order_relaxed);
   bases_[index].store(mapped.value, std::memory_order_release);  // pairs with segment_base's load
   return mapped.value;
+}
+
+Result<uint8_t*> Arena::create_named_segment(uint32_t index, uint64_t bytes, bool taken_over) {
+  if (taken_over) {
+    // A creator that died half way may have left its file under the nonce it recorded.
+    backend_->use_segment_nonce(index, header_->segment_nonce[index].load(std::memory_order_acquire));
+    backend_->discard_segment(index);
+  }
+  // A fresh nonce per try, recorded before the file exists (so a takeover finds its name). A
+  // name already taken (squatted: only possible by guessing 32 random bits) is skipped.
+  Result<uint8_t*> created{Status::kSystemError, nullptr};
+  for (int attempt = 0; attempt < kMaxNameCollisions; ++attempt) {
+    const uint32_t nonce = static_cast<uint32_t>(backend_->new_segment_nonce());
+    header_->segment_nonce[index].store(nonce, std::memory_order_release);
+    backend_->use_segment_nonce(index, nonce);
+    created = backend_->create_segment(index, bytes);
+    if (created.ok() || !backend_->last_create_collided()) break;
+  }
+  return created;
 }
 
 Status Arena::grow(uint32_t current, uint64_t at_least) {
@@ -174,7 +209,7 @@ Status Arena::grow(uint32_t current, uint64_t at_least) {
       return Status::kOk;  // someone else claimed it (or took it over); retry against theirs
     }
     MEMCHANNEL_CRASH_POINT(kGrowSegmentClaimed);
-    auto created = backend_->create_segment(next, size);
+    auto created = create_named_segment(next, size, is_creating_word(existing));
     if (!created.ok()) {
       uint64_t w = mine;
       header_->segment_bytes[next].compare_exchange_strong(w, 0, std::memory_order_acq_rel);
@@ -209,6 +244,131 @@ Status Arena::grow(uint32_t current, uint64_t at_least) {
          !header_->carve.compare_exchange_weak(cur, make_offset(next, 0), std::memory_order_acq_rel)) {
   }
   return Status::kOk;
+}
+
+uint32_t Arena::occupied_slots(uint32_t* live) {
+  uint32_t occupied = 0, alive = 0;
+  for (uint32_t i = 0; i < kMaxHolders; ++i) {
+    if (slot_kind(header_->holders[i].state.load(std::memory_order_acquire)) == kSlotFree) continue;
+    ++occupied;
+    if (live != nullptr && (i + 1 == holder_ || backend_->lock_liveness(i) != HolderLiveness::kDead)) ++alive;
+  }
+  if (live != nullptr) *live = alive;
+  return occupied;
+}
+
+bool Arena::repair_carve(uint64_t bad) {
+  // The last segment the table names that this process can map; the cells of a segment are
+  // carved from its start, and what was never carved is zero.
+  uint32_t seg = 0;
+  for (uint32_t i = 1; i < kMaxSegments; ++i) {
+    const uint64_t b = header_->segment_bytes[i].load(std::memory_order_acquire);
+    if (b == 0 || is_creating_word(b) || segment_base(i) == nullptr) break;
+    seg = i;
+  }
+  uint8_t* base = segment_base(seg);
+  if (base == nullptr) return false;
+  const uint64_t size = sizes_[seg].load(std::memory_order_relaxed);
+  uint64_t at = seg == 0 ? kHeaderBytes : 0;
+  while (at + kUnit <= size) {
+    uint8_t* cell = base + at;
+    const uint64_t word = load_cell_word(cell);
+    const uint32_t magic = static_cast<uint32_t>(word >> 32);
+    uint64_t bytes = kUnit;
+    if (word == 0) break;  // never carved: the cursor belongs here
+    if (is_carving_word(word)) {
+      bytes = carving_units(word) << kUnitShift;
+    } else if (magic == kBlockMagic) {
+      const uint32_t cls = reinterpret_cast<BlockHeader*>(cell)->size_class.load(std::memory_order_relaxed);
+      bytes = cls < kNumClasses ? class_units(cls) << kUnitShift : kUnit;
+    }
+    // A node is one unit; garbage is stepped over a unit at a time (it leaks, nothing reuses it).
+    if (bytes == 0 || bytes > size - at) bytes = kUnit;
+    at += bytes;
+  }
+  const uint64_t proven = make_offset(seg, std::min(at, size));
+  if (proven == bad) return false;
+  uint64_t expected = bad;
+  if (!header_->carve.compare_exchange_strong(expected, proven, std::memory_order_acq_rel)) return false;
+  note_corruption();
+  return true;
+}
+
+uint64_t Arena::check_header() {
+  uint64_t repaired = 0;
+  // Identity: written once by the creator; this process checked it at attach (or wrote it).
+  const auto restore64 = [&](uint64_t* word, uint64_t want) {
+    if (__atomic_load_n(word, __ATOMIC_RELAXED) != want) {
+      __atomic_store_n(word, want, __ATOMIC_RELAXED);
+      ++repaired;
+    }
+  };
+  const auto restore32 = [&](uint32_t* word, uint32_t want) {
+    if (__atomic_load_n(word, __ATOMIC_RELAXED) != want) {
+      __atomic_store_n(word, want, __ATOMIC_RELAXED);
+      ++repaired;
+    }
+  };
+  restore64(&header_->magic, kArenaMagic);
+  restore32(&header_->version, kArenaLayoutVersion);
+  restore32(&header_->header_bytes, static_cast<uint32_t>(kHeaderBytes));
+  restore64(&header_->capacity, capacity_);
+  restore64(&header_->arena_id, arena_id_);
+  // A truncated segment (seen here, or by another party: `ready` says so) is not repairable:
+  // what its pages held is gone. Declared corrupt for every party.
+  const bool whole = backend_->check_mappings() == Status::kOk;
+  if (!whole) header_->ready.store(kArenaTruncated, std::memory_order_release);  // lands in zeros if segment 0 went
+  const uint32_t ready = header_->ready.load(std::memory_order_relaxed);
+  if (ready == kArenaTruncated || !whole) {
+    if (!truncated_.exchange(true, std::memory_order_relaxed)) note_corruption();
+    return repaired;
+  }
+  if (ready != kArenaReady) {
+    header_->ready.store(kArenaReady, std::memory_order_release);
+    ++repaired;
+  }
+  // The segment table: a segment this process maps has the size it mapped (segments never
+  // change size), and the count covers every mapped segment and no absent one.
+  uint32_t mapped = 0, present = 0;
+  for (uint32_t i = 0; i < kMaxSegments; ++i) {
+    const uint64_t size = sizes_[i].load(std::memory_order_relaxed);
+    uint64_t b = header_->segment_bytes[i].load(std::memory_order_acquire);
+    if (size != 0) {
+      mapped = i + 1;
+      if (b != size && header_->segment_bytes[i].compare_exchange_strong(b, size, std::memory_order_acq_rel)) ++repaired;
+      b = size;
+    }
+    if (b != 0 && !is_creating_word(b) && present == i) present = i + 1;
+  }
+  uint32_t count = header_->segment_count.load(std::memory_order_acquire);
+  const uint32_t want = std::max(mapped, std::min(count, present));
+  if (count != want && header_->segment_count.compare_exchange_strong(count, want, std::memory_order_acq_rel)) {
+    ++repaired;
+  }
+  // The carve cursor: in a segment that exists, on the grid, past the header, at a cell that
+  // was never carved (or being carved).
+  const uint64_t cursor = header_->carve.load(std::memory_order_acquire);
+  const uint32_t seg = segment_of(cursor);
+  const uint64_t within = within_segment(cursor);
+  uint8_t* base = seg < kMaxSegments ? segment_base(seg) : nullptr;
+  const uint64_t size = base != nullptr ? sizes_[seg].load(std::memory_order_relaxed) : 0;
+  bool sane = base != nullptr && (within & (kUnit - 1)) == 0 && within <= size && (seg != 0 || within >= kHeaderBytes);
+  if (sane && within + kUnit <= size) {
+    const uint64_t w = load_cell_word(base + within);
+    sane = w == 0 || is_carving_word(w) || header_->carve.load(std::memory_order_acquire) != cursor;
+  }
+  if (!sane && repair_carve(cursor)) ++repaired;
+  // The attach count: never below the occupied holder slots (an attacher counts itself before
+  // it claims a slot; a detacher frees its slot before it stops counting), never past the slots.
+  uint32_t attached = header_->attached_holders.load(std::memory_order_acquire);
+  const uint32_t occupied = occupied_slots();
+  if ((attached < occupied || attached > 2 * kMaxHolders) &&
+      header_->attached_holders.load(std::memory_order_acquire) == attached &&
+      header_->attached_holders.compare_exchange_strong(attached, occupied, std::memory_order_acq_rel)) {
+    ++repaired;
+  }
+  if (repaired != 0) header_->counters.corruption_count.fetch_add(repaired, std::memory_order_relaxed);
+  return repaired;
 }
 
 }  // namespace memchannel

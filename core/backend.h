@@ -43,6 +43,31 @@ class MemoryBackend {
   virtual HolderLiveness liveness(const HolderIdentity&) const { return HolderLiveness::kAlive; }
   // Called by the last holder to detach: remove the segments (`segments` of them exist).
   virtual void remove_segments(uint32_t /*segments*/) {}
+
+  // --- Growth-segment names (shm): segment i > 0 is named after a nonce the arena records in
+  // its segment table (ArenaHeader::segment_nonce) before the segment is created, so no other
+  // party can predict a name from the base name (docs/shm.md, "Threat model").
+  // A fresh random nonce (0 from backends whose segments have no names).
+  virtual uint64_t new_segment_nonce() { return 0; }
+  // The nonce of segment `index`, as the segment table records it, for create/map/remove.
+  virtual void use_segment_nonce(uint32_t /*index*/, uint64_t /*nonce*/) {}
+  // Whether the last create_segment failed because a file already sat at the name (squatted).
+  virtual bool last_create_collided() const { return false; }
+  // Removes what a creator that died half way left at segment `index`'s name (if ours).
+  virtual void discard_segment(uint32_t /*index*/) {}
+
+  // Whether every segment this process maps is still whole (shm: not truncated by a peer);
+  // kCorruptedLength once one is not. Called by every sweep. Concurrency: any thread.
+  virtual Status check_mappings() const { return Status::kOk; }
+
+  // --- Liveness locks (shm): each attached process holds lock `index` (its holder slot, or
+  // kMaxHolders + slot while it reaps without a slot of its own) for as long as it occupies it;
+  // the kernel drops it when the process dies, in whatever PID namespace it runs.
+  // Takes lock `index` for this process; false if another party holds it.
+  virtual bool lock_slot(uint32_t /*index*/) { return true; }
+  virtual void unlock_slot(uint32_t /*index*/) {}
+  // kAlive if another party holds lock `index`, kDead if nobody does, kUnknown if it cannot tell.
+  virtual HolderLiveness lock_liveness(uint32_t /*index*/) const { return HolderLiveness::kAlive; }
 };
 
 }  // namespace memchannel

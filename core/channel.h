@@ -41,7 +41,8 @@
 //
 // Trust: a node reached through a link must be a node of this channel in the state its place
 // implies (the dummy kNodeClaimed, messages kNodeLinked, the next one possibly kNodeClaimed by a
-// receiver in progress). A violation seen while the head (or tail) is unchanged cannot be an
+// receiver in progress), and the expected successor: its seq one more than the node linking to
+// it (a link forged to another node of the same queue skips numbers, so it is caught too). A violation seen while the head (or tail) is unchanged cannot be an
 // honest race, so it is corruption: it is counted and the queue repaired (repair() below),
 // losing only the messages past the bad link. Sequence numbers or positions no honest queue
 // holds (the last below the dummy, more than maxsize queued) are counted as corruption, and
@@ -73,7 +74,7 @@
 namespace memchannel {
 
 inline constexpr uint64_t kChannelMagic = 0x314c4e4843434d4dull;  // "MMCCHNL1"
-inline constexpr uint32_t kChannelLayoutVersion = 4;  // 2: node states, claim protocol; 3: sent/received on the tail/head lines; 4: counts from node seq, sealed link
+inline constexpr uint32_t kChannelLayoutVersion = 5;  // 2: node states, claim protocol; 3: sent/received on the tail/head lines; 4: counts from node seq, sealed link; 5: links checked by seq, messages_lost, repair epoch
 // The largest maxsize (a count that fits in 63 bits, as earlier layouts had it).
 inline constexpr uint64_t kMaxChannelSize = (1ull << 63) - 1;
 // A node's `next` link with this tag bit set is sealed: the channel is closed after that node.
@@ -93,7 +94,11 @@ struct ChannelHeader {
   uint64_t maxsize;     // 0 = unbounded
   uint64_t maxbytes;    // 0 = unbounded
   uint64_t channel_id;
-  uint64_t reserved1_[3];
+  // Written only by repair() (rare), read by every send and recv from the identity line, which
+  // nothing else writes after create: no cost on the data path.
+  std::atomic<uint64_t> messages_lost;   // messages a repair cut off past a forged link
+  std::atomic<uint64_t> repair_epoch;    // bumped by every repair: each Channel's next call reports it
+  uint64_t reserved1_;
   alignas(kCacheLine) std::atomic<uint64_t> head;    // tagged ref of the dummy node; receivers
   alignas(kCacheLine) std::atomic<uint64_t> tail;    // tagged ref of the last node; senders
   alignas(kCacheLine) std::atomic<uint64_t> closed;  // 1 once close() began (a hint: see seal())
@@ -103,6 +108,8 @@ struct ChannelHeader {
   uint32_t reserved2_;
 };
 static_assert(std::is_standard_layout_v<ChannelHeader>);
+static_assert(offsetof(ChannelHeader, messages_lost) == 40);
+static_assert(offsetof(ChannelHeader, repair_epoch) == 48);
 static_assert(offsetof(ChannelHeader, head) == 64);
 static_assert(offsetof(ChannelHeader, tail) == 128);
 static_assert(offsetof(ChannelHeader, closed) == 192);
@@ -111,7 +118,7 @@ static_assert(offsetof(ChannelHeader, not_full) == 320);
 static_assert(offsetof(ChannelHeader, attached) == 384);
 
 struct ChannelStats {
-  uint64_t queued, bytes_queued, sent, received, maxsize, maxbytes;
+  uint64_t queued, bytes_queued, sent, received, maxsize, maxbytes, messages_lost;
   bool closed;
 };
 
@@ -156,6 +163,11 @@ class Channel {
   // Takes the oldest message; the caller becomes its holder. kEmpty (non-blocking),
   // kTimedOut, kInterrupted, kClosed (closed and drained).
   Result<BlockHandle> recv(const WaitSpec& wait);
+
+  // Counts one message lost to corruption found after the queue let go of it (a descriptor or
+  // metadata a peer forged): stats().messages_lost; with `report`, every Channel's next call
+  // is told as after a repair. Concurrency: any thread.
+  void note_message_lost(bool report);
 
   void close();
   bool closed() const;
@@ -210,6 +222,26 @@ class Channel {
   // fits, and only one that does not reads the shared head (room_after). Process-local hints.
   mutable std::atomic<uint64_t> seen_head_seq_{0};
   mutable std::atomic<uint64_t> seen_head_position_{0};
+  // The repair epoch this object last reported (a repair by anyone makes its next send or recv
+  // fail once with kCorruptedIndex, so both sides learn of the loss; stats()["messages_lost"]).
+  std::atomic<uint64_t> seen_repair_epoch_{0};
+  // kCorruptedIndex once per repair since this object last reported one; kOk otherwise.
+  Status repair_reported() {
+    const uint64_t epoch = header_->repair_epoch.load(std::memory_order_relaxed);
+    if (epoch == seen_repair_epoch_.load(std::memory_order_relaxed)) [[likely]] return Status::kOk;
+    seen_repair_epoch_.store(epoch, std::memory_order_relaxed);
+    return Status::kCorruptedIndex;
+  }
+  // Cuts a link found forged (repair()): seals the end of the part cut off, counts its messages.
+  bool cut_after(QueueNode* last, BlockRef last_ref, uint64_t link, uint64_t tail);
+  // Counts a repair: `lost` messages, the arena's corruption count, the epoch; wakes waiters.
+  void note_repair(uint64_t lost);
+  // The dummy a forged head hid (a claimed node of this channel leading to the tail), or 0.
+  BlockRef find_dummy(uint64_t tail);
+  // Messages of this channel numbered in (base, end_seq] (a repair's loss; arena walk).
+  uint64_t count_linked_between(uint64_t base, uint64_t end_seq);
+  // Gives back the blocks and nodes of the messages a cut left behind (see channel.cc).
+  void free_cut_off(uint64_t base, uint64_t end_seq, BlockRef end_ref);
   std::atomic<uint64_t> fork_generation_{fork_generation()};  // process image of the attach
   std::atomic<bool> attached_{true};              // this object still holds its attach
   std::atomic<bool> inherited_{false};            // attach taken by reattach_after_fork

@@ -2,8 +2,8 @@
 // reader of a whole queue uses (Channel's counts and repair, crash recovery's snapshot).
 //
 // Trust: the links and states are in shared memory. The walk follows a link only to a cell
-// that is a node (magic, in bounds), of this channel, in a state `accept` allows, not seen
-// before, within kMaxQueueSteps; anything else stops it as `broken`. It reads a moving queue:
+// that is a node (magic, in bounds), of this channel, in a state `accept` allows, numbered one
+// past the node it leaves (seq), not seen before, within kMaxQueueSteps; anything else stops it as `broken`. It reads a moving queue:
 // callers that need a still one compare the head before and after.
 #pragma once
 
@@ -40,8 +40,10 @@ QueueWalk walk_queue(Arena& arena, QueueNode* first, BlockRef first_ref, uint32_
     if (ref == 0) return w;
     QueueNode* n = arena.find_node(ref);
     const uint64_t s = n != nullptr ? n->state.load(std::memory_order_acquire) : 0;
+    // The expected successor: of this channel, in an allowed state, numbered one past `last`.
     if (n == nullptr || steps >= kMaxQueueSteps || !seen.insert(ref).second || node_channel(s) != tag ||
-        !accept(s, w.last_ref == first_ref)) {
+        !accept(s, w.last_ref == first_ref) ||
+        n->seq.load(std::memory_order_relaxed) != w.last->seq.load(std::memory_order_relaxed) + 1) {
       w.broken = true;
       return w;
     }

@@ -66,6 +66,7 @@ void Arena::sweep_slow() {
     return;
   }
   reap_dead_holders();
+  check_header();  // forged header words are repaired within a sweep interval (docs/shm.md)
 }
 
 Status Arena::claim_holder_slot() {
@@ -76,7 +77,12 @@ Status Arena::claim_holder_slot() {
     for (uint32_t i = 0; i < kMaxHolders; ++i) {
       HolderSlot& slot = header_->holders[i];
       uint32_t expected = kSlotFree;
+      if (slot.state.load(std::memory_order_relaxed) != kSlotFree) continue;
+      // The liveness lock first (core/backend.h): a slot is never claimed without it, so a
+      // claimed slot whose lock nobody holds is a dead occupant's, in any PID namespace.
+      if (!backend_->lock_slot(i)) continue;  // its last occupant is still letting go
       if (!slot.state.compare_exchange_strong(expected, slot_claiming(me.words[0]), std::memory_order_acq_rel)) {
+        backend_->unlock_slot(i);
         continue;
       }
       slot.identity[0].store(me.words[0], std::memory_order_relaxed);
@@ -106,10 +112,7 @@ bool Arena::occupant_alive(uint32_t holder, uint32_t incarnation, uint32_t mask)
   if (state != kSlotActive || (slot.incarnation.load(std::memory_order_relaxed) & mask) != (incarnation & mask)) {
     return false;
   }
-  const HolderIdentity id{{slot.identity[0].load(std::memory_order_relaxed),
-                           slot.identity[1].load(std::memory_order_relaxed)}};
-  if (slot.state.load(std::memory_order_acquire) != kSlotActive) return false;
-  return backend_->liveness(id) != HolderLiveness::kDead;
+  return backend_->lock_liveness(holder - 1) != HolderLiveness::kDead;
 }
 
 bool Arena::holder_alive(uint32_t holder) {
@@ -119,9 +122,7 @@ bool Arena::holder_alive(uint32_t holder) {
   const uint32_t state = slot.state.load(std::memory_order_acquire);
   if (slot_kind(state) == kSlotClaiming) return true;  // identity not yet published: assume alive
   if (state != kSlotActive) return false;
-  const HolderIdentity id{{slot.identity[0].load(std::memory_order_relaxed),
-                           slot.identity[1].load(std::memory_order_relaxed)}};
-  return backend_->liveness(id) != HolderLiveness::kDead;
+  return backend_->lock_liveness(holder - 1) != HolderLiveness::kDead;
 }
 
 Status Arena::reclaim_block(BlockRef ref, uint32_t expected) {
@@ -219,9 +220,13 @@ uint64_t Arena::reap_dead_holders() {
     HolderSlot& slot = header_->holders[i];
     if (i + 1 == holder_) continue;
     const uint32_t state = slot.state.load(std::memory_order_acquire);
+    const uint32_t incarnation = slot.incarnation.load(std::memory_order_acquire);
     const uint32_t kind = slot_kind(state);
+    // Liveness is the slot's lock (core/backend.h, "Liveness locks"): the occupant holds lock i,
+    // a reaper without a slot holds lock kMaxHolders + i. A lock nobody holds is a dead party's,
+    // whatever PID namespace it ran in; a lock that cannot be judged counts as held.
     if (kind == kSlotReclaimingByPid) {
-      if (backend_->liveness(HolderIdentity{{slot_reaper_pid(state), 0}}) != HolderLiveness::kDead) continue;
+      if (backend_->lock_liveness(kMaxHolders + i) != HolderLiveness::kDead) continue;
     } else if (kind == kSlotReclaiming) {
       // A reap in progress, or one whose reaper was killed half way (the 10-minute soak found
       // such a slot, and with it the arena's attach count, stuck for good): finish it. Every
@@ -229,15 +234,7 @@ uint64_t Arena::reap_dead_holders() {
       // again completes what the first reaper left and repeats nothing it did.
       if (occupant_alive(slot_reaper(state), slot_reaper_incarnation(state), 0xffff)) continue;
     } else if (kind == kSlotActive || kind == kSlotClaiming) {
-      const HolderIdentity id{{slot.identity[0].load(std::memory_order_relaxed),
-                               slot.identity[1].load(std::memory_order_relaxed)}};
-      if (kind == kSlotClaiming && (id.words[0] == 0 || id.words[1] == 0)) {
-        // A claimer killed before it wrote its identity (identities are cleared when a slot is
-        // freed, so a complete one is the claimer's own): its pid is in the claim itself.
-        if (backend_->liveness(HolderIdentity{{slot_claimer(state), 0}}) != HolderLiveness::kDead) continue;
-      } else if (backend_->liveness(id) != HolderLiveness::kDead) {
-        continue;
-      }
+      if (backend_->lock_liveness(i) != HolderLiveness::kDead) continue;
     } else {
       continue;
     }
@@ -247,9 +244,21 @@ uint64_t Arena::reap_dead_holders() {
     if (holder_ == 0 && my_pid == 0) my_pid = backend_->self_identity().words[0];
     const uint32_t mine = holder_ != 0 ? slot_reclaiming(holder_, incarnation_) : slot_reclaiming_by_pid(my_pid);
     if (holder_ == 0 && my_pid == 0) continue;  // no way to name ourselves: leave it to others
+    const bool by_pid = holder_ == 0;
+    if (by_pid && !backend_->lock_slot(kMaxHolders + i)) continue;  // another slotless reaper
     uint32_t expected = state;
     if (!slot.state.compare_exchange_strong(expected, mine, std::memory_order_acq_rel)) {
+      if (by_pid) backend_->unlock_slot(kMaxHolders + i);
       continue;  // another party reclaims it, or the claimer finished its claim
+    }
+    // The word matched, but it may be a new occupant's (the judged one left, another claimed
+    // the slot with the same word): a claim bumps the incarnation and takes the lock first.
+    if (slot.incarnation.load(std::memory_order_acquire) != incarnation ||
+        ((kind == kSlotActive || kind == kSlotClaiming) && backend_->lock_liveness(i) != HolderLiveness::kDead)) {
+      expected = mine;
+      slot.state.compare_exchange_strong(expected, state, std::memory_order_acq_rel);
+      if (by_pid) backend_->unlock_slot(kMaxHolders + i);
+      continue;
     }
     const uint64_t n = reclaim_holder(i + 1);
     slot.reclaimed_blocks.fetch_add(n, std::memory_order_relaxed);
@@ -260,6 +269,7 @@ uint64_t Arena::reap_dead_holders() {
     // other order would risk removing them under a live process).
     free_slot(slot);
     header_->attached_holders.fetch_sub(1, std::memory_order_acq_rel);
+    if (by_pid) backend_->unlock_slot(kMaxHolders + i);
   }
   return freed;
 }
@@ -339,18 +349,6 @@ uint64_t recover_queues(Arena& arena, uint32_t dead) {
     }
   }
   return freed;
-}
-
-bool any_holder_may_live(const ArenaHeader& header, const MemoryBackend& liveness, bool young) {
-  for (const HolderSlot& slot : header.holders) {
-    const uint32_t state = slot.state.load(std::memory_order_relaxed);
-    if (slot_kind(state) == kSlotFree) continue;
-    const HolderIdentity id{{slot.identity[0].load(std::memory_order_relaxed),
-                             slot.identity[1].load(std::memory_order_relaxed)}};
-    const HolderLiveness l = id.words[0] == 0 ? HolderLiveness::kUnknown : liveness.liveness(id);
-    if (l == HolderLiveness::kAlive || (l == HolderLiveness::kUnknown && young)) return true;
-  }
-  return false;
 }
 
 }  // namespace memchannel

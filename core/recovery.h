@@ -21,11 +21,4 @@ namespace memchannel {
 // Returns the blocks freed. Concurrency: any thread; one caller per dead holder.
 uint64_t recover_queues(Arena& arena, uint32_t dead);
 
-// Whether any holder slot of `header` may name a live process: a private copy of a header
-// another process wrote (cleanup decides from it whether an arena is abandoned, without
-// attaching). `liveness` judges each occupied slot's identity; kUnknown counts as alive while
-// `young` (a creator may still be writing it). The same slot reading Arena::holder_alive
-// does for an attached arena.
-bool any_holder_may_live(const ArenaHeader& header, const MemoryBackend& liveness, bool young);
-
 }  // namespace memchannel

@@ -213,6 +213,7 @@ py::dict PyChannel::stats() {
   d["closed"] = c.closed;
   d["maxsize"] = c.maxsize;
   d["maxbytes"] = c.maxbytes;
+  d["messages_lost"] = c.messages_lost;  // cut off by repairs of forged links (docs/shm.md)
   add_arena_stats(d, a);
   return d;
 }

@@ -103,6 +103,7 @@ Result<BlockView> PyChannel::checked_view(BlockHandle block) {
   auto v = arena->arena->view(block);
   if (!v.ok()) {
     arena->arena->release(block);
+    ch().note_message_lost(false);  // stats()["messages_lost"]; this call raises
     raise_status(v.status, "received a message with corrupted metadata");
   }
   // view() checked shape x itemsize == length; the format is checked here, before anything
@@ -116,6 +117,7 @@ Result<BlockView> PyChannel::checked_view(BlockHandle block) {
                                 : std::string(info.why);
     arena->arena->note_corruption();
     arena->arena->release(block);
+    ch().note_message_lost(false);
     raise_error(ErrorClass::kCorruptionError,
                 "received a message whose format metadata is corrupt (format '" + shown + "' with itemsize " +
                     std::to_string(v.value.itemsize) + ": " + why + "); the message was dropped");

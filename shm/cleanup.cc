@@ -81,6 +81,7 @@ bool peek_regular_file(const std::string& path, const struct stat& seen, std::by
     return true;
   }
   fd_out.reset(fd);
+  peek.fd = fd;
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     peek.status = Status::kSystemError;

@@ -46,6 +46,8 @@ struct SegmentPeek {
   struct timespec modified {};       // st_mtim: lets a predicate give a creator in progress
                                      // a grace period before condemning an unsized file
   std::span<const std::byte> head;   // page-aligned; valid only during the predicate call
+  int fd = -1;                       // read-only descriptor of the file judged (kOk/kTooSmall),
+                                     // for liveness locks; valid only during the predicate call
 };
 
 // Returns true to unlink the segment. Called once per candidate, on the calling thread.

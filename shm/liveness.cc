@@ -1,6 +1,7 @@
 #include "shm/liveness.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
@@ -8,6 +9,7 @@
 #include <charconv>
 #include <climits>
 #include <cstdio>
+#include <string>
 
 namespace memchannel::shm {
 namespace {
@@ -145,6 +147,56 @@ Liveness check_alive(const ProcessIdentity& id) noexcept {
   // Same pid, different start: the pid was reused by an unrelated process.
   if (stat->start_time != id.start_time) return Liveness::kDead;
   return Liveness::kAlive;
+}
+
+namespace {
+struct flock lock_range(short type, uint64_t index, uint64_t count) noexcept {
+  struct flock fl {};
+  fl.l_type = type;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = static_cast<off_t>(index);
+  fl.l_len = static_cast<off_t>(count);
+  fl.l_pid = 0;  // required by F_OFD_*
+  return fl;
+}
+}  // namespace
+
+int open_lock_descriptor(std::string_view base, int segment_fd) noexcept {
+  try {
+    const std::string path = "/dev/shm/" + std::string(base);
+    const int fd = ::open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return -1;
+    struct stat a {}, b {};
+    if (::fstat(fd, &a) != 0 || ::fstat(segment_fd, &b) != 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino) {
+      ::close(fd);  // the name no longer is the segment we map
+      return -1;
+    }
+    return fd;
+  } catch (...) {
+    return -1;
+  }
+}
+
+bool take_liveness_lock(int fd, uint64_t index) noexcept {
+  struct flock fl = lock_range(F_WRLCK, index, 1);
+  while (::fcntl(fd, F_OFD_SETLK, &fl) != 0) {
+    if (errno != EINTR) return false;
+  }
+  return true;
+}
+
+void drop_liveness_lock(int fd, uint64_t index) noexcept {
+  struct flock fl = lock_range(F_UNLCK, index, 1);
+  while (::fcntl(fd, F_OFD_SETLK, &fl) != 0 && errno == EINTR) {
+  }
+}
+
+Liveness liveness_lock_state(int fd, uint64_t index, uint64_t count) noexcept {
+  struct flock fl = lock_range(F_WRLCK, index, count);
+  while (::fcntl(fd, F_OFD_GETLK, &fl) != 0) {
+    if (errno != EINTR) return Liveness::kUnknown;
+  }
+  return fl.l_type == F_UNLCK ? Liveness::kDead : Liveness::kAlive;
 }
 
 }  // namespace memchannel::shm

@@ -10,7 +10,8 @@
 //
 // Limits: identities are meaningful within one pid namespace (the one /proc is mounted
 // from). Processes in different pid namespaces sharing one /dev/shm see different pids for
-// each other and must not compare identities.
+// each other and must not compare identities: arena holders are judged by liveness locks
+// (below), which hold across namespaces; pid identities are kept for diagnostics.
 //
 // ProcessIdentity is stored in shared memory by the core, so it is fixed-width, standard
 // layout, trivially copyable and has no implicit padding:
@@ -87,5 +88,22 @@ struct ProcStat {
 // hold spaces, parentheses and digits, so parsing starts after the *last* ')'.
 // Returns nullopt on anything malformed.
 std::optional<ProcStat> parse_proc_stat(std::string_view text) noexcept;
+
+// ---- Liveness locks (docs/shm.md, "Liveness") ----------------------------------------------
+// A pid means nothing to a process in another PID namespace; a lock on a file they share does.
+// An attached process holds an open-file-description lock (F_OFD_SETLK) on byte `index` of its
+// arena's segment 0 while it occupies holder slot `index`; the kernel drops it when the last
+// descriptor of that description closes, i.e. when the process dies. Another user cannot open
+// the file (0600), so cannot hold or test these locks.
+
+// A descriptor of its own open file description on the file of segment `base` whose mapping
+// descriptor is `segment_fd` (checked to be the same file). -1 on failure.
+int open_lock_descriptor(std::string_view base, int segment_fd) noexcept;
+// Takes the lock on byte `index` through `fd`; false if another description holds it.
+bool take_liveness_lock(int fd, uint64_t index) noexcept;
+void drop_liveness_lock(int fd, uint64_t index) noexcept;
+// kAlive if another open file description holds a lock on [index, index + count), kDead if
+// none does, kUnknown if the kernel cannot tell (then a caller must treat it as alive).
+Liveness liveness_lock_state(int fd, uint64_t index, uint64_t count = 1) noexcept;
 
 }  // namespace memchannel::shm

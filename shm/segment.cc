@@ -269,6 +269,8 @@ Segment::Segment(std::string name, bip::shared_memory_object&& shm,
     : name_(std::move(name)), shm_(std::move(shm)), region_(std::move(region)) {
   guard_slot_ = guard_register(region_.get_address(), region_.get_size(),
                                shm_.get_mapping_handle().handle);
+  struct stat st {};
+  if (::fstat(shm_.get_mapping_handle().handle, &st) == 0) blocks_ = static_cast<uint64_t>(st.st_blocks);
 }
 
 Segment::~Segment() { guard_unregister(guard_slot_); }
@@ -277,7 +279,8 @@ Segment::Segment(Segment&& other) noexcept
     : name_(std::move(other.name_)),
       shm_(std::move(other.shm_)),
       region_(std::move(other.region_)),
-      guard_slot_(std::exchange(other.guard_slot_, -1)) {
+      guard_slot_(std::exchange(other.guard_slot_, -1)),
+      blocks_(other.blocks_) {
   other.name_.clear();
 }
 
@@ -289,6 +292,7 @@ Segment& Segment::operator=(Segment&& other) noexcept {
     shm_ = std::move(other.shm_);
     name_ = std::move(other.name_);
     guard_slot_ = std::exchange(other.guard_slot_, -1);
+    blocks_ = other.blocks_;
     other.name_.clear();
   }
   return *this;
@@ -420,6 +424,34 @@ Outcome Segment::unlink(std::string_view name) noexcept {
   }
 }
 
+Outcome Segment::unlink_if_owned(std::string_view name) noexcept {
+  if (!is_memchannel_name(name)) return {Status::kInvalidName, 0};
+  try {
+    const std::string path = std::string(kShmDirectory) + "/" + std::string(name);
+    struct stat seen {};
+    if (::lstat(path.c_str(), &seen) != 0) return {status_from_errno(errno), errno};
+    if (!S_ISREG(seen.st_mode)) return {Status::kNotRegularFile, 0};
+    if (seen.st_uid != ::geteuid()) return {Status::kWrongOwner, 0};
+    if ((seen.st_mode & 07777) != kSegmentMode) return {Status::kWrongMode, 0};
+    // Checked again on a descriptor (no symlink followed, no FIFO waited for), then by name
+    // right before the unlink: a file swapped in meanwhile is left alone.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return {status_from_errno(errno), errno};
+    struct stat st {};
+    const bool same = ::fstat(fd, &st) == 0 && st.st_dev == seen.st_dev && st.st_ino == seen.st_ino &&
+                      S_ISREG(st.st_mode) && st.st_uid == ::geteuid() && (st.st_mode & 07777) == kSegmentMode;
+    struct stat now {};
+    const bool still = same && ::lstat(path.c_str(), &now) == 0 && now.st_dev == st.st_dev && now.st_ino == st.st_ino;
+    ::close(fd);
+    if (!still) return {Status::kWrongOwner, 0};
+    const std::string shm_name = "/" + std::string(name);
+    if (::shm_unlink(shm_name.c_str()) != 0) return {status_from_errno(errno), errno};
+    return {};
+  } catch (const std::bad_alloc&) {
+    return {Status::kOutOfMemory, ENOMEM};
+  }
+}
+
 Outcome Segment::check() const noexcept {
   if (!valid()) return {Status::kInvalidArgument, 0};
   // Pages the guard replaced are private now: the mapping no longer is the file, whatever
@@ -428,6 +460,8 @@ Outcome Segment::check() const noexcept {
   struct stat st {};
   if (::fstat(fd(), &st) != 0) return {Status::kSystemError, errno};
   if (static_cast<uint64_t>(st.st_size) < size()) return {Status::kTruncated, 0};
+  // Pages gone since it was mapped: truncated and grown back (its contents are zeros now).
+  if (static_cast<uint64_t>(st.st_blocks) < blocks_) return {Status::kTruncated, 0};
   return {};
 }
 

@@ -27,7 +27,9 @@
 //   covers mappings made through this class only. docs/shm.md lists what is protected.
 // - check()/still_valid() re-fstat the open descriptor: callers that meet an offset or length
 //   that does not make sense call it before touching more memory, and report kTruncated
-//   rather than read on.
+//   rather than read on. A file truncated and grown back has its old size but fewer pages
+//   (st_blocks; tmpfs pages were reserved at creation): reported as kTruncated too, so the
+//   data lost with the pages is never taken for zeros someone wrote.
 // - The destructor unmaps and closes; it never unlinks. Only the creator decides when a name
 //   goes away (docs/design.md, Shared-memory rules), through unlink().
 // - No exception escapes: Boost.Interprocess's interprocess_exception and std::bad_alloc are
@@ -95,6 +97,14 @@ class Segment {
   // Errors: kInvalidName, kNotFound, kPermissionDenied, kSystemError.
   // Concurrency: any thread, any process.
   static Outcome unlink(std::string_view name) noexcept;
+  // The same, only for a file this user may trust: a regular file (no symlink followed), owned
+  // by geteuid(), mode exactly 0600, and still the same file (device, inode) when it is
+  // unlinked. Everything that removes a segment it did not just create goes through here
+  // (teardown, cleanup, replacing a dead creator's growth segment), so another user's file,
+  // planted at a name memchannel would use, is never removed, even by root.
+  // Errors: those of unlink, and kWrongOwner, kWrongMode, kNotRegularFile (nothing removed).
+  // Concurrency: any thread, any process.
+  static Outcome unlink_if_owned(std::string_view name) noexcept;
 
   // Re-fstats the descriptor: kOk while the file still covers the mapping, kTruncated once a
   // peer has shrunk it (touching the lost tail raises SIGBUS, which the guard absorbs) or once
@@ -125,6 +135,7 @@ class Segment {
   boost::interprocess::shared_memory_object shm_;   // owns the descriptor; closed last
   boost::interprocess::mapped_region region_;       // owns the mapping; unmapped first
   int guard_slot_ = -1;                             // entry in the SIGBUS guard's table
+  uint64_t blocks_ = 0;                             // st_blocks when mapped (check: pages lost)
 };
 
 // The process-wide SIGBUS guard (see "What it guarantees" above).

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import sys
 from collections.abc import Sequence
 
@@ -30,9 +31,10 @@ def _prefix(args: argparse.Namespace) -> str:
 
 
 def _arena_of(segment: str) -> str:
-    """An arena's segments are NAME, NAME.1, NAME.2, ... (the growth segments)."""
-    base, dot, suffix = segment.rpartition(".")
-    return base if dot and suffix.isdigit() else segment
+    """An arena's segments are NAME, NAME.1.<nonce>, NAME.2.<nonce>, ... (the growth segments;
+    the nonce is 8 random hex digits the arena records, docs/shm.md)."""
+    match = re.fullmatch(r"(.+)\.\d+\.[0-9a-f]{8}", segment)
+    return match.group(1) if match else segment
 
 
 def _mapping_processes(names: Sequence[str]) -> dict[str, list[tuple[int, str]]]:

@@ -1,6 +1,10 @@
 #include "shm/backend/shm_backend.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
+#include <span>
 #include <cstring>
 #include <ctime>
 #include <map>
@@ -53,7 +57,69 @@ Result<uint64_t> ShmBackend::probe(const std::string& base_name) {
 }
 
 std::string ShmBackend::segment_name(uint32_t index) const {
-  return index == 0 ? base_ : base_ + "." + std::to_string(index);
+  if (index == 0) return base_;
+  char nonce[9];
+  std::snprintf(nonce, sizeof nonce, "%08x",
+                static_cast<unsigned>(index < kMaxSegments ? nonces_[index].load(std::memory_order_acquire) : 0));
+  return base_ + "." + std::to_string(index) + "." + nonce;
+}
+
+uint64_t ShmBackend::new_segment_nonce() {
+  uint32_t nonce = 0;  // ArenaHeader::segment_nonce holds 32 bits
+  if (!fill_random(std::as_writable_bytes(std::span<uint32_t>(&nonce, 1)))) return 0;
+  return nonce;
+}
+
+void ShmBackend::use_segment_nonce(uint32_t index, uint64_t nonce) {
+  if (index > 0 && index < kMaxSegments) nonces_[index].store(nonce, std::memory_order_release);
+}
+
+void ShmBackend::discard_segment(uint32_t index) {
+  if (index > 0 && index < kMaxSegments) Segment::unlink_if_owned(segment_name(index));
+}
+
+ShmBackend::~ShmBackend() {
+  std::lock_guard<std::mutex> lock(lock_mutex_);
+  if (lock_fd_ >= 0 && lock_pid_ == ::getpid()) ::close(lock_fd_);
+}
+
+int ShmBackend::lock_fd() const {
+  std::lock_guard<std::mutex> lock(lock_mutex_);
+  const int me = ::getpid();
+  if (lock_fd_ >= 0 && lock_pid_ == me) return lock_fd_;
+  // A forked child's copy names its parent's open file description (and so its locks):
+  // closing the copy leaves the parent's locks alone; the child takes its own.
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+  lock_fd_ = -1;
+  int seg_fd = -1;
+  {
+    std::lock_guard<std::mutex> segs(segments_mutex_);
+    seg_fd = segments_[0].fd();
+  }
+  if (seg_fd < 0) return -1;
+  lock_fd_ = open_lock_descriptor(base_, seg_fd);
+  lock_pid_ = me;
+  return lock_fd_;
+}
+
+bool ShmBackend::lock_slot(uint32_t index) {
+  const int fd = lock_fd();
+  return fd >= 0 && take_liveness_lock(fd, index);
+}
+
+void ShmBackend::unlock_slot(uint32_t index) {
+  const int fd = lock_fd();
+  if (fd >= 0) drop_liveness_lock(fd, index);
+}
+
+HolderLiveness ShmBackend::lock_liveness(uint32_t index) const {
+  const int fd = lock_fd();
+  if (fd < 0) return HolderLiveness::kUnknown;
+  switch (liveness_lock_state(fd, index)) {
+    case Liveness::kAlive: return HolderLiveness::kAlive;
+    case Liveness::kDead: return HolderLiveness::kDead;
+    default: return HolderLiveness::kUnknown;
+  }
 }
 
 namespace {
@@ -71,13 +137,10 @@ memchannel::Status ShmBackend::fail(Status s, int err) {
 
 memchannel::Result<uint8_t*> ShmBackend::create_segment(uint32_t index, uint64_t bytes) {
   if (index >= kMaxSegments) return {memchannel::Status::kInvalidArgument, nullptr};
+  // O_EXCL: a file already at the name (squatted, or a dead creator's under a reused nonce) is
+  // never adopted; Arena::create_named_segment then tries a fresh nonce (last_create_collided).
+  last_status_ = Status::kOk;
   auto seg = Segment::create(segment_name(index), bytes, prefault_for(bytes));
-  if (!seg.ok() && seg.status == Status::kAlreadyExists && index > 0) {
-    // The arena's segment table gave this index to us alone (Arena::grow): a file already at
-    // its name is what a creator that died half way left (sized or not). Replace it.
-    Segment::unlink(segment_name(index));
-    seg = Segment::create(segment_name(index), bytes, prefault_for(bytes));
-  }
   if (!seg.ok()) return {fail(seg.status, seg.sys_errno), nullptr};
   std::lock_guard<std::mutex> lock(segments_mutex_);
   segments_[index] = std::move(seg.value);
@@ -137,24 +200,44 @@ HolderLiveness ShmBackend::liveness(const HolderIdentity& id) const {
 
 void ShmBackend::remove_segments(uint32_t segments) {
   for (uint32_t i = 0; i < std::min(segments + 1, kMaxSegments); ++i) {
-    Segment::unlink(segment_name(i));  // NotFound for an index never created: harmless
+    // Only this user's files: another user's file planted at a name is left alone, even by
+    // root. NotFound for an index never created: harmless.
+    Segment::unlink_if_owned(segment_name(i));
   }
 }
 
 namespace {
 
-// Decides from the first bytes of segment 0 whether every holder of an arena is gone.
+// Decides from the first bytes of segment 0 whether every holder of an arena is gone. Magic and
+// layout version first (core/arena_layout.h): an arena of another version, or anything that is
+// not an arena header, is never judged abandoned (left alone). Liveness is the liveness locks on
+// the file (any held: some process is alive, from whatever PID namespace), never a pid.
 bool arena_is_abandoned(const SegmentPeek& peek) {
   const bool old_enough = std::time(nullptr) - peek.modified.tv_sec >= kCreationGraceSeconds;
-  if (peek.status == Status::kTooSmall) return old_enough;  // creator died before sizing it
-  if (peek.status != Status::kOk || peek.head.size() < sizeof(ArenaHeader)) return false;
-  // A private, aligned copy: the mapping is read-only and may change under us.
+  if (peek.status == Status::kTooSmall) {
+    // Shorter than our header: a creator that died before sizing it (or empty), unless it
+    // starts with the arena magic: an arena of another layout version, not ours to judge.
+    uint64_t magic = 0;
+    if (peek.head.size() >= sizeof magic) std::memcpy(&magic, peek.head.data(), sizeof magic);
+    return magic != kArenaMagic && old_enough;
+  }
+  if (peek.status != Status::kOk || peek.head.size() < sizeof(ArenaHeader) || peek.fd < 0) return false;
+  // A private, aligned copy: the file may change under us.
   auto header = std::make_unique<ArenaHeader>();
   std::memcpy(static_cast<void*>(header.get()), peek.head.data(), sizeof(ArenaHeader));
-  const bool any_live = any_holder_may_live(*header, *ShmBackend::for_existing(std::string()), !old_enough);
-  if (header->ready.load(std::memory_order_relaxed) != kArenaReady) return !any_live && old_enough;
-  return !any_live;
+  const bool ready = header->ready.load(std::memory_order_relaxed) == kArenaReady;
+  if (header->magic == 0 && !ready) {
+    // A creator between sizing the file and writing the header: give it the grace period.
+    if (!old_enough) return false;
+  } else if (!arena_header_compatible(*header)) {
+    return false;
+  }
+  // Held by anyone (slot locks and reap locks alike): alive. Cannot tell: alive.
+  if (liveness_lock_state(peek.fd, 0, 2 * kMaxHolders) != Liveness::kDead) return false;
+  return ready || old_enough;
 }
+
+bool is_growth_segment(std::string_view name) { return name.find('.') != std::string_view::npos; }
 
 }  // namespace
 
@@ -164,23 +247,27 @@ std::vector<std::string> cleanup_dead_arenas(std::string_view prefix) {
   std::vector<std::string> removed = remove_segments_if(
       p,
       [&](std::string_view name, const SegmentPeek& peek) {
-        if (name.find('.') != std::string_view::npos) return false;  // extra segments: below
+        if (is_growth_segment(name)) return false;  // extra segments: below
         if (!arena_is_abandoned(peek)) return false;
         dead_bases.emplace(name);
         return true;
       },
       sizeof(ArenaHeader));
-  // Extra segments of removed arenas, and strays whose segment 0 no longer exists.
+  // Extra segments of removed arenas, and strays whose segment 0 no longer exists. The same
+  // checks as above (remove_segments_if): only this user's regular 0600 files, still the file
+  // judged when unlinked; another user's file is never looked at, even by root.
   const std::vector<std::string> remaining = list_segments(p);
   const std::set<std::string> bases(remaining.begin(), remaining.end());
-  for (const std::string& name : remaining) {
-    const size_t dot = name.find('.');
-    if (dot == std::string::npos) continue;
-    const std::string base = name.substr(0, dot);
-    if (dead_bases.count(base) != 0 || bases.count(base) == 0) {
-      if (Segment::unlink(name).ok()) removed.push_back(name);
-    }
-  }
+  std::vector<std::string> extras = remove_segments_if(
+      p,
+      [&](std::string_view name, const SegmentPeek& peek) {
+        if (!is_growth_segment(name)) return false;
+        if (peek.status != Status::kOk && peek.status != Status::kTooSmall) return false;
+        const std::string base(name.substr(0, name.find('.')));
+        return dead_bases.count(base) != 0 || bases.count(base) == 0;
+      },
+      1);
+  removed.insert(removed.end(), extras.begin(), extras.end());
   return removed;
 }
 

@@ -1,14 +1,19 @@
 // ShmBackend: arena segments in named POSIX shared memory, so one arena spans processes.
 //
 // Segment 0 of an arena is named `<prefix><32 hex random chars>` (the base name, 128 random
-// bits, never the pid); segment i > 0 is `<base>.<i>`. Segments are created O_EXCL with mode
+// bits, never the pid); segment i > 0 is `<base>.<i>.<8 hex>`, after a nonce of 32 fresh random
+// bits the arena records in its segment table (a name another user squats is skipped). Segments are created O_EXCL with mode
 // 0600 and their pages reserved up front (a full /dev/shm fails creation, never SIGBUS later);
 // openers check owner, mode and size (shm/segment.h). Every attached process occupies a
 // holder slot in the arena header with its identity (pid + start time, so pid reuse cannot
-// fool the liveness check); the last process to detach unlinks all segments.
+// fool the liveness check) and holds an OFD lock on byte `slot` of segment 0's file, which the
+// kernel drops when it dies: liveness is judged by that lock, the same from every PID namespace
+// that shares /dev/shm (docs/shm.md, "Liveness"). The last process to detach unlinks all
+// segments, each only after checking it is this user's (Segment::unlink_if_owned).
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -39,6 +44,17 @@ class ShmBackend final : public MemoryBackend {
   HolderIdentity self_identity() const override;
   HolderLiveness liveness(const HolderIdentity& id) const override;
   void remove_segments(uint32_t segments) override;
+  uint64_t new_segment_nonce() override;
+  void use_segment_nonce(uint32_t index, uint64_t nonce) override;
+  bool last_create_collided() const override { return last_status_ == Status::kAlreadyExists; }
+  void discard_segment(uint32_t index) override;
+  memchannel::Status check_mappings() const override {
+    return check_segments().ok() ? memchannel::Status::kOk : memchannel::Status::kCorruptedLength;
+  }
+  bool lock_slot(uint32_t index) override;
+  void unlock_slot(uint32_t index) override;
+  HolderLiveness lock_liveness(uint32_t index) const override;
+  ~ShmBackend() override;
 
   const std::string& base_name() const { return base_; }
   std::string segment_name(uint32_t index) const;
@@ -54,7 +70,15 @@ class ShmBackend final : public MemoryBackend {
   explicit ShmBackend(std::string base) : base_(std::move(base)) {}
   memchannel::Status fail(Status s, int err);
 
+  // The descriptor this process's liveness locks are held on: its own open file description of
+  // segment 0 (opened again in a forked child, whose inherited one is its parent's). -1: none.
+  int lock_fd() const;
+
   std::string base_;
+  std::array<std::atomic<uint64_t>, kMaxSegments> nonces_{};  // segment i's name (i > 0)
+  mutable std::mutex lock_mutex_;
+  mutable int lock_fd_ = -1;
+  mutable int lock_pid_ = 0;                    // the process that opened lock_fd_
   mutable std::mutex segments_mutex_;           // create/map (rare) against check_segments
   std::array<Segment, kMaxSegments> segments_;  // this process's mappings
   Status last_status_ = Status::kOk;

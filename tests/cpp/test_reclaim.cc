@@ -345,8 +345,14 @@ TYPED_TEST(ReclaimTest, ReapByAnAttachingProcessIsTakenOverOnlyWhenItDies) {
   HolderSlot& slot = header->holders[victim_holder - 1];
   const pid_t reaper = ::fork();  // plays the attaching reaper: alive, doing nothing
   if (reaper == 0) {
+    // A slotless reaper holds the slot's reap lock (core/backend.h, "Liveness locks").
+    if (!arena->backend().lock_slot(kMaxHolders + victim_holder - 1)) ::_exit(3);
     for (;;) ::pause();
   }
+  for (int i = 0; i < 2000 && arena->backend().lock_liveness(kMaxHolders + victim_holder - 1) != HolderLiveness::kAlive; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_EQ(arena->backend().lock_liveness(kMaxHolders + victim_holder - 1), HolderLiveness::kAlive);
   uint32_t expected = kSlotActive;
   ASSERT_TRUE(slot.state.compare_exchange_strong(expected, slot_reclaiming_by_pid(static_cast<uint64_t>(reaper))));
   arena->set_sweep_interval(kSweepIntervalNs);

@@ -29,6 +29,7 @@
 #include "core/futex.h"
 #include "core/invariants.h"
 #include "core/status.h"
+#include "shm/cleanup.h"
 #include "shm/names.h"
 #include "shm/segment.h"
 #include "shm/backend/shm_backend.h"
@@ -143,9 +144,83 @@ void run_killed_creator(CrashPoint point) {
   EXPECT_EQ(r.violations(), 0u) << r.describe();
   EXPECT_EQ(s.arena->stats().blocks_in_use, 0u);
   EXPECT_EQ(s.arena->stats().corruption_count, 0u);
-  const std::string seg1 = s.name + ".1";
   s.arena.reset();  // the last holder removes every segment, the replaced one included
-  EXPECT_EQ(shm::Segment::open(seg1, 1).status, shm::Status::kNotFound);
+  EXPECT_TRUE(shm::list_segments(s.name).empty()) << "a segment (or the dead creator's file) outlived the arena";
+}
+
+// A backend whose growth-segment nonces come from a script first (then from ShmBackend): lets
+// a test squat the exact names growth will try. Everything else is the ShmBackend's.
+class ScriptedNonces final : public MemoryBackend {
+ public:
+  ScriptedNonces(std::unique_ptr<shm::ShmBackend> inner, std::vector<uint64_t> script)
+      : inner_(std::move(inner)), script_(std::move(script)) {}
+  Result<uint8_t*> create_segment(uint32_t i, uint64_t b) override { return inner_->create_segment(i, b); }
+  Result<uint8_t*> map_segment(uint32_t i, uint64_t b) override { return inner_->map_segment(i, b); }
+  bool tracks_holders() const override { return true; }
+  HolderIdentity self_identity() const override { return inner_->self_identity(); }
+  void remove_segments(uint32_t n) override { inner_->remove_segments(n); }
+  uint64_t new_segment_nonce() override {
+    if (next_ < script_.size()) return script_[next_++];
+    return inner_->new_segment_nonce();
+  }
+  void use_segment_nonce(uint32_t i, uint64_t n) override { inner_->use_segment_nonce(i, n); }
+  bool last_create_collided() const override { return inner_->last_create_collided(); }
+  void discard_segment(uint32_t i) override { inner_->discard_segment(i); }
+  bool lock_slot(uint32_t i) override { return inner_->lock_slot(i); }
+  void unlock_slot(uint32_t i) override { inner_->unlock_slot(i); }
+  HolderLiveness lock_liveness(uint32_t i) const override { return inner_->lock_liveness(i); }
+
+ private:
+  std::unique_ptr<shm::ShmBackend> inner_;
+  std::vector<uint64_t> script_;
+  size_t next_ = 0;
+};
+
+// Growth-segment names carry a recorded random nonce (docs/shm.md, "Threat model"): a file
+// squatting the name growth tries is never adopted nor removed; the next nonce is tried, the
+// arena grows, and teardown removes exactly the arena's own segments.
+TEST(ShmGrowth, SquattedSegmentNamesAreSkipped) {
+  const std::string prefix = shm::random_test_prefix();
+  auto backend = shm::ShmBackend::for_new_arena(prefix);
+  const std::string name = backend->base_name();
+  const std::vector<uint64_t> squatted = {0x1111, 0x2222, 0x3333};
+  std::vector<std::string> planted;
+  for (uint64_t n : squatted) {
+    char hex[9];
+    std::snprintf(hex, sizeof hex, "%08llx", static_cast<unsigned long long>(n));
+    planted.push_back(name + ".1." + hex);
+    auto seg = shm::Segment::create(planted.back(), 4096);
+    ASSERT_TRUE(seg.ok());
+  }
+  planted.push_back(name + ".1");  // the old, predictable name
+  ASSERT_TRUE(shm::Segment::create(planted.back(), 4096).ok());
+  {
+    auto created = Arena::create(std::make_unique<ScriptedNonces>(std::move(backend), squatted), kCapacity, 22);
+    ASSERT_EQ(created.status, Status::kOk);
+    std::shared_ptr<Arena> arena = created.value;
+    std::vector<BlockHandle> held = allocate_until_grown(*arena);
+    ASSERT_FALSE(held.empty());
+    EXPECT_GE(segment_of(ref_to_offset(held.back().ref)), 1u) << "growth stopped at a squatted name";
+    const uint64_t nonce = arena_header(*arena)->segment_nonce[1].load();
+    for (uint64_t n : squatted) EXPECT_NE(nonce, n);
+    // Another process maps segment 1 by the recorded name: the same memory.
+    uint64_t len = 0;
+    uint8_t* data = arena->payload(held.back(), &len);
+    ASSERT_NE(data, nullptr);
+    data[0] = 0x7e;
+    auto other = attach(name);
+    ASSERT_NE(other, nullptr);
+    uint8_t* seen = other->translate(ref_to_offset(held.back().ref) + sizeof(BlockHeader), 1);
+    ASSERT_NE(seen, nullptr);
+    EXPECT_EQ(seen[0], 0x7e);
+    other->detach();
+    for (const BlockHandle& h : held) EXPECT_EQ(arena->release(h), Status::kOk);
+  }
+  // Teardown removed the arena's segments and none of the squatters' files.
+  for (const std::string& p : planted) {
+    EXPECT_TRUE(shm::Segment::unlink(p).ok()) << p << " was removed by teardown";
+  }
+  EXPECT_TRUE(shm::list_segments(name).empty());
 }
 
 TEST(ShmGrowth, CreatorKilledAfterClaimingTheEntryIsReplaced) {

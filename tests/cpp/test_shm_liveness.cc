@@ -1,7 +1,10 @@
 // Liveness by pid plus start time: a reused pid is not mistaken for the dead owner
 // (docs/reliability.md item 4).
 #include "shm/liveness.h"
+#include "shm/names.h"
+#include "shm/segment.h"
 
+#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -227,6 +230,44 @@ TEST(ShmLiveness, EveryLivenessHasItsOwnName) {
   EXPECT_STREQ(to_string(Liveness::kAlive), "alive");
   EXPECT_STREQ(to_string(Liveness::kDead), "dead");
   EXPECT_STREQ(to_string(Liveness::kUnknown), "unknown");
+}
+
+// Liveness locks (docs/shm.md, "When a process dies"): held by a live process on its own open
+// file description, seen by every other; gone when the process dies (SIGKILL), never before.
+TEST(ShmLivenessLock, HeldWhileTheHolderLivesAndDroppedWhenItDies) {
+  const std::string name = random_segment_name(random_test_prefix());
+  auto seg = Segment::create(name, 4096);
+  ASSERT_TRUE(seg.ok());
+  const int mine = open_lock_descriptor(name, seg.value.fd());
+  ASSERT_GE(mine, 0);
+  EXPECT_EQ(liveness_lock_state(mine, 5), Liveness::kDead) << "nobody holds it yet";
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    const int fd = open_lock_descriptor(name, seg.value.fd());
+    const bool took = fd >= 0 && take_liveness_lock(fd, 5);
+    const char c = took ? 'y' : 'n';
+    (void)!::write(ready[1], &c, 1);
+    for (;;) ::pause();
+  }
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  ASSERT_EQ(c, 'y');
+  EXPECT_EQ(liveness_lock_state(mine, 5), Liveness::kAlive);
+  EXPECT_EQ(liveness_lock_state(mine, 0, 256), Liveness::kAlive) << "a range test sees it too";
+  EXPECT_EQ(liveness_lock_state(mine, 6), Liveness::kDead) << "another slot's lock is free";
+  EXPECT_FALSE(take_liveness_lock(mine, 5)) << "a held lock cannot be taken";
+  ASSERT_EQ(::kill(child, SIGKILL), 0);
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(child, &wstatus, 0), child);
+  EXPECT_EQ(liveness_lock_state(mine, 5), Liveness::kDead) << "the kernel dropped the dead holder's lock";
+  EXPECT_TRUE(take_liveness_lock(mine, 5));
+  drop_liveness_lock(mine, 5);
+  ::close(mine);
+  ::close(ready[0]);
+  ::close(ready[1]);
+  EXPECT_TRUE(Segment::unlink(name).ok());
 }
 
 }  // namespace

@@ -217,6 +217,47 @@ TEST_F(ShmSegment, OpenRefusesASegmentOwnedByAnotherUser) {
   EXPECT_TRUE(Segment::unlink(name).ok());
 }
 
+// Teardown and cleanup remove through unlink_if_owned: another user's file, a file of another
+// mode, a symlink or a FIFO at the name is left where it is (docs/shm.md, "Threat model").
+TEST_F(ShmSegment, UnlinkIfOwnedRemovesOnlyThisUsersRegular0600Files) {
+  const std::string mine = fresh_name();
+  ASSERT_TRUE(Segment::create(mine, kPage).ok());
+  EXPECT_TRUE(Segment::unlink_if_owned(mine).ok());
+  EXPECT_EQ(::access(path_of(mine).c_str(), F_OK), -1) << "our own segment was not removed";
+
+  const std::string wide = fresh_name();
+  {
+    Result<Segment> created = Segment::create(wide, kPage);
+    ASSERT_TRUE(created.ok());
+    ASSERT_EQ(::fchmod(created.value.fd(), 0644), 0);
+  }
+  EXPECT_EQ(Segment::unlink_if_owned(wide).status, Status::kWrongMode);
+  EXPECT_EQ(::access(path_of(wide).c_str(), F_OK), 0);
+  EXPECT_TRUE(Segment::unlink(wide).ok());
+
+  const std::string link = fresh_name();
+  ASSERT_EQ(::symlink("/etc/hostname", path_of(link).c_str()), 0);
+  EXPECT_EQ(Segment::unlink_if_owned(link).status, Status::kNotRegularFile);
+  EXPECT_EQ(::unlink(path_of(link).c_str()), 0) << "the symlink was removed";
+
+  const std::string fifo = fresh_name();
+  ASSERT_EQ(::mkfifo(path_of(fifo).c_str(), 0600), 0);
+  EXPECT_EQ(Segment::unlink_if_owned(fifo).status, Status::kNotRegularFile);
+  EXPECT_EQ(::unlink(path_of(fifo).c_str()), 0);
+
+  if (::geteuid() == 0) {
+    const std::string theirs = fresh_name();
+    {
+      Result<Segment> created = Segment::create(theirs, kPage);
+      ASSERT_TRUE(created.ok());
+      ASSERT_EQ(::fchown(created.value.fd(), 65534, 65534), 0);
+    }
+    EXPECT_EQ(Segment::unlink_if_owned(theirs).status, Status::kWrongOwner) << "root removed another user's file";
+    EXPECT_EQ(::access(path_of(theirs).c_str(), F_OK), 0);
+    EXPECT_TRUE(Segment::unlink(theirs).ok());
+  }
+}
+
 TEST_F(ShmSegment, OpenRefusesTheWrongSize) {
   const std::string name = fresh_name();
   Result<Segment> created = Segment::create(name, 16 * kPage);

@@ -7,6 +7,7 @@ creator leaves is written into the arena's header directly (the table sits at a 
 segment 0; see core/arena.h), which is deterministic.
 """
 
+import fcntl
 import mmap
 import os
 import struct
@@ -223,6 +224,9 @@ def test_all_holder_slots_taken_is_named():
             for i in range(1, MAX_HOLDERS):
                 m[HOLDERS_OFFSET + 64 * i:HOLDERS_OFFSET + 64 * (i + 1)] = ours
             m[ATTACHED_HOLDERS_OFFSET:ATTACHED_HOLDERS_OFFSET + 4] = struct.pack("<I", MAX_HOLDERS)
+            # A live occupant holds its slot's liveness lock (docs/shm.md, "Liveness"): this
+            # descriptor's open file description holds those of the forged slots.
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhxxxxqqixxxx", fcntl.F_WRLCK, 0, 1, MAX_HOLDERS - 1, 0))
             try:
                 script = textwrap.dedent(
                     """
