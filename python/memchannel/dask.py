@@ -149,13 +149,20 @@ def _reply(out, inner, start, time_delay):
 
 
 def _remote_text(exc):
-    """The subinterpreter's traceback text of ``exc``: the pool chains it as the cause (a
-    ``RemoteTraceback``); it becomes a note, and the cause is dropped so that a client
+    """The subinterpreter's traceback text of ``exc``: the pool chains it as the cause (an
+    ``ExecutionFailed``, or a ``RemoteTraceback``); it becomes a note, and the cause is dropped so that a client
     without memchannel can still unpickle the exception."""
     cause = exc.__cause__
-    if cause is None or type(cause).__name__ != "RemoteTraceback":
+    if cause is None:
         return None
-    text = str(getattr(cause, "tb", cause)).strip().strip('"').strip()
+    if type(cause).__name__ == "ExecutionFailed":  # the interpreter pool's (3.14's) chaining
+        excinfo = getattr(cause, "excinfo", None)
+        text = (getattr(excinfo, "formatted", None) or getattr(excinfo, "errdisplay", None)
+                or str(cause)).strip()
+    elif type(cause).__name__ == "RemoteTraceback":
+        text = str(getattr(cause, "tb", cause)).strip().strip('"').strip()
+    else:
+        return None
     exc.__cause__ = None
     exc.__suppress_context__ = True
     exc.add_note("traceback in the worker's subinterpreter:\n" + text)
