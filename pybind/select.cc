@@ -236,6 +236,10 @@ void add_wait_methods(py::class_<PyChannel, std::shared_ptr<PyChannel>>& cls) {
       "selectors, select.poll/epoll, multiprocessing.connection.wait and loop.add_reader; also when "
       "the sender is another process. It stays readable until fileno() is called again or a receive "
       "of this object finds the channel empty. Owned by the channel object: do not close it.");
+  cls.def("writable_hint", [](py::handle s) { return channel_self(s).ch().writable(); },
+      "writable_hint(self, /)\n--\n\n"
+      "Whether the channel's own bounds (maxsize, maxbytes) leave room now, or it is closed: a "
+      "snapshot; the arena's capacity is not looked at.");
   cls.def_property_readonly("_wait_key", [](py::handle s) {
         Channel& c = channel_self(s).ch();
         return py::make_tuple(c.arena()->arena_id(), c.offset());

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from . import _memchannel, _objects
-from .errors import MemChannelError
+from .errors import ChannelClosed, MemChannelError
 
 Buffer = _memchannel.Buffer
 
@@ -61,6 +61,40 @@ class Channel(_memchannel.Channel):
         any interpreter, any process.
         """
         return _objects.recv_object(self, block, timeout)
+
+    # asyncio (memchannel._aio; docs/guide-waiting.md). Imported on first use: asyncio is
+    # not loaded by programs that never await.
+    async def recv_async(self, timeout=None) -> Buffer:
+        """``await`` the next message; ``Empty`` after ``timeout`` seconds, ``ChannelClosed``
+        once closed and drained. No thread, no polling; a cancelled await takes nothing."""
+        from . import _aio
+        return await _aio.recv_async(self, timeout)
+
+    async def send_async(self, data, timeout=None) -> None:
+        """``await`` sending ``data`` (bytes-like or a reserved Buffer) while the channel is
+        full; ``Full`` after ``timeout`` seconds. A cancelled send queued nothing."""
+        from . import _aio
+        await _aio.send_async(self, data, timeout)
+
+    async def recv_object_async(self, timeout=None):
+        """``await`` one object sent with ``send_object`` (runs ``pickle.loads``)."""
+        from . import _aio
+        return await _aio.recv_object_async(self, timeout)
+
+    async def send_object_async(self, obj, timeout=None) -> None:
+        """``await`` ``send_object(obj)`` while the channel is full."""
+        from . import _aio
+        await _aio.send_object_async(self, obj, timeout)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> Buffer:
+        from . import _aio
+        try:
+            return await _aio.recv_async(self)
+        except ChannelClosed:
+            raise StopAsyncIteration from None
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
