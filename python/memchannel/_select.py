@@ -18,7 +18,8 @@ __all__ = ["select", "select_object", "wait", "select_async", "wait_async"]
 
 
 def _channels(channels, fn: str) -> list:
-    if isinstance(channels, (str, bytes)):
+    # A Channel is itself iterable (it yields its messages): refuse it, do not drain it.
+    if isinstance(channels, (str, bytes, _memchannel.Channel)):
         raise TypeError(f"{fn}() needs a sequence of channels, got {type(channels).__name__}")
     try:
         return list(channels)
