@@ -55,6 +55,20 @@ bool send_datagram(uint64_t key, const void* data, size_t len) {
   }
 }
 
+// How many datagrams a Unix datagram socket queues (the kernel refuses more with EAGAIN).
+// Unreadable: 1, so every drain counts as "maybe some were dropped" (correct, just slower).
+int max_dgram_qlen() {
+  static const int qlen = [] {
+    int v = 1;
+    if (FILE* f = std::fopen("/proc/sys/net/unix/max_dgram_qlen", "r")) {
+      if (std::fscanf(f, "%d", &v) != 1 || v < 1) v = 1;
+      std::fclose(f);
+    }
+    return v;
+  }();
+  return qlen;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<WaitSocket>> WaitSocket::open() {
@@ -66,7 +80,7 @@ Result<std::unique_ptr<WaitSocket>> WaitSocket::open() {
     sockaddr_un addr;
     const socklen_t alen = listener_address(key, &addr);
     if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), alen) == 0) {
-      return {Status::kOk, std::unique_ptr<WaitSocket>(new WaitSocket(fd, key))};
+      return {Status::kOk, std::unique_ptr<WaitSocket>(new WaitSocket(fd, key, max_dgram_qlen()))};
     }
     if (errno != EADDRINUSE) break;
   }
@@ -78,14 +92,17 @@ WaitSocket::~WaitSocket() { ::close(fd_); }
 
 int WaitSocket::drain(FdEvent* out, int max, bool* more) {
   int n = 0;
+  int read = 0;
   *more = false;
   for (;;) {
     FdEvent ev{};
     const ssize_t r = ::recv(fd_, &ev, sizeof(ev), MSG_DONTWAIT);
     if (r < 0) {
       if (errno == EINTR) continue;
+      if (read >= qlen_) *more = true;  // the queue may have been full: a send may be lost
       return n;  // EAGAIN: drained
     }
+    ++read;
     if (r != static_cast<ssize_t>(sizeof(ev))) continue;  // a probe, or not ours
     if (n < max) {
       out[n++] = ev;

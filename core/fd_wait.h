@@ -55,8 +55,11 @@ class WaitSocket {
   int fd() const { return fd_; }
   uint64_t key() const { return key_; }
   // Reads every pending datagram (non-blocking) into out[0..max), returns how many were
-  // 16-byte events (others, e.g. a registration's zero-byte probe, are dropped); *more when
-  // datagrams were left because out was full.
+  // 16-byte events (others, e.g. a registration's zero-byte probe, are dropped). *more when
+  // the events cannot be the whole story: out was full, or as many datagrams were read as the
+  // socket can queue (net.unix.max_dgram_qlen), so a sender may have found it full and sent
+  // nothing. A full queue is always drained whole by one call (it reads until empty), so
+  // "fewer read than the queue holds" proves nothing was dropped. One drainer at a time.
   int drain(FdEvent* out, int max, bool* more);
   // Makes the socket readable (a datagram to itself).
   void signal(const FdEvent& ev);
@@ -65,9 +68,10 @@ class WaitSocket {
   Status wait(int64_t timeout_ns) const;
 
  private:
-  WaitSocket(int fd, uint64_t key) : fd_(fd), key_(key) {}
+  WaitSocket(int fd, uint64_t key, int qlen) : fd_(fd), key_(key), qlen_(qlen) {}
   int fd_;
   uint64_t key_;
+  int qlen_;  // datagrams the socket queues before senders get EAGAIN
 };
 
 // Sends `ev` to the listener named by `key`. Returns false when no socket has that name (the
