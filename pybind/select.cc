@@ -9,6 +9,7 @@
 #include "pybind/channel.h"
 #include "pybind/errors.h"
 #include "pybind/gil.h"
+#include "pybind/holder.h"
 #include "pybind/wait.h"
 
 namespace memchannel::py_glue {
@@ -116,30 +117,36 @@ thread_local uint32_t t_rotor = 0;
 
 // select() (claim = true: take one message, return (channel, Buffer)) and wait() (claim =
 // false: return the ready channels). See python/memchannel/_select.py for the contract.
-py::object select_impl(const py::sequence& items, const py::object& timeout, bool claim) {
-  const size_t n = py::len(items);
+py::object select_impl(const py::handle& items, const py::object& timeout, bool claim) {
+  // A list or tuple is read in place (the common case: no copy, no per-item conversion).
+  py::object seq = py::reinterpret_steal<py::object>(PySequence_Fast(items.ptr(), "select() needs a sequence of channels"));
+  if (!seq) throw py::error_already_set();
+  const size_t n = static_cast<size_t>(PySequence_Fast_GET_SIZE(seq.ptr()));
   if (n == 0) throw py::value_error(std::string(claim ? "select" : "wait") + "() needs at least one channel");
-  std::vector<py::object> objs;
-  std::vector<std::shared_ptr<PyChannel>> pys;
-  std::vector<Channel*> chans;
-  bool shared = false;
+  PyObject** objs = PySequence_Fast_ITEMS(seq.ptr());  // kept alive by `seq` (a list copy or the caller's tuple/list ref)
+  std::vector<PyChannel*> pys(n);
+  std::vector<Channel*> chans(n);
+  PyTypeObject* checked = nullptr;  // a type channel_self() accepted: its instances need no lookup
   for (size_t i = 0; i < n; ++i) {
-    py::object o = items[i];
-    PyChannel& c = channel_self(o);
-    pys.push_back(py::cast<std::shared_ptr<PyChannel>>(o));
-    chans.push_back(&c.ch());
-    shared = shared || c.arena->shared();
-    objs.push_back(std::move(o));
+    PyChannel* c = Py_TYPE(objs[i]) == checked ? held_object_of_checked_type<PyChannel>(objs[i]) : nullptr;
+    if (c == nullptr) {
+      c = &channel_self(objs[i]);  // raises for a non-Channel or an uninitialised one
+      checked = Py_TYPE(objs[i]);
+    }
+    pys[i] = c;
+    chans[i] = &c->ch();
   }
-  const WaitSpec spec = make_wait(true, timeout, shared);
-  const int64_t interp_id = PyInterpreterState_GetID(PyInterpreterState_Get());
+  (void)timeout_seconds(timeout.ptr());  // the timeout rule holds even when a message is there at once
   std::vector<char> active(n, 1);
-  WaitSpec w = spec;
+  std::vector<char> ready_flags(claim ? 0 : n, 0);
+  WaitSpec w;
+  bool have_spec = false;
+  int64_t interp_id = 0;
   for (;;) {
     // One pass, starting one channel further on each call: always-ready channels take turns.
     const size_t start = t_rotor++ % n;
     size_t drained = 0;
-    py::list ready;
+    size_t nready = 0;
     for (size_t k = 0; k < n; ++k) {
       const size_t i = (start + k) % n;
       if (!active[i]) {
@@ -148,7 +155,10 @@ py::object select_impl(const py::sequence& items, const py::object& timeout, boo
       }
       if (claim) {
         auto got = chans[i]->recv(WaitSpec::nonblocking());
-        if (got.ok()) return py::make_tuple(objs[i], pys[i]->wrap(got.value));
+        if (got.ok()) {
+          py::object buf = pys[i]->wrap(got.value);
+          return py::make_tuple(py::reinterpret_borrow<py::object>(objs[i]), buf);
+        }
         if (got.status == Status::kClosed) {
           active[i] = 0;
           ++drained;
@@ -157,17 +167,27 @@ py::object select_impl(const py::sequence& items, const py::object& timeout, boo
         }
       } else {
         chans[i]->arena()->maybe_reap();
-        if (chans[i]->readable()) ready.append(objs[i]);
+        if (chans[i]->readable()) {
+          ready_flags[i] = 1;
+          ++nready;
+        }
       }
     }
     if (claim && drained == n) raise_error(ErrorClass::kChannelClosed, "select(): every channel is closed and drained");
-    if (!claim && py::len(ready) != 0) {
+    if (!claim && nready != 0) {
       // In the order given, as multiprocessing.connection.wait returns them.
       py::list ordered;
       for (size_t i = 0; i < n; ++i) {
-        if (ready.contains(objs[i])) ordered.append(objs[i]);
+        if (ready_flags[i]) ordered.append(py::reinterpret_borrow<py::object>(objs[i]));
       }
       return ordered;
+    }
+    if (!have_spec) {
+      bool shared = false;
+      for (PyChannel* c : pys) shared = shared || c->arena->shared();
+      w = make_wait(true, timeout, shared);
+      interp_id = PyInterpreterState_GetID(PyInterpreterState_Get());
+      have_spec = true;
     }
     const Status s = without_gil([&] { return sleep_on(chans, active, w); });
     w.spin_ns = 0;  // spun once
@@ -247,11 +267,11 @@ void add_wait_methods(py::class_<PyChannel, std::shared_ptr<PyChannel>>& cls) {
 }
 
 void register_select(py::module_& m) {
-  m.def("_select", [](const py::sequence& channels, const py::object& timeout) {
+  m.def("_select", [](const py::handle& channels, const py::object& timeout) {
         return select_impl(channels, timeout, true);
       }, py::arg("channels"), py::arg("timeout") = py::none(),
       "_select(channels, timeout=None)\n--\n\nSee memchannel.select.");
-  m.def("_wait", [](const py::sequence& channels, const py::object& timeout) {
+  m.def("_wait", [](const py::handle& channels, const py::object& timeout) {
         return select_impl(channels, timeout, false);
       }, py::arg("channels"), py::arg("timeout") = py::none(),
       "_wait(channels, timeout=None)\n--\n\nSee memchannel.wait.");

@@ -17,7 +17,9 @@ from ._objects import _decode
 __all__ = ["select", "select_object", "wait", "select_async", "wait_async"]
 
 
-def _channels(channels, fn: str) -> list:
+def _channels(channels, fn: str):
+    if type(channels) is list or type(channels) is tuple:
+        return channels
     # A Channel is itself iterable (it yields its messages): refuse it, do not drain it.
     if isinstance(channels, (str, bytes, _memchannel.Channel)):
         raise TypeError(f"{fn}() needs a sequence of channels, got {type(channels).__name__}")
