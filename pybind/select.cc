@@ -256,6 +256,17 @@ void add_wait_methods(py::class_<PyChannel, std::shared_ptr<PyChannel>>& cls) {
       "selectors, select.poll/epoll, multiprocessing.connection.wait and loop.add_reader; also when "
       "the sender is another process. It stays readable until fileno() is called again or a receive "
       "of this object finds the channel empty. Owned by the channel object: do not close it.");
+  cls.def("_try_recv", [](py::handle s) -> py::object {
+        PyChannel& c = channel_self(s);
+        auto got = c.ch().recv(WaitSpec::nonblocking());
+        if (got.ok()) return c.wrap(got.value);
+        if (got.status != Status::kEmpty) raise_status(got.status, "");
+        if (c.fd_watch) c.fd_refresh();
+        return py::none();
+      },
+      "_try_recv(self, /)\n--\n\n"
+      "recv(block=False), but None instead of raising Empty (the asyncio layer's first look: an "
+      "exception costs more than the receive).");
   cls.def("writable_hint", [](py::handle s) { return channel_self(s).ch().writable(); },
       "writable_hint(self, /)\n--\n\n"
       "Whether the channel's own bounds (maxsize, maxbytes) leave room now, or it is closed: a "

@@ -30,6 +30,9 @@ __all__ = [
 # When the arena (not the channel's bound) is out of room, no wait-list fires for "room": an
 # await then looks again after these delays (seconds), doubling. Only that case polls.
 _ARENA_RETRY_FIRST, _ARENA_RETRY_MAX = 0.001, 0.05
+# Idle registrations a loop keeps (each holds one slot of its channel's 64-slot wait-list and
+# a reference to the channel object).
+_IDLE_KEPT = 32
 
 
 class _Entry:
@@ -50,20 +53,30 @@ class _Dispatcher:
         self.loop = loop
         self.listener = _memchannel._Listener()
         self.entries: dict = {}
+        self.idle: collections.OrderedDict = collections.OrderedDict()  # entries without waiters
         loop.add_reader(self.listener.fileno(), self._on_readable)
 
     def _entry(self, ch) -> _Entry:
         key = ch._wait_key
         e = self.entries.get(key)
-        if e is None:
+        if e is not None:
+            self.idle.pop(key, None)
+        else:
             e = _Entry(ch, self.listener.register(ch))
             self.entries[key] = e
         return e
 
     def _forget(self, e: _Entry) -> None:
-        if not e.readers and not e.writers and not e.scheduled:
-            self.entries.pop(e.channel._wait_key, None)
-            self.listener.unregister(e.channel, e.slot)
+        """An entry without waiters keeps its wait-list slot (the next await on the channel
+        is then one arm, not a registration) while at most _IDLE_KEPT entries are idle."""
+        if e.readers or e.writers or e.scheduled:
+            return
+        self.idle[e.channel._wait_key] = e
+        while len(self.idle) > _IDLE_KEPT:
+            key, old = self.idle.popitem(last=False)
+            if not (old.readers or old.writers or old.scheduled):
+                self.entries.pop(key, None)
+                self.listener.unregister(old.channel, old.slot)
 
     def _on_readable(self) -> None:
         fired = self.listener.drain()
@@ -93,8 +106,8 @@ class _Dispatcher:
             # Arm first, then look (the Dekker pair of core/fd_wait.h): if not ready now, the
             # sender that makes it ready fires the socket.
             if self.listener.arm(e.channel, e.slot, writable):
-                waiters.popleft().set_result(True)
-                if waiters:
+                waiters[0].set_result(True)  # stays queued until its await takes it out
+                if len(waiters) > 1:
                     self._kick(e)  # after the woken one ran: more may be ready
 
     async def wait(self, channels, writable: bool, deadline) -> bool:
@@ -126,10 +139,10 @@ class _Dispatcher:
                 timer.cancel()
             for e in entries:
                 waiters = e.writers if writable else e.readers
-                try:
+                if waiters and waiters[0] is fut:
+                    waiters.popleft()
+                elif fut in waiters:
                     waiters.remove(fut)
-                except ValueError:
-                    pass
                 self._forget(e)
 
 
@@ -157,6 +170,8 @@ def _dispatcher() -> _Dispatcher:
 
 
 def _deadline(timeout):
+    if timeout is None:
+        return None
     seconds = _memchannel._timeout_seconds(timeout)
     return None if seconds is None else asyncio.get_running_loop().time() + seconds
 
@@ -168,17 +183,19 @@ def _expired(deadline) -> bool:
 async def recv_async(channel, timeout=None):
     """``await`` the next message of ``channel`` (a Buffer). ``Empty`` after ``timeout``
     seconds, ``ChannelClosed`` once closed and drained. Cancellation takes nothing."""
-    deadline = _deadline(timeout)
+    deadline = _deadline(timeout)  # the timeout rule holds even when a message is there
+    buf = channel._try_recv()
+    if buf is not None:
+        return buf
     while True:
-        try:
-            return channel.recv(block=False)
-        except Empty:
-            pass
         if _expired(deadline) or not await _dispatcher().wait((channel,), False, deadline):
-            try:
-                return channel.recv(block=False)
-            except Empty:
-                raise Empty("recv_async(): no message before the timeout") from None
+            buf = channel._try_recv()
+            if buf is None:
+                raise Empty("recv_async(): no message before the timeout")
+            return buf
+        buf = channel._try_recv()
+        if buf is not None:
+            return buf
 
 
 async def _send_retrying(channel, attempt, timeout, what: str):
@@ -203,6 +220,11 @@ async def send_async(channel, data, timeout=None) -> None:
     """``await`` queueing ``data`` (bytes-like, or a Buffer reserved from this channel's arena,
     moved without a copy) while the channel is full. ``Full`` after ``timeout`` seconds,
     ``ChannelClosed`` if closed. A cancelled send queued nothing (a Buffer stays the caller's)."""
+    if timeout is None:
+        try:
+            return channel.send(data, block=False)  # the common case: room now
+        except Full:
+            pass
     await _send_retrying(channel, lambda: channel.send(data, block=False), timeout, "send_async()")
 
 
