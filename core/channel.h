@@ -53,14 +53,14 @@
 //   | maxbytes, channel id          |
 //   +-------------------------------+ 64   head (consumer-owned, own cache line)
 //   +-------------------------------+ 128  tail (producer-owned, own cache line)
-//   +-------------------------------+ 192  closed (set by close(); the sealed link is the truth)
+//   +-------------------------------+ 192  closed (set by close(); the sealed link is the truth),
+//   |                               |      fd wait-list keys 0..13 at 200 (core/fd_wait.h)
 //   +-------------------------------+ 256  not_empty EventCount (receivers sleep here),
 //   |                               |      fd_readers at 264: slots armed for "readable"
 //   +-------------------------------+ 320  not_full EventCount (senders sleep here),
 //   |                               |      fd_writers at 328: slots armed for "writable"
-//   +-------------------------------+ 384  attached handles
-//   +-------------------------------+ 448  fd_keys[64]: the fd wait-list (core/fd_wait.h)
-//   +-------------------------------+ 960
+//   +-------------------------------+ 384  attached handles, fd wait-list keys 14..27 at 392
+//   +-------------------------------+ 448
 #pragma once
 
 #include <atomic>
@@ -102,17 +102,22 @@ struct ChannelHeader {
   alignas(kCacheLine) std::atomic<uint64_t> head;    // tagged ref of the dummy node; receivers
   alignas(kCacheLine) std::atomic<uint64_t> tail;    // tagged ref of the last node; senders
   alignas(kCacheLine) std::atomic<uint64_t> closed;  // 1 once close() began (a hint: see seal())
+  // The fd wait-list (core/fd_wait.h): slot i names a listener socket by its 32-bit key, 0 =
+  // free; in the spare words of two lines senders read anyway (closed) or rarely (attached).
+  // Any value is a valid key (it only names an abstract socket), so nothing read here can send
+  // a sender out of bounds; a key whose socket is gone is freed by the sender that finds it so
+  // (docs/design.md, "Waiting on several channels: fd readiness").
+  std::atomic<uint32_t> fd_keys_a[kFdSlots / 2];
   alignas(kCacheLine) EventCount not_empty;
   std::atomic<uint64_t> fd_readers;  // bit i: slot i waits for "readable" (sender: one load)
   alignas(kCacheLine) EventCount not_full;
   std::atomic<uint64_t> fd_writers;  // bit i: slot i waits for "writable"
   alignas(kCacheLine) std::atomic<uint32_t> attached;                       // Channel objects using this header
   uint32_t reserved2_;
-  // The fd wait-list: slot i names a listener socket (core/fd_wait.h) by its 64-bit key, 0 =
-  // free. Any value is a valid key (it only names an abstract socket), so nothing read here
-  // can send a sender out of bounds; a key whose socket is gone is freed by the sender that
-  // finds it so (docs/design.md, "Waiting on several channels: fd readiness").
-  alignas(kCacheLine) std::atomic<uint64_t> fd_keys[kFdSlots];
+  std::atomic<uint32_t> fd_keys_b[kFdSlots / 2];
+
+  // Slot i of the fd wait-list, 0 <= i < kFdSlots.
+  std::atomic<uint32_t>& fd_key(int i) { return i < kFdSlots / 2 ? fd_keys_a[i] : fd_keys_b[i - kFdSlots / 2]; }
 };
 static_assert(std::is_standard_layout_v<ChannelHeader>);
 static_assert(offsetof(ChannelHeader, head) == 64);
@@ -123,9 +128,10 @@ static_assert(offsetof(ChannelHeader, not_full) == 320);
 static_assert(offsetof(ChannelHeader, attached) == 384);
 static_assert(offsetof(ChannelHeader, fd_readers) == 264);
 static_assert(offsetof(ChannelHeader, fd_writers) == 328);
-static_assert(offsetof(ChannelHeader, fd_keys) == 448);
-static_assert(sizeof(ChannelHeader) == 960);
-static_assert(std::atomic<uint64_t>::is_always_lock_free);
+static_assert(offsetof(ChannelHeader, fd_keys_a) == 200);
+static_assert(offsetof(ChannelHeader, fd_keys_b) == 392);
+static_assert(sizeof(ChannelHeader) == 448);  // as before the wait-list: no more arena memory
+static_assert(std::atomic<uint32_t>::is_always_lock_free);
 
 struct ChannelStats {
   uint64_t queued, bytes_queued, sent, received, maxsize, maxbytes;
@@ -184,9 +190,9 @@ class Channel {
   bool writable() const;
   // Puts the listener `key` in a free slot of the wait-list (a slot whose listener socket is
   // gone counts as free) and returns the slot; kFull when all kFdSlots are taken by live ones.
-  Result<int> fd_register(uint64_t key);
+  Result<int> fd_register(uint32_t key);
   // Frees `slot` if it still names `key`, and disarms it.
-  void fd_unregister(int slot, uint64_t key);
+  void fd_unregister(int slot, uint32_t key);
   // Arms `slot` for kind (kFdReadable / kFdWritable) and returns whether the channel is ready
   // for it now (then the caller need not wait; the slot may stay armed: a spurious datagram
   // later is harmless). A sender that makes it ready after this sends the slot's socket one

@@ -15,23 +15,23 @@ bool Channel::writable() const {
   return (maxsize_ == 0 || c.queued < maxsize_) && (maxbytes_ == 0 || c.bytes < maxbytes_);
 }
 
-Result<int> Channel::fd_register(uint64_t key) {
+Result<int> Channel::fd_register(uint32_t key) {
   if (key == 0) return {Status::kInvalidArgument, -1};
   for (int i = 0; i < kFdSlots; ++i) {
-    if (header_->fd_keys[i].load(std::memory_order_acquire) == key) return {Status::kOk, i};
+    if (header_->fd_key(i).load(std::memory_order_acquire) == key) return {Status::kOk, i};
   }
   for (int i = 0; i < kFdSlots; ++i) {
-    uint64_t expected = 0;
-    if (header_->fd_keys[i].compare_exchange_strong(expected, key, std::memory_order_acq_rel)) {
+    uint32_t expected = 0;
+    if (header_->fd_key(i).compare_exchange_strong(expected, key, std::memory_order_acq_rel)) {
       return {Status::kOk, i};
     }
   }
   // Every slot names a key: take one whose listener is gone (it died without unregistering
   // and nothing fired it since).
   for (int i = 0; i < kFdSlots; ++i) {
-    uint64_t old = header_->fd_keys[i].load(std::memory_order_acquire);
+    uint32_t old = header_->fd_key(i).load(std::memory_order_acquire);
     if (old != 0 && !fd_alive(old) &&
-        header_->fd_keys[i].compare_exchange_strong(old, key, std::memory_order_acq_rel)) {
+        header_->fd_key(i).compare_exchange_strong(old, key, std::memory_order_acq_rel)) {
       return {Status::kOk, i};
     }
   }
@@ -44,12 +44,16 @@ void Channel::fd_disarm(int slot, FdKind kind) {
   armed.fetch_and(~(uint64_t{1} << slot), std::memory_order_relaxed);
 }
 
-void Channel::fd_unregister(int slot, uint64_t key) {
+void Channel::fd_unregister(int slot, uint32_t key) {
   if (slot < 0 || slot >= kFdSlots) return;
+  // Only a slot still ours is disarmed: while it names our live socket nobody else takes it
+  // (a sender frees a key only when its socket is gone, a registration only an unanswering
+  // one), so the bits cleared here are ours, never a newer listener's.
+  if (header_->fd_key(slot).load(std::memory_order_acquire) != key) return;
   fd_disarm(slot, FdKind::kReadable);
   fd_disarm(slot, FdKind::kWritable);
-  uint64_t expected = key;
-  header_->fd_keys[slot].compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
+  uint32_t expected = key;
+  header_->fd_key(slot).compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
 }
 
 bool Channel::fd_arm(int slot, FdKind kind) {
@@ -61,14 +65,14 @@ bool Channel::fd_arm(int slot, FdKind kind) {
 }
 
 void Channel::fire_fd(std::atomic<uint64_t>& armed) {
-  uint64_t m = armed.exchange(0, std::memory_order_acq_rel);
+  uint64_t m = armed.exchange(0, std::memory_order_acq_rel) & kFdSlotMask;  // a peer may set any bit
   const FdEvent ev{arena_->arena_id(), offset_};
   while (m != 0) {
     const int i = __builtin_ctzll(m);
     m &= m - 1;
-    uint64_t key = header_->fd_keys[i].load(std::memory_order_acquire);
+    uint32_t key = header_->fd_key(i).load(std::memory_order_acquire);
     // A listener that is gone costs this one failed send: its slot is freed here.
-    if (key != 0 && !fd_send(key, ev)) header_->fd_keys[i].compare_exchange_strong(key, 0, std::memory_order_acq_rel);
+    if (key != 0 && !fd_send(key, ev)) header_->fd_key(i).compare_exchange_strong(key, 0, std::memory_order_acq_rel);
   }
 }
 

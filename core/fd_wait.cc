@@ -17,11 +17,11 @@ namespace memchannel {
 namespace {
 
 // The abstract socket name of a listener key (no file in the file system, gone with the socket).
-socklen_t listener_address(uint64_t key, sockaddr_un* addr) {
+socklen_t listener_address(uint32_t key, sockaddr_un* addr) {
   std::memset(addr, 0, sizeof(*addr));
   addr->sun_family = AF_UNIX;
-  const int n = std::snprintf(addr->sun_path + 1, sizeof(addr->sun_path) - 1, "memchannel-w-%016llx",
-                              static_cast<unsigned long long>(key));
+  const int n = std::snprintf(addr->sun_path + 1, sizeof(addr->sun_path) - 1, "memchannel-w-%08x",
+                              static_cast<unsigned>(key));
   return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + static_cast<size_t>(n));
 }
 
@@ -41,7 +41,7 @@ int sender_socket() {
   return made;
 }
 
-bool send_datagram(uint64_t key, const void* data, size_t len) {
+bool send_datagram(uint32_t key, const void* data, size_t len) {
   const int s = sender_socket();
   if (s < 0) return true;  // cannot tell: keep the slot
   sockaddr_un addr;
@@ -74,8 +74,8 @@ int max_dgram_qlen() {
 Result<std::unique_ptr<WaitSocket>> WaitSocket::open() {
   const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return {Status::kSystemError, nullptr};
-  for (int attempt = 0; attempt < 8; ++attempt) {
-    uint64_t key = 0;
+  for (int attempt = 0; attempt < 32; ++attempt) {  // a taken name (EADDRINUSE): another key
+    uint32_t key = 0;
     if (::getrandom(&key, sizeof(key), 0) != static_cast<ssize_t>(sizeof(key)) || key == 0) continue;
     sockaddr_un addr;
     const socklen_t alen = listener_address(key, &addr);
@@ -127,8 +127,8 @@ Status WaitSocket::wait(int64_t timeout_ns) const {
   return Status::kInterrupted;
 }
 
-bool fd_send(uint64_t key, const FdEvent& ev) { return send_datagram(key, &ev, sizeof(ev)); }
+bool fd_send(uint32_t key, const FdEvent& ev) { return send_datagram(key, &ev, sizeof(ev)); }
 
-bool fd_alive(uint64_t key) { return send_datagram(key, nullptr, 0); }
+bool fd_alive(uint32_t key) { return send_datagram(key, nullptr, 0); }
 
 }  // namespace memchannel

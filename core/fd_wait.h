@@ -2,8 +2,8 @@
 //
 // A process that wants a file descriptor to become readable when a channel gets a message (or
 // room, or is closed) opens a WaitSocket: a SOCK_DGRAM Unix socket bound to an abstract name
-// "\0memchannel-w-<16 hex digits of a random 64-bit key>". It puts the key in a slot of the
-// channel's wait-list (ChannelHeader::fd_keys, core/channel.h) and arms the slot by setting its
+// "\0memchannel-w-<8 hex digits of a random 32-bit key>". It puts the key in a slot of the
+// channel's wait-list (ChannelHeader::fd_key(i), core/channel.h) and arms the slot by setting its
 // bit in fd_readers or fd_writers. A sender (or a receiver freeing room, or close()) that sees
 // a bit set takes the whole mask with one exchange and sends every armed slot's socket one
 // 16-byte datagram {arena id, channel offset}; the bit is cleared by the taking, so a slot
@@ -20,7 +20,7 @@
 // listener's check sees the message. A sender with no fd waiter pays one relaxed load of a
 // word on the cache line it already read for the EventCount.
 //
-// Trust: the mask selects slots 0..63 of a 64-slot array, so every value is in bounds; a key is
+// Trust: the mask is cut to the kFdSlots bits that name slots, so every value is in bounds; a key is
 // only ever turned into a socket name under the memchannel-w- prefix; a datagram a listener
 // reads is checked against the channels it registered (pybind/select.cc). A listener that died
 // leaves its key: the next sender that fires it gets ECONNREFUSED and frees the slot; a slot
@@ -34,7 +34,8 @@
 
 namespace memchannel {
 
-inline constexpr int kFdSlots = 64;  // listeners per channel at once (one bit each in a mask)
+inline constexpr int kFdSlots = 28;  // listeners per channel at once (one bit each in a mask)
+inline constexpr uint64_t kFdSlotMask = (uint64_t{1} << kFdSlots) - 1;
 enum class FdKind : int { kReadable = 0, kWritable = 1 };
 
 // One datagram: which channel fired. Concurrency: plain data.
@@ -53,7 +54,7 @@ class WaitSocket {
   WaitSocket& operator=(const WaitSocket&) = delete;
 
   int fd() const { return fd_; }
-  uint64_t key() const { return key_; }
+  uint32_t key() const { return key_; }
   // Reads every pending datagram (non-blocking) into out[0..max), returns how many were
   // 16-byte events (others, e.g. a registration's zero-byte probe, are dropped). *more when
   // the events cannot be the whole story: out was full, or as many datagrams were read as the
@@ -68,17 +69,17 @@ class WaitSocket {
   Status wait(int64_t timeout_ns) const;
 
  private:
-  WaitSocket(int fd, uint64_t key, int qlen) : fd_(fd), key_(key), qlen_(qlen) {}
+  WaitSocket(int fd, uint32_t key, int qlen) : fd_(fd), key_(key), qlen_(qlen) {}
   int fd_;
-  uint64_t key_;
+  uint32_t key_;
   int qlen_;  // datagrams the socket queues before senders get EAGAIN
 };
 
 // Sends `ev` to the listener named by `key`. Returns false when no socket has that name (the
 // listener is gone); true when it was sent or the listener's queue was full (it is readable
 // then anyway). Never blocks. Concurrency: any thread.
-bool fd_send(uint64_t key, const FdEvent& ev);
+bool fd_send(uint32_t key, const FdEvent& ev);
 // Whether a listener named `key` exists (a zero-byte datagram, which drain() drops).
-bool fd_alive(uint64_t key);
+bool fd_alive(uint32_t key);
 
 }  // namespace memchannel

@@ -23,7 +23,7 @@ std::unique_ptr<WaitSocket> open_socket() {
   return std::move(s.value);
 }
 
-int register_in(Channel& c, uint64_t key) {
+int register_in(Channel& c, uint32_t key) {
   auto slot = c.fd_register(key);
   if (!slot.ok()) {
     raise_error(ErrorClass::kMemChannelError, "the channel's fd wait-list is full (" + std::to_string(kFdSlots) +
@@ -278,6 +278,7 @@ void add_wait_methods(py::class_<PyChannel, std::shared_ptr<PyChannel>>& cls) {
 }
 
 void register_select(py::module_& m) {
+  m.attr("_FD_SLOTS") = kFdSlots;  // listeners per channel at once (tests)
   m.def("_select", [](const py::handle& channels, const py::object& timeout) {
         return select_impl(channels, timeout, true);
       }, py::arg("channels"), py::arg("timeout") = py::none(),

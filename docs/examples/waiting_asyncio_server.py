@@ -91,7 +91,10 @@ async def serve(n_workers=2, n_clients=3, per_client=5):
 
 if __name__ == "__main__":
     results = asyncio.run(serve())
-    print("first answer:", results[0][0])  # expect: first answer: CLIENT 0 REQUEST 0
+    # expect: first answer: CLIENT 0 REQUEST 0
+    print("first answer:", results[0][0])
     expected = hashlib.sha256(b"client 2 request 4").hexdigest()[:12]
-    print("last answer ok:", results[2][4] == f"CLIENT 2 REQUEST 4 {expected}")  # expect: last answer ok: True
-    print("answers:", sum(map(len, results)))  # expect: answers: 15
+    # expect: last answer ok: True
+    print("last answer ok:", results[2][4] == f"CLIENT 2 REQUEST 4 {expected}")
+    # expect: answers: 15
+    print("answers:", sum(map(len, results)))

@@ -40,13 +40,16 @@ if __name__ == "__main__":
     for n in range(100):
         work.send(struct.pack("<Q", n))
     total = sum(struct.unpack("<Q", results.recv(timeout=10))[0] for _ in range(100))
-    print("sum of squares:", total)  # expect: sum of squares: 328350
-    control.send(b"stop")  # expect: control: stop
-    print("worker says:", results.recv_object(timeout=10))  # expect: worker says: ('done', 100)
+    # expect: sum of squares: 328350
+    print("sum of squares:", total)
+    # expect: control: stop
+    control.send(b"stop")
+    # expect: worker says: ('done', 100)
+    print("worker says:", results.recv_object(timeout=10))
     t.join()
 
     # wait() looks without taking: which channels are ready, as multiprocessing.connection.wait.
     work.send(b"\0" * 8)
     control.close()
-    print("ready:", ["work" if c is work else "control" for c in mc.wait([work, control], timeout=1)])
     # expect: ready: ['work', 'control']
+    print("ready:", ["work" if c is work else "control" for c in mc.wait([work, control], timeout=1)])

@@ -30,7 +30,7 @@ __all__ = [
 # When the arena (not the channel's bound) is out of room, no wait-list fires for "room": an
 # await then looks again after these delays (seconds), doubling. Only that case polls.
 _ARENA_RETRY_FIRST, _ARENA_RETRY_MAX = 0.001, 0.05
-# Idle registrations a loop keeps (each holds one slot of its channel's 64-slot wait-list and
+# Idle registrations a loop keeps (each holds one slot of its channel's 28-slot wait-list and
 # a reference to the channel object).
 _IDLE_KEPT = 32
 
@@ -196,6 +196,14 @@ async def recv_async(channel, timeout=None):
         buf = channel._try_recv()
         if buf is not None:
             return buf
+
+
+async def anext_or_stop(channel):
+    """``Channel.__anext__``: the next message, StopAsyncIteration once closed and drained."""
+    try:
+        return await recv_async(channel)
+    except ChannelClosed:
+        raise StopAsyncIteration from None
 
 
 async def _send_retrying(channel, attempt, timeout, what: str):

@@ -62,39 +62,47 @@ class Channel(_memchannel.Channel):
         """
         return _objects.recv_object(self, block, timeout)
 
-    # asyncio (memchannel._aio; docs/guide-waiting.md). Imported on first use: asyncio is
-    # not loaded by programs that never await.
-    async def recv_async(self, timeout=None) -> Buffer:
-        """``await`` the next message; ``Empty`` after ``timeout`` seconds, ``ChannelClosed``
-        once closed and drained. No thread, no polling; a cancelled await takes nothing."""
+    # asyncio (memchannel._aio; docs/guide-waiting.md). Plain methods that return the
+    # coroutine: the object (and its arguments' types) are checked at the call, as for the
+    # blocking methods, and asyncio is imported on first use only.
+    def recv_async(self, timeout=None):
+        """``await ch.recv_async()``: the next message; ``Empty`` after ``timeout`` seconds,
+        ``ChannelClosed`` once closed and drained. No thread, no polling; a cancelled await
+        takes nothing."""
+        self._wait_key  # noqa: B018 - raises TypeError on an uninitialised object
         from . import _aio
-        return await _aio.recv_async(self, timeout)
+        return _aio.recv_async(self, timeout)
 
-    async def send_async(self, data, timeout=None) -> None:
-        """``await`` sending ``data`` (bytes-like or a reserved Buffer) while the channel is
-        full; ``Full`` after ``timeout`` seconds. A cancelled send queued nothing."""
+    def send_async(self, data, timeout=None):
+        """``await ch.send_async(data)``: send ``data`` (bytes-like or a reserved Buffer),
+        waiting while the channel is full; ``Full`` after ``timeout`` seconds. A cancelled
+        send queued nothing."""
+        self._wait_key  # noqa: B018
         from . import _aio
-        await _aio.send_async(self, data, timeout)
+        return _aio.send_async(self, data, timeout)
 
-    async def recv_object_async(self, timeout=None):
-        """``await`` one object sent with ``send_object`` (runs ``pickle.loads``)."""
+    def recv_object_async(self, timeout=None):
+        """``await ch.recv_object_async()``: one object sent with ``send_object`` (runs
+        ``pickle.loads``)."""
+        self._wait_key  # noqa: B018
         from . import _aio
-        return await _aio.recv_object_async(self, timeout)
+        return _aio.recv_object_async(self, timeout)
 
-    async def send_object_async(self, obj, timeout=None) -> None:
-        """``await`` ``send_object(obj)`` while the channel is full."""
+    def send_object_async(self, obj, timeout=None):
+        """``await ch.send_object_async(obj)``: ``send_object(obj)``, waiting while full."""
+        self._wait_key  # noqa: B018
         from . import _aio
-        await _aio.send_object_async(self, obj, timeout)
+        return _aio.send_object_async(self, obj, timeout)
 
     def __aiter__(self):
+        """``async for buf in ch``: messages until the channel is closed and drained."""
+        self._wait_key  # noqa: B018
         return self
 
-    async def __anext__(self) -> Buffer:
+    def __anext__(self):
+        self._wait_key  # noqa: B018
         from . import _aio
-        try:
-            return await _aio.recv_async(self)
-        except ChannelClosed:
-            raise StopAsyncIteration from None
+        return _aio.anext_or_stop(self)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"

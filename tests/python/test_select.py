@@ -287,9 +287,10 @@ def test_a_dead_listener_costs_one_send_then_its_slot_is_free():
     assert dead.arm(ch, slot) is False
     del dead  # its socket closes; its key stays in the wait-list
     ch.send(b"x")  # fires the dead key, gets ECONNREFUSED, frees the slot
-    fresh = [_memchannel._Listener() for _ in range(64)]
-    slots = [l.register(ch) for l in fresh]  # all 64 slots are available again
-    assert sorted(slots) == list(range(64))
+    n = _memchannel._FD_SLOTS
+    fresh = [_memchannel._Listener() for _ in range(n)]
+    slots = [l.register(ch) for l in fresh]  # every slot is available again
+    assert sorted(slots) == list(range(n))
     with pytest.raises(mc.MemChannelError, match="wait-list is full"):
         _memchannel._Listener().register(ch)
     # Unarmed dead listeners (never fired) are reclaimed by the next registration.
@@ -311,5 +312,6 @@ def test_a_killed_selecting_process_does_not_cost_senders_forever():
     for ch in chans:
         ch.send(b"x")  # each finds the dead listener once and frees its slot
     for ch in chans:
-        slots = [l.register(ch) for l in [_memchannel._Listener() for _ in range(64)]]
-        assert sorted(slots) == list(range(64))
+        n = _memchannel._FD_SLOTS
+        slots = [l.register(ch) for l in [_memchannel._Listener() for _ in range(n)]]
+        assert sorted(slots) == list(range(n))
