@@ -20,7 +20,7 @@ import collections
 import weakref
 
 from . import _memchannel
-from ._objects import _decode, send_object
+from ._objects import decode
 from .errors import ChannelClosed, Empty, Full
 
 __all__ = [
@@ -238,12 +238,12 @@ async def send_async(channel, data, timeout=None) -> None:
 
 async def recv_object_async(channel, timeout=None):
     """``recv_async`` for ``send_object`` messages: the object (runs ``pickle.loads``)."""
-    return _decode(await recv_async(channel, timeout))
+    return decode(await recv_async(channel, timeout))
 
 
 async def send_object_async(channel, obj, timeout=None) -> None:
     """``send_async`` for any picklable object (as ``send_object``)."""
-    await _send_retrying(channel, lambda: send_object(channel, obj, False), timeout, "send_object_async()")
+    await _send_retrying(channel, lambda: channel.send_object(obj, False), timeout, "send_object_async()")
 
 
 async def select_async(channels, timeout=None):

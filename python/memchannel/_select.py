@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from . import _memchannel
-from ._objects import _decode
+from ._objects import decode
 
 __all__ = ["select", "select_object", "wait", "select_async", "wait_async"]
 
@@ -48,7 +48,7 @@ def select_object(channels: Iterable, timeout=None):
     Runs ``pickle.loads``: receive only from trusted peers.
     """
     ch, buf = _memchannel._select(_channels(channels, "select_object"), timeout)
-    return ch, _decode(buf)
+    return ch, decode(buf)
 
 
 def wait(channels: Iterable, timeout=None) -> list:
