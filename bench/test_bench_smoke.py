@@ -132,6 +132,9 @@ def test_targets_are_the_issues():
         "S7 batches of 64 x 64 B processes: msg/s": ("min", 8e6),
         "S6 1->2 receivers vs S1 1->1, 64 B processes": ("scenario_ratio", 0.5),
         "M1 1,000,000 queued 64 B messages: shm arena bytes": ("max", 128e6),
+        "A1 asyncio 64 B round-trip p50, processes, vs pyzmq zmq.asyncio (1/3)": ("ratio", 3.0),
+        "A1 asyncio 64 B round-trip p50, processes, vs mp.Queue+executor (1/5)": ("ratio", 5.0),
+        "W1 select over 8 channels msg/s vs recv on one (0.5x)": ("ratio", 0.5),
     }
 
 

@@ -57,7 +57,7 @@ def _transport_info(t):
 
 def select(only):
     """--only: names are scenario keys (S1..S6, M1) or transport names / name prefixes."""
-    scenarios, transports = list(SCENARIOS), list(TRANSPORTS)
+    scenarios, transports = list(SCENARIOS) + list(waiting.SCENARIOS), list(TRANSPORTS)
     with_memcpy = True
     if only:
         names = [n.strip() for n in only.split(",") if n.strip()]
@@ -69,6 +69,8 @@ def select(only):
             raise SystemExit(f"--only: unknown name(s) {unknown}; see --list")
         if keys:
             scenarios = keys
+        elif tnames:  # transports named, no scenario: the waiting scenarios have their own
+            scenarios = list(SCENARIOS)
         if tnames:
             transports = [t for t in TRANSPORTS
                           if any(t.name == n or t.name.startswith(n) for n in tnames)]
