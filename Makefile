@@ -32,7 +32,7 @@ deps:
 $(VENV)/.ready:
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q "pybind11>=3.1,<3.2" "scikit-build-core>=0.10" numpy pytest pytest-timeout matplotlib hypothesis mypy
+	$(VPY) -m pip install -q "pybind11>=3.1,<3.2" "scikit-build-core>=0.10" numpy pytest pytest-timeout matplotlib hypothesis mypy uvloop pyzmq
 	touch $@
 
 # distributed: the Dask tests (tests/python/test_dask*.py); also into a venv made before it was listed.

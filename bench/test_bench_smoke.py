@@ -135,6 +135,9 @@ def test_targets_are_the_issues():
         "Q1 64 B interpreter-queue echo p50 vs 3.13 queue (blocking gets)": ("ratio", 100.0),
         "Q1 64 B interpreter-queue echo round trips/s vs 3.13 queue (blocking gets)":
             ("ratio", 2.0),
+        "A1 asyncio 64 B round-trip p50, processes, vs pyzmq zmq.asyncio (1/3)": ("ratio", 3.0),
+        "A1 asyncio 64 B round-trip p50, processes, vs mp.Queue+executor (1/5)": ("ratio", 5.0),
+        "W1 select over 8 channels msg/s vs recv on one (0.5x)": ("ratio", 0.5),
     }
 
 

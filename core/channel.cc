@@ -403,7 +403,10 @@ void Channel::advance(uint64_t head, QueueNode* first, uint64_t head_state, Bloc
     // Refused only if a crash reclaimer freed this old dummy first (recover_queues).
     arena_->free_node_at(first, first_ref, head_state, /*count_refusal=*/false);
     MEMCHANNEL_CRASH_POINT(kRecvOldHeadFreed);
-    if (maxsize_ != 0 || maxbytes_ != 0) notify_all(header_->not_full);  // one message fewer counted
+    if (maxsize_ != 0 || maxbytes_ != 0) {  // one message fewer counted
+      notify_all(header_->not_full);
+      notify_fd(FdKind::kWritable);
+    }
   }
 }
 
@@ -794,6 +797,7 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
   arena_->finish_send(message);
   MEMCHANNEL_CRASH_POINT(kSendMarkedQueued);
   notify_all(header_->not_empty);
+  notify_fd(FdKind::kReadable);  // after notify_all's fence: see core/fd_wait.h
   MEMCHANNEL_CRASH_POINT(kSendNotified);
   return Status::kOk;
 }
@@ -821,6 +825,8 @@ void Channel::close() {
   notify_all(header_->not_empty);
   notify_all(header_->not_full);
   notify_all(arena_->space());
+  notify_fd(FdKind::kReadable);
+  notify_fd(FdKind::kWritable);
 }
 
 bool Channel::closed() const { return header_->closed.load(std::memory_order_acquire) != 0; }

@@ -54,10 +54,14 @@
 //   | maxbytes, channel id          |
 //   +-------------------------------+ 64   head (consumer-owned, own cache line)
 //   +-------------------------------+ 128  tail (producer-owned, own cache line)
-//   +-------------------------------+ 192  closed (set by close(); the sealed link is the truth)
-//   +-------------------------------+ 256  not_empty EventCount (receivers sleep here)
-//   +-------------------------------+ 320  not_full EventCount (senders sleep here)
-//   +-------------------------------+ 384  attached handles
+//   +-------------------------------+ 192  closed (set by close(); the sealed link is the truth),
+//   |                               |      fd wait-list keys 0..13 at 200 (core/fd_wait.h)
+//   +-------------------------------+ 256  not_empty EventCount (receivers sleep here),
+//   |                               |      fd_readers at 264: slots armed for "readable"
+//   +-------------------------------+ 320  not_full EventCount (senders sleep here),
+//   |                               |      fd_writers at 328: slots armed for "writable"
+//   +-------------------------------+ 384  attached handles, fd wait-list keys 14..27 at 392
+//   +-------------------------------+ 448
 #pragma once
 
 #include <atomic>
@@ -68,13 +72,14 @@
 #include <type_traits>
 
 #include "core/arena.h"
+#include "core/fd_wait.h"
 #include "core/status.h"
 #include "core/waiter.h"
 
 namespace memchannel {
 
 inline constexpr uint64_t kChannelMagic = 0x314c4e4843434d4dull;  // "MMCCHNL1"
-inline constexpr uint32_t kChannelLayoutVersion = 5;  // 2: node states, claim protocol; 3: sent/received on the tail/head lines; 4: counts from node seq, sealed link; 5: links checked by seq, messages_lost, repair epoch
+inline constexpr uint32_t kChannelLayoutVersion = 6;  // 2: node states, claim protocol; 3: sent/received on the tail/head lines; 4: counts from node seq, sealed link; 5: links checked by seq, messages_lost, repair epoch; 6: fd wait-list
 // The largest maxsize (a count that fits in 63 bits, as earlier layouts had it).
 inline constexpr uint64_t kMaxChannelSize = (1ull << 63) - 1;
 // A node's `next` link with this tag bit set is sealed: the channel is closed after that node.
@@ -102,10 +107,22 @@ struct ChannelHeader {
   alignas(kCacheLine) std::atomic<uint64_t> head;    // tagged ref of the dummy node; receivers
   alignas(kCacheLine) std::atomic<uint64_t> tail;    // tagged ref of the last node; senders
   alignas(kCacheLine) std::atomic<uint64_t> closed;  // 1 once close() began (a hint: see seal())
+  // The fd wait-list (core/fd_wait.h): slot i names a listener socket by its 32-bit key, 0 =
+  // free; in the spare words of two lines senders read anyway (closed) or rarely (attached).
+  // Any value is a valid key (it only names an abstract socket), so nothing read here can send
+  // a sender out of bounds; a key whose socket is gone is freed by the sender that finds it so
+  // (docs/design.md, "Waiting on several channels: fd readiness").
+  std::atomic<uint32_t> fd_keys_a[kFdSlots / 2];
   alignas(kCacheLine) EventCount not_empty;
+  std::atomic<uint64_t> fd_readers;  // bit i: slot i waits for "readable" (sender: one load)
   alignas(kCacheLine) EventCount not_full;
+  std::atomic<uint64_t> fd_writers;  // bit i: slot i waits for "writable"
   alignas(kCacheLine) std::atomic<uint32_t> attached;                       // Channel objects using this header
   uint32_t reserved2_;
+  std::atomic<uint32_t> fd_keys_b[kFdSlots / 2];
+
+  // Slot i of the fd wait-list, 0 <= i < kFdSlots.
+  std::atomic<uint32_t>& fd_key(int i) { return i < kFdSlots / 2 ? fd_keys_a[i] : fd_keys_b[i - kFdSlots / 2]; }
 };
 static_assert(std::is_standard_layout_v<ChannelHeader>);
 static_assert(offsetof(ChannelHeader, messages_lost) == 40);
@@ -116,6 +133,12 @@ static_assert(offsetof(ChannelHeader, closed) == 192);
 static_assert(offsetof(ChannelHeader, not_empty) == 256);
 static_assert(offsetof(ChannelHeader, not_full) == 320);
 static_assert(offsetof(ChannelHeader, attached) == 384);
+static_assert(offsetof(ChannelHeader, fd_readers) == 264);
+static_assert(offsetof(ChannelHeader, fd_writers) == 328);
+static_assert(offsetof(ChannelHeader, fd_keys_a) == 200);
+static_assert(offsetof(ChannelHeader, fd_keys_b) == 392);
+static_assert(sizeof(ChannelHeader) == 448);  // as before the wait-list: no more arena memory
+static_assert(std::atomic<uint32_t>::is_always_lock_free);
 
 struct ChannelStats {
   uint64_t queued, bytes_queued, sent, received, maxsize, maxbytes, messages_lost;
@@ -171,6 +194,23 @@ class Channel {
 
   void close();
   bool closed() const;
+
+  // Readiness and the fd wait-list (core/channel_wait.cc, core/fd_wait.h). readable(): a
+  // message is queued or the channel is closed; writable(): a send would find room (or the
+  // channel is closed). Both are snapshots. Concurrency: any thread, any process.
+  bool readable() const;
+  bool writable() const;
+  // Puts the listener `key` in a free slot of the wait-list (a slot whose listener socket is
+  // gone counts as free) and returns the slot; kFull when all kFdSlots are taken by live ones.
+  Result<int> fd_register(uint32_t key);
+  // Frees `slot` if it still names `key`, and disarms it.
+  void fd_unregister(int slot, uint32_t key);
+  // Arms `slot` for kind (kFdReadable / kFdWritable) and returns whether the channel is ready
+  // for it now (then the caller need not wait; the slot may stay armed: a spurious datagram
+  // later is harmless). A sender that makes it ready after this sends the slot's socket one
+  // datagram {arena id, channel offset} and disarms it (one shot).
+  bool fd_arm(int slot, FdKind kind);
+  void fd_disarm(int slot, FdKind kind);
   ChannelStats stats() const;
   uint64_t queued() const;
 
@@ -210,6 +250,13 @@ class Channel {
   Repair repair();
   bool node_in_channel(uint64_t state) const;
   void drain_and_free();
+  // The send/close/advance hook: one relaxed load of the armed mask (after the fence the
+  // EventCount notify already made) while nobody waits on an fd.
+  void notify_fd(FdKind kind) {
+    std::atomic<uint64_t>& armed = kind == FdKind::kReadable ? header_->fd_readers : header_->fd_writers;
+    if (armed.load(std::memory_order_relaxed) != 0) fire_fd(armed);
+  }
+  [[gnu::noinline]] void fire_fd(std::atomic<uint64_t>& armed);
 
   std::shared_ptr<Arena> arena_;
   ChannelHeader* header_;  // in arena memory

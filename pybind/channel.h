@@ -30,9 +30,15 @@ struct PyArena {
   bool shared() const { return backend == "shm"; }
 };
 
+struct FdWatch;  // pybind/select.h
+
 struct PyChannel {
   std::shared_ptr<PyArena> arena;
   std::shared_ptr<Channel> channel;
+  // Channel.fileno()'s socket, made on the first call (pybind/select.cc).
+  std::shared_ptr<FdWatch> fd_watch;
+  // A receive found the channel empty: let fileno() go unreadable (pybind/select.cc).
+  void fd_refresh();
   // This interpreter's Buffer type: received messages are made of the type of the interpreter
   // that made this object.
   py::object buffer_type = py::reinterpret_borrow<py::object>(module_state().buffer_type);

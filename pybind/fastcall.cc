@@ -133,7 +133,10 @@ py::object PyChannel::wrap(BlockHandle block) {
 py::object PyChannel::recv(bool block, const py::object& timeout) {
   const WaitSpec spec = wait_spec(block, timeout);
   auto got = waiting(spec, [&](const WaitSpec& w) { return ch().recv(w); });
-  if (!got.ok()) raise_status(got.status, "");
+  if (!got.ok()) {
+    if (fd_watch && got.status == Status::kEmpty) fd_refresh();  // Channel.fileno(): pybind/select.h
+    raise_status(got.status, "");
+  }
   return wrap(got.value);
 }
 

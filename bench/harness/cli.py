@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from . import env, peers, report, subinterp
+from . import env, peers, report, subinterp, waiting
 from .scenarios import SCENARIOS, param_label
 from .transports import TRANSPORTS
 
@@ -57,18 +57,20 @@ def _transport_info(t):
 
 def select(only):
     """--only: names are scenario keys (S1..S6, M1) or transport names / name prefixes."""
-    scenarios, transports = list(SCENARIOS), list(TRANSPORTS)
+    scenarios, transports = list(SCENARIOS) + list(waiting.SCENARIOS), list(TRANSPORTS)
     with_memcpy = True
     if only:
         names = [n.strip() for n in only.split(",") if n.strip()]
-        keys = [n.upper() for n in names if n.upper() in SCENARIOS]
-        tnames = [n for n in names if n.upper() not in SCENARIOS]
+        keys = [n.upper() for n in names if n.upper() in SCENARIOS or n.upper() in waiting.SCENARIOS]
+        tnames = [n for n in names if n.upper() not in SCENARIOS and n.upper() not in waiting.SCENARIOS]
         unknown = [n for n in tnames if n != "memcpy"
                    and not any(t.name == n or t.name.startswith(n) for t in TRANSPORTS)]
         if unknown:
             raise SystemExit(f"--only: unknown name(s) {unknown}; see --list")
         if keys:
             scenarios = keys
+        elif tnames:  # transports named, no scenario: the waiting scenarios have their own
+            scenarios = list(SCENARIOS)
         if tnames:
             transports = [t for t in TRANSPORTS
                           if any(t.name == n or t.name.startswith(n) for n in tnames)]
@@ -165,6 +167,8 @@ def run(mode="full", only=None, out_dir=DEFAULT_OUT, plots=True, docs=None, reps
     warmup, mode_reps, timeout = MODES[mode]
     reps = reps or mode_reps
     scenario_keys, transports, with_memcpy = select(only)
+    waiting_keys = [k for k in scenario_keys if k in waiting.SCENARIOS]  # A1, W1: waiting.py
+    scenario_keys = [k for k in scenario_keys if k not in waiting.SCENARIOS]
     install_failures = peers.install_failures(out_dir)
     date, host = env.today(), socket.gethostname()
     run_info = {
@@ -232,6 +236,7 @@ def run(mode="full", only=None, out_dir=DEFAULT_OUT, plots=True, docs=None, reps
         run_info["results"].append(result)
         _progress(i, len(jobs), key, param, label, result)
 
+    run_info["results"] += waiting.run(waiting_keys, mode, reps, timeout)
     load_after = env.loadavg()
     run_info["load"] = {"before": load_before, "after": load_after, "busy": busy or any(
         r.get("busy") for r in run_info["results"]),
@@ -251,6 +256,7 @@ def run(mode="full", only=None, out_dir=DEFAULT_OUT, plots=True, docs=None, reps
     run_info["plots"] = report.plots(run_info, out_dir, stem) if plots else []
     with open(paths["markdown"], "w") as f:
         f.write(report.markdown(run_info, image_dir=""))
+        f.write(waiting.markdown(run_info["results"]))
     with open(paths["json"], "w") as f:
         json.dump(run_info, f, indent=1)
         f.write("\n")

@@ -74,6 +74,16 @@ TARGETS = [
          kind="ratio", scenario="Q1", param=64, mine="mc.interpreters.Queue",
          peer="interpqueue-blocking", field="value", goal=2.0),
 ]
+# Waiting on several channels and asyncio (bench/harness/waiting.py, docs/guide-waiting.md).
+TARGETS += [
+    dict(target="A1 asyncio 64 B round-trip p50, processes, vs pyzmq zmq.asyncio (1/3)", kind="ratio",
+         scenario="A1", param=64, mine="memchannel-asyncio", peer="pyzmq-asyncio-ipc", field="p50_us", goal=3.0),
+    dict(target="A1 asyncio 64 B round-trip p50, processes, vs mp.Queue+executor (1/5)", kind="ratio",
+         scenario="A1", param=64, mine="memchannel-asyncio", peer="mp.Queue+run_in_executor", field="p50_us",
+         goal=5.0),
+    dict(target="W1 select over 8 channels msg/s vs recv on one (0.5x)", kind="ratio", scenario="W1", param=64,
+         mine="memchannel-select8", peer="memchannel-recv1", field="value", goal=0.5),
+]
 LOWER_IS_BETTER = {"p50_us", "p99_us", "us_per_msg"}
 
 

@@ -22,6 +22,7 @@ from .errors import (
 from .queues import JoinableQueue, Queue, ShutDown, SimpleQueue
 from .executor import InterpreterPoolExecutor
 from .compare import compare
+from ._select import select, select_async, select_object, wait, wait_async
 
 __version__ = "0.1.0"
 
@@ -32,4 +33,5 @@ __all__ = [
     "ChannelNotFound", "CapacityError", "CorruptionError", "WaitCancelled",
     "Queue", "SimpleQueue", "JoinableQueue", "ShutDown",
     "InterpreterPoolExecutor", "compare",
+    "select", "select_object", "wait", "select_async", "wait_async",
 ]

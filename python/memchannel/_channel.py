@@ -38,6 +38,48 @@ class Channel(_memchannel.Channel):
     def __reduce__(self):
         return (_attach_pickled, (self.handle,))
 
+    # asyncio (memchannel._aio; docs/guide-waiting.md). Plain methods that return the
+    # coroutine: the object (and its arguments' types) are checked at the call, as for the
+    # blocking methods, and asyncio is imported on first use only.
+    def recv_async(self, timeout=None):
+        """``await ch.recv_async()``: the next message; ``Empty`` after ``timeout`` seconds,
+        ``ChannelClosed`` once closed and drained. No thread, no polling; a cancelled await
+        takes nothing."""
+        self._wait_key  # noqa: B018 - raises TypeError on an uninitialised object
+        from . import _aio
+        return _aio.recv_async(self, timeout)
+
+    def send_async(self, data, timeout=None):
+        """``await ch.send_async(data)``: send ``data`` (bytes-like or a reserved Buffer),
+        waiting while the channel is full; ``Full`` after ``timeout`` seconds. A cancelled
+        send queued nothing."""
+        self._wait_key  # noqa: B018
+        from . import _aio
+        return _aio.send_async(self, data, timeout)
+
+    def recv_object_async(self, timeout=None):
+        """``await ch.recv_object_async()``: one object sent with ``send_object`` (runs
+        ``pickle.loads``)."""
+        self._wait_key  # noqa: B018
+        from . import _aio
+        return _aio.recv_object_async(self, timeout)
+
+    def send_object_async(self, obj, timeout=None):
+        """``await ch.send_object_async(obj)``: ``send_object(obj)``, waiting while full."""
+        self._wait_key  # noqa: B018
+        from . import _aio
+        return _aio.send_object_async(self, obj, timeout)
+
+    def __aiter__(self):
+        """``async for buf in ch``: messages until the channel is closed and drained."""
+        self._wait_key  # noqa: B018
+        return self
+
+    def __anext__(self):
+        self._wait_key  # noqa: B018
+        from . import _aio
+        return _aio.anext_or_stop(self)
+
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<memchannel.Channel backend={self.backend!r} {state} queued={self.qsize()}>"

@@ -126,6 +126,30 @@ class Queue:
         except ChannelClosed:
             raise ShutDown(f"get() on a shut-down and drained queue {self!r}") from None
 
+    async def put_async(self, obj, timeout=None) -> None:
+        """``await`` ``put(obj)`` while the queue is full, without a thread (memchannel._aio);
+        ``Full`` after ``timeout`` seconds. A cancelled put enqueued nothing."""
+        from . import _aio
+        self._check_closed()
+        self._used = True
+        try:
+            await _aio.send_object_async(self._items, obj, _clamp(timeout))
+        except ChannelClosed:
+            raise ShutDown(f"put_async() on a shut-down queue {self!r}") from None
+
+    async def get_async(self, timeout=None):
+        """``await`` ``get()`` without a thread (memchannel._aio); ``Empty`` after ``timeout``
+        seconds. A cancelled get took nothing."""
+        from . import _aio
+        self._check_closed()
+        self._used = True
+        if self._state.closed:
+            raise ShutDown(f"get_async() on a queue {self!r} shut down with immediate=True")
+        try:
+            return await _aio.recv_object_async(self._items, _clamp(timeout))
+        except ChannelClosed:
+            raise ShutDown(f"get_async() on a shut-down and drained queue {self!r}") from None
+
     def put_many(self, objs, block: bool = True, timeout=None) -> int:
         """Enqueue every object of the iterable ``objs``, in order, under one timeout; returns
         how many. What fits is queued at once, then it waits for room as ``put`` does. On
@@ -237,6 +261,17 @@ class JoinableQueue(Queue):
         try:
             super().put(obj, block, timeout)
         except BaseException:
+            self._take_task_token()
+            raise
+
+    async def put_async(self, obj, timeout=None) -> None:
+        self._check_closed()
+        if self._items.closed:
+            raise ShutDown(f"put_async() on a shut-down queue {self!r}")
+        self._tasks.send(b"")  # as put(): counted before the item is visible
+        try:
+            await super().put_async(obj, timeout)
+        except BaseException:  # a cancelled put enqueued nothing: its token goes too
             self._take_task_token()
             raise
 

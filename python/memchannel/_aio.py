@@ -1,0 +1,277 @@
+"""asyncio awaitables over channels, without threads and without polling.
+
+Each event loop has one ``_Dispatcher``: one listener socket (``_memchannel._Listener``)
+watched with ``loop.add_reader``, registered in the fd wait-list of every channel an await of
+that loop waits on (docs/design.md, "Waiting on several channels: fd readiness"). A pending
+await is a future in the dispatcher's table: a thousand awaits on a thousand channels are a
+thousand futures and one fd, no thread. When a sender (thread, subinterpreter or process)
+makes a channel ready it sends the socket one datagram naming the channel; the dispatcher
+wakes the first waiter of that channel, which then tries again itself.
+
+Cancellation-safe by construction: only the awaiting coroutine takes a message, in the same
+step in which it returns it, so an await cancelled before it completes has taken nothing. A
+waiter woken and then cancelled before it ran passes the wake-up on to the next waiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import weakref
+
+from . import _memchannel
+from ._objects import decode
+from .errors import ChannelClosed, Empty, Full
+
+__all__ = [
+    "recv_async", "send_async", "recv_object_async", "send_object_async", "select_async", "wait_async",
+]
+
+# When the arena (not the channel's bound) is out of room, no wait-list fires for "room": an
+# await then looks again after these delays (seconds), doubling. Only that case polls.
+_ARENA_RETRY_FIRST, _ARENA_RETRY_MAX = 0.001, 0.05
+# Idle registrations a loop keeps (each holds one slot of its channel's 28-slot wait-list and
+# a reference to the channel object).
+_IDLE_KEPT = 32
+
+
+class _Entry:
+    __slots__ = ("channel", "slot", "readers", "writers", "scheduled")
+
+    def __init__(self, channel, slot):
+        self.channel = channel
+        self.slot = slot
+        self.readers: collections.deque = collections.deque()
+        self.writers: collections.deque = collections.deque()
+        self.scheduled = False
+
+
+class _Dispatcher:
+    """The waits of one event loop. Concurrency: the loop's thread only."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.listener = _memchannel._Listener()
+        self.entries: dict = {}
+        self.idle: collections.OrderedDict = collections.OrderedDict()  # entries without waiters
+        loop.add_reader(self.listener.fileno(), self._on_readable)
+
+    def _entry(self, ch) -> _Entry:
+        key = ch._wait_key
+        e = self.entries.get(key)
+        if e is not None:
+            self.idle.pop(key, None)
+        else:
+            e = _Entry(ch, self.listener.register(ch))
+            self.entries[key] = e
+        return e
+
+    def _forget(self, e: _Entry) -> None:
+        """An entry without waiters keeps its wait-list slot (the next await on the channel
+        is then one arm, not a registration) while at most _IDLE_KEPT entries are idle."""
+        if e.readers or e.writers or e.scheduled:
+            return
+        self.idle[e.channel._wait_key] = e
+        while len(self.idle) > _IDLE_KEPT:
+            key, old = self.idle.popitem(last=False)
+            if not (old.readers or old.writers or old.scheduled):
+                self.entries.pop(key, None)
+                self.listener.unregister(old.channel, old.slot)
+
+    def _on_readable(self) -> None:
+        fired = self.listener.drain()
+        if fired is None:  # more datagrams than it lists: look at every channel
+            targets = list(self.entries.values())
+        else:  # validated: only channels this loop registered
+            targets = [self.entries[k] for k in dict.fromkeys(fired) if k in self.entries]
+        for e in targets:
+            self._service(e)
+
+    def _kick(self, e: _Entry) -> None:
+        if not e.scheduled:
+            e.scheduled = True
+            self.loop.call_soon(self._service_scheduled, e)
+
+    def _service_scheduled(self, e: _Entry) -> None:
+        e.scheduled = False
+        self._service(e)
+        self._forget(e)
+
+    def _service(self, e: _Entry) -> None:
+        for waiters, writable in ((e.readers, False), (e.writers, True)):
+            while waiters and waiters[0].done():
+                waiters.popleft()
+            if not waiters:
+                continue
+            # Arm first, then look (the Dekker pair of core/fd_wait.h): if not ready now, the
+            # sender that makes it ready fires the socket.
+            if self.listener.arm(e.channel, e.slot, writable):
+                waiters[0].set_result(True)  # stays queued until its await takes it out
+                if len(waiters) > 1:
+                    self._kick(e)  # after the woken one ran: more may be ready
+
+    async def wait(self, channels, writable: bool, deadline) -> bool:
+        """Until one of ``channels`` may be ready (True) or the loop's clock passes
+        ``deadline`` (False)."""
+        loop = self.loop
+        fut = loop.create_future()
+        entries = []
+        timer = None
+        try:
+            for ch in channels:
+                e = self._entry(ch)
+                entries.append(e)
+                (e.writers if writable else e.readers).append(fut)
+                if self.listener.arm(ch, e.slot, writable):
+                    if not fut.done():
+                        fut.set_result(True)
+                    break
+            if deadline is not None and not fut.done():
+                timer = loop.call_at(deadline, _expire, fut)
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # woken, then cancelled: pass it on
+                for e in entries:
+                    self._kick(e)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            for e in entries:
+                waiters = e.writers if writable else e.readers
+                if waiters and waiters[0] is fut:
+                    waiters.popleft()
+                elif fut in waiters:
+                    waiters.remove(fut)
+                self._forget(e)
+
+
+def _expire(fut) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
+_dispatchers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_plain_dispatchers: dict = {}  # loops without weak references (keyed by id, checked by identity)
+
+
+def _dispatcher() -> _Dispatcher:
+    loop = asyncio.get_running_loop()
+    try:
+        d = _dispatchers.get(loop)
+        if d is None:
+            d = _dispatchers[loop] = _Dispatcher(loop)
+        return d
+    except TypeError:
+        d = _plain_dispatchers.get(id(loop))
+        if d is None or d.loop is not loop:
+            d = _plain_dispatchers[id(loop)] = _Dispatcher(loop)
+        return d
+
+
+def _deadline(timeout):
+    if timeout is None:
+        return None
+    seconds = _memchannel._timeout_seconds(timeout)
+    return None if seconds is None else asyncio.get_running_loop().time() + seconds
+
+
+def _expired(deadline) -> bool:
+    return deadline is not None and asyncio.get_running_loop().time() >= deadline
+
+
+async def recv_async(channel, timeout=None):
+    """``await`` the next message of ``channel`` (a Buffer). ``Empty`` after ``timeout``
+    seconds, ``ChannelClosed`` once closed and drained. Cancellation takes nothing."""
+    deadline = _deadline(timeout)  # the timeout rule holds even when a message is there
+    buf = channel._try_recv()
+    if buf is not None:
+        return buf
+    while True:
+        if _expired(deadline) or not await _dispatcher().wait((channel,), False, deadline):
+            buf = channel._try_recv()
+            if buf is None:
+                raise Empty("recv_async(): no message before the timeout")
+            return buf
+        buf = channel._try_recv()
+        if buf is not None:
+            return buf
+
+
+async def anext_or_stop(channel):
+    """``Channel.__anext__``: the next message, StopAsyncIteration once closed and drained."""
+    try:
+        return await recv_async(channel)
+    except ChannelClosed:
+        raise StopAsyncIteration from None
+
+
+async def _send_retrying(channel, attempt, timeout, what: str):
+    deadline = _deadline(timeout)
+    delay = _ARENA_RETRY_FIRST
+    while True:
+        try:
+            return attempt()
+        except Full:
+            pass
+        if _expired(deadline):
+            raise Full(f"{what}: no room before the timeout")
+        if channel.writable_hint():
+            # The channel has room, so the arena is out of it: nothing fires for that.
+            await asyncio.sleep(delay if deadline is None else min(delay, max(0.0, deadline - asyncio.get_running_loop().time())))
+            delay = min(delay * 2, _ARENA_RETRY_MAX)
+            continue
+        await _dispatcher().wait((channel,), True, deadline)
+
+
+async def send_async(channel, data, timeout=None) -> None:
+    """``await`` queueing ``data`` (bytes-like, or a Buffer reserved from this channel's arena,
+    moved without a copy) while the channel is full. ``Full`` after ``timeout`` seconds,
+    ``ChannelClosed`` if closed. A cancelled send queued nothing (a Buffer stays the caller's)."""
+    if timeout is None:
+        try:
+            return channel.send(data, block=False)  # the common case: room now
+        except Full:
+            pass
+    await _send_retrying(channel, lambda: channel.send(data, block=False), timeout, "send_async()")
+
+
+async def recv_object_async(channel, timeout=None):
+    """``recv_async`` for ``send_object`` messages: the object (runs ``pickle.loads``)."""
+    return decode(await recv_async(channel, timeout))
+
+
+async def send_object_async(channel, obj, timeout=None) -> None:
+    """``send_async`` for any picklable object (as ``send_object``)."""
+    await _send_retrying(channel, lambda: channel.send_object(obj, False), timeout, "send_object_async()")
+
+
+async def select_async(channels, timeout=None):
+    """``await`` one message from whichever of ``channels`` has one first: ``(channel,
+    Buffer)``, as ``memchannel.select`` (fair, skips closed-and-drained channels,
+    ``ChannelClosed`` when all are, ``Empty`` on timeout). Cancellation takes nothing."""
+    chans = list(channels)
+    if not chans:
+        raise ValueError("select_async() needs at least one channel")
+    deadline = _deadline(timeout)
+    while True:
+        try:
+            return _memchannel._select(chans, 0)
+        except Empty:
+            pass
+        if _expired(deadline):
+            raise Empty("select_async(): no message before the timeout")
+        live = [c for c in chans if not c.closed or c.qsize()]
+        await _dispatcher().wait(live or chans, False, deadline)
+
+
+async def wait_async(channels, timeout=None) -> list:
+    """``await`` the ready channels of ``channels`` (as ``memchannel.wait``), ``[]`` on
+    timeout."""
+    chans = list(channels)
+    deadline = _deadline(timeout)
+    while True:
+        ready = _memchannel._wait(chans, 0)
+        if ready or _expired(deadline):
+            return ready
+        await _dispatcher().wait(chans, False, deadline)
