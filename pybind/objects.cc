@@ -138,17 +138,25 @@ py::object seconds_left(const WaitSpec& spec) {
   return py::float_(left_ns > 0 ? static_cast<double>(left_ns) / 1e9 : 0.0);
 }
 
-void send_object(PyObject* self, PyChannel& c, PyObject* obj, bool block, PyObject* timeout) {
-  const WaitSpec spec = c.wait_spec(block, timeout_arg(timeout));  // checks timeout first
-  ModuleState& st = module_state();
-  py::list buffers;
-  py::object data = pickle_object(st, obj, buffers);
+// Sends a pickled object: its in-band frame here, or with its out-of-band buffers through
+// _objects.send_frame_with_buffers. Waits for room (GIL released): callers hold `data` and
+// `buffers` through keeping().
+void send_frame(PyObject* self, PyChannel& c, ModuleState& st, const py::object& data, py::list& buffers,
+                bool block, const WaitSpec& spec) {
   if (buffers.empty()) {
     send_inband_frame(c, data, spec);
     return;
   }
   import_objects_attr(st.objects_send_with_buffers, "send_frame_with_buffers")(
       py::handle(self), data, buffers, py::bool_(block), seconds_left(spec));
+}
+
+void send_object(PyObject* self, PyChannel& c, PyObject* obj, bool block, PyObject* timeout) {
+  const WaitSpec spec = c.wait_spec(block, timeout_arg(timeout));  // checks timeout first
+  ModuleState& st = module_state();
+  py::list buffers;
+  py::object data = pickle_object(st, obj, buffers);
+  keeping([&] { send_frame(self, c, st, data, buffers, block, spec); }, data, buffers);
 }
 
 [[noreturn]] void frame_error(PyChannel& c, BlockHandle block, const std::string& message) {
@@ -236,6 +244,10 @@ Py_ssize_t send_batch(const char* fn, PyObject* iterable, SendOne&& send_one) {
     py::object item = py::reinterpret_steal<py::object>(raw);
     try {
       send_one(item);
+    } catch (abi::__forced_unwind&) {  // see keeping() (pybind/wait.h)
+      static_cast<void>(item.release());
+      static_cast<void>(it.release());
+      throw;
     } catch (py::error_already_set& e) {
       rethrow_with_count(e, fn, queued);
     } catch (py::builtin_exception& e) {
@@ -335,12 +347,7 @@ extern "C" PyObject* channel_send_objects(PyObject* self, PyObject* const* args,
     const Py_ssize_t n = send_batch("send_objects", a[0], [&](const py::object& item) {
       py::list buffers;
       py::object data = pickle_object(st, item.ptr(), buffers);
-      if (buffers.empty()) {
-        send_inband_frame(c, data, spec);
-      } else {
-        import_objects_attr(st.objects_send_with_buffers, "send_frame_with_buffers")(
-            py::handle(self), data, buffers, py::bool_(block), seconds_left(spec));
-      }
+      keeping([&] { send_frame(self, c, st, data, buffers, block, spec); }, data, buffers);
     });
     return PyLong_FromSsize_t(n);
   }, nullptr);

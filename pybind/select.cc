@@ -189,7 +189,9 @@ py::object select_impl(const py::handle& items, const py::object& timeout, bool 
       interp_id = PyInterpreterState_GetID(PyInterpreterState_Get());
       have_spec = true;
     }
-    const Status s = without_gil([&] { return sleep_on(chans, active, w); });
+    // `seq` may be this call's own list (the argument was not a list or tuple): a forced
+    // unwind out of the wait must not free it without the GIL (keeping(), pybind/wait.h).
+    const Status s = keeping([&] { return without_gil([&] { return sleep_on(chans, active, w); }); }, seq);
     w.spin_ns = 0;  // spun once
     if (s == Status::kTimedOut) {
       if (!claim) return py::list();

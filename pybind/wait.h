@@ -106,6 +106,21 @@ auto wait_with_gil_released(WaitSpec spec, Attempt&& attempt) {
   }
 }
 
+// Runs f() (which may drop the GIL and wait) while the caller owns `objs`. A forced unwind
+// out of f() (pthread_exit of a thread that came back while the runtime finalizes, see
+// pybind/gil.h) must not Py_DECREF them: the thread no longer has a thread state, and the
+// decref would free into an allocator it cannot reach. They are leaked instead (the process
+// is exiting); any other exception leaves them to their destructors, GIL held.
+template <typename F, typename... Objects>
+auto keeping(F&& f, Objects&... objs) -> decltype(f()) {
+  try {
+    return f();
+  } catch (abi::__forced_unwind&) {
+    (static_cast<void>(objs.release()), ...);
+    throw;
+  }
+}
+
 // The channel operations are lock-free and take well under a microsecond, less than dropping
 // and re-taking the GIL (two mutex round trips). So a call first tries once with the GIL held
 // and drops the GIL only when it has to wait (channel full or empty, arena out of space).
