@@ -35,8 +35,9 @@ Engine
   have numpy: arrays arrive as arrays viewing channel memory.
 
 Errors: an exception raised by a task arrives as the same exception (when it pickles; else
-``RemoteError``) whose ``__cause__`` is a ``RemoteTraceback`` holding the worker's formatted
-traceback, as ``concurrent.futures.process`` does.  A function that cannot be pickled by
+``RemoteError``) whose ``__cause__`` holds the worker's formatted traceback: an
+``ExecutionFailed`` in the interpreter pool (as 3.14's InterpreterPoolExecutor), a
+``RemoteTraceback`` in the process pool (as ``concurrent.futures.process``).  A function that cannot be pickled by
 reference (lambda, nested function, local class) fails its future with a PicklingError
 saying so; an initializer that cannot, the constructor.  A worker that cannot import a
 function or class raises ImportError naming the module.  (Unpickling, the ImportError and

@@ -16,16 +16,7 @@ them is one argument.
 The engine (threads, channels, the worker loop, how tasks and results are pickled) is
 memchannel/_engine.py; this module holds the public pools on top of it.
 
-Errors: an exception raised by a task arrives as the same exception (when it pickles; else
-``RemoteError``) whose ``__cause__`` is a ``RemoteTraceback`` holding the worker's formatted
-traceback, as ``concurrent.futures.process`` does.  A function that cannot be pickled by
-reference (lambda, nested function, local class) fails its future with a PicklingError
-saying so; an initializer that cannot, the constructor.  A worker that cannot import a
-function or class raises ImportError naming the module.  (Unpickling, the ImportError and
-the worker's exception report are memchannel/_crossinterp.py's: one implementation for
-``Interpreter.call()`` and the pools.)  A failing initializer, or a worker that
-dies, breaks the pool (``BrokenInterpreterPool`` / ``BrokenProcessPool``): running and
-pending futures fail with it and ``submit`` raises it.
+Errors, pickling and broken pools: as memchannel/_engine.py's docstring says.
 """
 
 from __future__ import annotations
