@@ -22,6 +22,7 @@
 #include "pybind/pep3118.h"
 #include "pybind/registry.h"
 #include "pybind/state.h"
+#include "pybind/sync.h"
 #include "pybind/wait.h"
 #include "shm/cleanup.h"
 #include "shm/names.h"
@@ -121,6 +122,7 @@ PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreter
     return shm::list_segments(prefix.empty() ? shm::default_prefix() : std::string_view(prefix));
   }, py::arg("prefix") = "");
 
+  register_sync(m);  // memchannel.Lock, Semaphore, ...: pybind/sync.cc
   auto channel_cls = py::class_<PyChannel, std::shared_ptr<PyChannel>>(m, "Channel", "A buffer channel (see memchannel.Channel).");
   add_fast_methods(channel_cls);  // send, recv: pybind/fastcall.cc
   channel_cls

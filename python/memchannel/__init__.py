@@ -22,6 +22,9 @@ from .errors import (
 from .queues import JoinableQueue, Queue, ShutDown, SimpleQueue
 from .executor import InterpreterPoolExecutor
 from .compare import compare
+from .sync import (  # locks, semaphores, events, conditions, barriers: docs/guide-sync.md
+    Barrier, BoundedSemaphore, Condition, Event, Lock, LockAbandoned, RLock, Semaphore,
+)
 
 __version__ = "0.1.0"
 
@@ -32,4 +35,5 @@ __all__ = [
     "ChannelNotFound", "CapacityError", "CorruptionError", "WaitCancelled",
     "Queue", "SimpleQueue", "JoinableQueue", "ShutDown",
     "InterpreterPoolExecutor", "compare",
+    "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Event", "Condition", "Barrier", "LockAbandoned",
 ]
