@@ -96,7 +96,12 @@ PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreter
         return d;
       }, "Walk all arena memory and count blocks by state (a consistency check for tests).");
 
-  m.def("_detach_all", [] { without_gil([] { detach_all(); }); }, "Process exit: detach from every shared-memory arena (the last process removes segments).");
+  m.def("_detach_all", [] {
+    // Process exit only: a subinterpreter's atexit runs when that interpreter ends, and the
+    // arenas are the process's (the main interpreter and other interpreters still use them).
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) return;
+    without_gil([] { detach_all(); });
+  }, "Process exit: detach from every shared-memory arena (the last process removes segments).");
   m.def("_cleanup", [](const std::string& prefix) {
     return without_gil([&] { return shm::cleanup_dead_arenas(prefix); });
   }, py::arg("prefix") = "", "Remove segments of arenas whose every process is dead; returns their names.");
