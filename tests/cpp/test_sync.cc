@@ -69,6 +69,8 @@ TYPED_TEST(SyncTest, OpenValidates) {
   EXPECT_EQ(Sync::open(arena, s->offset() + 8, 9).status, Status::kCorruptedOffset);  // off the grid
   EXPECT_EQ(Sync::open(arena, 1ull << 40, 9).status, Status::kCorruptedOffset);  // outside any segment
   auto* h = arena->template translate_as<SyncHeader>(s->offset());
+  ASSERT_NE(h, nullptr);
+  if (h == nullptr) return;
   h->kind = 99;
   EXPECT_EQ(Sync::open(arena, s->offset(), 9).status, Status::kCorruptedState);
   h->kind = static_cast<uint32_t>(SyncKind::kEvent);
@@ -82,6 +84,8 @@ TEST(SyncForged, ForgedOwnerIsTakenOverNotTrusted) {
   auto arena = Arena::create(ShmFactory::make(), 4u << 20, 1).value;
   auto lock = Sync::create(arena, SyncKind::kLock, 0, 0, 0, 2).value;
   auto* h = arena->translate_as<SyncHeader>(lock->offset());
+  ASSERT_NE(h, nullptr);
+  if (h == nullptr) return;
   const uint64_t before = arena->counters().corruption_count;
   for (uint32_t forged : {0xffu | kLockHeld, 0x12345u, 0xffffffffu, kLockHeld /* holder 0 */}) {
     h->word.store(forged);
@@ -93,6 +97,8 @@ TEST(SyncForged, ForgedOwnerIsTakenOverNotTrusted) {
   // above its bound.
   auto sem = Sync::create(arena, SyncKind::kBoundedSemaphore, 1, 1, kSyncReclaim, 3).value;
   auto* sh = arena->translate_as<SyncHeader>(sem->offset());
+  ASSERT_NE(sh, nullptr);
+  if (sh == nullptr) return;
   sh->holders[100].store(make_entry(0xdead, 0xffffffffu));
   sem->recover();
   EXPECT_EQ(sem->sem_value(), 1u);
