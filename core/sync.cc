@@ -31,6 +31,17 @@ constexpr uint32_t barrier_entry_incarnation(uint64_t e) { return static_cast<ui
 constexpr uint64_t barrier_entry_generation(uint64_t e) { return (e >> 16) & 0xffffffffull; }
 constexpr uint32_t barrier_entry_arrivals(uint64_t e) { return static_cast<uint32_t>(e & 0xffff); }
 
+// notify_all (core/waiter.h) after a seq_cst read-modify-write of the condition's word: the
+// RMW orders the change before the seq_cst load of the waiter count, the way notify_all's
+// fence does (a waiter registers with a seq_cst RMW and a seq_cst fence before it re-checks),
+// so the fence is not needed. Saves the fence on every uncontended release.
+void wake_after_rmw(EventCount& ec) {
+  if (ec.waiters.load(std::memory_order_seq_cst) != 0) {
+    ec.seq.fetch_add(1, std::memory_order_release);
+    futex_wake(&ec.seq, std::numeric_limits<int>::max());
+  }
+}
+
 }  // namespace
 
 Sync::Sync(std::shared_ptr<Arena> arena, SyncHeader* header, Offset offset)
@@ -237,15 +248,15 @@ Status Sync::lock_release() {
     header_->depth.store(0, std::memory_order_relaxed);
     header_->owner_thread.store(0, std::memory_order_relaxed);
     uint32_t mine = my_lock_word();
-    if (!header_->word.compare_exchange_strong(mine, 0, std::memory_order_release)) return Status::kNotHolder;
+    if (!header_->word.compare_exchange_strong(mine, 0, std::memory_order_seq_cst)) return Status::kNotHolder;
   } else {
     uint32_t w = header_->word.load(std::memory_order_relaxed);
     do {
       if (w == 0) return Status::kNotHolder;
-    } while (!header_->word.compare_exchange_weak(w, 0, std::memory_order_release, std::memory_order_relaxed));
+    } while (!header_->word.compare_exchange_weak(w, 0, std::memory_order_seq_cst, std::memory_order_relaxed));
   }
   MEMCHANNEL_CRASH_POINT(kSyncLockReleased);
-  notify_all(header_->changed);
+  wake_after_rmw(header_->changed);
   return Status::kOk;
 }
 
@@ -275,25 +286,23 @@ void Sync::add_entry(int64_t delta) {
   if (holder == 0 || holder > kMaxHolders) return;  // untracked (heap): nobody can die alone
   std::atomic<uint64_t>& entry = header_->holders[holder - 1];
   const uint32_t inc = my_incarnation();
+  const uint64_t step = static_cast<uint64_t>(delta) << 32;
   uint64_t e = entry.load(std::memory_order_relaxed);
-  for (;;) {
-    // An entry of an earlier occupant of this slot: it died (or left) with these counts; this
-    // holder starts from 0 (recover() gives back what the earlier one held).
-    if (entry_incarnation(e) != inc && entry_count(e) != 0) {
-      recover();
-      e = entry.load(std::memory_order_relaxed);
-      if (entry_incarnation(e) != inc && entry_count(e) != 0) {
-        if (!entry.compare_exchange_weak(e, make_entry(inc, 0), std::memory_order_acq_rel)) continue;
-        e = make_entry(inc, 0);
-      }
-    }
-    const int64_t now = entry_incarnation(e) == inc ? entry_count(e) : 0;
-    const int64_t next = std::max<int64_t>(0, now + delta);
-    if (entry.compare_exchange_weak(e, make_entry(inc, static_cast<uint32_t>(std::min<int64_t>(next, kNoLimit))),
-                                    std::memory_order_acq_rel)) {
-      return;
+  if (entry_incarnation(e) == inc) {  // ours: nobody else writes it while we live
+    entry.fetch_add(step, std::memory_order_acq_rel);
+    return;
+  }
+  // The entry of an earlier occupant of this slot: recover() gives back what it held (it is
+  // dead: its slot is ours now); then this holder starts from its own count.
+  if (entry_count(e) != 0) recover();
+  e = entry.load(std::memory_order_relaxed);
+  while (entry_incarnation(e) != inc) {
+    if (entry.compare_exchange_weak(e, make_entry(inc, 0), std::memory_order_acq_rel)) {
+      e = make_entry(inc, 0);
+      break;
     }
   }
+  entry.fetch_add(step, std::memory_order_acq_rel);
 }
 
 uint32_t Sync::recover() {
@@ -320,9 +329,11 @@ uint32_t Sync::recover() {
       ++reclaimed;
       continue;
     }
-    const uint32_t count = entry_count(e);
-    if (count == 0 || arena_->occupant_alive(i + 1, entry_incarnation(e), 0xffffffffu)) continue;
+    const int32_t signed_count = entry_count(e);
+    if (signed_count == 0 || arena_->occupant_alive(i + 1, entry_incarnation(e), 0xffffffffu)) continue;
     if (!header_->holders[i].compare_exchange_strong(e, 0, std::memory_order_acq_rel)) continue;
+    if (signed_count < 0) continue;  // it released more than it acquired: nothing to give back
+    const auto count = static_cast<uint32_t>(signed_count);
     ++reclaimed;
     reclaimed_.fetch_add(count, std::memory_order_relaxed);
     if (kind_ == SyncKind::kCondition) {
@@ -381,10 +392,10 @@ Status Sync::sem_release(uint32_t n) {
   uint32_t v = header_->word.load(std::memory_order_relaxed);
   do {
     if (v > bound || bound - v < n) return Status::kFull;
-  } while (!header_->word.compare_exchange_weak(v, v + n, std::memory_order_release, std::memory_order_relaxed));
+  } while (!header_->word.compare_exchange_weak(v, v + n, std::memory_order_seq_cst, std::memory_order_relaxed));
   MEMCHANNEL_CRASH_POINT(kSyncSemReleased);
   if ((flags_ & kSyncReclaim) != 0) add_entry(-static_cast<int64_t>(n));
-  notify_all(header_->changed);
+  wake_after_rmw(header_->changed);
   return Status::kOk;
 }
 
@@ -393,9 +404,9 @@ uint32_t Sync::sem_value() const { return header_->word.load(std::memory_order_a
 // ---- Event ----------------------------------------------------------------------------------
 
 void Sync::event_set() {
-  header_->word.store(1, std::memory_order_release);
+  header_->word.exchange(1, std::memory_order_seq_cst);
   MEMCHANNEL_CRASH_POINT(kSyncEventSet);
-  notify_all(header_->changed);
+  wake_after_rmw(header_->changed);
 }
 
 void Sync::event_clear() { header_->word.store(0, std::memory_order_release); }

@@ -20,9 +20,9 @@
 // owner died). Threads of one process share a holder; an RLock also records the owning
 // thread (a process-local token) and its depth, written only by the owner.
 //
-// Per-holder table (Semaphore, Condition, Barrier): entry[holder - 1] = incarnation(32) |
-// count(32), written only by that holder. Semaphore: permits it acquired and has not
-// released; Condition: its registered waiters; Barrier: 1 once it took part. recover() CASes
+// Per-holder table (Semaphore, Condition, Barrier): entry[holder - 1] = count(32, signed) |
+// incarnation(32), written only by that holder. Semaphore: permits it acquired less those it
+// released (negative for a process that releases more than it acquires: it gives back nothing); Condition: its registered waiters; Barrier: 1 once it took part. recover() CASes
 // the entry of a dead occupant to 0 and applies it: permits come back (a bounded semaphore
 // never above its bound), waiters are unregistered, a barrier breaks. Each operation is two
 // steps (the shared word, then the entry); the order is chosen so that a process killed in
@@ -82,12 +82,16 @@ constexpr uint32_t lock_incarnation(uint32_t w) { return (w >> 8) & kLockIncarna
 static_assert(lock_holder(make_lock_word(128, 0x3fffff)) == 128);
 static_assert(lock_incarnation(make_lock_word(128, 0x123456)) == 0x123456 % (1u << 22));
 
-// A per-holder table entry.
-constexpr uint64_t make_entry(uint32_t incarnation, uint32_t count) {
-  return (static_cast<uint64_t>(incarnation) << 32) | count;
+// A per-holder table entry (Semaphore, Condition): count(32, signed) << 32 | incarnation(32).
+// The count is in the high half so that adding or subtracting 1 << 32 changes only the count
+// (a carry out of the top is dropped): one fetch_add per update.
+constexpr uint64_t make_entry(uint32_t incarnation, int32_t count) {
+  return (static_cast<uint64_t>(static_cast<uint32_t>(count)) << 32) | incarnation;
 }
-constexpr uint32_t entry_incarnation(uint64_t e) { return static_cast<uint32_t>(e >> 32); }
-constexpr uint32_t entry_count(uint64_t e) { return static_cast<uint32_t>(e); }
+constexpr uint32_t entry_incarnation(uint64_t e) { return static_cast<uint32_t>(e); }
+constexpr int32_t entry_count(uint64_t e) { return static_cast<int32_t>(static_cast<uint32_t>(e >> 32)); }
+static_assert(entry_count(make_entry(7, -3)) == -3 && entry_incarnation(make_entry(7, -3)) == 7);
+static_assert(entry_count(make_entry(7, 1) + (~0ull << 32)) == 0);
 
 // Barrier state word: generation(30) << 34 | reset(1) << 33 | broken(1) << 32 | arrived(32).
 // arrived == parties while the last arrival runs the action (before it releases the others).

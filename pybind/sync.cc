@@ -11,6 +11,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <map>
 #include <memory>
@@ -44,8 +45,18 @@ struct PySync {
   WaitSpec wait_spec(bool block, PyObject* timeout) {
     // threading's spelling of "no timeout" (-1) is accepted beside None.
     if (timeout != nullptr && PyLong_CheckExact(timeout) && PyLong_AsLong(timeout) == -1) timeout = Py_None;
-    return make_wait(block, py::reinterpret_borrow<py::object>(timeout == nullptr ? Py_None : timeout), arena->shared());
+    WaitSpec spec = make_wait(block, py::reinterpret_borrow<py::object>(timeout == nullptr ? Py_None : timeout), arena->shared());
+    // Events, conditions and barriers wait for another party's action, not for a critical
+    // section to end: a short spin, since a waiter that spins while that party needs the same
+    // CPU delays it (an oversubscribed machine). Locks and semaphores keep the core's spin,
+    // which lets a contended hand-off skip the futex round trip (~10 us).
+    const SyncKind k = sync->kind();
+    if (k == SyncKind::kEvent || k == SyncKind::kCondition || k == SyncKind::kBarrier) {
+      spec.spin_ns = std::min<int64_t>(spec.spin_ns, kSyncSpinNs);
+    }
+    return spec;
   }
+  static constexpr int64_t kSyncSpinNs = 3000;
 };
 
 namespace {

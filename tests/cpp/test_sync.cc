@@ -99,7 +99,7 @@ TEST(SyncForged, ForgedOwnerIsTakenOverNotTrusted) {
   auto* sh = arena->translate_as<SyncHeader>(sem->offset());
   ASSERT_NE(sh, nullptr);
   if (sh == nullptr) return;
-  sh->holders[100].store(make_entry(0xdead, 0xffffffffu));
+  sh->holders[100].store(make_entry(0xdead, 0x7fffffff));
   sem->recover();
   EXPECT_EQ(sem->sem_value(), 1u);
 }
