@@ -61,6 +61,7 @@ if __name__ == "__main__":
     victim = ctx.Process(target=hold_forever, args=(lock, ready))
     victim.start()
     ready.wait()
+    assert victim.pid is not None
     os.kill(victim.pid, signal.SIGKILL)
     victim.join()
     try:

@@ -418,6 +418,28 @@ def test_killed_semaphore_holder():
         sem.release()
 
 
+def test_killed_plain_semaphore_holder():
+    sem = mc.Semaphore(2)
+    kill(start_holder(sem, "semaphore"))
+    assert sem.acquire(timeout=10) and sem.acquire(timeout=10)  # both permits came back
+    assert sem.get_value() == 0
+
+
+def test_semaphore_without_reclaim_keeps_consumed_permits():
+    """reclaim=False: a permit a dead process acquired was consumed, not held."""
+    sem = mc.Semaphore(2, reclaim=False)
+    kill(start_holder(sem, "semaphore"))
+    sem._recover()
+    assert sem.get_value() == 0
+    assert sem.acquire(timeout=0.05) is False
+    sem.release()
+    assert sem.acquire(timeout=1)
+
+
+def test_lock_abandoned_is_a_memchannel_error():
+    assert issubclass(mc.LockAbandoned, mc.MemChannelError)
+
+
 def test_killed_event_waiter():
     e = mc.Event()
     kill(start_holder(e, "event"))
