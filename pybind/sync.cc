@@ -367,10 +367,11 @@ void register_sync(py::module_& m) {
   add_methods(cls);
   cls.def(py::init(&make_sync), py::arg("kind"), py::arg("value") = 0, py::arg("limit") = 0, py::arg("flags") = 0,
           py::kw_only(), py::arg("backend") = "shm", py::arg("arena") = py::none(), py::arg("_handle") = py::none(),
-          "_Sync(self, /, kind, value=0, limit=0, flags=0, *, backend='shm', arena=None, _handle=None)\n--\n\n")
+          "__init__(self, /, kind, value=0, limit=0, flags=0, *, backend='shm', arena=None, _handle=None)\n--\n\n"
+          "A new primitive of `kind` (memchannel.sync), or the one named by `_handle`.")
       .def("__reduce__", [](py::handle) -> py::object {
         throw py::type_error("pickle memchannel.Lock, Semaphore, ... objects, not memchannel._memchannel._Sync");
-      })
+      }, "__reduce__(self, /)\n--\n\nRefused: the memchannel.sync classes pickle as their handle.")
       .def_property_readonly("handle", [](py::handle s) { return sync_handle(sync_self(s)); },
                              "Bytes naming this primitive, for _Sync(_handle=...) in another interpreter or process.")
       .def_property_readonly("backend", [](py::handle s) { return sync_self(s).arena->backend; })
@@ -405,15 +406,19 @@ void register_sync(py::module_& m) {
         return st == Status::kOk;
       }, py::arg("timeout") = py::none(),
            "wait(self, /, timeout=None)\n--\n\nBlock until the flag is set; returns the flag (False on timeout).")
-      .def("_cond_register", [](py::handle s) { sync_self(s).s().cond_register(); })
+      .def("_cond_register", [](py::handle s) { sync_self(s).s().cond_register(); },
+           "_cond_register(self, /)\n--\n\nCondition: count a waiter (before it releases the lock).")
       .def("_cond_wait", [](py::handle s, const py::object& timeout) {
         PySync& p = sync_self(s);
         const Status st = waited(p, timeout, [&](const WaitSpec& w) { return p.s().cond_wait(w); });
         if (st != Status::kOk && st != Status::kTimedOut) raise_status(st, "Condition.wait()");
         return st == Status::kOk;
-      }, py::arg("timeout") = py::none())
-      .def("_cond_notify", [](py::handle s, uint32_t n) { return sync_self(s).s().cond_notify(n); }, py::arg("n"))
-      .def("_cond_waiting", [](py::handle s) { return sync_self(s).s().cond_waiting(); })
+      }, py::arg("timeout") = py::none(),
+           "_cond_wait(self, /, timeout=None)\n--\n\nCondition: wait for a notify; False on timeout (unregistered).")
+      .def("_cond_notify", [](py::handle s, uint32_t n) { return sync_self(s).s().cond_notify(n); }, py::arg("n"),
+           "_cond_notify(self, /, n)\n--\n\nCondition: grant up to n waiters a wake-up; returns how many.")
+      .def("_cond_waiting", [](py::handle s) { return sync_self(s).s().cond_waiting(); },
+           "_cond_waiting(self, /)\n--\n\nCondition: waiters not yet granted a wake-up.")
       .def("_barrier_arrive", [](py::handle s, const py::object& timeout) -> py::object {
         PySync& p = sync_self(s);
         Result<BarrierTicket> got;
@@ -423,7 +428,8 @@ void register_sync(py::module_& m) {
         });
         if (st != Status::kOk) return py::none();  // broken (or timed out waiting for the round before)
         return py::make_tuple(got.value.generation, got.value.index, got.value.last);
-      }, py::arg("timeout") = py::none())
+      }, py::arg("timeout") = py::none(),
+           "_barrier_arrive(self, /, timeout=None)\n--\n\nBarrier: (generation, index, last), or None if broken.")
       .def("_barrier_wait", [](py::handle s, uint64_t generation, uint32_t index, const py::object& timeout) {
         PySync& p = sync_self(s);
         BarrierTicket t;
@@ -437,7 +443,7 @@ void register_sync(py::module_& m) {
         BarrierTicket t;
         t.generation = generation;
         sync_self(s).s().barrier_release(t);
-      }, py::arg("generation"))
+      }, py::arg("generation"), "_barrier_release(self, /, generation)\n--\n\nBarrier: the last arrival releases the others.")
       .def("abort", [](py::handle s) { sync_self(s).s().barrier_abort(); },
            "abort(self, /)\n--\n\nPut the barrier into the broken state.")
       .def("reset", [](py::handle s) { sync_self(s).s().barrier_reset(); },
