@@ -163,7 +163,9 @@ bool do_acquire(PyObject* self, bool block, PyObject* timeout) {
   // The uncontended case: one CAS, no clock, no argument conversion beyond `block`.
   if (timeout == nullptr || timeout == Py_None) {
     if (is_lock(s.kind())) {
-      if (s.lock_try() == Status::kOk) return true;
+      const Status first = s.lock_try();  // an RLock held elsewhere may be taken over here
+      if (first == Status::kOk) return true;
+      if (first == Status::kPeerDied) raise_abandoned(self);
     } else if (is_sem(s.kind()) && s.sem_try() == Status::kOk) {
       return true;
     }

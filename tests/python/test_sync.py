@@ -374,20 +374,24 @@ def kill(proc):
     assert proc.exitcode == -signal.SIGKILL
 
 
+@pytest.mark.parametrize("call", ["timeout", "plain"])
 @pytest.mark.parametrize("kind", ["lock", "rlock"])
-def test_killed_lock_holder(kind):
+def test_killed_lock_holder(kind, call):
     lock = mc.Lock() if kind == "lock" else mc.RLock()
     proc = start_holder(lock, kind)
     assert lock.acquire(timeout=0.05) is False  # a live holder keeps it
     kill(proc)
     t0 = time.monotonic()
     with pytest.raises(mc.LockAbandoned):
-        lock.acquire(timeout=10)
+        if call == "timeout":
+            lock.acquire(timeout=10)
+        else:
+            lock.acquire()
     assert time.monotonic() - t0 < 5  # no hang: the liveness check found the owner dead
     assert lock.locked()  # held by us now
     if kind == "rlock":
         assert lock._is_owned()
-    lock.release()
+    lock.release()  # once: the abandoned lock is held at depth 1
     assert not lock.locked()
     assert lock.acquire(timeout=1) is True  # usable afterwards
     lock.release()
