@@ -9,6 +9,7 @@
 // attributes _abandoned and _release_error of this class in each interpreter.
 #include <pybind11/pybind11.h>
 
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -69,7 +70,13 @@ struct Pinned {
   std::map<std::pair<uint64_t, uint64_t>, std::shared_ptr<Sync>> syncs;
 };
 Pinned& pinned() {
-  static Pinned* p = new Pinned();
+  // Held across fork() (as the channel registry's lock is) so a child never inherits it locked.
+  static Pinned* p = [] {
+    auto* made = new Pinned();
+    pthread_atfork([] { pinned().mutex.lock(); }, [] { pinned().mutex.unlock(); },
+                   [] { pinned().mutex.unlock(); });
+    return made;
+  }();
   return *p;
 }
 
