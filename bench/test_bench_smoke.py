@@ -122,7 +122,16 @@ def test_targets_are_the_issues():
         "S3 64 B round-trip p50, processes": ("max", 10.0),
         "S3 64 B round-trip p50, subinterpreters": ("max", 10.0),
         "S4 1080p frames/s processes vs multiprocessing.Queue": ("ratio", 10.0),
-        "M1 1,000,000 queued 64 B messages: shm arena bytes": ("max", 200e6),
+        "S5 5-tuple processes vs interpreter queue (subinterpreters)": ("ratio", 1.5),
+        "S5 5-tuple processes vs multiprocessing.Queue": ("ratio", 5.0),
+        "S5 small dict processes vs interpreter queue (subinterpreters)": ("ratio", 1.3),
+        "S5 small dict processes vs multiprocessing.Queue": ("ratio", 4.0),
+        "S5 5-tuple memchannel.Queue put/get processes vs multiprocessing.Queue": ("ratio", 5.0),
+        "O1 one thread send_object+recv_object 5-tuple / pickle+send+recv floor": ("max", 1.4),
+        "S7 batches of 64 x 64 B processes: per-message cost vs single send": ("cost_ratio", 1 / 3),
+        "S7 batches of 64 x 64 B processes: msg/s": ("min", 8e6),
+        "S6 1->2 receivers vs S1 1->1, 64 B processes": ("scenario_ratio", 0.5),
+        "M1 1,000,000 queued 64 B messages: shm arena bytes": ("max", 128e6),
     }
 
 
@@ -141,6 +150,10 @@ def test_target_rows_show_goal_measure_and_result():
         row("memchannel-shm-processes", "S3", 64, p50_us=4.0, p99_us=9.0),
         row("memchannel-shm-processes", "M1", 64, arena_carved_bytes=192e6,
             arena_data_bytes=128e6, arena_mapped_bytes=264e6, rss_delta_bytes=264e6),
+        row("memchannel-shm-processes", "S6", "1to2", value=600_000.0),
+        row("memchannel-shm-processes", "S7", "batch64", value=9e6, us_per_msg=0.11),
+        row("memchannel-shm-processes", "S7", "single", value=2e6, us_per_msg=0.5),
+        row("memchannel-heap-threads", "O1", "tuple", floor_ratio=1.5),
     ]
     rows = {t["target"]: t for t in report.compute_targets(results)}
     q = rows["S1 64 B processes vs multiprocessing.Queue"]
@@ -152,7 +165,15 @@ def test_target_rows_show_goal_measure_and_result():
     lat = rows["S3 64 B round-trip p50, processes"]
     assert (lat["status"], lat["goal"]) == ("pass", "<= 10 us")
     mem = rows["M1 1,000,000 queued 64 B messages: shm arena bytes"]
-    assert (mem["status"], mem["goal"], mem["measured_text"]) == ("pass", "<= 200 MB", "192 MB")
+    assert (mem["status"], mem["goal"], mem["measured_text"]) == ("miss", "<= 128 MB", "192 MB")
+    fan = rows["S6 1->2 receivers vs S1 1->1, 64 B processes"]
+    assert (fan["status"], round(fan["ratio"], 2), fan["goal"]) == ("pass", 0.6, ">= 0.5x")
+    batch = rows["S7 batches of 64 x 64 B processes: msg/s"]
+    assert (batch["status"], batch["goal"]) == ("pass", ">= 8M msg/s")
+    cost = rows["S7 batches of 64 x 64 B processes: per-message cost vs single send"]
+    assert (cost["status"], round(cost["ratio"], 2)) == ("pass", 0.22)
+    floor = rows["O1 one thread send_object+recv_object 5-tuple / pickle+send+recv floor"]
+    assert (floor["status"], floor["goal"], floor["measured_text"]) == ("miss", "<= 1.4x", "1.50x")
     assert "264.0 MB" in mem["detail"]
     ff = rows["S1 64 B processes vs faster-fifo"]
     assert ff["status"] == "n/a" and "not run" in ff["why"]

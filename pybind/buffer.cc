@@ -207,15 +207,16 @@ extern "C" PyObject* buffer_array(PyObject* self, PyObject* args, PyObject* kwar
 }
 
 PyMethodDef buffer_methods[] = {
-    {"release", buffer_release, METH_NOARGS, "Return the block to the arena now (no-op if already released)."},
+    {"release", buffer_release, METH_NOARGS, "release($self, /)\n--\n\nReturn the block to the arena now (no-op if already released)."},
     {"write", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(buffer_write)), METH_VARARGS | METH_KEYWORDS,
-     "write(data, offset=0): copy `data` into this Buffer at `offset` (counted in stats()['bytes_copied'])."},
-    {"tobytes", buffer_tobytes, METH_NOARGS, "A bytes copy of the payload."},
+     "write($self, /, data, offset=0)\n--\n\nCopy `data` into this Buffer at `offset` (counted in stats()['bytes_copied'])."},
+    {"tobytes", buffer_tobytes, METH_NOARGS, "tobytes($self, /)\n--\n\nA bytes copy of the payload."},
     {"__array__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(buffer_array)),
-     METH_VARARGS | METH_KEYWORDS, "__array__(dtype=None, copy=None): the payload as a numpy array (no copy "
+     METH_VARARGS | METH_KEYWORDS, "__array__($self, /, dtype=None, copy=None)\n--\n\nThe payload as a numpy array (no copy "
      "unless asked); ValueError once released or sent."},
-    {"__enter__", buffer_enter, METH_NOARGS, nullptr},
-    {"__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(buffer_exit)), METH_FASTCALL, nullptr},
+    {"__enter__", buffer_enter, METH_NOARGS, "__enter__($self, /)\n--\n\nThe Buffer itself."},
+    {"__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(buffer_exit)), METH_FASTCALL,
+     "__exit__($self, /, *exc_info)\n--\n\nRelease the Buffer (see release())."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyGetSetDef buffer_getset[] = {

@@ -36,6 +36,9 @@ struct PyChannel {
   // This interpreter's Buffer type: received messages are made of the type of the interpreter
   // that made this object.
   py::object buffer_type = py::reinterpret_borrow<py::object>(module_state().buffer_type);
+  // An error a receive batch met after its first message (pybind/objects.cc): raised by the
+  // next batch call on this object, so the batch's messages were returned, not lost.
+  std::shared_ptr<py::error_already_set> pending_batch_error;
 
   Channel& ch() {
     // A forked child's first use of a channel it inherited: take an attach of its own.
@@ -52,7 +55,11 @@ struct PyChannel {
   // Copies any buffer-protocol object into a new block (one memcpy) and returns it.
   BlockHandle copy_in(const py::handle& data, const WaitSpec& spec);
   void send(const py::handle& data, bool block, const py::object& timeout);
-  // A received block as a Buffer, after checking its metadata; a corrupt block is dropped.
+  void send(const py::handle& data, const WaitSpec& spec);
+  // A received block's validated description, its format checked too; a corrupt block is
+  // counted, dropped, and raises CorruptionError.
+  Result<BlockView> checked_view(BlockHandle block);
+  // A received block as a Buffer, after checked_view.
   py::object wrap(BlockHandle block);
   py::object recv(bool block, const py::object& timeout);
 

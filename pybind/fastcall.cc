@@ -4,6 +4,7 @@
 #include <cstring>
 #include <string>
 
+#include "pybind/args.h"
 #include "pybind/buffer.h"
 #include "pybind/channel.h"
 #include "pybind/errors.h"
@@ -72,7 +73,10 @@ BlockHandle PyChannel::copy_in(const py::handle& data, const WaitSpec& spec) {
 }
 
 void PyChannel::send(const py::handle& data, bool block, const py::object& timeout) {
-  const WaitSpec spec = wait_spec(block, timeout);
+  send(data, wait_spec(block, timeout));
+}
+
+void PyChannel::send(const py::handle& data, const WaitSpec& spec) {
   if (is_buffer(data.ptr())) {
     Buffer* b = as_buffer(data.ptr());
     b->check_live("send()");
@@ -95,7 +99,7 @@ void PyChannel::send(const py::handle& data, bool block, const py::object& timeo
   }
 }
 
-py::object PyChannel::wrap(BlockHandle block) {
+Result<BlockView> PyChannel::checked_view(BlockHandle block) {
   auto v = arena->arena->view(block);
   if (!v.ok()) {
     arena->arena->release(block);
@@ -116,6 +120,11 @@ py::object PyChannel::wrap(BlockHandle block) {
                 "received a message whose format metadata is corrupt (format '" + shown + "' with itemsize " +
                     std::to_string(v.value.itemsize) + ": " + why + "); the message was dropped");
   }
+  return v;  // by NRVO: the view is large (shape and format arrays)
+}
+
+py::object PyChannel::wrap(BlockHandle block) {
+  const Result<BlockView> v = checked_view(block);
   return new_buffer(reinterpret_cast<PyTypeObject*>(buffer_type.ptr()), arena->arena, block, v.value);
 }
 
@@ -130,56 +139,6 @@ py::object PyChannel::recv(bool block, const py::object& timeout) {
 // The METH_FASTCALL methods.
 
 namespace {
-
-// The PyChannel of a Channel object (the method descriptor has already checked the type).
-PyChannel& channel_of(PyObject* self) {
-  PyChannel* c = held_object_of_checked_type<PyChannel>(self);
-  if (c == nullptr) return channel_self(self);  // raises: not initialised
-  return *c;
-}
-
-// Positional-or-keyword arguments of a fastcall method: `out` gets at most names.size() values
-// (nullptr where not given); the first `required` must be given.
-template <size_t N>
-void parse_fastcall(const char* fn, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames,
-                    const std::array<const char*, N>& names, size_t required, std::array<PyObject*, N>& out) {
-  out.fill(nullptr);
-  if (static_cast<size_t>(nargs) > N) {
-    throw py::type_error(std::string(fn) + "() takes at most " + std::to_string(N) + " arguments (" +
-                         std::to_string(nargs) + " given)");
-  }
-  for (Py_ssize_t i = 0; i < nargs; ++i) out[static_cast<size_t>(i)] = args[i];
-  const Py_ssize_t nkw = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
-  for (Py_ssize_t k = 0; k < nkw; ++k) {
-    PyObject* key = PyTuple_GET_ITEM(kwnames, k);
-    size_t i = 0;
-    while (i < N && PyUnicode_CompareWithASCIIString(key, names[i]) != 0) ++i;
-    if (i == N) {
-      throw py::type_error(std::string(fn) + "() got an unexpected keyword argument '" +
-                           std::string(py::str(key)) + "'");
-    }
-    if (out[i] != nullptr) {
-      throw py::type_error(std::string(fn) + "() got multiple values for argument '" + names[i] + "'");
-    }
-    out[i] = args[nargs + k];
-  }
-  for (size_t i = 0; i < required; ++i) {
-    if (out[i] == nullptr) {
-      throw py::type_error(std::string(fn) + "() missing required argument '" + names[i] + "'");
-    }
-  }
-}
-
-bool block_flag(PyObject* block) {
-  if (block == nullptr) return true;
-  const int truth = PyObject_IsTrue(block);
-  if (truth < 0) throw py::error_already_set();
-  return truth != 0;
-}
-
-py::object timeout_arg(PyObject* timeout) {
-  return timeout == nullptr ? py::none() : py::reinterpret_borrow<py::object>(timeout);
-}
 
 extern "C" PyObject* channel_send(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   return guarded([&]() -> PyObject* {
@@ -200,11 +159,19 @@ extern "C" PyObject* channel_recv(PyObject* self, PyObject* const* args, Py_ssiz
 
 PyMethodDef channel_send_def = {
     "send", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(channel_send)), METH_FASTCALL | METH_KEYWORDS,
-    "send(data, block=True, timeout=None): queue a copy of the bytes-like `data` (one memcpy), or "
+    "send($self, /, data, block=True, timeout=None)\n--\n\nQueue a copy of the bytes-like `data` (one memcpy), or "
     "move a Buffer of this channel's arena without a copy."};
 PyMethodDef channel_recv_def = {
     "recv", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(channel_recv)), METH_FASTCALL | METH_KEYWORDS,
-    "recv(block=True, timeout=None) -> Buffer: the next message, viewing channel memory."};
+    "recv($self, /, block=True, timeout=None)\n--\n\nThe next message (a Buffer), viewing channel memory."};
+
+}  // namespace
+
+PyChannel& channel_of(PyObject* self) {
+  PyChannel* c = held_object_of_checked_type<PyChannel>(self);
+  if (c == nullptr) return channel_self(self);  // raises: not initialised
+  return *c;
+}
 
 void add_fast_method(py::handle cls, PyMethodDef* def) {
   PyObject* descr = PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(cls.ptr()), def);
@@ -214,8 +181,6 @@ void add_fast_method(py::handle cls, PyMethodDef* def) {
   }
   Py_DECREF(descr);
 }
-
-}  // namespace
 
 void add_fast_methods(py::handle channel_cls) {
   add_fast_method(channel_cls, &channel_send_def);

@@ -7,7 +7,15 @@
 
 namespace memchannel::py_glue {
 
+struct PyChannel;
+
 // Adds send() and recv() to the pybind11 class `channel_cls` (of PyChannel).
 void add_fast_methods(pybind11::handle channel_cls);
+
+// A method descriptor for `def` on `cls` (the METH_FASTCALL methods skip pybind11's dispatcher).
+void add_fast_method(pybind11::handle cls, PyMethodDef* def);
+
+// The PyChannel of a Channel object (the method descriptor has already checked the type).
+PyChannel& channel_of(PyObject* self);
 
 }  // namespace memchannel::py_glue

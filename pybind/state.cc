@@ -13,6 +13,13 @@ extern "C" void free_state(PyObject* capsule) {
   }
   for (PyObject*& cls : state->errors) Py_CLEAR(cls);
   Py_CLEAR(state->buffer_type);
+  Py_CLEAR(state->pickle_dumps);
+  Py_CLEAR(state->pickle_loads);
+  Py_CLEAR(state->buffer_callback_kwnames);
+  Py_CLEAR(state->objects_send_with_buffers);
+  Py_CLEAR(state->objects_decode);
+  Py_CLEAR(state->buffers_append);
+  Py_CLEAR(state->buffers_list);
   delete state;
 }
 
@@ -34,6 +41,13 @@ void init_module_state(PyObject* buffer_type) {
     state->errors[i] = cls.release().ptr();
   }
   state->buffer_type = Py_NewRef(buffer_type);
+  py::module_ pickle = py::module_::import("pickle");
+  state->pickle_dumps = py::object(pickle.attr("dumps")).release().ptr();
+  state->pickle_loads = py::object(pickle.attr("loads")).release().ptr();
+  state->buffer_callback_kwnames = py::make_tuple("buffer_callback").release().ptr();
+  py::list buffers;
+  state->buffers_append = py::object(buffers.attr("append")).release().ptr();
+  state->buffers_list = buffers.release().ptr();
   if (PyDict_SetItemString(dict, kStateKey, capsule.ptr()) != 0) throw py::error_already_set();
 }
 

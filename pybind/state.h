@@ -18,6 +18,20 @@ namespace memchannel::py_glue {
 struct ModuleState {
   std::array<PyObject*, kErrorClassCount> errors{};  // memchannel.errors classes, by ErrorClass
   PyObject* buffer_type = nullptr;                    // this interpreter's memchannel.Buffer type
+  // Object messages (pybind/objects.cc): pickle.dumps / pickle.loads, the kwnames tuple
+  // ("buffer_callback",), and, imported at first use, the Python side of frames with
+  // out-of-band buffers (memchannel._objects.send_frame_with_buffers / decode).
+  PyObject* pickle_dumps = nullptr;
+  PyObject* pickle_loads = nullptr;
+  PyObject* buffer_callback_kwnames = nullptr;
+  PyObject* objects_send_with_buffers = nullptr;
+  PyObject* objects_decode = nullptr;
+  // A list for pickle's out-of-band buffers and its bound append, reused by send_object while
+  // no other send_object of this interpreter is pickling (buffers_list_busy); a nested or
+  // concurrent one makes its own.
+  PyObject* buffers_list = nullptr;
+  PyObject* buffers_append = nullptr;
+  bool buffers_list_busy = false;
 };
 
 // Module exec, once per interpreter: imports memchannel.errors and builds this interpreter's

@@ -5,7 +5,8 @@ interpreter per measurement, and write JSON, markdown and plots.
     python -m bench.harness --install-peers
     python -m bench.harness --list
 
-Scenarios S1-S6 (throughput, zero-copy, latency, frames, objects, M:N) and M1 (memory of
+Scenarios S1-S7 (throughput, zero-copy, latency, frames, objects, M:N, batches), O1 (one-thread
+object cost against its pickle floor) and M1 (memory of
 1,000,000 queued 64 B messages); the targets table is the issue's (report.TARGETS).
 """
 
@@ -42,7 +43,7 @@ MEMCPY = {"name": "memcpy", "label": "memcpy, 1 thread", "domain": "", "library"
                    "(numpy.copyto): the ceiling for one copy per message"}
 
 SUMMARY_FIELDS = ["value", "bytes_per_s", "us_per_msg", "p50_us", "p99_us", "cpu_us_per_msg",
-                  "csw_per_msg",
+                  "csw_per_msg", "floor_us", "floor_ratio",
                   # M1 (memory.py)
                   "primary_bytes", "rss_delta_bytes", "rss_anon_delta_bytes",
                   "rss_shmem_delta_bytes", "arena_carved_bytes", "arena_data_bytes",

@@ -39,8 +39,32 @@ TARGETS = [
     dict(target="S4 1080p frames/s processes vs multiprocessing.Queue", kind="ratio",
          scenario="S4", param="1080p", mine=MC_PROC, peer="mp.Queue", field="value",
          goal=10.0),
+    dict(target="S5 5-tuple processes vs interpreter queue (subinterpreters)", kind="ratio",
+         scenario="S5", param="tuple", mine=MC_PROC, peer="interpqueue-bytes", field="value",
+         goal=1.5),
+    dict(target="S5 5-tuple processes vs multiprocessing.Queue", kind="ratio", scenario="S5",
+         param="tuple", mine=MC_PROC, peer="mp.Queue", field="value", goal=5.0),
+    dict(target="S5 small dict processes vs interpreter queue (subinterpreters)", kind="ratio",
+         scenario="S5", param="dict", mine=MC_PROC, peer="interpqueue-bytes", field="value",
+         goal=1.3),
+    dict(target="S5 small dict processes vs multiprocessing.Queue", kind="ratio", scenario="S5",
+         param="dict", mine=MC_PROC, peer="mp.Queue", field="value", goal=4.0),
+    dict(target="S5 5-tuple memchannel.Queue put/get processes vs multiprocessing.Queue",
+         kind="ratio", scenario="S5", param="tuple", mine="memchannel-queue-processes",
+         peer="mp.Queue", field="value", goal=5.0),
+    dict(target="O1 one thread send_object+recv_object 5-tuple / pickle+send+recv floor",
+         kind="max", scenario="O1", param="tuple", mine="memchannel-heap-threads",
+         field="floor_ratio", goal=1.4, unit="x"),
+    dict(target="S7 batches of 64 x 64 B processes: per-message cost vs single send",
+         kind="cost_ratio", scenario="S7", param="batch64", base_param="single", mine=MC_PROC,
+         field="us_per_msg", goal=1 / 3),
+    dict(target="S7 batches of 64 x 64 B processes: msg/s", kind="min", scenario="S7",
+         param="batch64", mine=MC_PROC, field="value", goal=8e6, unit="msg/s"),
+    dict(target="S6 1->2 receivers vs S1 1->1, 64 B processes", kind="scenario_ratio",
+         scenario="S6", param="1to2", base_scenario="S1", base_param=64, mine=MC_PROC,
+         field="value", goal=0.5),
     dict(target="M1 1,000,000 queued 64 B messages: shm arena bytes", kind="max",
-         scenario="M1", param=64, mine=MC_PROC, field="arena_carved_bytes", goal=200 * MB,
+         scenario="M1", param=64, mine=MC_PROC, field="arena_carved_bytes", goal=128 * MB,
          unit="MB", min_count=1_000_000),
 ]
 LOWER_IS_BETTER = {"p50_us", "p99_us", "us_per_msg"}
@@ -58,9 +82,13 @@ def _short(reason):
 
 
 def _goal_text(t):
-    if t["kind"] == "ratio":
+    if t["kind"] in ("ratio", "scenario_ratio"):
         return f">= {t['goal']:g}x"
     if t["kind"] == "cost_ratio":
+        return f"<= {t['goal']:.3g}x"
+    if t["kind"] == "min":
+        return f">= {_si(t['goal'])} {t['unit']}"
+    if t.get("unit") == "x":
         return f"<= {t['goal']:g}x"
     if t.get("unit") == "MB":
         return f"<= {t['goal'] / MB:g} MB"
@@ -86,12 +114,14 @@ def compute_targets(results):
                "field": t["field"], "goal": _goal_text(t), "threshold": t["goal"],
                "ratio": None, "value": None, "measured_text": "-", "detail": "",
                "status": "n/a", "why": ""}
-        needed = [(t["mine"], t["param"])]
+        needed = [(t["mine"], t["scenario"], t["param"])]
         if t["kind"] == "ratio":
-            needed.append((t["peer"], t["param"]))
+            needed.append((t["peer"], t["scenario"], t["param"]))
         elif t["kind"] == "cost_ratio":
-            needed.append((t["mine"], t["base_param"]))
-        found = [(name, p, _find(results, name, t["scenario"], p)) for name, p in needed]
+            needed.append((t["mine"], t["scenario"], t["base_param"]))
+        elif t["kind"] == "scenario_ratio":
+            needed.append((t["mine"], t["base_scenario"], t["base_param"]))
+        found = [(name, p, _find(results, name, scen, p)) for name, scen, p in needed]
         missing = [(name, p, r) for name, p, r in found if r is None or r["status"] != "ok"
                    or t["field"] not in r.get("summary", {})]
         if missing:
@@ -108,6 +138,14 @@ def compute_targets(results):
                        detail=f"{_field_text(t['field'], mine, t['scenario'])} vs "
                               f"{_field_text(t['field'], peer, t['scenario'])}",
                        status="pass" if ratio >= t["goal"] else "miss")
+        elif t["kind"] == "scenario_ratio":
+            mine, base = vals
+            ratio = mine / base
+            row.update(ratio=ratio, measured_text=f"{ratio:.2f}x",
+                       detail=f"{_field_text(t['field'], mine, t['scenario'])} vs "
+                              f"{_field_text(t['field'], base, t['base_scenario'])} "
+                              f"({t['base_scenario']} {param_label(t['base_param'])})",
+                       status="pass" if ratio >= t["goal"] else "miss")
         elif t["kind"] == "cost_ratio":
             big, base = vals
             ratio = big / base
@@ -119,7 +157,8 @@ def compute_targets(results):
             (value,) = vals
             r = found[0][2]
             row["value"] = value
-            row["measured_text"] = _field_text(t["field"], value)
+            row["measured_text"] = (f"{value:.2f}x" if t.get("unit") == "x"
+                                    else _field_text(t["field"], value, t["scenario"]))
             if t["scenario"] == "S3":
                 row["detail"] = f"p99 {_us(r['summary']['p99_us']['median'])}"
             if t["scenario"] == "M1":
@@ -132,6 +171,8 @@ def compute_targets(results):
             if r.get("count", 0) < t.get("min_count", 0):
                 row["why"] = (f"{r['count']:,} messages in this mode, not "
                               f"{t['min_count']:,} (run without --smoke)")
+            elif t["kind"] == "min":
+                row["status"] = "pass" if value >= t["goal"] else "miss"
             else:
                 row["status"] = "pass" if value <= t["goal"] else "miss"
         rows.append(row)

@@ -27,6 +27,7 @@ S3_SIZES = [64, 1 << 20]
 SMALL_TUPLE = (1, 2.5, "three", b"four", None)
 SMALL_DICT = {"id": 7, "name": "sensor-3", "value": 21.5, "ok": True, "tags": ["a", "b"]}
 S6_PAYLOAD = 64
+S7_PAYLOAD, S7_BATCH = 64, 64
 SENTINEL = b"\0"
 
 now = time.perf_counter_ns
@@ -255,6 +256,72 @@ class S6Receiver(Role):
         return {"t0": t0, "t1": now(), "received": got}
 
 
+class S7Sender(Role):
+    """Batches: ``send_batch`` of BATCH messages at a time ("batch64"), or one ``send`` each."""
+
+    def prepare(self, param, count):
+        return {"n": count, "payload": b"\x5a" * S7_PAYLOAD, "param": param}
+
+    def run(self, eps, st):
+        ep, payload, n = eps["a"], st["payload"], st["n"]
+        t0 = now()
+        if st["param"] == "single":
+            for _ in range(n):
+                ep.send(payload)
+        else:
+            batch = [payload] * S7_BATCH
+            for _ in range(n // S7_BATCH):
+                ep.send_batch(batch)
+        return {"t0": t0, "t1": now(), "sent": n}
+
+
+class S7Receiver(Role):
+    def prepare(self, param, count):
+        return {"n": count, "param": param}
+
+    def run(self, eps, st):
+        ep, n = eps["a"], st["n"]
+        got = 0
+        t0 = now()
+        if st["param"] == "single":
+            for _ in range(n):
+                ep.release(ep.recv())
+            got = n
+        else:
+            while got < n:
+                msgs = ep.recv_batch(S7_BATCH)
+                got += len(msgs)
+                for m in msgs:
+                    ep.release(m)
+        return {"t0": t0, "t1": now(), "received": got}
+
+
+class O1Both(Role):
+    """One thread: send_obj + recv_obj of a 5-tuple on one channel, then the floor on the same
+    channel: pickle.dumps + send of the bytes + recv + pickle.loads of the received message."""
+
+    def prepare(self, param, count):
+        return {"n": count}
+
+    def run(self, eps, st):
+        import pickle
+        ep, n, obj = eps["a"], st["n"], SMALL_TUPLE
+        send_obj, recv_obj = ep.send_obj, ep.recv_obj
+        t0 = now()
+        for _ in range(n):
+            send_obj(obj)
+            recv_obj()
+        t1 = now()
+        dumps, loads, send, recv, release = pickle.dumps, pickle.loads, ep.send, ep.recv, ep.release
+        for _ in range(n):
+            send(dumps(obj, 5))
+            msg = recv()
+            loads(msg)
+            release(msg)
+        t2 = now()
+        return {"t0": t0, "t1": t2, "objects_ns": t1 - t0, "floor_ns": t2 - t1, "sent": n}
+
+
 ROLES = {
     ("S1", "sender"): S1Sender(), ("S1", "receiver"): S1Receiver(),
     ("S2", "sender"): S2Sender(), ("S2", "receiver"): S2Receiver(),
@@ -263,6 +330,8 @@ ROLES = {
     ("S4", "stage2"): S4Stage("l2", "l3"), ("S4", "consumer"): S4Consumer(),
     ("S5", "sender"): S5Sender(), ("S5", "receiver"): S5Receiver(),
     ("S6", "sender"): S6Sender(), ("S6", "receiver"): S6Receiver(),
+    ("S7", "sender"): S7Sender(), ("S7", "receiver"): S7Receiver(),
+    ("O1", "both"): O1Both(),
 }
 
 
@@ -459,6 +528,53 @@ class S6(Scenario):
         return {"value": total / secs, "messages": total}
 
 
+class S7(Scenario):
+    key, title, unit = "S7", f"batches of {S7_BATCH} x {S7_PAYLOAD} B 1->1 (send_many / recv_many)", "msg/s"
+
+    def params(self, mode):
+        return ["single", "batch64"]
+
+    def links(self, param):
+        return {"a": _link(1, 1, S7_PAYLOAD)}
+
+    def parties(self, param):
+        return [("sender", [("a", "send", 0)]), ("receiver", [("a", "recv", 0)])]
+
+    def count(self, param, mode):
+        return _by_mode(mode, 64 * 8_000, 64 * 1_000, 64 * 2)
+
+    def summarize(self, param, count, parties):
+        secs = _span(parties, {"sender"}, {"receiver"}) / 1e9
+        got = sum(t.get("received", 0) for r, t in parties if r == "receiver")
+        if got != count:
+            raise AssertionError(f"received {got} of {count} messages")
+        return {"value": count / secs, "us_per_msg": secs * 1e6 / count, "messages": count}
+
+
+class O1(Scenario):
+    key, title, unit = "O1", ("one thread: send_object + recv_object of a 5-tuple, against the "
+                              "floor pickle.dumps + send + recv + pickle.loads"), "us"
+    lower_is_better = True
+
+    def params(self, mode):
+        return ["tuple"]
+
+    def links(self, param):
+        return {"a": _link(1, 1, 256)}
+
+    def parties(self, param):
+        return [("both", [("a", "send", 0), ("a", "recv", 0)])]
+
+    def count(self, param, mode):
+        return _by_mode(mode, 200_000, 50_000, 50)
+
+    def summarize(self, param, count, parties):
+        t = dict(parties)["both"]
+        objects_us, floor_us = t["objects_ns"] / 1e3 / count, t["floor_ns"] / 1e3 / count
+        return {"value": objects_us, "us_per_msg": objects_us, "floor_us": floor_us,
+                "floor_ratio": objects_us / floor_us, "messages": count}
+
+
 class M1(Scenario):
     key, unit = "M1", "bytes/msg"
     title = (f"memory: {M1_MESSAGES:,} queued {M1_PAYLOAD} B messages, nobody receiving "
@@ -473,7 +589,7 @@ class M1(Scenario):
         return _by_mode(mode, M1_MESSAGES, M1_MESSAGES, 20_000)
 
 
-SCENARIOS = {s.key: s for s in (S1(), S2(), S3(), S4(), S5(), S6(), M1())}
+SCENARIOS = {s.key: s for s in (S1(), S2(), S3(), S4(), S5(), S6(), S7(), O1(), M1())}
 
 
 def param_label(param):
@@ -482,5 +598,5 @@ def param_label(param):
             if param >= 1 << shift and param % (1 << shift) == 0:
                 return f"{param >> shift} {unit}"
         return f"{param} B"
-    return {"2to1": "2->1", "1to2": "1->2", "64B-untouched": "64 B untouched",
+    return {"2to1": "2->1", "1to2": "1->2", "batch64": "64/batch", "64B-untouched": "64 B untouched",
             "16MiB-untouched": "16 MiB untouched"}.get(param, str(param))

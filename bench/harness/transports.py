@@ -75,6 +75,15 @@ class Endpoint:
             fill(mv)
         self.send(self._zc)
 
+    def send_batch(self, msgs):
+        """S7: send every message of the list (one call where the transport has a batch API)."""
+        for m in msgs:
+            self.send(m)
+
+    def recv_batch(self, max_messages):
+        """S7: 1 to max_messages messages (one call where the transport has a batch API)."""
+        return [self.recv()]
+
     def send_obj(self, obj):
         self.send(pickle.dumps(obj, protocol=5))
 
@@ -115,6 +124,10 @@ class Transport:
     # M1 (memory of queued messages): why this transport is not measured, or None when
     # memory_holder() is implemented
     memory_skip = "not measured: no memory holder for this transport"
+    # S7 (batches) runs only where the transport has a batch API of its own
+    batches = False
+    # O1 (one thread, objects against the pickle floor) is memchannel's own cost account
+    objects_floor = False
 
     def check(self):
         pass
@@ -128,6 +141,10 @@ class Transport:
         from .scenarios import S2_UNTOUCHED
         if scenario == "M1" and self.memory_skip:
             return self.memory_skip
+        if scenario == "S7" and not self.batches:
+            return "not applicable: no batch API (send_many/put_many) to measure"
+        if scenario == "O1" and not self.objects_floor:
+            return "not applicable: memchannel's one-thread object cost against its own floor"
         if scenario == "S2" and param in S2_UNTOUCHED and not self.zero_copy:
             return ("not applicable: this transport copies the payload on every send, so "
                     "untouched zero-copy cost is not defined (see S2 1 MiB / 16 MiB)")
@@ -214,6 +231,12 @@ class _McEndpoint(Endpoint):
             fill(mv)
         self.ch.send(buf)
 
+    def send_batch(self, msgs):
+        self.ch.send_many(msgs)
+
+    def recv_batch(self, max_messages):
+        return self.ch.recv_many(max_messages)
+
     def send_obj(self, obj):
         if self._has_objects:
             self.ch.send_object(obj)
@@ -230,6 +253,7 @@ class MemchannelTransport(Transport):
     library = "memchannel"
     backend = "heap"
     zero_copy = True
+    batches = True
     notes = ("`ch.send(bytes)`, `ch.recv()` -> Buffer, released after use; zero-copy "
              "with `ch.reserve(n)` + `ch.send(buf)`; stages forward the received Buffer; "
              "`send_object`/`recv_object` when present, else pickle")
@@ -332,6 +356,7 @@ class _McHolder(Holder):
 class McHeapThreads(MemchannelTransport):
     name, label, domain, backend = "memchannel-heap-threads", "memchannel heap", THREAD, "heap"
     memory_skip = None
+    objects_floor = True
 
     def memory_holder(self):
         return _McHolder("heap")
@@ -350,6 +375,38 @@ class McShmProcesses(MemchannelTransport):
 
     def memory_holder(self):
         return _McHolder("shm")
+
+
+class _McQueueEndpoint(Endpoint):
+    def __init__(self, q):
+        super().__init__()
+        self.q = q
+
+    def send_obj(self, obj):
+        self.q.put(obj)
+
+    def recv_obj(self):
+        return self.q.get()
+
+
+class McQueueProcesses(Transport):
+    name, label, domain, library = ("memchannel-queue-processes", "memchannel.Queue", PROCESS,
+                                    "memchannel")
+    notes = "`memchannel.Queue` `put`/`get` (the multiprocessing.Queue drop-in; objects only)"
+    memory_skip = "measured as memchannel shm: the same channel under the Queue"
+
+    def unsupported(self, scenario, param):
+        if scenario != "S5":
+            return "objects only (S5): the drop-in for multiprocessing.Queue"
+        return None
+
+    def create_link(self, link):
+        import memchannel as mc
+        return mc.Queue(maxsize=_depth(link))
+
+    @staticmethod
+    def open(spec, side, index, link):
+        return _McQueueEndpoint(spec)
 
 
 # --------------------------------------------------------------------------- queue.Queue
@@ -710,6 +767,12 @@ class _FasterFifoEndpoint(_QueueEndpoint):
     def recv(self):
         return self.q.get(block=True, timeout=1e6)
 
+    def send_batch(self, msgs):
+        self.q.put_many(msgs, block=True, timeout=1e6)
+
+    def recv_batch(self, max_messages):
+        return self.q.get_many(block=True, timeout=1e6, max_messages_to_get=max_messages)
+
     send_obj = send
     recv_obj = recv
 
@@ -733,7 +796,9 @@ class _FasterFifoHolder(_QueueHolder):
 
 class FasterFifo(Transport):
     name, label, domain, library = "faster-fifo", "faster-fifo", PROCESS, "faster-fifo"
-    notes = "`put`/`get` one message at a time (pickled into its shared circular buffer)"
+    notes = ("`put`/`get` one message at a time (pickled into its shared circular buffer); "
+             "S7: `put_many`/`get_many`")
+    batches = True
     memory_skip = None
 
     def memory_holder(self):
@@ -946,7 +1011,7 @@ class Zmq(Transport):
 # --------------------------------------------------------------------------- registry
 
 TRANSPORTS = [
-    McHeapThreads, McHeapSubinterp, McShmProcesses,
+    McHeapThreads, McHeapSubinterp, McShmProcesses, McQueueProcesses,
     QueueQueue,
     MpQueue, MpSimpleQueue, MpPipe, ShmRecipe,
     InterpQueueBytes, InterpQueueMemoryview,

@@ -3,20 +3,14 @@ Arena.reserve) over the extension's classes; types in _channel.pyi and _memchann
 
 from __future__ import annotations
 
-import os
-
-from . import _memchannel, _objects
-from .errors import MemChannelError
+from . import _memchannel
 
 Buffer = _memchannel.Buffer
 
 
-def _attach_pickled(handle: bytes, pid: int, backend: str) -> "Channel":
-    if backend == "heap" and pid != os.getpid():
-        raise MemChannelError(
-            "a backend='heap' channel cannot be used in another process (it lives in the "
-            f"memory of process {pid}); create the channel with backend='shm' to cross processes"
-        )
+def _attach_pickled(handle: bytes) -> "Channel":
+    # The handle names its process; Channel.attach refuses another process's heap channel
+    # with the message that says to use backend='shm' (pybind/handle.cc).
     return Channel.attach(handle)
 
 
@@ -42,25 +36,7 @@ class Channel(_memchannel.Channel):
         return cls(_handle=bytes(handle))
 
     def __reduce__(self):
-        return (_attach_pickled, (self.handle, os.getpid(), self.backend))
-
-    def send_object(self, obj, block: bool = True, timeout=None) -> None:
-        """Send any picklable object as one message (pickle protocol 5).
-
-        numpy arrays and other out-of-band buffers are copied once into channel memory (a copy
-        not counted in ``stats()["bytes_copied"]``) and arrive with no copy. Pickling errors
-        raise the original exception and leave nothing queued. See ``memchannel._objects``.
-        Concurrency: any thread, any interpreter, any process.
-        """
-        _objects.send_object(self, obj, block, timeout)
-
-    def recv_object(self, block: bool = True, timeout=None):
-        """Receive one object sent with ``send_object``; its arrays view channel memory.
-
-        Runs ``pickle.loads``: receive only from trusted peers. Concurrency: any thread,
-        any interpreter, any process.
-        """
-        return _objects.recv_object(self, block, timeout)
+        return (_attach_pickled, (self.handle,))
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"

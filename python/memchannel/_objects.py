@@ -11,12 +11,18 @@ an object as one message. The block (little-endian):
     16 + 16*nbuffers  pickle bytes                                    pickle_len bytes
     (padding)         each out-of-band buffer at its table offset, 64-byte aligned
 
+Where it runs: ``Channel.send_object``/``recv_object`` (and the batches ``send_objects``/
+``recv_objects``) are C methods (pybind/objects.cc). They handle the common case, an object
+without out-of-band buffers, themselves: the pickle and its 16-byte header are copied into one
+block, and on receipt the pickle is copied out and the block freed before ``pickle.loads``.
+Frames with out-of-band buffers, and in-band pickles over 64 KiB, come here:
+``send_frame_with_buffers`` and ``decode``.
+
 Sending: ``pickle.dumps(obj, protocol=5, buffer_callback=...)`` sets aside every
 out-of-band buffer (numpy arrays, ``pickle.PickleBuffer``) instead of copying it into the
 pickle (numpy object arrays, and structured arrays with object fields, are pickled in-band,
 item by item: their memory is pointers, which mean nothing to another process); the block is reserved at its full size, the pickle and each buffer are copied into
-it once, and the block is sent (ownership moves, no further copy). An object without
-out-of-band buffers is sent as ``send(header + pickle)``.
+it once, and the block is sent (ownership moves, no further copy).
 
 Receiving: the Buffer is parsed, each out-of-band buffer is handed to ``pickle.loads`` as a
 memoryview slice of the Buffer, so a received numpy array views channel memory (its
@@ -76,27 +82,13 @@ def _remaining(deadline):
     return max(0.0, deadline - time.monotonic())
 
 
-def send_object(channel, obj, block: bool = True, timeout=None) -> None:
-    """Pickle ``obj`` (protocol 5) and send it as one message on ``channel``.
-
-    Every out-of-band buffer (numpy arrays, ``pickle.PickleBuffer``) is copied once into the
-    message's block, 64-byte aligned; the receiver's arrays view that block with no copy.
-    Plain ``bytes`` and ``bytearray`` are pickled in-band, as pickle always does; wrap a large
-    bytearray in ``pickle.PickleBuffer`` to send it out of band. One copy per out-of-band
-    buffer is made here and counted in ``stats()["bytes_copied"]``.
-
-    ``block``/``timeout`` as in ``send()``; the timeout covers waiting for arena room and for
-    queue room together. Pickling errors are raised as the original exception, before
-    anything is allocated or queued; on Full/ChannelClosed the block is returned.
-    Concurrency: any thread, any interpreter, any process.
+def send_frame_with_buffers(channel, data: bytes, buffers: list, block: bool = True, timeout=None) -> None:
+    """Send the frame of ``data`` (a protocol-5 pickle) and its out-of-band ``buffers`` on
+    ``channel`` as one block: reserved at its full size, the pickle and each buffer copied in
+    once (64-byte aligned), then sent (ownership moves). Called by ``Channel.send_object``
+    once it has pickled an object that has out-of-band buffers; ``timeout`` covers waiting for
+    arena room and for queue room together. On Full/ChannelClosed the block is returned.
     """
-    # The rule of every timeout (Channel.send's): None or seconds >= 0, numpy numbers included.
-    timeout = _memchannel._timeout_seconds(timeout)
-    buffers: list[pickle.PickleBuffer] = []
-    data = pickle.dumps(obj, protocol=_PROTOCOL, buffer_callback=buffers.append)
-    if not buffers:
-        channel.send(_HEADER.pack(_MAGIC, 0, len(data)) + data, block, timeout)
-        return
     deadline = None if (timeout is None or not block) else time.monotonic() + timeout
     raws = [_raw_bytes(pb) for pb in buffers]
     try:
@@ -131,8 +123,10 @@ def send_object(channel, obj, block: bool = True, timeout=None) -> None:
         raise
 
 
-def _decode(buf):
-    """Unpickle one received frame. Takes over ``buf``: released here unless arrays view it."""
+def decode(buf):
+    """Unpickle one received frame (a Buffer). Takes over ``buf``: released here unless arrays
+    view it. Called by ``Channel.recv_object`` for frames with out-of-band buffers or a large
+    pickle; the frame checks and their messages are the same as the C side's."""
     view = memoryview(buf)
     keep = False
     try:
@@ -173,14 +167,11 @@ def _decode(buf):
                 pass
 
 
-def recv_object(channel, block: bool = True, timeout=None):
-    """Receive one message sent by ``send_object`` and return the object.
+def send_object(channel, obj, block: bool = True, timeout=None) -> None:
+    """``channel.send_object(obj, block, timeout)``, as a function."""
+    channel.send_object(obj, block, timeout)
 
-    Out-of-band buffers arrive without a copy: numpy arrays (and ``PickleBuffer`` contents,
-    which arrive as memoryviews) view the received block, which returns to the arena when the
-    last of them is gone. ``block``/``timeout`` as in ``recv()``. Runs ``pickle.loads``, so
-    receive only from trusted peers. Raises CorruptionError for a message that is not a
-    well-formed object message (the message is consumed).
-    Concurrency: any thread, any interpreter, any process.
-    """
-    return _decode(channel.recv(block, timeout))
+
+def recv_object(channel, block: bool = True, timeout=None):
+    """``channel.recv_object(block, timeout)``, as a function."""
+    return channel.recv_object(block, timeout)

@@ -123,13 +123,7 @@ def frames_with_processes(frames: int) -> dict:
     arena = mc.Arena(backend="shm")
     a, b, c = arena.channel(maxsize=4), arena.channel(maxsize=4), arena.channel(maxsize=4)
     copied = arena.stats()["bytes_copied"]
-    procs = [
-        ctx.Process(target=pipeline.produce, args=(a, frames), daemon=True),
-        ctx.Process(target=pipeline.forward, args=(a, b, frames), daemon=True),
-        ctx.Process(target=pipeline.forward, args=(b, c, frames), daemon=True),
-    ]
-    for p in procs:
-        p.start()
+    procs = _start_stages(ctx, pipeline.produce, pipeline.forward, (a, b, c), frames)
     # Start-up (spawning three interpreters) is not part of the frame rate: wait for frame 0.
     first = c.recv()
     start = time.perf_counter()
@@ -141,6 +135,19 @@ def frames_with_processes(frames: int) -> dict:
         p.join(30)
     return {"fps": (frames - 1) / elapsed, "copied": arena.stats()["bytes_copied"] - copied,
             "ok": pipeline_rest}
+
+
+def _start_stages(ctx, produce, forward, links, frames: int) -> list:
+    """A producer into links[0], then a forwarder per next link, each a daemon process."""
+    a, b, c = links
+    procs = [
+        ctx.Process(target=produce, args=(a, frames), daemon=True),
+        ctx.Process(target=forward, args=(a, b, frames), daemon=True),
+        ctx.Process(target=forward, args=(b, c, frames), daemon=True),
+    ]
+    for p in procs:
+        p.start()
+    return procs
 
 
 def _consume_from(ch, first: int, frames: int, progress) -> bool:
@@ -156,13 +163,7 @@ def _consume_from(ch, first: int, frames: int, progress) -> bool:
 def frames_with_mp_queue(frames: int) -> dict:
     ctx = mp.get_context("spawn")
     a, b, c = ctx.Queue(maxsize=4), ctx.Queue(maxsize=4), ctx.Queue(maxsize=4)
-    procs = [
-        ctx.Process(target=pipeline.queue_produce, args=(a, frames), daemon=True),
-        ctx.Process(target=pipeline.queue_forward, args=(a, b, frames), daemon=True),
-        ctx.Process(target=pipeline.queue_forward, args=(b, c, frames), daemon=True),
-    ]
-    for p in procs:
-        p.start()
+    procs = _start_stages(ctx, pipeline.queue_produce, pipeline.queue_forward, (a, b, c), frames)
     c.get()  # frame 0: excludes start-up, as above
     start = time.perf_counter()
     progress = Progress("multiprocessing.Queue, processes", frames)

@@ -8,7 +8,14 @@ import queue
 
 
 class MemChannelError(Exception):
-    """Base class of memchannel's own errors."""
+    """Base class of memchannel's own errors.
+
+    An error raised by a batch call (``send_many``, ``send_objects``, ``Queue.put_many``)
+    carries ``queued``: how many of the batch's messages were queued before it (also set on
+    other exception types a batch raises, such as a TypeError for a bad item).
+    """
+
+    queued: int  # set only on errors raised by batch calls (no class default)
 
 
 class Empty(MemChannelError, queue.Empty):

@@ -33,7 +33,6 @@ from __future__ import annotations
 import queue as _queue
 
 from ._channel import Arena
-from ._objects import recv_object, send_object
 from .errors import ChannelClosed, Empty, Full
 
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "ShutDown"]
@@ -47,6 +46,13 @@ _JOIN_RECHECK_SECONDS = 1.0
 
 class ShutDown(_ShutDownBase):
     """put() on a queue that was shut down, or get() on one shut down and drained."""
+
+
+def _shut_down(message: str, cause: BaseException) -> ShutDown:
+    # A batch's ShutDown keeps the count of what it queued before the channel closed.
+    exc = ShutDown(message)
+    exc.queued = getattr(cause, "queued", 0)  # type: ignore[attr-defined]
+    return exc
 
 
 def _clamp(timeout):
@@ -92,10 +98,14 @@ class Queue:
 
     def put(self, obj, block: bool = True, timeout=None) -> None:
         """Enqueue ``obj``; blocks while full (``Full`` on timeout, or at once if not ``block``)."""
-        self._check_closed()
+        # The per-item path: the checks of _check_closed and _clamp, written inline.
+        if self._closed:
+            self._check_closed()
         self._used = True
+        if timeout is not None and timeout < 0:
+            timeout = 0.0
         try:
-            send_object(self._items, obj, block, _clamp(timeout))
+            self._items.send_object(obj, block, timeout)
         except ChannelClosed:
             raise ShutDown(f"put() on a shut-down queue {self!r}") from None
 
@@ -104,14 +114,43 @@ class Queue:
 
         Its numpy arrays view shared memory, which returns to the arena when they are gone.
         """
-        self._check_closed()
+        if self._closed:
+            self._check_closed()
         self._used = True
         if self._state.closed:
             raise ShutDown(f"get() on a queue {self!r} shut down with immediate=True")
+        if timeout is not None and timeout < 0:
+            timeout = 0.0
         try:
-            return recv_object(self._items, block, _clamp(timeout))
+            return self._items.recv_object(block, timeout)
         except ChannelClosed:
             raise ShutDown(f"get() on a shut-down and drained queue {self!r}") from None
+
+    def put_many(self, objs, block: bool = True, timeout=None) -> int:
+        """Enqueue every object of the iterable ``objs``, in order, under one timeout; returns
+        how many. What fits is queued at once, then it waits for room as ``put`` does. On
+        ``Full`` (or any error) the objects before it stay queued: the exception's ``queued``
+        attribute says how many. One C call for the whole batch (``Channel.send_objects``).
+        """
+        self._check_closed()
+        self._used = True
+        try:
+            return self._items.send_objects(objs, block, _clamp(timeout))
+        except ChannelClosed as exc:
+            raise _shut_down(f"put_many() on a shut-down queue {self!r}", exc) from None
+
+    def get_many(self, max_messages: int, block: bool = True, timeout=None) -> list:
+        """Dequeue 1 to ``max_messages`` items: waits (up to ``timeout``) for the first, then
+        takes what is queued without waiting (``Empty`` on timeout). One C call for the batch.
+        """
+        self._check_closed()
+        self._used = True
+        if self._state.closed:
+            raise ShutDown(f"get_many() on a queue {self!r} shut down with immediate=True")
+        try:
+            return self._items.recv_objects(max_messages, block, _clamp(timeout))
+        except ChannelClosed:
+            raise ShutDown(f"get_many() on a shut-down and drained queue {self!r}") from None
 
     def put_nowait(self, obj) -> None:
         self.put(obj, False)
@@ -201,6 +240,19 @@ class JoinableQueue(Queue):
             self._take_task_token()
             raise
 
+    def put_many(self, objs, block: bool = True, timeout=None) -> int:
+        self._check_closed()
+        if self._items.closed:
+            raise ShutDown(f"put_many() on a shut-down queue {self!r}")
+        objs = list(objs)
+        self._tasks.send_many([b""] * len(objs))  # counted before the items are visible
+        try:
+            return super().put_many(objs, block, timeout)
+        except BaseException as exc:
+            for _ in range(len(objs) - getattr(exc, "queued", 0)):
+                self._take_task_token()
+            raise
+
     def task_done(self) -> None:
         """Mark one item taken with get() as processed; ValueError if called too many times."""
         if not self._take_task_token():
@@ -259,11 +311,11 @@ class SimpleQueue:
 
     def put(self, obj) -> None:
         self._check_closed()
-        send_object(self._items, obj)
+        self._items.send_object(obj)
 
     def get(self):
         self._check_closed()
-        return recv_object(self._items)
+        return self._items.recv_object()
 
     def empty(self) -> bool:
         self._check_closed()

@@ -13,7 +13,7 @@ import sys
 import textwrap
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -112,9 +112,9 @@ def test_public_python_signatures_are_real() -> None:
     assert list(inspect.signature(mc.Queue.put).parameters) == ["self", "obj", "block", "timeout"]
     assert "max_workers" in inspect.signature(mc.InterpreterPoolExecutor).parameters
     assert "kinds" in inspect.signature(mc.compare).parameters
-    # The extension: help() shows each method's parameters in its docstring's first line.
-    assert (_memchannel.Channel.reserve.__doc__ or "").startswith("reserve(self")
-    assert "timeout" in (_memchannel.Channel.recv.__doc__ or "")
+    # The extension: help() shows each method's parameters (from its __text_signature__).
+    assert "timeout" in inspect.signature(_memchannel.Channel.reserve).parameters
+    assert "timeout" in inspect.signature(_memchannel.Channel.recv).parameters
 
 
 def test_stubs_catch_wrong_calls(tmp_path: Path) -> None:
@@ -139,11 +139,33 @@ def test_stubs_catch_wrong_calls(tmp_path: Path) -> None:
         assert f"bad.py:{line}: error:" in out, out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pybind11 (3.1) sets no __text_signature__, so inspect.signature fails on the extension's "
-    "methods; docstrings that start 'name(self, /, ...)\\n--\\n\\n' (pybind11 defs under "
-    "py::options().disable_function_signatures(), and the PyMethodDefs of send/recv/Buffer) "
-    "would give it: remove this mark when pybind/ does"))
 def test_extension_methods_have_inspectable_signatures() -> None:
-    for method in (mc.Channel.send, mc.Channel.recv, mc.Channel.reserve, mc.Buffer.write):
-        inspect.signature(method)
+    expected: list[tuple[Callable[..., Any], list[str]]] = [
+        (mc.Channel.send, ["self", "data", "block", "timeout"]),
+        (mc.Channel.recv, ["self", "block", "timeout"]),
+        (mc.Channel.send_nowait, ["self", "data"]),
+        (_memchannel.Channel.reserve, ["self", "nbytes", "format", "shape", "timeout"]),
+        (mc.Channel.close, ["self"]),
+        (mc.Channel.qsize, ["self"]),
+        (mc.Buffer.write, ["self", "data", "offset"]),
+        (mc.Buffer.release, ["self"]),
+        (mc.Arena.stats, ["self"]),
+        (mc.Arena.reap, ["self"]),
+    ]
+    for method, names in expected:
+        assert list(inspect.signature(method).parameters) == names, method
+    # Bound methods drop self, as for Python methods.
+    ch = mc.Channel(backend="heap")
+    assert list(inspect.signature(ch.send).parameters) == ["data", "block", "timeout"]
+    assert list(inspect.signature(ch.qsize).parameters) == []
+    assert inspect.signature(ch.reserve).parameters["format"].default == "B"
+    assert inspect.signature(ch.reserve).parameters["format"].kind is inspect.Parameter.KEYWORD_ONLY
+    # Every public method of the extension's types has a signature and a docstring.
+    for cls in (_memchannel.Channel, _memchannel.Arena, mc.Buffer):
+        for name, member in vars(cls).items():
+            if name.startswith("_") and name not in ("__init__", "__iter__", "__next__", "__enter__", "__exit__"):
+                continue
+            if not callable(member) or isinstance(member, (property, type)):
+                continue
+            inspect.signature(member)
+            assert (member.__doc__ or "").strip(), (cls, name)
