@@ -517,3 +517,15 @@ def test_primitive_outlives_its_creator():
         lock = pool.apply(mc.Lock)
     assert lock.acquire(timeout=5)
     lock.release()
+
+
+def test_signatures_are_inspectable():
+    import inspect
+
+    for cls in (mc.Lock, mc.RLock, mc.Semaphore, mc.BoundedSemaphore, mc.Event, mc.Barrier, mc.Condition):
+        for name in ("acquire", "release", "wait", "set", "clear", "is_set", "notify", "reset", "abort", "locked"):
+            fn = getattr(cls, name, None)
+            if callable(fn):
+                inspect.signature(fn)  # raises ValueError for a builtin without __text_signature__
+    assert list(inspect.signature(mc.Lock.acquire).parameters) == ["self", "block", "timeout"]
+    assert list(inspect.signature(mc.Barrier.__init__).parameters)[:4] == ["self", "parties", "action", "timeout"]
