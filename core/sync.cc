@@ -175,7 +175,7 @@ Status Sync::try_lock(bool check_owner) {
       if (!check_owner) return Status::kFull;
       const bool tracked = arena_->backend().tracks_holders();
       const uint32_t holder = lock_holder(w);
-      const bool forged = (w & kLockHeld) == 0 || (w >> 31) != 0 || (tracked && (holder == 0 || holder > kMaxHolders));
+      const bool forged = (w & kLockHeld) == 0 || (tracked && (holder == 0 || holder > kMaxHolders));
       if (forged) {
         arena_->note_corruption();
       } else if (arena_->occupant_alive(holder, lock_incarnation(w), kLockIncarnationMask)) {
@@ -183,25 +183,32 @@ Status Sync::try_lock(bool check_owner) {
       }
       got = Status::kPeerDied;  // take it over from the exact word judged dead
     }
-    if (header_->word.compare_exchange_weak(w, mine, std::memory_order_acquire, std::memory_order_relaxed)) {
+    // A takeover keeps the waiters bit: others may sleep on the word.
+    const uint32_t next = got == Status::kOk ? mine : mine | (w & kLockWaiters);
+    if (header_->word.compare_exchange_weak(w, next, std::memory_order_acquire, std::memory_order_relaxed)) {
       if (got == Status::kOk) {
         MEMCHANNEL_CRASH_POINT(kSyncLockTaken);
       } else {
         MEMCHANNEL_CRASH_POINT(kSyncLockTakeover);
       }
-      if (kind_ == SyncKind::kRLock) {
-        header_->owner_thread.store(thread_token(), std::memory_order_relaxed);
-        header_->depth.store(1, std::memory_order_relaxed);
-      }
+      take_owner();
       return got;
     }
+  }
+}
+
+void Sync::take_owner() {
+  if (kind_ == SyncKind::kRLock) {
+    header_->owner_thread.store(thread_token(), std::memory_order_relaxed);
+    header_->depth.store(1, std::memory_order_relaxed);
   }
 }
 
 bool Sync::owned_here() const {
   const uint32_t w = header_->word.load(std::memory_order_acquire);
   if (kind_ != SyncKind::kRLock) return w != 0;
-  return w == my_lock_word() && header_->owner_thread.load(std::memory_order_relaxed) == thread_token();
+  return (w & ~kLockWaiters) == my_lock_word() &&
+         header_->owner_thread.load(std::memory_order_relaxed) == thread_token();
 }
 
 bool Sync::locked() const { return header_->word.load(std::memory_order_acquire) != 0; }
@@ -221,23 +228,58 @@ Status Sync::lock_acquire(const WaitSpec& wait) {
   Status got = try_lock(false);
   if (got != Status::kFull) return got;
   // Contended: is the owner alive? (one liveness check, at most every kOwnerCheckNs per object)
-  const auto checked = [&] {
-    got = try_lock(false);
-    if (got == Status::kFull && check_due()) got = try_lock(true);
-    return got != Status::kFull;
-  };
-  if (checked()) return got;
-  const Status s = wait_until(header_->changed, wait, checked);
-  if (s == Status::kOk) return got;
-  if (s == Status::kInterrupted) {  // a slice end: always look at the owner
-    arena_->maybe_reap();
-    got = try_lock(true);
-    if (got != Status::kFull) return got;
+  if (check_due() && (got = try_lock(true)) != Status::kFull) return got;
+  const int64_t start = monotonic_ns();
+  if (wait.deadline_ns <= start) return Status::kTimedOut;
+  std::atomic<uint32_t>& word = header_->word;
+  // Spin while the owner is probably about to release (a futex round trip costs ~10 us).
+  if (wait.spin_ns > 0) {
+    const int64_t spin_end = start + wait.spin_ns;
+    for (uint32_t i = 1;; ++i) {
+      for (int k = 0; k < 8; ++k) cpu_relax();
+      if (word.load(std::memory_order_relaxed) == 0 && try_lock(false) == Status::kOk) return Status::kOk;
+      if ((i & 15) == 0 && monotonic_ns() >= spin_end) break;
+    }
   }
-  return s;
+  // Sleep on the lock word itself (a futex mutex with a waiters bit): the releaser wakes one
+  // sleeper, and only when the word says someone sleeps. An acquirer that slept takes the lock
+  // with the waiters bit set, since others may still sleep.
+  const int64_t slice_end = wait.slice_ns == WaitSpec::kForever ? WaitSpec::kForever : start + wait.slice_ns;
+  const int64_t until = std::min(wait.deadline_ns, slice_end);
+  const uint32_t mine = my_lock_word() | kLockWaiters;
+  for (;;) {
+    uint32_t w = word.load(std::memory_order_relaxed);
+    if (w == 0) {
+      if (word.compare_exchange_weak(w, mine, std::memory_order_acquire, std::memory_order_relaxed)) {
+        MEMCHANNEL_CRASH_POINT(kSyncLockTaken);
+        take_owner();
+        return Status::kOk;
+      }
+      continue;
+    }
+    if (check_due() && (got = try_lock(true)) != Status::kFull) return got;
+    if ((w & kLockWaiters) == 0) {
+      if (!word.compare_exchange_weak(w, w | kLockWaiters, std::memory_order_relaxed)) continue;
+      w |= kLockWaiters;
+    }
+    int64_t timeout = -1;
+    if (until != WaitSpec::kForever) {
+      timeout = until - monotonic_ns();
+      if (timeout <= 0) break;
+    }
+    futex_wait(&word, w, timeout);
+  }
+  // Leaving without the lock: a release may have woken this waiter rather than one that stays;
+  // pass the wake-up on if the lock is free.
+  if (header_->word.load(std::memory_order_relaxed) == 0) futex_wake(&header_->word, 1);
+  if (until == wait.deadline_ns) return Status::kTimedOut;
+  arena_->maybe_reap();  // a slice end: always look at the owner
+  got = try_lock(true);
+  return got != Status::kFull ? got : Status::kInterrupted;
 }
 
 Status Sync::lock_release() {
+  uint32_t w = header_->word.load(std::memory_order_relaxed);
   if (kind_ == SyncKind::kRLock) {
     if (!owned_here()) return Status::kNotHolder;
     const uint32_t d = header_->depth.load(std::memory_order_relaxed);
@@ -247,16 +289,17 @@ Status Sync::lock_release() {
     }
     header_->depth.store(0, std::memory_order_relaxed);
     header_->owner_thread.store(0, std::memory_order_relaxed);
-    uint32_t mine = my_lock_word();
-    if (!header_->word.compare_exchange_strong(mine, 0, std::memory_order_seq_cst)) return Status::kNotHolder;
+    const uint32_t mine = my_lock_word();
+    do {
+      if ((w & ~kLockWaiters) != mine) return Status::kNotHolder;
+    } while (!header_->word.compare_exchange_weak(w, 0, std::memory_order_seq_cst, std::memory_order_relaxed));
   } else {
-    uint32_t w = header_->word.load(std::memory_order_relaxed);
     do {
       if (w == 0) return Status::kNotHolder;
     } while (!header_->word.compare_exchange_weak(w, 0, std::memory_order_seq_cst, std::memory_order_relaxed));
   }
   MEMCHANNEL_CRASH_POINT(kSyncLockReleased);
-  wake_after_rmw(header_->changed);
+  if ((w & kLockWaiters) != 0) futex_wake(&header_->word, 1);
   return Status::kOk;
 }
 

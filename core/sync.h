@@ -8,12 +8,14 @@
 // A process killed while attached leaves its count behind: the header then lives as long as
 // the arena (the last process to detach removes the arena's segments).
 //
-// Waiting: every wait is an EventCount (core/waiter.h) on the header: futex, no polling, no
-// helper thread. A wait returns each slice (WaitSpec::slice_ns) and, before it does, checks
+// Waiting: locks sleep on the lock word (a futex mutex with a waiters bit: a release wakes one
+// sleeper, and makes a system call only when one sleeps); every other wait is the header's
+// EventCount (core/waiter.h). Futexes: no polling, no helper thread. A wait returns each slice (WaitSpec::slice_ns) and, before it does, checks
 // the liveness of whoever it waits for (Arena::occupant_alive: holder slot + incarnation), so
 // no wait hangs on a dead process.
 //
-// Owner identity (Lock, RLock): the lock word is kLockHeld | incarnation(22) << 8 | holder(8),
+// Owner identity (Lock, RLock): the lock word is kLockWaiters (someone sleeps on the word) |
+// kLockHeld | incarnation(22) << 8 | holder(8),
 // the acquirer's holder slot and the incarnation of its occupancy. A waiter that finds the
 // word's occupant dead (or the word forged: no such holder, no held bit) takes the lock over
 // by CAS from the exact word it judged, and is told (Status::kPeerDied: acquired, previous
@@ -73,6 +75,7 @@ inline constexpr uint32_t kSyncReclaim = 1;  // Semaphore: give back a dead hold
 
 // The lock word.
 inline constexpr uint32_t kLockHeld = 1u << 30;
+inline constexpr uint32_t kLockWaiters = 1u << 31;  // someone sleeps on the word: wake on release
 inline constexpr uint32_t kLockIncarnationMask = 0x3fffff;  // 22 bits
 constexpr uint32_t make_lock_word(uint32_t holder, uint32_t incarnation) {
   return kLockHeld | ((incarnation & kLockIncarnationMask) << 8) | (holder & 0xff);
@@ -229,6 +232,7 @@ class Sync {
   static uint64_t thread_token();
   // One attempt: kOk, kPeerDied, or kFull (held by a live owner).
   Status try_lock(bool check_owner);
+  void take_owner();  // RLock: record this thread, depth 1
   Status try_sem();
   Result<BarrierTicket> try_arrive();  // kFull while the last arrival runs the action
   // Whether this object's next liveness check is due (at most one per kOwnerCheckNs).

@@ -41,32 +41,46 @@ def _uncontended(lock, n):
     return (time.perf_counter_ns() - t0) / n
 
 
-def _handoff_worker(lock, buf_name, n):
-    with open(buf_name, "r+b") as f:
+def _handoff_worker(lock, path, n, slot):
+    """Waits for the start flag (offset 8), then n x (acquire, bump the counter at 0,
+    release); writes its start and end times (CLOCK_MONOTONIC) at 16 + 16 * slot."""
+    with open(path, "r+b") as f:
         m = mmap.mmap(f.fileno(), 64)
+        struct.pack_into("<Q", m, 48 + 8 * slot, 1)  # ready
+        while struct.unpack_from("<Q", m, 8)[0] == 0:
+            pass
+        t0 = time.monotonic_ns()
         for _ in range(n):
             lock.acquire()
             struct.pack_into("<Q", m, 0, struct.unpack_from("<Q", m, 0)[0] + 1)
             lock.release()
+        struct.pack_into("<QQ", m, 16 + 16 * slot, t0, time.monotonic_ns())
         m.close()
 
 
 def _handoff(make_lock, n, tmp):
+    """Both processes start together (a flag in shared memory), so they contend for the whole
+    run; pairs per second over the span from the first start to the last end."""
     lock = make_lock()
     path = os.path.join(tmp, "handoff")
     with open(path, "wb") as f:
         f.write(bytes(64))
     ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_handoff_worker, args=(lock, path, n)) for _ in range(2)]
-    t0 = time.perf_counter()
+    procs = [ctx.Process(target=_handoff_worker, args=(lock, path, n, i)) for i in range(2)]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join()
-    dt = time.perf_counter() - t0
-    total = struct.unpack_from("<Q", open(path, "rb").read(), 0)[0]
+    with open(path, "r+b") as f:
+        m = mmap.mmap(f.fileno(), 64)
+        while struct.unpack_from("<QQ", m, 48) != (1, 1):
+            time.sleep(0.001)
+        struct.pack_into("<Q", m, 8, 1)  # go
+        for p in procs:
+            p.join()
+        total = struct.unpack_from("<Q", m, 0)[0]
+        (s0, e0), (s1, e1) = struct.unpack_from("<QQ", m, 16), struct.unpack_from("<QQ", m, 32)
+        m.close()
     assert total == 2 * n, f"lost updates: {total} != {2 * n}"
-    return 2 * n / dt
+    return 2 * n / ((max(e0, e1) - min(s0, s1)) / 1e9)
 
 
 def _echo(ping, pong, path, n):
