@@ -1,6 +1,6 @@
 // memchannel._memchannel._Sync: the C++ object behind memchannel.Lock, RLock, Semaphore,
 // BoundedSemaphore, Event, Condition and Barrier (python/memchannel/sync.py; the primitives
-// themselves are core/sync.h). acquire, release, __enter__ and __exit__ are METH_FASTCALL
+// themselves are core/sync.h). acquire, release, __enter__, __exit__, set and is_set are METH_FASTCALL
 // methods (like Channel.send/recv, pybind/fastcall.cc): an uncontended acquire + release is
 // two atomic operations, less than pybind11's dispatcher. The rest is pybind11.
 //
@@ -258,7 +258,27 @@ extern "C" PyObject* sync_exit(PyObject* self, PyObject* const*, Py_ssize_t, PyO
   }, nullptr);
 }
 
+extern "C" PyObject* sync_set(PyObject* self, PyObject* const*, Py_ssize_t nargs, PyObject* kwnames) {
+  return guarded([&]() -> PyObject* {
+    if (nargs != 0 || kwnames != nullptr) throw py::type_error("set() takes no arguments");
+    sync_of(self).s().event_set();
+    Py_RETURN_NONE;
+  }, nullptr);
+}
+
+extern "C" PyObject* sync_is_set(PyObject* self, PyObject* const*, Py_ssize_t nargs, PyObject* kwnames) {
+  return guarded([&]() -> PyObject* {
+    if (nargs != 0 || kwnames != nullptr) throw py::type_error("is_set() takes no arguments");
+    if (sync_of(self).s().event_is_set()) Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+  }, nullptr);
+}
+
 PyMethodDef sync_defs[] = {
+    {"set", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(sync_set)), METH_FASTCALL | METH_KEYWORDS,
+     "set(self, /)\n--\n\nEvent: set the flag; wake every waiter."},
+    {"is_set", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(sync_is_set)), METH_FASTCALL | METH_KEYWORDS,
+     "is_set(self, /)\n--\n\nEvent: the flag."},
     {"acquire", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(sync_acquire)), METH_FASTCALL | METH_KEYWORDS,
      "acquire(self, /, block=True, timeout=None)\n--\n\nAcquire the lock or one permit; True when acquired, "
      "False when the timeout passed (or block=False found none). Raises LockAbandoned (holding the lock) "
@@ -405,9 +425,7 @@ void register_sync(py::module_& m) {
       }, py::arg("depth"), "_acquire_restore(self, /, depth)\n--\n\nTake the lock back at the saved depth.")
       .def("_value", [](py::handle s) { return sync_self(s).s().sem_value(); },
            "_value(self, /)\n--\n\nSemaphore: the permits available now.")
-      .def("set", [](py::handle s) { sync_self(s).s().event_set(); }, "set(self, /)\n--\n\nSet the flag; wake every waiter.")
       .def("clear", [](py::handle s) { sync_self(s).s().event_clear(); }, "clear(self, /)\n--\n\nReset the flag.")
-      .def("is_set", [](py::handle s) { return sync_self(s).s().event_is_set(); }, "is_set(self, /)\n--\n\nThe flag.")
       .def("wait", [](py::handle s, const py::object& timeout) {
         PySync& p = sync_self(s);
         const Status st = waited(p, timeout, [&](const WaitSpec& w) { return p.s().event_wait(w); });
