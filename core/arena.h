@@ -235,6 +235,8 @@ class Arena {
 
   // Holders. holder() is this process's id (0 when the backend does not track holders).
   uint32_t holder() const { return holder_; }
+  // The incarnation of this process's holder slot occupancy (with holder(), its owner identity).
+  uint32_t incarnation() const { return incarnation_; }
   // Whether the holder that wrote creating word `w` into the segment table still runs (the
   // same occupant of its slot). Untracked holders (heap) are always alive.
   bool creator_alive(uint64_t w);

@@ -39,6 +39,16 @@ const char* to_string(CrashPoint p) {
     case CrashPoint::kRecvOldHeadFreed: return "recv_old_head_freed";
     case CrashPoint::kGrowSegmentClaimed: return "grow_segment_claimed";
     case CrashPoint::kGrowSegmentCreated: return "grow_segment_created";
+    case CrashPoint::kSyncLockTaken: return "sync_lock_taken";
+    case CrashPoint::kSyncLockTakeover: return "sync_lock_takeover";
+    case CrashPoint::kSyncLockReleased: return "sync_lock_released";
+    case CrashPoint::kSyncSemIntent: return "sync_sem_intent";
+    case CrashPoint::kSyncSemTaken: return "sync_sem_taken";
+    case CrashPoint::kSyncSemReleased: return "sync_sem_released";
+    case CrashPoint::kSyncCondRegistered: return "sync_cond_registered";
+    case CrashPoint::kSyncCondLeaving: return "sync_cond_leaving";
+    case CrashPoint::kSyncBarrierArrived: return "sync_barrier_arrived";
+    case CrashPoint::kSyncEventSet: return "sync_event_set";
     case CrashPoint::kCount: break;
   }
   return "unknown crash point";

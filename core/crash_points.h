@@ -48,6 +48,17 @@ enum class CrashPoint : uint32_t {
   // Arena::grow
   kGrowSegmentClaimed,  // segment_bytes[next] holds this holder's creating word; no segment yet
   kGrowSegmentCreated,  // the segment exists and is mapped here; its size not yet published
+  // Sync (core/sync.h)
+  kSyncLockTaken,       // the lock word names this holder; an RLock's owner thread not yet written
+  kSyncLockTakeover,    // a dead owner's lock word is replaced by this holder's
+  kSyncLockReleased,    // the lock word is 0; waiters not yet woken
+  kSyncSemIntent,       // this holder's entry counts one more permit; the permit not yet taken
+  kSyncSemTaken,        // the permit is taken (and counted in the entry)
+  kSyncSemReleased,     // permits are back in the count; the entry not yet decremented
+  kSyncCondRegistered,  // a waiter is counted in the condition's word; not yet in its entry
+  kSyncCondLeaving,     // a waiter's entry is decremented; the word not yet
+  kSyncBarrierArrived,  // this holder's arrival is in the barrier word (the entry names it)
+  kSyncEventSet,        // the event flag is set; waiters not yet woken
   kCount
 };
 inline constexpr uint32_t kCrashPointCount = static_cast<uint32_t>(CrashPoint::kCount);

@@ -17,9 +17,7 @@
 #include "shm/backend/shm_backend.h"
 
 namespace memchannel::py_glue {
-namespace {
 
-// Maps (or finds already mapped in this process) the shm arena whose segment 0 is `name`.
 std::shared_ptr<Arena> open_shm_arena(const std::string& name) {
   if (auto found = find_arena(name)) return found;
   if (!shm::is_memchannel_name(name)) throw py::value_error("not a memchannel segment name: '" + name + "'");
@@ -32,6 +30,8 @@ std::shared_ptr<Arena> open_shm_arena(const std::string& name) {
   register_arena(name, attached.value);
   return attached.value;
 }
+
+namespace {
 
 template <typename T>
 T& self_of(py::handle self, const char* type_name) {

@@ -80,6 +80,8 @@ struct PyChannel {
 };
 
 std::shared_ptr<PyArena> make_arena(uint64_t capacity, const std::string& backend);
+// Maps (or finds already mapped in this process) the shm arena whose segment 0 is `name`.
+std::shared_ptr<Arena> open_shm_arena(const std::string& name);
 std::shared_ptr<PyChannel> make_channel(const py::object& maxsize, const py::object& maxbytes,
                                         const std::string& backend, const py::object& arena,
                                         const py::object& handle);

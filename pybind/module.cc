@@ -24,6 +24,7 @@
 #include "pybind/pep3118.h"
 #include "pybind/registry.h"
 #include "pybind/state.h"
+#include "pybind/sync.h"
 #include "pybind/wait.h"
 #include "shm/cleanup.h"
 #include "shm/names.h"
@@ -103,7 +104,12 @@ PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreter
         return d;
       }, "census(self, /)\n--\n\nWalk all arena memory and count blocks by state (a consistency check for tests).");
 
-  m.def("_detach_all", [] { without_gil([] { detach_all(); }); }, "_detach_all()\n--\n\nProcess exit: detach from every shared-memory arena (the last process removes segments).");
+  m.def("_detach_all", [] {
+    // Process exit only: a subinterpreter's atexit runs when that interpreter ends, and the
+    // arenas are the process's (the main interpreter and other interpreters still use them).
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) return;
+    without_gil([] { detach_all(); });
+  }, "_detach_all()\n--\n\nProcess exit: detach from every shared-memory arena (the last process removes segments).");
   m.def("_cleanup", [](const std::string& prefix) {
     return without_gil([&] { return shm::cleanup_dead_arenas(prefix); });
   }, py::arg("prefix") = "", "_cleanup(prefix='')\n--\n\nRemove segments of arenas whose every process is dead; returns their names.");
@@ -130,6 +136,7 @@ PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreter
     return shm::list_segments(prefix.empty() ? shm::default_prefix() : std::string_view(prefix));
   }, py::arg("prefix") = "", "_list_segments(prefix='')\n--\n\nThe memchannel segments in /dev/shm.");
 
+  register_sync(m);  // memchannel.Lock, Semaphore, ...: pybind/sync.cc
   auto channel_cls = py::class_<PyChannel, std::shared_ptr<PyChannel>>(m, "Channel", "A buffer channel (see memchannel.Channel).");
   add_fast_methods(channel_cls);    // send, recv: pybind/fastcall.cc
   add_object_methods(channel_cls);  // send_object, recv_object and the batches: pybind/objects.cc

@@ -316,6 +316,9 @@ def main(argv=None):
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     if args.reps is not None and args.reps < 1:
         ap.error("--reps must be >= 1")
+    if args.only and args.only.strip().upper() == "SYNC":  # locks, semaphores, events: sync_bench.py
+        from . import sync_bench
+        return sync_bench.main(mode, os.path.abspath(args.out), args.reps)
     run(mode=mode, only=args.only, out_dir=os.path.abspath(args.out), plots=not args.no_plots,
         docs=os.path.abspath(args.docs) if args.docs else None, reps=args.reps)
     return 0

@@ -23,6 +23,9 @@ from .queues import JoinableQueue, Queue, ShutDown, SimpleQueue
 from .executor import InterpreterPoolExecutor
 from .compare import compare
 from ._select import select, select_async, select_object, wait, wait_async
+from .sync import (  # locks, semaphores, events, conditions, barriers: docs/guide-sync.md
+    Barrier, BoundedSemaphore, Condition, Event, Lock, LockAbandoned, RLock, Semaphore,
+)
 
 __version__ = "0.1.0"
 
@@ -34,4 +37,5 @@ __all__ = [
     "Queue", "SimpleQueue", "JoinableQueue", "ShutDown",
     "InterpreterPoolExecutor", "compare",
     "select", "select_object", "wait", "select_async", "wait_async",
+    "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Event", "Condition", "Barrier", "LockAbandoned",
 ]

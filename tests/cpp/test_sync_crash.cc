@@ -1,0 +1,219 @@
+// A process killed at each step of the sync primitives (core/sync.h, CrashPoint kSync*): a
+// forked child attaches its own holder slot, runs one operation and SIGKILLs itself at the
+// point; the parent then checks that nothing hangs and each primitive says what the design
+// says (docs/guide-sync.md, "When a process dies"): an abandoned lock is taken over with
+// kPeerDied, a bounded semaphore's permits come back to exactly its bound, a condition's live
+// waiter is still woken, a barrier breaks, an event waiter still wakes. Part of
+// test_crash_points (tests/cpp/CMakeLists.txt).
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <memory>
+#include <thread>
+
+#include "core/arena.h"
+#include "core/sync.h"
+#include "tests/cpp/backends.h"
+
+namespace memchannel::testing {
+namespace {
+
+std::atomic<uint32_t> g_point{0};
+
+void kill_here(CrashPoint p) {
+  if (static_cast<uint32_t>(p) == g_point.load(std::memory_order_relaxed)) {
+    ::kill(::getpid(), SIGKILL);
+    ::_exit(99);
+  }
+}
+
+WaitSpec within(double seconds) {
+  WaitSpec w;
+  w.deadline_ns = monotonic_ns() + static_cast<int64_t>(seconds * 1e9);
+  w.slice_ns = 50'000'000;
+  return w;
+}
+
+// Runs `op` until it returns something other than kInterrupted (the bindings' loop).
+template <typename Op>
+Status until_done(Op&& op, double seconds = 10) {
+  const WaitSpec w = within(seconds);
+  for (;;) {
+    const Status s = op(w);
+    if (s != Status::kInterrupted) return s;
+  }
+}
+
+struct Fixture {
+  std::shared_ptr<Arena> arena;
+  std::shared_ptr<Sync> sync;
+};
+
+Fixture make(SyncKind kind, uint32_t value = 0, uint32_t limit = 0, uint32_t flags = 0) {
+  Fixture f;
+  f.arena = Arena::create(ShmFactory::make(), 4u << 20, 77).value;
+  f.sync = Sync::create(f.arena, kind, value, limit, flags, 5).value;
+  return f;
+}
+
+// Forks a child that re-attaches, runs `body` with the crash hook aimed at `point` (kNone:
+// none), and exits 0 if it was not killed. Returns the child's wait status.
+template <typename Body>
+int in_child(Fixture& f, CrashPoint point, Body&& body) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    f.arena->reattach_after_fork();
+    f.sync->reattach_after_fork();
+    g_point.store(static_cast<uint32_t>(point));
+    set_crash_hook(kill_here);
+    body();
+    ::_exit(0);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return status;
+}
+
+bool killed(int status) { return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL; }
+
+class SyncCrashPoints : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!kCrashHooksCompiled) GTEST_SKIP() << "built without MEMCHANNEL_TEST_HOOKS";
+  }
+};
+
+TEST_F(SyncCrashPoints, LockTakenThenKilled) {
+  for (SyncKind kind : {SyncKind::kLock, SyncKind::kRLock}) {
+    Fixture f = make(kind);
+    ASSERT_TRUE(killed(in_child(f, CrashPoint::kSyncLockTaken, [&] { f.sync->lock_acquire(within(1)); })));
+    EXPECT_EQ(until_done([&](const WaitSpec& w) { return f.sync->lock_acquire(w); }), Status::kPeerDied);
+    EXPECT_TRUE(f.sync->owned_here());
+    EXPECT_EQ(f.sync->lock_release(), Status::kOk);
+    EXPECT_EQ(f.sync->lock_acquire(WaitSpec::nonblocking()), Status::kOk);
+    EXPECT_EQ(f.sync->lock_release(), Status::kOk);
+  }
+}
+
+TEST_F(SyncCrashPoints, TakeoverThenKilled) {
+  Fixture f = make(SyncKind::kLock);
+  // A first child exits holding the lock (no release, no detach: a dead owner).
+  ASSERT_EQ(in_child(f, CrashPoint::kCount, [&] { f.sync->lock_acquire(within(1)); }), 0);
+  ASSERT_TRUE(killed(in_child(f, CrashPoint::kSyncLockTakeover, [&] {
+    until_done([&](const WaitSpec& w) { return f.sync->lock_acquire(w); });
+  })));
+  EXPECT_EQ(until_done([&](const WaitSpec& w) { return f.sync->lock_acquire(w); }), Status::kPeerDied);
+  EXPECT_EQ(f.sync->lock_release(), Status::kOk);
+}
+
+TEST_F(SyncCrashPoints, ReleasedBeforeWake) {
+  Fixture f = make(SyncKind::kLock);
+  ASSERT_TRUE(killed(in_child(f, CrashPoint::kSyncLockReleased, [&] {
+    f.sync->lock_acquire(within(1));
+    f.sync->lock_release();
+  })));
+  EXPECT_EQ(f.sync->lock_acquire(WaitSpec::nonblocking()), Status::kOk);  // free: nobody was told, nobody needs to be
+  EXPECT_EQ(f.sync->lock_release(), Status::kOk);
+}
+
+TEST_F(SyncCrashPoints, SemaphoreStepsKeepTheBound) {
+  for (CrashPoint p : {CrashPoint::kSyncSemIntent, CrashPoint::kSyncSemTaken, CrashPoint::kSyncSemReleased}) {
+    Fixture f = make(SyncKind::kBoundedSemaphore, 2, 2, kSyncReclaim);
+    ASSERT_TRUE(killed(in_child(f, p, [&] {
+      f.sync->sem_acquire(within(1));
+      f.sync->sem_release(1);
+    }))) << to_string(p);
+    f.sync->recover();
+    EXPECT_EQ(f.sync->sem_value(), 2u) << to_string(p);  // every permit back, never above the bound
+    EXPECT_EQ(f.sync->sem_acquire(within(1)), Status::kOk);
+    EXPECT_EQ(f.sync->sem_acquire(within(1)), Status::kOk);
+    EXPECT_EQ(f.sync->sem_acquire(WaitSpec::nonblocking()), Status::kTimedOut);
+  }
+}
+
+TEST_F(SyncCrashPoints, SemaphoreWaiterGetsADeadHoldersPermit) {
+  Fixture f = make(SyncKind::kSemaphore, 1, 1, kSyncReclaim);
+  ASSERT_TRUE(killed(in_child(f, CrashPoint::kSyncSemTaken, [&] { f.sync->sem_acquire(within(1)); })));
+  EXPECT_EQ(f.sync->sem_value(), 0u);
+  EXPECT_EQ(until_done([&](const WaitSpec& w) { return f.sync->sem_acquire(w); }), Status::kOk);
+}
+
+TEST_F(SyncCrashPoints, ConditionLiveWaiterStillWoken) {
+  for (CrashPoint p : {CrashPoint::kSyncCondRegistered, CrashPoint::kSyncCondLeaving}) {
+    Fixture f = make(SyncKind::kCondition);
+    if (p == CrashPoint::kSyncCondRegistered) {
+      ASSERT_TRUE(killed(in_child(f, p, [&] { f.sync->cond_register(); })));
+    } else {
+      // The child registers and waits; it is killed as it leaves with the parent's signal.
+      const pid_t pid = ::fork();
+      if (pid == 0) {
+        f.arena->reattach_after_fork();
+        f.sync->reattach_after_fork();
+        g_point.store(static_cast<uint32_t>(p));
+        set_crash_hook(kill_here);
+        f.sync->cond_register();
+        until_done([&](const WaitSpec& w) { return f.sync->cond_wait(w); });
+        ::_exit(0);
+      }
+      while (f.sync->cond_waiting() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      EXPECT_EQ(f.sync->cond_notify(1), 1u);
+      int status = 0;
+      ::waitpid(pid, &status, 0);
+      ASSERT_TRUE(killed(status));
+    }
+    f.sync->recover();
+    Status got = Status::kInterrupted;
+    f.sync->cond_register();
+    std::thread waiter([&] { got = until_done([&](const WaitSpec& w) { return f.sync->cond_wait(w); }); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    f.sync->cond_notify(1);
+    waiter.join();
+    EXPECT_EQ(got, Status::kOk) << to_string(p);  // woken (at worst early: a spurious wake-up)
+  }
+}
+
+TEST_F(SyncCrashPoints, BarrierBreaksWhenAnArrivalDies) {
+  Fixture f = make(SyncKind::kBarrier, 0, 3);
+  ASSERT_TRUE(killed(in_child(f, CrashPoint::kSyncBarrierArrived, [&] { f.sync->barrier_arrive(within(1)); })));
+  auto t = f.sync->barrier_arrive(within(1));
+  ASSERT_EQ(t.status, Status::kOk);
+  EXPECT_EQ(t.value.index, 1u);
+  EXPECT_EQ(until_done([&](const WaitSpec& w) { return f.sync->barrier_wait(t.value, w); }), Status::kClosed);
+  EXPECT_TRUE(f.sync->barrier_is_broken());
+  f.sync->barrier_reset();
+  std::thread a([&] {
+    auto ta = f.sync->barrier_arrive(within(5));
+    if (!ta.value.last) until_done([&](const WaitSpec& w) { return f.sync->barrier_wait(ta.value, w); });
+    else f.sync->barrier_release(ta.value);
+  });
+  std::thread b([&] {
+    auto tb = f.sync->barrier_arrive(within(5));
+    if (!tb.value.last) until_done([&](const WaitSpec& w) { return f.sync->barrier_wait(tb.value, w); });
+    else f.sync->barrier_release(tb.value);
+  });
+  auto tc = f.sync->barrier_arrive(within(5));
+  Status mine = Status::kOk;
+  if (tc.value.last) f.sync->barrier_release(tc.value);
+  else mine = until_done([&](const WaitSpec& w) { return f.sync->barrier_wait(tc.value, w); });
+  a.join();
+  b.join();
+  EXPECT_EQ(mine, Status::kOk);
+  EXPECT_FALSE(f.sync->barrier_is_broken());
+}
+
+TEST_F(SyncCrashPoints, EventSetBeforeWake) {
+  Fixture f = make(SyncKind::kEvent);
+  Status got = Status::kInterrupted;
+  std::thread waiter([&] { got = until_done([&](const WaitSpec& w) { return f.sync->event_wait(w); }); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  ASSERT_TRUE(killed(in_child(f, CrashPoint::kSyncEventSet, [&] { f.sync->event_set(); })));
+  waiter.join();
+  EXPECT_EQ(got, Status::kOk);  // the flag is set; the waiter sees it at its next slice at the latest
+}
+
+}  // namespace
+}  // namespace memchannel::testing
