@@ -32,10 +32,12 @@ inline uint64_t to_size(const py::object& value, const char* name) {
 }
 
 // Positional-or-keyword arguments of a METH_FASTCALL method: `out` gets at most names.size()
-// values (nullptr where not given); the first `required` must be given.
+// values (nullptr where not given); the first `required` must be given. `first_alias` is a
+// second keyword for the first argument (threading spells `block` as `blocking`).
 template <size_t N>
 void parse_fastcall(const char* fn, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames,
-                    const std::array<const char*, N>& names, size_t required, std::array<PyObject*, N>& out) {
+                    const std::array<const char*, N>& names, size_t required, std::array<PyObject*, N>& out,
+                    const char* first_alias = nullptr) {
   out.fill(nullptr);
   if (static_cast<size_t>(nargs) > N) {
     throw py::type_error(std::string(fn) + "() takes at most " + std::to_string(N) + " arguments (" +
@@ -47,6 +49,7 @@ void parse_fastcall(const char* fn, PyObject* const* args, Py_ssize_t nargs, PyO
     PyObject* key = PyTuple_GET_ITEM(kwnames, k);
     size_t i = 0;
     while (i < N && PyUnicode_CompareWithASCIIString(key, names[i]) != 0) ++i;
+    if (i == N && N >= 1 && first_alias != nullptr && PyUnicode_CompareWithASCIIString(key, first_alias) == 0) i = 0;
     if (i == N) {
       throw py::type_error(std::string(fn) + "() got an unexpected keyword argument '" +
                            std::string(py::str(key)) + "'");

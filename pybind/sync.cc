@@ -126,40 +126,6 @@ Status run_wait(const WaitSpec& spec, Attempt&& attempt) {
   return wait_with_gil_released(spec, std::forward<Attempt>(attempt));
 }
 
-// Positional-or-keyword arguments (at most N), any of which may be absent (nullptr).
-template <size_t N>
-void parse_args(const char* fn, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames,
-                const std::array<const char*, N>& names, std::array<PyObject*, N>& out) {
-  out.fill(nullptr);
-  if (static_cast<size_t>(nargs) > N) {
-    throw py::type_error(std::string(fn) + "() takes at most " + std::to_string(N) + " arguments");
-  }
-  for (Py_ssize_t i = 0; i < nargs; ++i) out[static_cast<size_t>(i)] = args[i];
-  const Py_ssize_t nkw = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
-  for (Py_ssize_t k = 0; k < nkw; ++k) {
-    PyObject* key = PyTuple_GET_ITEM(kwnames, k);
-    size_t i = 0;
-    while (i < N && PyUnicode_CompareWithASCIIString(key, names[i]) != 0) ++i;
-    // threading spells the first argument `blocking`, multiprocessing `block`.
-    if (i == N && N >= 1 && PyUnicode_CompareWithASCIIString(key, "blocking") == 0 &&
-        std::string(names[0]) == "block") {
-      i = 0;
-    }
-    if (i == N) {
-      throw py::type_error(std::string(fn) + "() got an unexpected keyword argument '" + std::string(py::str(key)) + "'");
-    }
-    if (out[i] != nullptr) throw py::type_error(std::string(fn) + "() got multiple values for argument '" + names[i] + "'");
-    out[i] = args[nargs + k];
-  }
-}
-
-bool truth(PyObject* o, bool dflt) {
-  if (o == nullptr) return dflt;
-  const int t = PyObject_IsTrue(o);
-  if (t < 0) throw py::error_already_set();
-  return t != 0;
-}
-
 bool is_lock(SyncKind k) { return k == SyncKind::kLock || k == SyncKind::kRLock; }
 bool is_sem(SyncKind k) { return k == SyncKind::kSemaphore || k == SyncKind::kBoundedSemaphore; }
 
@@ -219,9 +185,9 @@ extern "C" PyObject* sync_acquire(PyObject* self, PyObject* const* args, Py_ssiz
   return guarded([&]() -> PyObject* {
     std::array<PyObject*, 2> a{nullptr, nullptr};
     if (nargs != 0 || kwnames != nullptr) {
-      parse_args("acquire", args, nargs, kwnames, std::array<const char*, 2>{"block", "timeout"}, a);
+      parse_fastcall("acquire", args, nargs, kwnames, std::array<const char*, 2>{"block", "timeout"}, 0, a, "blocking");
     }
-    if (do_acquire(self, truth(a[0], true), a[1])) Py_RETURN_TRUE;
+    if (do_acquire(self, block_flag(a[0]), a[1])) Py_RETURN_TRUE;
     Py_RETURN_FALSE;
   }, nullptr);
 }
@@ -229,7 +195,7 @@ extern "C" PyObject* sync_acquire(PyObject* self, PyObject* const* args, Py_ssiz
 extern "C" PyObject* sync_release(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   return guarded([&]() -> PyObject* {
     std::array<PyObject*, 1> a{nullptr};
-    if (nargs != 0 || kwnames != nullptr) parse_args("release", args, nargs, kwnames, std::array<const char*, 1>{"n"}, a);
+    if (nargs != 0 || kwnames != nullptr) parse_fastcall("release", args, nargs, kwnames, std::array<const char*, 1>{"n"}, 0, a);
     do_release(self, a[0]);
     Py_RETURN_NONE;
   }, nullptr);
