@@ -35,9 +35,10 @@ $(VENV)/.ready:
 	$(VPY) -m pip install -q "pybind11>=3.1,<3.2" "scikit-build-core>=0.10" numpy pytest pytest-timeout matplotlib hypothesis mypy uvloop pyzmq
 	touch $@
 
-# distributed: the Dask tests (tests/python/test_dask*.py); also into a venv made before it was listed.
+# Test packages added after a venv may have been made (the Dask tests' distributed, the asyncio
+# tests' uvloop and pyzmq): installed into an existing venv too.
 venv: $(VENV)/.ready
-	@$(VPY) -c 'import distributed' 2>/dev/null || $(VPY) -m pip install -q distributed
+	@$(VPY) -c 'import distributed, uvloop, zmq' 2>/dev/null || $(VPY) -m pip install -q distributed uvloop pyzmq
 
 # The Python package, built by scikit-build-core into a persistent build dir (incremental).
 install: deps venv

@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-import uvloop
 
 import memchannel as mc
 
@@ -19,6 +18,7 @@ import _wait_workers as w
 @pytest.fixture(params=["asyncio", "uvloop"])
 def run(request):
     if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed (make venv installs it)")
         return lambda coro: uvloop.run(coro)
     return asyncio.run
 
