@@ -62,7 +62,7 @@ test: test-cpp test-python sanitize
 
 # The typing files (python/memchannel/py.typed, *.pyi): the docs examples and a typed use of the
 # public API pass mypy, and stubtest checks the stubs against the installed package.
-STUBBED := memchannel._memchannel memchannel._channel memchannel.queues memchannel.executor memchannel.compare memchannel.interpreters
+STUBBED := memchannel._memchannel memchannel._channel memchannel.queues memchannel.executor memchannel.compare memchannel.interpreters memchannel.sync
 typecheck: install
 	@$(VPY) -c 'import mypy' 2>/dev/null || $(VPY) -m pip install -q mypy
 	$(VPY) -m mypy --cache-dir build/mypy-$(PYVER) docs/examples
