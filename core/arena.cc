@@ -94,7 +94,7 @@ void Arena::help_carve(uint64_t cursor, uint64_t carving_word) {
   const uint64_t size = seg < kMaxSegments ? sizes_[seg].load(std::memory_order_relaxed) : 0;
   const uint64_t within = within_segment(cursor);
   const uint64_t bytes = carving_units(carving_word) << kUnitShift;
-  if (within > size || bytes > size - within) {
+  if (within > size || bytes == 0 || bytes > size - within) {  // 0: the cursor would never move
     // No carver writes a word that does not fit: garbage. Clear it so carving can go on.
     note_corruption();
     if (uint8_t* cell = translate(cursor, kUnit)) {
@@ -143,6 +143,11 @@ void Arena::publish_cell(uint8_t* cell, uint32_t magic) {
 Result<Offset> Arena::carve(uint64_t bytes, bool node, int64_t creator_wait_ns) {
   const uint64_t mine = make_carving_word(holder_, bytes >> kUnitShift);
   int64_t stalled_since = 0;
+  // Repairs of a forged cursor allowed in one call: a forged segment table can make the repair
+  // (back to the last segment this process maps) and grow() (on to a segment it cannot map)
+  // undo each other forever; past this the arena is reported corrupt instead.
+  int repairs_left = kMaxCarveRepairs;
+  const auto repaired = [&](uint64_t bad) { return repairs_left-- > 0 && repair_carve(bad); };
   for (;;) {
     const uint64_t cur = header_->carve.load(std::memory_order_acquire);
     const uint32_t seg = segment_of(cur);
@@ -153,7 +158,7 @@ Result<Offset> Arena::carve(uint64_t bytes, bool node, int64_t creator_wait_ns) 
         (seg == 0 && within < kHeaderBytes)) {
       // A cursor outside the segments, off the 64-byte grid, or in the header: re-derived from
       // the cells (check_header), then carving goes on; reported once if that is impossible.
-      if (repair_carve(cur)) continue;
+      if (repaired(cur)) continue;
       note_corruption();
       return {Status::kCorruptedOffset, 0};
     }
@@ -167,7 +172,7 @@ Result<Offset> Arena::carve(uint64_t bytes, bool node, int64_t creator_wait_ns) 
       if (w != 0) {
         // An initialised cell at the cursor: our cursor read is stale, or the cursor is forged.
         if (header_->carve.load(std::memory_order_acquire) != cur) continue;
-        if (repair_carve(cur)) continue;
+        if (repaired(cur)) continue;
         note_corruption();
         return {Status::kCorruptedOffset, 0};
       }

@@ -14,8 +14,9 @@ namespace memchannel::arena_internal {
 inline constexpr uint64_t kInitialSegmentBytes = 4ull << 20;
 inline constexpr uint64_t kHeaderBytes = (sizeof(ArenaHeader) + kUnit - 1) & ~(kUnit - 1);
 inline constexpr int kMaxClaimRetries = 16;     // free-list entries that fail validation before giving up
-inline constexpr uint32_t kStealClasses = 16;
-inline constexpr int kMaxNameCollisions = 8;    // growth-segment names tried before giving up   // larger classes searched when capacity is exhausted
+inline constexpr int kMaxCarveRepairs = 4;     // carve-cursor repairs in one carve() before it reports corruption
+inline constexpr uint32_t kStealClasses = 16;  // larger classes searched when capacity is exhausted
+inline constexpr int kMaxNameCollisions = 8;    // growth-segment names tried before giving up
 
 inline uint64_t round_up_pow2(uint64_t v) { return v <= 1 ? 1 : (1ull << std::bit_width(v - 1)); }
 
