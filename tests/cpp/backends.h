@@ -26,6 +26,7 @@
 #include "core/backend.h"
 #include "core/block.h"
 #include "core/channel.h"
+#include "core/futex.h"
 #include "core/heap_backend.h"
 #include "core/invariants.h"
 #include "core/layout.h"
@@ -155,4 +156,22 @@ inline WaitSpec forever(int64_t spin_ns = 20000) {
   return w;
 }
 
+// A deadline `seconds` from now, woken every 50 ms as the bindings' waits are (to check
+// liveness and signals), and the bindings' loop over such slices.
+inline WaitSpec within(double seconds) {
+  WaitSpec w;
+  w.deadline_ns = monotonic_ns() + static_cast<int64_t>(seconds * 1e9);
+  w.slice_ns = 50'000'000;
+  return w;
+}
+template <typename Op>
+Status until_done(Op&& op, double seconds = 10) {
+  const WaitSpec w = within(seconds);
+  for (;;) {
+    const Status s = op(w);
+    if (s != Status::kInterrupted) return s;
+  }
+}
+
 }  // namespace memchannel::testing
+

@@ -12,21 +12,7 @@
 namespace memchannel::testing {
 namespace {
 
-WaitSpec soon(double seconds) {
-  WaitSpec w;
-  w.deadline_ns = monotonic_ns() + static_cast<int64_t>(seconds * 1e9);
-  w.slice_ns = 50'000'000;
-  return w;
-}
 
-template <typename Op>
-Status until_done(Op&& op, double seconds = 10) {
-  const WaitSpec w = soon(seconds);
-  for (;;) {
-    const Status s = op(w);
-    if (s != Status::kInterrupted) return s;
-  }
-}
 
 template <typename F>
 class SyncTest : public ::testing::Test {};

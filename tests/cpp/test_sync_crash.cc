@@ -31,22 +31,7 @@ void kill_here(CrashPoint p) {
   }
 }
 
-WaitSpec within(double seconds) {
-  WaitSpec w;
-  w.deadline_ns = monotonic_ns() + static_cast<int64_t>(seconds * 1e9);
-  w.slice_ns = 50'000'000;
-  return w;
-}
 
-// Runs `op` until it returns something other than kInterrupted (the bindings' loop).
-template <typename Op>
-Status until_done(Op&& op, double seconds = 10) {
-  const WaitSpec w = within(seconds);
-  for (;;) {
-    const Status s = op(w);
-    if (s != Status::kInterrupted) return s;
-  }
-}
 
 struct Fixture {
   std::shared_ptr<Arena> arena;
