@@ -42,6 +42,10 @@ struct PyChannel {
   // This interpreter's Buffer type: received messages are made of the type of the interpreter
   // that made this object.
   py::object buffer_type = py::reinterpret_borrow<py::object>(module_state().buffer_type);
+  // That interpreter's module state, kept alive by `state_owner`: the object path reads it
+  // per message without module_state()'s lookup (an interpreter-dict lookup by a C string).
+  py::object state_owner = py::reinterpret_steal<py::object>(module_state_ref());
+  ModuleState* state = &module_state();
   // An error a receive batch met after its first message (pybind/objects.cc): raised by the
   // next batch call on this object, so the batch's messages were returned, not lost.
   std::shared_ptr<py::error_already_set> pending_batch_error;

@@ -153,7 +153,7 @@ void send_frame(PyObject* self, PyChannel& c, ModuleState& st, const py::object&
 
 void send_object(PyObject* self, PyChannel& c, PyObject* obj, bool block, PyObject* timeout) {
   const WaitSpec spec = c.wait_spec(block, timeout_arg(timeout));  // checks timeout first
-  ModuleState& st = module_state();
+  ModuleState& st = *c.state;
   py::list buffers;
   py::object data = pickle_object(st, obj, buffers);
   keeping([&] { send_frame(self, c, st, data, buffers, block, spec); }, data, buffers);
@@ -187,7 +187,7 @@ py::object decode_block(PyChannel& c, BlockHandle block) {
                               std::to_string(pickle_len) + " pickle bytes in a " + std::to_string(nbytes) +
                               "-byte message)");
   }
-  ModuleState& st = module_state();
+  ModuleState& st = *c.state;
   if (nbuffers == 0 && pickle_len <= kCopyOutMax) {
     py::object pickled = py::reinterpret_steal<py::object>(
         PyBytes_FromStringAndSize(reinterpret_cast<const char*>(p + kHeaderBytes), static_cast<Py_ssize_t>(pickle_len)));
@@ -343,7 +343,7 @@ extern "C" PyObject* channel_send_objects(PyObject* self, PyObject* const* args,
     PyChannel& c = channel_of(self);
     const bool block = block_flag(a[1]);
     const WaitSpec spec = c.wait_spec(block, timeout_arg(a[2]));
-    ModuleState& st = module_state();
+    ModuleState& st = *c.state;
     const Py_ssize_t n = send_batch("send_objects", a[0], [&](const py::object& item) {
       py::list buffers;
       py::object data = pickle_object(st, item.ptr(), buffers);

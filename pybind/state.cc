@@ -51,9 +51,22 @@ void init_module_state(PyObject* buffer_type) {
   if (PyDict_SetItemString(dict, kStateKey, capsule.ptr()) != 0) throw py::error_already_set();
 }
 
-ModuleState& module_state() {
+namespace {
+
+PyObject* state_capsule() {  // borrowed, or nullptr
   PyObject* dict = PyInterpreterState_GetDict(PyInterpreterState_Get());
-  PyObject* capsule = dict != nullptr ? PyDict_GetItemString(dict, kStateKey) : nullptr;  // borrowed
+  return dict != nullptr ? PyDict_GetItemString(dict, kStateKey) : nullptr;
+}
+
+}  // namespace
+
+PyObject* module_state_ref() {
+  module_state();  // raises if there is none
+  return Py_NewRef(state_capsule());
+}
+
+ModuleState& module_state() {
+  PyObject* capsule = state_capsule();
   void* state = capsule != nullptr ? PyCapsule_GetPointer(capsule, kStateKey) : nullptr;
   if (state == nullptr) {
     PyErr_SetString(PyExc_RuntimeError, "memchannel._memchannel is not initialised in this interpreter");

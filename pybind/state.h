@@ -42,4 +42,8 @@ void init_module_state(PyObject* buffer_type);
 // never initialised in this interpreter, or the interpreter is being cleared.
 ModuleState& module_state();
 
+// A strong reference to this interpreter's state (the capsule that owns it): whoever holds it
+// may keep a ModuleState* (a Channel object does), even past the interpreter dict's clearing.
+PyObject* module_state_ref();
+
 }  // namespace memchannel::py_glue

@@ -9,7 +9,7 @@ may come from different arenas and backends.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from . import _memchannel
 from ._objects import decode
