@@ -57,4 +57,21 @@ QueueWalk walk_queue(Arena& arena, QueueNode* first, BlockRef first_ref, uint32_
 // A node state a queue may hold after its dummy: a message, or one claimed by a receiver.
 inline bool node_state_in_queue(uint64_t s) { return node_kind(s) == kNodeLinked || node_kind(s) == kNodeClaimed; }
 
+// Turns a freshly allocated node into a queue's dummy: no message, no successor, and state
+// "consumed message" (claimed, by nobody in particular) of channel `tag`, numbered as if it
+// were message `seq` ending at byte `position`. Returns that state.
+inline uint64_t make_dummy(QueueNode* node, uint32_t tag, uint64_t seq = 0, uint64_t position = 0, bool sealed = false) {
+  node->block.store(0, std::memory_order_relaxed);
+  node->generation.store(0, std::memory_order_relaxed);
+  node->length.store(0, std::memory_order_relaxed);
+  node->seq.store(seq, std::memory_order_relaxed);
+  node->position_bytes.store(position, std::memory_order_relaxed);
+  node->next.store(next_link(node->next.load(std::memory_order_relaxed), 0, sealed), std::memory_order_relaxed);
+  const uint64_t claimed = with_node_kind(node->state.load(std::memory_order_relaxed), tag, 0, kNodeClaimed);
+  node->state.store(claimed, std::memory_order_release);
+  return claimed;
+}
+// Walks a repair or a recount retries while receivers keep moving the head.
+inline constexpr int kRepairAttempts = 16;
+
 }  // namespace memchannel
