@@ -120,6 +120,17 @@ def _by_reference(function):
         return False
 
 
+def reduce_stateless_function(obj):
+    """The by-value reduction of ``obj`` when it is a function that cannot be found by module
+    and qualified name and uses no closure (for ``Pickler.reducer_override``), else
+    ``NotImplemented``."""
+    if type(obj) is types.FunctionType and not obj.__closure__ and not _by_reference(obj):
+        import marshal
+        return rebuild_function, (marshal.dumps(obj.__code__), obj.__name__,
+                                  obj.__qualname__, obj.__defaults__, obj.__kwdefaults__)
+    return NotImplemented
+
+
 class Pickler(pickle.Pickler):
     """Pickles like ``pickle.dumps`` except for functions that cannot be found by module and
     qualified name (lambdas, functions defined in a function) and use no closure: those
@@ -127,12 +138,7 @@ class Pickler(pickle.Pickler):
     ``__main__`` as globals."""
 
     def reducer_override(self, obj):
-        if (type(obj) is types.FunctionType and not obj.__closure__
-                and not _by_reference(obj)):
-            import marshal
-            return rebuild_function, (marshal.dumps(obj.__code__), obj.__name__,
-                                      obj.__qualname__, obj.__defaults__, obj.__kwdefaults__)
-        return NotImplemented
+        return reduce_stateless_function(obj)
 
 
 def dumps(obj):
@@ -178,11 +184,13 @@ def import_error(failure, where):
                 "arguments (they arrive as memoryview), or use processes")
     elif module in ("__main__", MAIN_ALIAS):
         hint = ("functions of the main script are found by importing the script again in "
-                "the worker, which cannot work for an interactive session or `python -c`: "
-                "put them in a module or a script file")
+                "the worker, without running its `if __name__ == '__main__':` block, so "
+                "they must be defined at its top level; this cannot work for an "
+                "interactive session or `python -c`: put them in a module or a script file")
     else:
         hint = ("functions and classes sent to a worker must be importable there by module "
-                "and qualified name (no lambdas, nested functions or local classes), from "
+                "and qualified name (no local classes, and no lambdas or nested functions "
+                "with a closure), from "
                 "the sys.path the worker started with")
     cls = ModuleNotFoundError if isinstance(error, ModuleNotFoundError) else ImportError
     return cls(f"{where} could not import {name!r} from module {module!r} "

@@ -37,9 +37,10 @@ Engine
 Errors: an exception raised by a task arrives as the same exception (when it pickles; else
 ``RemoteError``) whose ``__cause__`` holds the worker's formatted traceback: an
 ``ExecutionFailed`` in the interpreter pool (as 3.14's InterpreterPoolExecutor), a
-``RemoteTraceback`` in the process pool (as ``concurrent.futures.process``).  A function that cannot be pickled by
-reference (lambda, nested function, local class) fails its future with a PicklingError
-saying so; an initializer that cannot, the constructor.  A worker that cannot import a
+``RemoteTraceback`` in the process pool (as ``concurrent.futures.process``).  To the interpreter pool, a function
+without a closure that cannot be pickled by reference (a lambda, a nested function) travels
+by value, as in 3.14; one with a closure, or a local class, fails its future with a
+PicklingError saying so (in the process pool, every lambda and nested function does); an initializer that cannot, the constructor.  A worker that cannot import a
 function or class raises ImportError naming the module.  (Unpickling, the ImportError and
 the worker's exception report are memchannel/_crossinterp.py's: one implementation for
 ``Interpreter.call()`` and the pools.)  A failing initializer, or a worker that
@@ -62,6 +63,7 @@ import pickle
 import queue
 import threading
 import traceback
+import types
 import weakref
 from concurrent.futures import _base
 
@@ -176,7 +178,12 @@ class _Pickler(pickle.Pickler):
                 self._moved.append(obj)
                 return _moved_buffer, (len(self._moved) - 1,)
             return _reduce_view(memoryview(obj)) or NotImplemented
-        if self._arrays_as_views and cls.__name__ == "ndarray" and cls.__module__ == "numpy":
+        if not self._arrays_as_views:
+            return NotImplemented
+        # To interpreters (3.14's InterpreterPoolExecutor): stateless functions by value.
+        if cls is types.FunctionType:
+            return _crossinterp.reduce_stateless_function(obj)
+        if cls.__name__ == "ndarray" and cls.__module__ == "numpy":
             try:
                 view = memoryview(obj)
             except (TypeError, ValueError):  # dtypes the buffer protocol cannot express
@@ -372,7 +379,7 @@ class Engine:
                                           arrays_as_views=arrays_as_views, in_band=True)
             except Exception as exc:
                 error = self.not_shareable(
-                    _unsendable_callable(initializer, "the initializer") or exc)
+                    _unsendable_callable(initializer, "the initializer", arrays_as_views) or exc)
                 if error is exc:
                     raise
                 raise error from error.__cause__
@@ -537,7 +544,7 @@ class Engine:
                         "Buffer is moved to the worker, not copied)")
         except BaseException as exc:
             if isinstance(exc, Exception) and not dumped:
-                exc = self.not_shareable(_unsendable_callable(item.fn, "the function") or exc)
+                exc = self.not_shareable(_unsendable_callable(item.fn, "the function", self.arrays_as_views) or exc)
             with self.lock:
                 self.outstanding -= 1
                 worker.in_flight -= 1
@@ -711,19 +718,23 @@ def _rebuild_exception(description, cause):
     return exc
 
 
-def _unsendable_callable(fn, what):
+def _unsendable_callable(fn, what, to_interpreters):
     """The PicklingError to report when ``fn`` itself cannot be pickled for a worker (None
     when it can: then an argument was the problem and its own error says so)."""
     if isinstance(fn, functools.partial) and fn.func is call_chunk:
         fn = fn.args[0]  # map(chunksize=n): the user's function
-    try:
-        _dump(fn, arrays_as_views=True, moved=[])  # as the pool pickles it; nothing is sent
+    try:  # as the pool pickles it; nothing is sent
+        _dump(fn, arrays_as_views=to_interpreters, moved=[])
     except Exception as exc:
+        what_travels = ("lambdas and nested functions travel only without a closure (by "
+                        "value, with the worker's __main__ as globals), and local classes "
+                        "(and their methods) cannot run there" if to_interpreters else
+                        "lambdas, nested functions and local classes (and their methods) "
+                        "cannot run there")
         error = pickle.PicklingError(
             f"{what} {fn!r} cannot be sent to a worker ({type(exc).__name__}: {exc}): "
             "workers import functions and classes by module and qualified name, so "
-            "lambdas, nested functions and local classes (and their methods) cannot run "
-            "there; define it at the top level of a module or of the main script")
+            f"{what_travels}; define it at the top level of a module or of the main script")
         error.__cause__ = exc
         return error
     return None

@@ -156,8 +156,9 @@ class InterpreterPoolExecutor(_ChannelPoolExecutor, ThreadPoolExecutor):
     ``min(32, cpu count + 4)`` as ``ThreadPoolExecutor``) and reused.
     ``initializer(*initargs)`` runs in each new worker; if it raises, the pool breaks
     (``BrokenInterpreterPool``).  A task's exception arrives as the same exception, chained
-    from an ``interpreters.ExecutionFailed`` holding the worker's traceback; a function or
-    arguments that cannot be pickled fail with ``interpreters.NotShareableError``.  Tasks
+    from an ``interpreters.ExecutionFailed`` holding the worker's traceback; stateless functions
+    (lambdas and nested functions without a closure) travel by value, as in 3.14; a function
+    or arguments that cannot be sent fail with ``interpreters.NotShareableError``.  Tasks
     run in parallel on CPython 3.12 and 3.13; arrays reach them as memoryviews (numpy
     cannot load in a subinterpreter).
     Concurrency: any thread may submit; shutdown from any thread.

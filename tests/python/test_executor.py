@@ -259,9 +259,27 @@ def test_unpicklable_argument_fails_the_future_not_the_pool(pool):
     assert pool.submit(mul, 3, 4).result() == 12
 
 
-def test_lambdas_cannot_be_sent(pool):
-    with pytest.raises(interpreters.NotShareableError, match="cannot be sent to a worker"):
-        pool.submit(lambda: 1).result()
+def test_stateless_functions_and_lambdas_are_sent_by_value_as_in_3_14(pool):
+    # 3.14's InterpreterPoolExecutor sends a function without a closure by value: its code
+    # runs in the worker with the worker's __main__ as globals.
+    assert pool.submit(lambda: 1).result() == 1
+    assert pool.submit(lambda a, b=2, *, c=0: a * b + c, 20, c=2).result() == 42
+    assert list(pool.map(lambda v: v * v, range(5), chunksize=2)) == [0, 1, 4, 9, 16]
+
+    def nested(n):
+        import math  # globals are the worker's __main__: a nested function imports its own
+        return math.factorial(n)
+
+    assert pool.submit(nested, 5).result() == 120
+    with pytest.raises(interpreters.NotShareableError, match="closure"):
+        pool.submit(lambda: pool).result()  # refers to the closure cell: not stateless
+
+
+def test_lambdas_are_refused_by_the_process_pool_as_by_the_stdlibs():
+    with mc_executor.ProcessPoolExecutor(max_workers=1) as processes:
+        with pytest.raises(pickle.PicklingError, match="cannot be sent to a worker"):
+            processes.submit(lambda: 1).result()
+        assert processes.submit(mul, 2, 3).result() == 6
 
 
 def test_local_functions_classes_and_their_methods_cannot_be_sent(pool):
