@@ -162,7 +162,6 @@ PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreter
            "A writable Buffer in channel memory, to fill and send() without a copy.")
       .def("close", [](py::handle s) { channel_self(s).close(); },
            "close(self, /)\n--\n\nRefuse new sends; receivers drain what is queued, then get ChannelClosed.")
-      .def_property_readonly("closed", [](py::handle s) { return channel_self(s).ch().closed(); })
       .def("qsize", [](py::handle s) { return channel_self(s).ch().queued(); },
            "qsize(self, /)\n--\n\nMessages queued now.")
       .def("empty", [](py::handle s) { return channel_self(s).ch().queued() == 0; },
