@@ -393,6 +393,10 @@ Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout&
 }
 
 Status Arena::free_block(BlockRef ref, BlockHeader* hdr, uint32_t expected_state) {
+  // A tracked block's tracking ends first, while the block is still the caller's: a crash
+  // between the two steps completes the tracker early (the holder is dead: its share counts as
+  // released) and never leaves a free block that is still tracked.
+  if (const uint32_t t = hdr->track.load(std::memory_order_relaxed); (t & 1u) != 0) end_tracking(ref, hdr, t);
   uint32_t word = expected_state;
   if (!hdr->state.compare_exchange_strong(word,
                                           make_state(state_generation(expected_state), 0, kBlockFree),

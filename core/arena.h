@@ -257,6 +257,20 @@ class Arena {
   // at a cell it cannot size. Returns the number of such unknown cells (0 or 1 per segment).
   // Concurrency: any thread; cells may change state while visited.
   uint64_t for_each_cell(const std::function<void(const CellInfo&)>& visit);
+  // Release tracking (memchannel.Tracker; core/tracking.cc, docs/design.md "Release
+  // tracking"). track_block marks a block this holder owns (kReserved or kReceived, of h's
+  // generation) and returns its ticket; the tracking ends when the block is next freed, by
+  // any party in any process (a receiver's release, the reaper of a dead holder, a closed
+  // channel's drop). Concurrency: any thread, any process.
+  Result<uint32_t> track_block(BlockHandle h);
+  // Whether the tracking `ticket` of block `ref` has ended (an invalid ref: true, counted).
+  bool tracking_ended(BlockRef ref, uint32_t ticket);
+  // Sleeps until the tracking ended (kOk), spec's deadline passed (kTimedOut) or its slice
+  // ran out (kInterrupted: call again); sweeps for dead holders between sleeps.
+  Status wait_tracking(BlockRef ref, uint32_t ticket, const WaitSpec& spec);
+  // Asks whoever ends the tracking to send listener `key` the event {arena id, offset of the
+  // block}; true when it has ended already (then nothing will be sent).
+  bool arm_tracking(BlockRef ref, uint32_t ticket, uint32_t key);
   // Frees a block whose state word is still exactly `expected` (recovery of a dead holder's
   // block; refcount ignored). kDoubleRelease if the state moved on.
   Status reclaim_block(BlockRef ref, uint32_t expected);
@@ -344,6 +358,8 @@ class Arena {
     return hdr != nullptr && load_cell_magic(hdr) == kBlockMagic ? hdr : nullptr;
   }
   Status free_block(BlockRef ref, BlockHeader* hdr, uint32_t expected_state);
+  // Ends a block's release tracking (free_block, before the block is marked free).
+  void end_tracking(BlockRef ref, BlockHeader* hdr, uint32_t word);
   // Carves `bytes` of fresh memory. The cell is returned still holding this holder's carving
   // word: the caller initialises it and publishes its magic (publish_cell).
   Result<Offset> carve(uint64_t bytes, bool node, int64_t creator_wait_ns);

@@ -77,12 +77,18 @@ struct BlockHeader {
   std::atomic<uint32_t> meta_bytes; // bytes of BlockMeta (multiple of 64), 0 = plain bytes
   uint32_t magic;                   // kBlockMagic; same offset as QueueNode::magic (cell walk)
   std::atomic<uint32_t> flags;      // kBlockFlagArena: holds arena structures (channel headers)
-  uint32_t reserved_[7];            // keeps the payload 64-byte aligned
+  // Release tracking (memchannel.Tracker; core/tracking.cc): (ticket << 1) | active. Set by the
+  // owner before a tracked send; its active bit is cleared by whoever frees the block.
+  std::atomic<uint32_t> track;
+  std::atomic<uint32_t> track_key;  // a listener socket's key to signal when tracking ends; 0 = none
+  uint32_t reserved_[5];            // keeps the payload 64-byte aligned
 };
 static_assert(sizeof(BlockHeader) == 64);
 static_assert(std::is_standard_layout_v<BlockHeader>);
 static_assert(offsetof(BlockHeader, length) == 16);
 static_assert(offsetof(BlockHeader, magic) == 28);  // kCellMagicOffset, shared with QueueNode
+static_assert(offsetof(BlockHeader, track) == 36);
+static_assert(offsetof(BlockHeader, track_key) == 40);
 inline constexpr uint32_t kCellMagicOffset = 28;
 
 // Carving (Arena::carve): fresh memory is claimed in two steps, a CAS on the cell's 64-bit word

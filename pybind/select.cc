@@ -316,6 +316,8 @@ void register_select(py::module_& m) {
   py::class_<Listener>(m, "_Listener", "One listener socket for many channels (memchannel._aio).")
       .def(py::init<>())
       .def("fileno", [](Listener& l) { return l.sock->fd(); }, "fileno(self, /)\n--\n\nThe socket's fd.")
+      .def_property_readonly("key", [](Listener& l) { return l.sock->key(); },
+                             "The socket's key (the name a sender or a Tracker's freer signals).")
       .def("register", [](Listener& l, const py::handle& ch) { return register_in(core_of(ch), l.sock->key()); },
            py::arg("channel"), "register(self, /, channel)\n--\n\nTake a slot of the channel's wait-list; returns it.")
       .def("unregister", [](Listener& l, const py::handle& ch, int slot) { core_of(ch).fd_unregister(slot, l.sock->key()); },

@@ -25,6 +25,7 @@ from .errors import ChannelClosed, Empty, Full
 
 __all__ = [
     "recv_async", "send_async", "recv_object_async", "send_object_async", "select_async", "wait_async",
+    "tracker_wait_async",
 ]
 
 # When the arena (not the channel's bound) is out of room, no wait-list fires for "room": an
@@ -63,6 +64,7 @@ class _Dispatcher:
         self.loop = loop
         self.listener = _memchannel._Listener()
         self.spin_misses = 0  # spins in a row that found nothing
+        self.trackers: dict = {}  # Tracker._key -> [(tracker, future)]: tracker_wait_async
         # Loops whose queues can be looked at (asyncio's own; not uvloop, say) can spin.
         self.can_spin = isinstance(getattr(loop, "_ready", None), collections.deque) and isinstance(
             getattr(loop, "_scheduled", None), list)
@@ -100,6 +102,29 @@ class _Dispatcher:
             targets = [self.entries[k] for k in dict.fromkeys(fired) if k in self.entries]
         for e in targets:
             self._service(e)
+        if self.trackers:
+            keys = list(self.trackers) if fired is None else [k for k in dict.fromkeys(fired) if k in self.trackers]
+            for k in keys:
+                self._service_trackers(k)
+
+    def _service_trackers(self, key) -> None:
+        """A datagram said "look" for tracked block ``key``: complete the waits whose tracker
+        is done (a stale datagram, of an earlier tracking of the block, re-arms instead)."""
+        waits = self.trackers.get(key)
+        if not waits:
+            return
+        pending = []
+        for tracker, fut in waits:
+            if fut.done():
+                continue
+            if tracker.done or tracker._arm(self.listener.key):
+                fut.set_result(True)
+            else:
+                pending.append((tracker, fut))
+        if pending:
+            self.trackers[key] = pending
+        else:
+            del self.trackers[key]
 
     def _kick(self, e: _Entry) -> None:
         if not e.scheduled:
@@ -175,6 +200,36 @@ class _Dispatcher:
                 elif fut in waiters:
                     waiters.remove(fut)
                 self._forget(e)
+
+
+async def tracker_wait_async(tracker, timeout=None) -> bool:
+    """``await tracker.wait_async(timeout=None)``: True once the tracked message was released,
+    False after ``timeout`` seconds. No thread, no polling: the party that releases the message
+    signals this loop's listener socket (core/tracking.cc). Await one Tracker from one event
+    loop at a time (the block names one listener)."""
+    if tracker.done:
+        return True
+    d = _dispatcher()
+    deadline = _deadline(timeout)
+    loop = d.loop
+    fut = loop.create_future()
+    key = tracker._key
+    d.trackers.setdefault(key, []).append((tracker, fut))
+    timer = None
+    try:
+        if tracker._arm(d.listener.key):
+            return True
+        if deadline is not None:
+            timer = loop.call_at(deadline, _expire, fut)
+        return await fut
+    finally:
+        if timer is not None:
+            timer.cancel()
+        waits = d.trackers.get(key)
+        if waits is not None:
+            waits[:] = [w for w in waits if w[1] is not fut]
+            if not waits:
+                del d.trackers[key]
 
 
 def _expire(fut) -> None:

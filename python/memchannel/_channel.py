@@ -6,6 +6,17 @@ from __future__ import annotations
 from . import _memchannel
 
 Buffer = _memchannel.Buffer
+Tracker = _memchannel.Tracker
+
+
+def _tracker_wait_async(self, timeout=None):
+    """``await tracker.wait_async(timeout=None)``: True once the message was released, False
+    after ``timeout`` seconds; no thread, no polling (memchannel._aio)."""
+    from . import _aio
+    return _aio.tracker_wait_async(self, timeout)
+
+
+Tracker.wait_async = _tracker_wait_async  # the extension's class of this interpreter
 
 
 def _attach_pickled(handle: bytes) -> "Channel":

@@ -6,6 +6,7 @@ from . import _memchannel
 from ._memchannel import _Backend, _Timeout
 
 Buffer = _memchannel.Buffer
+Tracker = _memchannel.Tracker
 
 class Channel(_memchannel.Channel):
     @classmethod
