@@ -157,11 +157,30 @@ def test_a_corrupt_message_after_the_first_is_raised_by_the_next_batch(backend):
 
     forge(address - 64, fmt=b"O")
     first = ch.recv_many(10)
-    assert [bytes(b) for b in first] == [b"good"]  # the good message is returned, not lost
+    # The good messages on either side are returned, not lost; the forged one is dropped.
+    assert [bytes(b) for b in first] == [b"good", b"after"]
     with pytest.raises(mc.CorruptionError, match="format metadata is corrupt"):
         ch.recv_many(10)
-    assert [bytes(b) for b in ch.recv_many(10)] == [b"after"]
+    with pytest.raises(mc.Empty):
+        ch.recv_many(10, block=False)
     assert ch.stats()["corruption_count"] == 1
+    assert ch.stats()["messages_lost"] == 1
+
+
+def test_a_corrupt_message_alone_is_raised_at_once(backend):
+    ch = mc.Channel(backend=backend)
+    forged = ch.reserve(shape=(2,), format="<d")
+    address = forged.address
+    ch.send(forged)
+    from test_formats import forge
+
+    forge(address - 64, fmt=b"O")
+    with pytest.raises(mc.CorruptionError, match="format metadata is corrupt"):
+        ch.recv_many(10)
+    ch.send(b"next")
+    got = ch.recv_many(10)
+    assert [bytes(b) for b in got] == [b"next"]
+    assert blocks_in_use(ch) == 1  # the Buffer just received; the forged block went back
 
 
 # --- objects ------------------------------------------------------------------------------------
