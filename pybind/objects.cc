@@ -346,6 +346,8 @@ class ManySender {
     }
     queued_ += static_cast<Py_ssize_t>(done);
     count_ = 0;
+    if (copied_ != 0) c_.arena->arena->add_bytes_copied(copied_);  // stats()["bytes_copied"]
+    copied_ = 0;
   }
 
   // A copy of a bytes-like message in a new block. A bytes object (the usual message) is copied
@@ -377,7 +379,7 @@ class ManySender {
         } else {
           std::memcpy(dst, src, nbytes);
         }
-        c_.arena->arena->add_bytes_copied(nbytes);
+        copied_ += nbytes;  // counted once per chunk (settle)
       }
       return got.value;
     }
@@ -397,6 +399,7 @@ class ManySender {
   std::array<PyObject*, Channel::kMaxChain> moved_;  // the Buffer whose block moved, or nullptr: a copy
   size_t count_ = 0;
   Py_ssize_t queued_ = 0;
+  uint64_t copied_ = 0;  // bytes this call copied since the last settle
 };
 
 Py_ssize_t send_many_messages(PyChannel& c, PyObject* iterable, const WaitSpec& spec) {
