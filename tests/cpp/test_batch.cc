@@ -300,6 +300,67 @@ TYPED_TEST(BatchTest, ChainsLinkWhileSingleSendersLinkBeside) {
   EXPECT_TRUE(r.ok()) << r.describe();
 }
 
+// Two receivers take batches while two batch senders and one single sender send: each message
+// is received exactly once, and each receiver sees every sender's messages in order.
+TYPED_TEST(BatchTest, ReceiveBatchesRaceForTheSameQueue) {
+  auto arena = this->make_arena(256 * kMiB);
+  auto ch = this->make_channel(arena, /*maxsize=*/100);
+  ASSERT_TRUE(arena && ch);
+  constexpr uint64_t kChainsEach = 40, kSingles = 2000;
+  constexpr uint64_t kTotal = 2 * kChainsEach * kChain + kSingles;
+  std::vector<std::thread> senders;
+  for (uint64_t id : {10u, 11u}) {
+    senders.emplace_back([&, id] {
+      for (uint64_t c = 0; c < kChainsEach; ++c) {
+        auto blocks = make_messages(*ch, id, c * kChain, kChain);
+        size_t queued = 0;
+        EXPECT_EQ(ch->send_many(blocks.data(), blocks.size(), within_ms(20000), &queued), Status::kOk);
+      }
+    });
+  }
+  senders.emplace_back([&] {
+    for (uint64_t i = 0; i < kSingles; ++i) {
+      BlockHandle h = make_message(*ch, seq(20, i));
+      EXPECT_EQ(ch->send(h, within_ms(20000)), Status::kOk);
+    }
+  });
+  std::atomic<uint64_t> received{0};
+  std::vector<uint64_t> got[2];
+  std::vector<std::thread> receivers;
+  for (int r = 0; r < 2; ++r) {
+    receivers.emplace_back([&, r] {
+      std::vector<BlockHandle> handles(kChain);
+      const int64_t give_up = monotonic_ns() + 60'000'000'000;
+      while (received.load() < kTotal && monotonic_ns() < give_up) {
+        auto taken = ch->recv_many(handles.data(), 1 + (got[r].size() * 7) % kChain, within_ms(50));
+        if (!taken.ok()) continue;
+        for (size_t i = 0; i < taken.value; ++i) got[r].push_back(take_value(*ch, handles[i]));
+        received.fetch_add(taken.value);
+      }
+    });
+  }
+  for (auto& t : senders) t.join();
+  for (auto& t : receivers) t.join();
+  std::set<uint64_t> all;
+  for (const auto& g : got) {
+    std::map<uint64_t, uint64_t> last;
+    for (uint64_t v : g) {
+      EXPECT_TRUE(all.insert(v).second) << "received twice: " << std::hex << v;
+      const uint64_t sender = v >> 32;
+      if (last.count(sender) != 0) {
+        EXPECT_LT(last[sender], v) << "out of order";
+      }
+      last[sender] = v;
+    }
+  }
+  EXPECT_EQ(all.size(), kTotal);
+  EXPECT_EQ(ch->queued(), 0u);
+  EXPECT_EQ(arena->stats().blocks_in_use, 0u);
+  EXPECT_EQ(arena->stats().corruption_count, 0u);
+  const InvariantReport report = check_invariants(*arena);
+  EXPECT_TRUE(report.ok()) << report.describe();
+}
+
 // ---- A sender killed in the middle of a batch (shm, forked children) ---------------------------
 
 std::atomic<uint32_t> g_target{0};
