@@ -133,6 +133,11 @@ TYPED_TEST(TrackingTest, AClosedChannelsDropEndsIt) {
 
 // ---- Shares ----------------------------------------------------------------------------------
 
+// The status of one pool_reserve (its block, if any, stays out).
+Status status_of_reserve(Arena& arena, Offset pool, const WaitSpec& w) {
+  return arena.pool_reserve(pool, w).status;
+}
+
 template <typename Factory>
 class SharesTest : public BackendTest<Factory> {};
 TYPED_TEST_SUITE(SharesTest, BackendTypes, BackendNames);
@@ -216,6 +221,49 @@ TYPED_TEST(SharesTest, AForgedTokenIsCorruptionNeverAView) {
   EXPECT_EQ(arena->release(tokens.value[0]), Status::kOk);
   EXPECT_EQ(arena->release(tokens.value[1]), Status::kOk);
   expect_quiescent_arena(*arena, 0, 0);
+}
+
+// ---- Buffer pools ------------------------------------------------------------------------------
+
+template <typename Factory>
+class PoolsTest : public BackendTest<Factory> {};
+TYPED_TEST_SUITE(PoolsTest, BackendTypes, BackendNames);
+
+TYPED_TEST(PoolsTest, BlocksComeBackToThePoolUntilItCloses) {
+  auto arena = this->make_arena();
+  auto ch = this->make_channel(arena);
+  const BlockHandle proto = allocate(*arena, 5000);
+  auto pool = arena->create_pool(proto, 3);
+  ASSERT_EQ(pool.status, Status::kOk);
+  EXPECT_EQ(arena->pool_count(pool.value), 3u);
+  EXPECT_EQ(arena->pool_idle(pool.value), 3u);
+  EXPECT_EQ(arena->census().pooled, 3u);
+  std::vector<BlockHandle> out;
+  for (int i = 0; i < 3; ++i) {
+    auto b = arena->pool_reserve(pool.value, no_wait());
+    ASSERT_EQ(b.status, Status::kOk);
+    EXPECT_EQ(arena->view(b.value).value.length, 5000u) << "the prototype's layout";
+    out.push_back(b.value);
+  }
+  EXPECT_EQ(arena->pool_reserve(pool.value, no_wait()).status, Status::kEmpty);
+  EXPECT_EQ(arena->pool_reserve(pool.value, within(0.05)).status, Status::kEmpty);
+  ASSERT_EQ(ch->send(out[0], no_wait()), Status::kOk);
+  auto got = ch->recv(no_wait());
+  ASSERT_EQ(got.status, Status::kOk);
+  EXPECT_EQ(arena->release(got.value), Status::kOk);  // sent and received: still the pool's
+  EXPECT_EQ(arena->pool_idle(pool.value), 1u);
+  std::thread releaser([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    EXPECT_EQ(arena->release(out[1]), Status::kOk);
+  });
+  EXPECT_EQ(until_done([&](const WaitSpec& w) { return status_of_reserve(*arena, pool.value, w); }, 5), Status::kOk);
+  releaser.join();
+  arena->pool_close(pool.value);
+  EXPECT_EQ(arena->pool_reserve(pool.value, no_wait()).status, Status::kClosed);
+  EXPECT_EQ(arena->census().pooled, 0u) << "idle blocks went back to the arena";
+  EXPECT_EQ(arena->release(out[2]), Status::kOk);
+  EXPECT_EQ(arena->pool_count(pool.value), 1u) << "the block reserved by the wait is still out";
+  expect_quiescent_arena(*arena, 1, 2);  // that block; the channel header and the pool's cell
 }
 
 // ---- Crashes (shm: a forked child is another holder) ------------------------------------------
