@@ -357,7 +357,8 @@ TEST(CrashPoints, EveryPointLeavesAConsistentArena) {
   const auto covered_elsewhere = [](uint32_t p) {
     return p == static_cast<uint32_t>(CrashPoint::kGrowSegmentClaimed) ||
            p == static_cast<uint32_t>(CrashPoint::kGrowSegmentCreated) ||
-           (p >= static_cast<uint32_t>(CrashPoint::kSyncLockTaken) && p <= static_cast<uint32_t>(CrashPoint::kSyncEventSet));
+           (p >= static_cast<uint32_t>(CrashPoint::kSyncLockTaken) && p <= static_cast<uint32_t>(CrashPoint::kSyncEventSet)) ||
+           p == static_cast<uint32_t>(CrashPoint::kSyncSemReclaimed);
   };
   for (uint32_t p = 0; p < kCrashPointCount; ++p) {
     const auto point = static_cast<CrashPoint>(p);

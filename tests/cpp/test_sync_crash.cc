@@ -22,7 +22,8 @@
 namespace memchannel::testing {
 namespace {
 
-std::atomic<uint32_t> g_point{0};
+constexpr uint32_t kNoPoint = static_cast<uint32_t>(CrashPoint::kCount);
+std::atomic<uint32_t> g_point{kNoPoint};
 
 void kill_here(CrashPoint p) {
   if (static_cast<uint32_t>(p) == g_point.load(std::memory_order_relaxed)) {
@@ -117,6 +118,97 @@ TEST_F(SyncCrashPoints, SemaphoreStepsKeepTheBound) {
     EXPECT_EQ(f.sync->sem_acquire(within(1)), Status::kOk);
     EXPECT_EQ(f.sync->sem_acquire(within(1)), Status::kOk);
     EXPECT_EQ(f.sync->sem_acquire(WaitSpec::nonblocking()), Status::kTimedOut);
+  }
+}
+
+// Another live holder (this process) keeps one permit throughout while a child is killed at
+// each semaphore step: afterwards the permits are counted exactly (what the child held comes
+// back, nothing more), for the bounded semaphore (a later release by the live holder is not
+// "released too many times") and the unbounded one (no extra permit).
+TEST_F(SyncCrashPoints, SemaphoreStepsExactWithAnotherHolder) {
+  const CrashPoint points[] = {CrashPoint::kSyncSemIntent, CrashPoint::kSyncSemTaken, CrashPoint::kSyncSemReleased};
+  for (SyncKind kind : {SyncKind::kSemaphore, SyncKind::kBoundedSemaphore}) {
+    for (CrashPoint p : points) {
+      // hit 1: the child's acquire; hit 2: its release (kSyncSemIntent is reached by both).
+      for (int hit = 1; hit <= (p == CrashPoint::kSyncSemIntent ? 2 : 1); ++hit) {
+        Fixture f = make(kind, 3, 3, kSyncReclaim);
+        ASSERT_EQ(f.sync->sem_acquire(within(1)), Status::kOk);  // the live holder's permit
+        ASSERT_TRUE(killed(in_child(f, p, [&, hit] {
+          if (hit == 2) g_point.store(kNoPoint);
+          f.sync->sem_acquire(within(1));
+          if (hit == 2) g_point.store(static_cast<uint32_t>(p));
+          f.sync->sem_release(1);
+        }))) << to_string(p);
+        f.sync->recover();
+        EXPECT_EQ(f.sync->sem_value(), 2u) << to_string(p) << " hit " << hit;  // this process still holds one
+        EXPECT_EQ(f.sync->sem_release(1), Status::kOk) << to_string(p) << " hit " << hit;
+        EXPECT_EQ(f.sync->sem_value(), 3u) << to_string(p) << " hit " << hit;
+        f.sync->recover();
+        EXPECT_EQ(f.sync->sem_value(), 3u) << to_string(p) << " hit " << hit;
+      }
+    }
+  }
+}
+
+// A child holds two permits and dies (no crash point: a plain exit); a recoverer is killed as
+// it gives them back; the next recover() finishes the job exactly once.
+TEST_F(SyncCrashPoints, SemaphoreRecoveryKilledMidway) {
+  for (SyncKind kind : {SyncKind::kSemaphore, SyncKind::kBoundedSemaphore}) {
+    Fixture f = make(kind, 4, 4, kSyncReclaim);
+    ASSERT_EQ(f.sync->sem_acquire(within(1)), Status::kOk);  // the live holder's permit
+    ASSERT_EQ(in_child(f, CrashPoint::kCount, [&] {
+      f.sync->sem_acquire(within(1));
+      f.sync->sem_acquire(within(1));
+    }), 0);
+    EXPECT_EQ(f.sync->sem_value(), 1u);
+    ASSERT_TRUE(killed(in_child(f, CrashPoint::kSyncSemReclaimed, [&] { f.sync->recover(); })));
+    f.sync->recover();
+    f.sync->recover();
+    EXPECT_EQ(f.sync->sem_value(), 3u);
+    EXPECT_EQ(f.sync->sem_release(1), Status::kOk);
+    EXPECT_EQ(f.sync->sem_value(), 4u);
+  }
+}
+
+// Children with two threads each take and give back permits (and recover() now and then)
+// while the parent holds one permit and SIGKILLs them at random moments; a live holder's
+// release never finds the bound exceeded, and once all are dead the count is exact.
+TEST_F(SyncCrashPoints, SemaphoreRandomKillsKeepTheCountExact) {
+  for (SyncKind kind : {SyncKind::kSemaphore, SyncKind::kBoundedSemaphore}) {
+    Fixture f = make(kind, 5, 5, kSyncReclaim);
+    ASSERT_EQ(f.sync->sem_acquire(within(1)), Status::kOk);
+    for (int round = 0; round < 12; ++round) {
+      pid_t pids[3];
+      for (pid_t& pid : pids) {
+        pid = ::fork();
+        if (pid == 0) {
+          f.arena->reattach_after_fork();
+          f.sync->reattach_after_fork();
+          const auto work = [&](uint32_t salt) {
+            for (uint32_t i = 0;; ++i) {
+              const uint32_t n = 1 + (i * 7 + salt) % 2;
+              uint32_t got = 0;
+              for (uint32_t k = 0; k < n; ++k) got += f.sync->sem_acquire(WaitSpec::nonblocking()) == Status::kOk;
+              if (got != 0 && f.sync->sem_release(got) != Status::kOk) ::_exit(3);  // bound exceeded
+              if (i % 64 == 0) f.sync->recover();
+            }
+          };
+          std::thread other(work, 1);
+          work(0);
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(500 + 700 * round));
+      for (pid_t pid : pids) ::kill(pid, SIGKILL);
+      for (pid_t pid : pids) {
+        int status = 0;
+        ::waitpid(pid, &status, 0);
+        ASSERT_TRUE(killed(status)) << "round " << round;  // not an _exit(3)
+      }
+      f.sync->recover();
+      ASSERT_EQ(f.sync->sem_value(), 4u) << "round " << round;
+    }
+    EXPECT_EQ(f.sync->sem_release(1), Status::kOk);
+    EXPECT_EQ(f.sync->sem_value(), 5u);
   }
 }
 
