@@ -52,7 +52,15 @@ Sync::Sync(std::shared_ptr<Arena> arena, SyncHeader* header, Offset offset)
       limit_(header->limit),
       flags_(header->flags),
       sync_id_(header->sync_id),
-      tracked_(arena_->backend().tracks_holders()) {}
+      tracked_(arena_->backend().tracks_holders()),
+      sem_tracked_(tracked_ && (flags_ & kSyncReclaim) != 0 &&
+                   (kind_ == SyncKind::kSemaphore || kind_ == SyncKind::kBoundedSemaphore)),
+      sem_bound_(kind_ == SyncKind::kBoundedSemaphore ? limit_ : kNoLimit) {}
+
+void Sync::wake_changed() {
+  header_->changed.seq.fetch_add(1, std::memory_order_release);
+  futex_wake(&header_->changed.seq, std::numeric_limits<int>::max());
+}
 
 Result<std::shared_ptr<Sync>> Sync::create(std::shared_ptr<Arena> arena, SyncKind kind, uint32_t value,
                                            uint32_t limit, uint32_t flags, uint64_t sync_id) {
@@ -105,6 +113,9 @@ Result<std::shared_ptr<Sync>> Sync::open(std::shared_ptr<Arena> arena, Offset of
   // The private copies must be what was validated (a peer may rewrite the header meanwhile).
   out->kind_ = static_cast<SyncKind>(kind);
   out->limit_ = limit;
+  out->sem_tracked_ = out->tracked_ && (out->flags_ & kSyncReclaim) != 0 &&
+                      (out->kind_ == SyncKind::kSemaphore || out->kind_ == SyncKind::kBoundedSemaphore);
+  out->sem_bound_ = out->kind_ == SyncKind::kBoundedSemaphore ? limit : kNoLimit;
   return {Status::kOk, std::move(out)};
 }
 
@@ -409,12 +420,11 @@ uint32_t Sync::recover() {
 // One CAS of the semaphore word per acquire or release; the word names the change it makes to
 // the holder's entry until that change is folded in (core/sync.h, make_sem).
 
-uint32_t Sync::sem_slot() {
-  if ((flags_ & kSyncReclaim) == 0 || !tracked_) return 0;
+uint32_t Sync::sem_adopt() {
   const uint32_t holder = arena_->holder();
+  const uint32_t inc = arena_->incarnation() & 0xffff;
   if (holder == 0 || holder > kMaxHolders) return 0;
   std::atomic<uint64_t>& entry = header_->holders[holder - 1];
-  const uint32_t inc = my_incarnation() & 0xffff;
   uint64_t e = entry.load(std::memory_order_acquire);
   while (sem_entry_incarnation(e) != inc) {
     // The entry of an earlier occupant of this slot (dead: the slot is ours now): give back
@@ -435,7 +445,19 @@ uint32_t Sync::sem_slot() {
       break;
     }
   }
+  // While this occupant lives, nobody else changes its entry's incarnation.
+  sem_adopted_incarnation_.store(inc, std::memory_order_relaxed);
+  sem_adopted_holder_.store(holder, std::memory_order_relaxed);
   return holder;
+}
+
+// Folds this holder's own change (word `next`, made from entry `e`) into its entry: one CAS
+// from the entry it read, unless someone folded it first.
+static void fold_own(std::atomic<uint64_t>& entry, uint64_t e, int32_t delta) {
+  const int64_t c = int64_t{sem_entry_count(e)} + delta;
+  if (c < std::numeric_limits<int32_t>::min() || c > std::numeric_limits<int32_t>::max()) return;  // sem_fold saturates it
+  entry.compare_exchange_strong(e, make_sem_entry(static_cast<int32_t>(c), sem_entry_incarnation(e), sem_entry_seq(e) + 1),
+                                std::memory_order_acq_rel, std::memory_order_relaxed);
 }
 
 void Sync::sem_fold(uint64_t w) {
@@ -501,27 +523,27 @@ Status Sync::try_sem() {
   const uint32_t mine = sem_slot();
   std::atomic<uint64_t>& state = header_->state;
   uint64_t w = state.load(std::memory_order_acquire);
+  if (mine == 0) {
+    do {
+      if (sem_count(w) == 0) return Status::kFull;
+      // The count only (the word's record of a change stays).
+    } while (!state.compare_exchange_weak(w, w - 1, std::memory_order_acquire, std::memory_order_acquire));
+    return Status::kOk;
+  }
+  std::atomic<uint64_t>& entry = header_->holders[mine - 1];
   for (;;) {
     const uint32_t v = sem_count(w);
     if (v == 0) return Status::kFull;
-    uint64_t next;
-    if (mine == 0) {
-      next = w - 1;  // the count only (the word's record of a change stays)
-    } else {
-      std::atomic<uint64_t>& entry = header_->holders[mine - 1];
-      uint64_t e = entry.load(std::memory_order_acquire);
-      if (sem_holder(w) != mine || sem_entry_seq(e) != sem_seq(w)) {
-        sem_fold(w);
-        e = entry.load(std::memory_order_acquire);
-      }
-      MEMCHANNEL_CRASH_POINT(kSyncSemIntent);
-      next = make_sem(v - 1, mine, sem_entry_seq(e) + 1, +1);
+    uint64_t e = entry.load(std::memory_order_acquire);
+    if (sem_holder(w) != mine || sem_entry_seq(e) != sem_seq(w)) {
+      sem_fold(w);
+      e = entry.load(std::memory_order_acquire);
     }
+    MEMCHANNEL_CRASH_POINT(kSyncSemIntent);
+    const uint64_t next = make_sem(v - 1, mine, sem_entry_seq(e) + 1, +1);
     if (state.compare_exchange_weak(w, next, std::memory_order_acq_rel, std::memory_order_acquire)) {
-      if (mine != 0) {
-        MEMCHANNEL_CRASH_POINT(kSyncSemTaken);
-        sem_fold(next);
-      }
+      MEMCHANNEL_CRASH_POINT(kSyncSemTaken);
+      fold_own(entry, e, +1);
       return Status::kOk;
     }
   }
@@ -548,21 +570,21 @@ Status Sync::sem_release(uint32_t n) {
     const uint32_t v = sem_count(w);
     if (v > bound || bound - v < (first ? left : step)) return Status::kFull;
     uint64_t next;
+    uint64_t e = 0;
     if (mine == 0) {
       next = w + step;
     } else {
-      std::atomic<uint64_t>& entry = header_->holders[mine - 1];
-      uint64_t e = entry.load(std::memory_order_acquire);
+      e = header_->holders[mine - 1].load(std::memory_order_acquire);
       if (sem_holder(w) != mine || sem_entry_seq(e) != sem_seq(w)) {
         sem_fold(w);
-        e = entry.load(std::memory_order_acquire);
+        e = header_->holders[mine - 1].load(std::memory_order_acquire);
       }
       MEMCHANNEL_CRASH_POINT(kSyncSemIntent);
       next = make_sem(v + step, mine, sem_entry_seq(e) + 1, -static_cast<int32_t>(step));
     }
     if (!state.compare_exchange_weak(w, next, std::memory_order_seq_cst, std::memory_order_acquire)) continue;
     MEMCHANNEL_CRASH_POINT(kSyncSemReleased);
-    if (mine != 0) sem_fold(next);
+    if (mine != 0) fold_own(header_->holders[mine - 1], e, -static_cast<int32_t>(step));
     w = next;
     left -= step;
     first = false;

@@ -58,11 +58,13 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <type_traits>
 
 #include "core/arena.h"
+#include "core/crash_points.h"
 #include "core/status.h"
 #include "core/waiter.h"
 
@@ -221,8 +223,30 @@ class Sync {
   // One attempt without any liveness check or clock read (the uncontended fast path):
   // kOk, or kFull (held, or no permit); callers then wait with lock_acquire / sem_acquire.
   Status lock_try();
-  Status sem_try() { return try_sem(); }
+  Status sem_try() { return sem_try_fast() ? Status::kOk : try_sem(); }
+  // release(1), with the same fast path.
+  Status sem_release_one() { return sem_release_fast() ? Status::kOk : sem_release(1); }
   Status lock_release();
+  // Lock (not RLock): the uncontended acquire and release inline (the bindings' fast path).
+  // false: nothing done (held, not held, or a sleeper to wake): take lock_try / lock_release.
+  bool lock_try_fast() {
+    if (kind_ != SyncKind::kLock) return false;
+    uint32_t w = 0;
+    if (!header_->word.compare_exchange_strong(w, make_lock_word(arena_->holder(), arena_->incarnation()),
+                                               std::memory_order_acquire, std::memory_order_relaxed)) {
+      return false;
+    }
+    MEMCHANNEL_CRASH_POINT(kSyncLockTaken);
+    return true;
+  }
+  bool lock_release_fast() {
+    if (kind_ != SyncKind::kLock) return false;
+    uint32_t w = header_->word.load(std::memory_order_relaxed);
+    if (w == 0 || (w & kLockWaiters) != 0) return false;
+    if (!header_->word.compare_exchange_strong(w, 0, std::memory_order_seq_cst, std::memory_order_relaxed)) return false;
+    MEMCHANNEL_CRASH_POINT(kSyncLockReleased);
+    return true;
+  }
   bool locked() const;
   bool owned_here() const;  // RLock: by this thread; Lock: locked by anyone
   // Condition support: release an RLock completely (*depth gets its depth), and take it back.
@@ -276,7 +300,62 @@ class Sync {
   // Semaphore accounting (make_sem): this process's holder slot if it keeps an entry (a
   // reclaiming semaphore on a backend that tracks holders), else 0; adopts the slot's entry
   // from a dead earlier occupant on first use.
-  uint32_t sem_slot();
+  uint32_t sem_slot() {
+    if (!sem_tracked_) return 0;
+    const uint32_t holder = arena_->holder();
+    // Adopted already by this object for this occupancy (a forked child has another slot).
+    if (holder == sem_adopted_holder_.load(std::memory_order_relaxed) &&
+        (arena_->incarnation() & 0xffff) == sem_adopted_incarnation_.load(std::memory_order_relaxed)) {
+      return holder;
+    }
+    return sem_adopt();
+  }
+  uint32_t sem_adopt();
+  // The uncontended semaphore steps inline: the word names this holder's last change, folded
+  // (the steady state of a holder that takes and gives back permits); no sequence wrap, no
+  // count at a limit. One CAS of the word, one of the entry (which a helper may have done).
+  // false: nothing done, take the general path (try_sem, sem_release).
+  bool sem_try_fast() {
+    const uint32_t mine = sem_slot();
+    if (mine == 0) return false;
+    std::atomic<uint64_t>& entry = header_->holders[mine - 1];
+    const uint64_t e = entry.load(std::memory_order_acquire);
+    uint64_t w = header_->state.load(std::memory_order_acquire);
+    if (sem_holder(w) != mine || sem_seq(w) != sem_entry_seq(e) || sem_count(w) == 0 || sem_entry_seq(e) == 0xffff ||
+        sem_entry_count(e) == std::numeric_limits<int32_t>::max()) {
+      return false;
+    }
+    MEMCHANNEL_CRASH_POINT(kSyncSemIntent);
+    // count - 1, seq + 1 (no carry: seq < 0xffff), delta +1.
+    const uint64_t next = (((w - 1) + (uint64_t{1} << 40)) & ~(uint64_t{0xff} << 56)) | (uint64_t{1} << 56);
+    if (!header_->state.compare_exchange_strong(w, next, std::memory_order_acq_rel, std::memory_order_relaxed)) return false;
+    MEMCHANNEL_CRASH_POINT(kSyncSemTaken);
+    uint64_t expected = e;  // entry count + 1 (mod 2^32 in the high half), seq + 1
+    entry.compare_exchange_strong(expected, e + (uint64_t{1} << 32) + 1, std::memory_order_acq_rel, std::memory_order_relaxed);
+    return true;
+  }
+  bool sem_release_fast() {
+    const uint32_t mine = sem_slot();
+    if (mine == 0) return false;
+    std::atomic<uint64_t>& entry = header_->holders[mine - 1];
+    const uint64_t e = entry.load(std::memory_order_acquire);
+    uint64_t w = header_->state.load(std::memory_order_acquire);
+    if (sem_holder(w) != mine || sem_seq(w) != sem_entry_seq(e) || sem_count(w) >= sem_bound_ ||
+        sem_entry_seq(e) == 0xffff || sem_entry_count(e) == std::numeric_limits<int32_t>::min()) {
+      return false;
+    }
+    MEMCHANNEL_CRASH_POINT(kSyncSemIntent);
+    // count + 1 (< bound <= 0xffffffff: no carry), seq + 1, delta -1.
+    const uint64_t next = (((w + 1) + (uint64_t{1} << 40)) & ~(uint64_t{0xff} << 56)) | (uint64_t{0xff} << 56);
+    if (!header_->state.compare_exchange_strong(w, next, std::memory_order_seq_cst, std::memory_order_relaxed)) return false;
+    MEMCHANNEL_CRASH_POINT(kSyncSemReleased);
+    uint64_t expected = e;  // entry count - 1 (mod 2^32 in the high half), seq + 1
+    entry.compare_exchange_strong(expected, e - (uint64_t{1} << 32) + 1, std::memory_order_acq_rel, std::memory_order_relaxed);
+    // As notify_all after a seq_cst RMW (sync.cc, wake_after_rmw).
+    if (header_->changed.waiters.load(std::memory_order_seq_cst) != 0) wake_changed();
+    return true;
+  }
+  void wake_changed();
   // Folds the change named by semaphore word `w` into its holder's entry (if not yet).
   void sem_fold(uint64_t w);
   // Gives back what holder slot i + 1 (occupant incarnation `incarnation`, dead) held; returns
@@ -299,6 +378,11 @@ class Sync {
   uint32_t flags_;
   uint64_t sync_id_;
   bool tracked_;         // the backend tracks holders (shm)
+  bool sem_tracked_;     // a semaphore that keeps per-holder entries: kSyncReclaim and tracked_
+  uint32_t sem_bound_;   // a semaphore's bound: limit_ (BoundedSemaphore) or 0xffffffff
+  // Semaphore: the holder slot and incarnation whose entry this object adopted (sem_slot).
+  std::atomic<uint32_t> sem_adopted_holder_{0};
+  std::atomic<uint32_t> sem_adopted_incarnation_{0};
   std::atomic<uint64_t> reclaimed_{0};
   std::atomic<int64_t> next_check_ns_{0};
   std::atomic<uint64_t> fork_generation_{fork_generation()};

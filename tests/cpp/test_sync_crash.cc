@@ -85,6 +85,26 @@ TEST_F(SyncCrashPoints, LockTakenThenKilled) {
   }
 }
 
+// The same steps through the bindings' inline fast paths (lock_try_fast, lock_release_fast).
+TEST_F(SyncCrashPoints, LockFastPathStepsThenKilled) {
+  Fixture f = make(SyncKind::kLock);
+  ASSERT_TRUE(killed(in_child(f, CrashPoint::kSyncLockTaken, [&] {
+    if (!f.sync->lock_try_fast()) ::_exit(4);
+  })));
+  EXPECT_FALSE(f.sync->lock_try_fast());  // held by the dead child: the general path judges it
+  EXPECT_EQ(until_done([&](const WaitSpec& w) { return f.sync->lock_acquire(w); }), Status::kPeerDied);
+  EXPECT_EQ(f.sync->lock_release(), Status::kOk);
+  ASSERT_TRUE(killed(in_child(f, CrashPoint::kSyncLockReleased, [&] {
+    if (!f.sync->lock_try_fast() || !f.sync->lock_release_fast()) ::_exit(4);
+  })));
+  EXPECT_FALSE(f.sync->locked());
+  EXPECT_TRUE(f.sync->lock_try_fast());
+  EXPECT_FALSE(f.sync->lock_try_fast());  // not re-entrant
+  EXPECT_TRUE(f.sync->lock_release_fast());
+  EXPECT_FALSE(f.sync->lock_release_fast());  // not held: the general path reports it
+  EXPECT_EQ(f.sync->lock_release(), Status::kNotHolder);
+}
+
 TEST_F(SyncCrashPoints, TakeoverThenKilled) {
   Fixture f = make(SyncKind::kLock);
   // A first child exits holding the lock (no release, no detach: a dead owner).
@@ -130,14 +150,22 @@ TEST_F(SyncCrashPoints, SemaphoreStepsExactWithAnotherHolder) {
   for (SyncKind kind : {SyncKind::kSemaphore, SyncKind::kBoundedSemaphore}) {
     for (CrashPoint p : points) {
       // hit 1: the child's acquire; hit 2: its release (kSyncSemIntent is reached by both).
-      for (int hit = 1; hit <= (p == CrashPoint::kSyncSemIntent ? 2 : 1); ++hit) {
+      // fast: the child first takes and gives back a permit, so the killed steps are the
+      // inline fast paths (sem_try, sem_release_one); else the general ones.
+      for (int hit = 1; hit <= (p == CrashPoint::kSyncSemIntent ? 2 : 1); ++hit) for (bool fast : {false, true}) {
+        SCOPED_TRACE(std::string(to_string(p)) + " hit " + std::to_string(hit) + (fast ? " fast" : " general"));
         Fixture f = make(kind, 3, 3, kSyncReclaim);
         ASSERT_EQ(f.sync->sem_acquire(within(1)), Status::kOk);  // the live holder's permit
-        ASSERT_TRUE(killed(in_child(f, p, [&, hit] {
-          if (hit == 2) g_point.store(kNoPoint);
-          f.sync->sem_acquire(within(1));
-          if (hit == 2) g_point.store(static_cast<uint32_t>(p));
-          f.sync->sem_release(1);
+        ASSERT_TRUE(killed(in_child(f, p, [&, hit, fast] {
+          g_point.store(kNoPoint);
+          if (fast) {
+            if (f.sync->sem_try() != Status::kOk || f.sync->sem_release_one() != Status::kOk) ::_exit(4);
+          }
+          if (hit == 1) g_point.store(static_cast<uint32_t>(p));
+          if (fast ? f.sync->sem_try() != Status::kOk : f.sync->sem_acquire(within(1)) != Status::kOk) ::_exit(4);
+          g_point.store(static_cast<uint32_t>(p));
+          if (fast) f.sync->sem_release_one();
+          else f.sync->sem_release(1);
         }))) << to_string(p);
         f.sync->recover();
         EXPECT_EQ(f.sync->sem_value(), 2u) << to_string(p) << " hit " << hit;  // this process still holds one
@@ -188,8 +216,12 @@ TEST_F(SyncCrashPoints, SemaphoreRandomKillsKeepTheCountExact) {
             for (uint32_t i = 0;; ++i) {
               const uint32_t n = 1 + (i * 7 + salt) % 2;
               uint32_t got = 0;
-              for (uint32_t k = 0; k < n; ++k) got += f.sync->sem_acquire(WaitSpec::nonblocking()) == Status::kOk;
-              if (got != 0 && f.sync->sem_release(got) != Status::kOk) ::_exit(3);  // bound exceeded
+              // The inline fast paths (sem_try, sem_release_one) and the general ones, mixed.
+              for (uint32_t k = 0; k < n; ++k) {
+                got += (n == 1 ? f.sync->sem_try() : f.sync->sem_acquire(WaitSpec::nonblocking())) == Status::kOk;
+              }
+              const Status r = got == 1 ? f.sync->sem_release_one() : got != 0 ? f.sync->sem_release(got) : Status::kOk;
+              if (r != Status::kOk) ::_exit(3);  // bound exceeded
               if (i % 64 == 0) f.sync->recover();
             }
           };
