@@ -56,16 +56,19 @@ struct PySync {
     if (timeout != nullptr && PyLong_CheckExact(timeout) && PyLong_AsLong(timeout) == -1) timeout = Py_None;
     WaitSpec spec = make_wait(block, py::reinterpret_borrow<py::object>(timeout == nullptr ? Py_None : timeout), arena->shared());
     // Events, conditions and barriers wait for another party's action, not for a critical
-    // section to end: a short spin, since a waiter that spins while that party needs the same
-    // CPU delays it (an oversubscribed machine). Locks and semaphores keep the core's spin,
-    // which lets a contended hand-off skip the futex round trip (~10 us).
+    // section to end: no spin. A waiter that spins while that party needs the same CPU delays
+    // it: on a loaded 2-core machine, Event.set() to a woken waiter in another process took
+    // 15.0 us (p50) with a 3 us spin and 7.9 us without (bench/harness/sync_bench.py's
+    // event_wake, where the setter's own wait for the reply is the spinning one). Locks and
+    // semaphores keep the core's spin, which lets a contended hand-off skip the futex round
+    // trip (~10 us).
     const SyncKind k = sync->kind();
     if (k == SyncKind::kEvent || k == SyncKind::kCondition || k == SyncKind::kBarrier) {
       spec.spin_ns = std::min<int64_t>(spec.spin_ns, kSyncSpinNs);
     }
     return spec;
   }
-  static constexpr int64_t kSyncSpinNs = 3000;
+  static constexpr int64_t kSyncSpinNs = 0;
 };
 
 namespace {

@@ -11,7 +11,7 @@ Rows:
   event_wake    Event.set() in one process to the waiter in another woken (ping-pong of two
                 events, CLOCK_MONOTONIC on both sides): p50 and p99 in microseconds
 Targets (the issue's): uncontended and contended memchannel >= multiprocessing (throughput),
-event_wake p50 memchannel <= multiprocessing.
+event_wake p50 memchannel <= multiprocessing. Each rep runs every contender once, in turn.
 """
 
 from __future__ import annotations
@@ -128,18 +128,29 @@ def main(mode="full", out_dir="bench/results", reps=None):
         results.setdefault(row, {})[name] = {"median": statistics.median(values), "runs": values,
                                              "unit": unit, "better": better}
 
-    for name, make in [("mc.Lock", mc.Lock), ("mp.Lock", mp.Lock), ("threading.Lock", threading.Lock),
-                       ("mc.Semaphore", mc.Semaphore), ("mc.Semaphore(reclaim=False)", lambda: mc.Semaphore(reclaim=False)),
-                       ("mp.Semaphore", mp.Semaphore)]:
-        lock = make()
-        _uncontended(lock, n_unc // 10)  # warm-up
-        record("uncontended", name, [_uncontended(lock, n_unc) for _ in range(reps)], "ns/pair", "lower")
-    for name, make in [("mc.Lock", mc.Lock), ("mp.Lock", mp.Lock)]:
-        record("contended", name, [_handoff(make, n_hand, tmp) for _ in range(reps)], "pairs/s", "higher")
-    for name, make in [("mc.Event", mc.Event), ("mp.Event", mp.Event)]:
-        runs = [_event_wake(make, n_wake, tmp) for _ in range(reps)]
-        record("event_wake_p50", name, [r[0] for r in runs], "us", "lower")
-        record("event_wake_p99", name, [r[1] for r in runs], "us", "lower")
+    # Each rep runs every contender once, in turn (mc, mp, mc, mp, ...), so a change in the
+    # machine's load during the run falls on both sides; the medians are over the reps.
+    runs = {}
+    unc = [("mc.Lock", mc.Lock), ("mp.Lock", mp.Lock), ("threading.Lock", threading.Lock),
+           ("mc.Semaphore", mc.Semaphore), ("mp.Semaphore", mp.Semaphore),
+           ("mc.Semaphore(reclaim=False)", lambda: mc.Semaphore(reclaim=False))]
+    locks = {}
+    for name, make in unc:
+        locks[name] = make()
+        _uncontended(locks[name], n_unc // 10)  # warm-up
+    for _ in range(reps):
+        for name, _make in unc:
+            runs.setdefault(("uncontended", name), []).append(_uncontended(locks[name], n_unc))
+        for name, make in [("mc.Lock", mc.Lock), ("mp.Lock", mp.Lock)]:
+            runs.setdefault(("contended", name), []).append(_handoff(make, n_hand, tmp))
+        for name, make in [("mc.Event", mc.Event), ("mp.Event", mp.Event)]:
+            p50, p99 = _event_wake(make, n_wake, tmp)
+            runs.setdefault(("event_wake_p50", name), []).append(p50)
+            runs.setdefault(("event_wake_p99", name), []).append(p99)
+    units = {"uncontended": ("ns/pair", "lower"), "contended": ("pairs/s", "higher"),
+             "event_wake_p50": ("us", "lower"), "event_wake_p99": ("us", "lower")}
+    for (row, name), values in runs.items():
+        record(row, name, values, *units[row])
 
     lines = [f"# SYNC ({mode}, {reps} reps, load {os.getloadavg()[0]:.2f})", "",
              "| row | primitive | median | unit |", "|---|---|---:|---|"]
