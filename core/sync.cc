@@ -124,6 +124,22 @@ Sync::~Sync() { detach(); }
 void Sync::detach() {
   if (!attached_.exchange(false, std::memory_order_acq_rel)) return;
   if (!held_here()) return;  // inherited across fork() and never re-attached: the parent's count
+  if (kind_ == SyncKind::kBarrier && tracked_) {
+    // This holder leaves the barrier's parties: its death later is not a missing party.
+    // (Another object of this process may still use the barrier; its next arrival records
+    // the holder again.)
+    const uint32_t holder = arena_->holder();
+    if (holder != 0 && holder <= kMaxHolders) {
+      std::atomic<uint64_t>& entry = header_->holders[holder - 1];
+      uint64_t e = entry.load(std::memory_order_acquire);
+      const uint64_t s = header_->state.load(std::memory_order_acquire);
+      // Not an arrival in the round now filling: that one still counts (it is waiting).
+      if (barrier_entry_incarnation(e) == (my_incarnation() & 0xffff) &&
+          barrier_entry_generation(e) != (barrier_generation(s) & 0xffffffffull)) {
+        entry.compare_exchange_strong(e, 0, std::memory_order_acq_rel);
+      }
+    }
+  }
   if (header_->attached.fetch_sub(1, std::memory_order_acq_rel) == 1) free_header();
 }
 
@@ -385,11 +401,17 @@ uint32_t Sync::recover() {
     if (e == 0) continue;
     if (kind_ == SyncKind::kBarrier) {
       const uint64_t s = header_->state.load(std::memory_order_acquire);
-      // Only an arrival in the generation now filling counts: one that passed, or left, is over.
-      if (barrier_entry_arrivals(e) == 0 || barrier_entry_generation(e) != (barrier_generation(s) & 0xffffffffull) ||
-          barrier_broken(s)) {
-        continue;
-      }
+      if (barrier_entry_arrivals(e) == 0 || barrier_broken(s)) continue;
+      // A dead holder breaks the barrier if it arrived in the round now filling (it will never
+      // leave it), or if it took part in the round before and has not arrived in this one
+      // while someone waits in it (it was a party and will never come). A holder that took
+      // part only in older rounds, or that detached (detach() clears its entry), is not
+      // expected.
+      const uint64_t current = barrier_generation(s) & 0xffffffffull;
+      const bool arrived_now = barrier_entry_generation(e) == current;
+      const bool expected = barrier_entry_generation(e) == ((current - 1) & 0xffffffffull) &&
+                            barrier_arrived(s) != 0 && barrier_generation(s) != 0;
+      if (!arrived_now && !expected) continue;
       if (arena_->occupant_alive(i + 1, barrier_entry_incarnation(e), 0xffff)) continue;
       if (!header_->holders[i].compare_exchange_strong(e, 0, std::memory_order_acq_rel)) continue;
       barrier_abort();

@@ -314,6 +314,87 @@ TEST_F(SyncCrashPoints, BarrierBreaksWhenAnArrivalDies) {
   EXPECT_FALSE(f.sync->barrier_is_broken());
 }
 
+// Parent and child pass round 0 together; the child is then killed before it arrives in
+// round 1. The parent, waiting in round 1, finds the barrier broken within a few liveness
+// slices instead of at its deadline.
+TEST_F(SyncCrashPoints, BarrierBreaksWhenAPartyDiesBeforeArriving) {
+  Fixture f = make(SyncKind::kBarrier, 0, 2);
+  const auto pass = [&] {
+    auto t = f.sync->barrier_arrive(within(5));
+    if (t.status != Status::kOk) return t.status;
+    if (t.value.last) {
+      f.sync->barrier_release(t.value);
+      return Status::kOk;
+    }
+    return until_done([&](const WaitSpec& w) { return f.sync->barrier_wait(t.value, w); }, 5);
+  };
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    f.arena->reattach_after_fork();
+    f.sync->reattach_after_fork();
+    if (pass() != Status::kOk) ::_exit(4);
+    ::pause();  // round 0 passed; never arrives in round 1
+    ::_exit(0);
+  }
+  ASSERT_EQ(pass(), Status::kOk);  // round 0, with the child
+  ::kill(pid, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(killed(status));
+  const int64_t t0 = monotonic_ns();
+  auto t = f.sync->barrier_arrive(within(5));
+  ASSERT_EQ(t.status, Status::kOk);
+  EXPECT_EQ(until_done([&](const WaitSpec& w) { return f.sync->barrier_wait(t.value, w); }, 5), Status::kClosed);
+  EXPECT_LT(monotonic_ns() - t0, 2'000'000'000);  // broken by the liveness check, not by the 5 s deadline
+  EXPECT_TRUE(f.sync->barrier_is_broken());
+}
+
+// A party that detached before it died is no longer expected: the next round, made of two
+// threads of this process, passes although it is slower than a liveness slice.
+TEST_F(SyncCrashPoints, BarrierPartyThatDetachedIsNotMissed) {
+  Fixture f = make(SyncKind::kBarrier, 0, 2);
+  const auto pass = [&](Sync& b) {
+    auto t = b.barrier_arrive(within(5));
+    if (t.status != Status::kOk) return t.status;
+    if (t.value.last) {
+      b.barrier_release(t.value);
+      return Status::kOk;
+    }
+    return until_done([&](const WaitSpec& w) { return b.barrier_wait(t.value, w); }, 5);
+  };
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    f.arena->reattach_after_fork();
+    f.sync->reattach_after_fork();
+    if (pass(*f.sync) != Status::kOk) ::_exit(4);
+    f.sync->detach();
+    const char done = 1;
+    if (::write(fds[1], &done, 1) != 1) ::_exit(5);
+    ::pause();
+    ::_exit(0);
+  }
+  ASSERT_EQ(pass(*f.sync), Status::kOk);  // round 0, with the child
+  char done = 0;
+  ASSERT_EQ(::read(fds[0], &done, 1), 1);  // the child has detached
+  ::close(fds[0]);
+  ::close(fds[1]);
+  ::kill(pid, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(killed(status));
+  Status second = Status::kInterrupted;
+  std::thread late([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // several 50 ms slices
+    second = pass(*f.sync);
+  });
+  EXPECT_EQ(pass(*f.sync), Status::kOk);
+  late.join();
+  EXPECT_EQ(second, Status::kOk);
+  EXPECT_FALSE(f.sync->barrier_is_broken());
+}
+
 TEST_F(SyncCrashPoints, EventSetBeforeWake) {
   Fixture f = make(SyncKind::kEvent);
   Status got = Status::kInterrupted;

@@ -537,6 +537,36 @@ def test_killed_barrier_party():
     assert sorted(out) == [0, 1, 2]
 
 
+def _pass_one_round_then_sleep(b, passed):
+    b.wait(30)
+    passed.set()
+    time.sleep(60)
+
+
+def test_barrier_party_killed_before_arriving():
+    """A process that passed the round before and is killed before it arrives in this one
+    breaks the barrier for the parties waiting in it, well before their timeout."""
+    b = mc.Barrier(2)
+    passed = mp.get_context("fork").Event()
+    proc = mp.get_context("fork").Process(target=_pass_one_round_then_sleep, args=(b, passed))
+    proc.start()
+    assert b.wait(30) in (0, 1)  # round 0, with the child
+    assert passed.wait(30)
+    kill(proc)
+    t0 = time.monotonic()
+    with pytest.raises(threading.BrokenBarrierError):
+        b.wait(30)
+    assert time.monotonic() - t0 < 5
+    b.reset()
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(b.wait(10))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(out) == [0, 1]  # usable again by live parties
+
+
 def test_primitive_outlives_its_creator():
     """Made in a child that exits: the parent's copy still works."""
     ctx = mp.get_context("spawn")
