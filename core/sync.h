@@ -34,12 +34,13 @@
 // a CAS from seq - 1 to seq), so the word never drops an unfolded change, and a dead holder's
 // permits are exactly entry count + (the word's change, if unfolded). Recovery returns them
 // with one CAS of the word that also names the entry's decrement (holder = the dead slot), so
-// a recoverer killed midway leaves the rest to the next (docs/design.md, "Semaphore
-// accounting"). Entry: count(32, signed: negative for a holder that released more than it
+// a recoverer killed midway leaves the rest to the next (docs/guide-sync.md, "Semaphore
+// word"). Entry: count(32, signed: negative for a holder that released more than it
 // acquired, which gives back nothing) | incarnation(16) | seq(16).
 // Condition: entry = count(32, signed) | incarnation(32), its registered waiters; two steps
 // (the word, then the entry), ordered so that a process killed in between errs towards a
-// spurious wake-up, never a hang. Barrier: its arrival in the round now filling.
+// spurious wake-up, never a hang. Barrier: the generation of its last arrival (the registered
+// parties: see recover()).
 // (tests/cpp/test_sync_crash.cc, SyncCrashPoints.)
 //
 //   SyncHeader (in arena cells)
