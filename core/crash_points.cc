@@ -53,6 +53,7 @@ const char* to_string(CrashPoint p) {
     case CrashPoint::kSyncCondLeaving: return "sync_cond_leaving";
     case CrashPoint::kSyncBarrierArrived: return "sync_barrier_arrived";
     case CrashPoint::kSyncEventSet: return "sync_event_set";
+    case CrashPoint::kSyncSemReclaimed: return "sync_sem_reclaimed";
     case CrashPoint::kCount: break;
   }
   return "unknown crash point";

@@ -64,6 +64,8 @@ enum class CrashPoint : uint32_t {
   kSyncCondLeaving,     // a waiter's entry is decremented; the word not yet
   kSyncBarrierArrived,  // this holder's arrival is in the barrier word (the entry names it)
   kSyncEventSet,        // the event flag is set; waiters not yet woken
+  kSyncSemReclaimed,    // recover(): a dead holder's permits are back in the count, the word names its
+                        // entry's decrement; the entry not yet decremented
   kCount
 };
 inline constexpr uint32_t kCrashPointCount = static_cast<uint32_t>(CrashPoint::kCount);

@@ -362,7 +362,8 @@ TEST(CrashPoints, EveryPointLeavesAConsistentArena) {
            p == static_cast<uint32_t>(CrashPoint::kShareBitDropped) ||
            p == static_cast<uint32_t>(CrashPoint::kGrowSegmentClaimed) ||
            p == static_cast<uint32_t>(CrashPoint::kGrowSegmentCreated) ||
-           (p >= static_cast<uint32_t>(CrashPoint::kSyncLockTaken) && p <= static_cast<uint32_t>(CrashPoint::kSyncEventSet));
+           (p >= static_cast<uint32_t>(CrashPoint::kSyncLockTaken) && p <= static_cast<uint32_t>(CrashPoint::kSyncEventSet)) ||
+           p == static_cast<uint32_t>(CrashPoint::kSyncSemReclaimed);
   };
   for (uint32_t p = 0; p < kCrashPointCount; ++p) {
     const auto point = static_cast<CrashPoint>(p);
