@@ -70,7 +70,7 @@ SCENARIOS = {"F1": _Scenario()}
 
 
 def _label(nbytes):
-    return f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 else f"{nbytes} B"
+    return f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 else f"{nbytes} B"   # as param_label
 
 
 # ------------------------------------------------------------------ readers
