@@ -93,8 +93,6 @@ class _Reader:
 
     def result(self):
         t_end, cpu_end = time.monotonic_ns(), time.process_time_ns()
-        if self.warmup == 0:
-            raise AssertionError("warm-up of at least one frame required")
         return {"t_end": t_end, "cpu": cpu_end - self.cpu_w, "bad": self.bad,
                 "frames": self.total}
 
@@ -166,7 +164,7 @@ def _mpq_reader(ready, q, warmup, total, nbytes):
 
 # ------------------------------------------------------------------ producers
 
-def _mc_producer(nbytes, readers_args):
+def _mc_producer(nbytes):
     import memchannel as mc
     arena = mc.Arena()
     chans = [arena.channel(maxsize=DEPTH) for _ in range(READERS)]
@@ -180,13 +178,21 @@ def _mc_producer(nbytes, readers_args):
             mv[0] = i & 0xFF
         mc.share(buf, chans, timeout=READER_TIMEOUT)
 
+    def verify():
+        # every reader released every share: each frame's block went back to the arena
+        stats = arena.stats()
+        if stats["blocks_in_use"]:
+            raise RuntimeError(f"{stats['blocks_in_use']} block(s) still in use after the "
+                               "readers released every frame")
+        return {"arena_mapped_bytes": stats["mapped_bytes"]}
+
     def close():
         for ch in chans:
             ch.close()
-    return start, None, send, close
+    return start, None, send, close, verify
 
 
-def _iox_producer(nbytes, _readers_args):
+def _iox_producer(nbytes):
     t = transports.Iceoryx2()
     t.check()
     link = {"depth": DEPTH, "senders": 1, "receivers": READERS, "max_payload": nbytes}
@@ -207,10 +213,10 @@ def _iox_producer(nbytes, _readers_args):
     def send(i):
         ep.send_zc(nbytes, fill_fn(i))
 
-    return start, sync, send, ep.close
+    return start, sync, send, ep.close, None
 
 
-def _zmq_producer(nbytes, _readers_args):
+def _zmq_producer(nbytes):
     import zmq
     t = transports.Zmq()
     t.check()
@@ -253,10 +259,10 @@ def _zmq_producer(nbytes, _readers_args):
         sock.close(linger=0)
         ctx.term()
         t.destroy_link(addr)
-    return start, sync, send, close
+    return start, sync, send, close, None
 
 
-def _mpq_producer(nbytes, _readers_args):
+def _mpq_producer(nbytes):
     ctx = mp.get_context("fork")
     queues = [ctx.Queue(maxsize=DEPTH) for _ in range(READERS)]
     frame = bytes([FILL]) * nbytes
@@ -272,7 +278,7 @@ def _mpq_producer(nbytes, _readers_args):
         for q in queues:
             q.close()
             q.join_thread()
-    return start, None, send, close
+    return start, None, send, close, None
 
 
 PRODUCERS = {"memchannel-share": _mc_producer, "iceoryx2-pubsub4": _iox_producer,
@@ -281,7 +287,7 @@ PRODUCERS = {"memchannel-share": _mc_producer, "iceoryx2-pubsub4": _iox_producer
 
 def _one_rep(transport, nbytes, warmup, n):
     ctx = mp.get_context("fork")
-    start, sync, send, close = PRODUCERS[transport](nbytes, None)
+    start, sync, send, close, verify = PRODUCERS[transport](nbytes)
     total = warmup + n
     out, ready = ctx.SimpleQueue(), ctx.SimpleQueue()
     procs = [ctx.Process(target=_run_reader, args=(body, out, ready) + args + (warmup, total, nbytes),
@@ -303,6 +309,7 @@ def _one_rep(transport, nbytes, warmup, n):
             send(i)
         cpu_producer = time.process_time_ns() - cpu0
         results = [out.get() for _ in procs]
+        extra = verify() if verify and not any("error" in r for r in results) else {}
     finally:
         for p in procs:
             p.join(30)
@@ -321,12 +328,12 @@ def _one_rep(transport, nbytes, warmup, n):
     return {"value": fps, "bytes_per_s": fps * nbytes, "us_per_msg": secs * 1e6 / n,
             "us_per_share": secs * 1e6 / (n * READERS),
             "cpu_us_per_msg": cpu_ns / 1e3 / n,
-            "cpu_us_per_share": cpu_ns / 1e3 / (n * READERS), "frames": n}
+            "cpu_us_per_share": cpu_ns / 1e3 / (n * READERS), "frames": n, **extra}
 
 
 def measure(job):
     transport, nbytes, mode, reps = job["transport"], job["param"], job["mode"], job["reps"]
-    warmup, n = SCENARIOS["F1"].count(transport, mode)
+    warmup, n = SCENARIOS["F1"].count(transport, mode)     # warmup >= 1: readers time from it
     try:
         if transport == "iceoryx2-pubsub4":
             transports.Iceoryx2().check()
