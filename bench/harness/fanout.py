@@ -290,8 +290,8 @@ def _one_rep(transport, nbytes, warmup, n):
     start, sync, send, close, verify = PRODUCERS[transport](nbytes)
     total = warmup + n
     out, ready = ctx.SimpleQueue(), ctx.SimpleQueue()
-    procs = [ctx.Process(target=_run_reader, args=(body, out, ready) + args + (warmup, total, nbytes),
-                         daemon=True)
+    procs = [ctx.Process(target=_run_reader, daemon=True,
+                         args=(body, out, ready) + args + (warmup, total, nbytes))
              for body, args in start()]
     for p in procs:
         p.start()
