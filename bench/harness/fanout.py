@@ -27,13 +27,14 @@ own session, its reader processes forked from it, fresh for each repetition; not
 import json
 import multiprocessing as mp
 import os
+import resource
 import signal
 import statistics
 import subprocess
 import sys
 import time
 
-from . import transports
+from . import env, transports
 
 READERS = 4
 DEPTH = 4
@@ -358,9 +359,14 @@ def _summarize(reps):
 
 
 def _run_job(job, timeout):
-    """One measurement in a fresh interpreter and session: a timeout kills its readers too."""
+    """One measurement in a fresh interpreter and session (a timeout kills its readers too),
+    with the CPU other processes used meanwhile (``busy`` as in cli.run_job)."""
+    from .cli import BUSY_FOREIGN_CORES
     cmd = [sys.executable, "-m", "bench.harness.fanout", json.dumps(job)]
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    load = env.loadavg()
+    busy0, own0 = env.CpuMeter.busy_ns(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
@@ -368,12 +374,24 @@ def _run_job(job, timeout):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        return {"status": "timeout", "reason": f"no result within {timeout} s (killed)"}
-    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
-    if lines:
-        return json.loads(lines[-1])
-    tail = (stderr.strip().splitlines() or ["no output"])[-1][:300]
-    return {"status": "error", "reason": f"worker exited {proc.returncode}: {tail}"}
+        result = {"status": "timeout", "reason": f"no result within {timeout} s (killed)"}
+    else:
+        lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+        if lines:
+            result = json.loads(lines[-1])
+        else:
+            tail = (stderr.strip().splitlines() or ["no output"])[-1][:300]
+            result = {"status": "error", "reason": f"worker exited {proc.returncode}: {tail}"}
+    elapsed = time.monotonic() - t0
+    own1, busy1 = resource.getrusage(resource.RUSAGE_CHILDREN), env.CpuMeter.busy_ns()
+    own_ns = ((own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)) * 1e9
+    if busy0 is not None and busy1 is not None:
+        foreign = max(0.0, (busy1 - busy0 - own_ns) / (elapsed * 1e9))
+        result["foreign_cpu_cores"] = round(foreign, 3)
+        result["busy"] = foreign > BUSY_FOREIGN_CORES
+    result["elapsed_s"] = round(elapsed, 2)
+    result["loadavg_before"] = load
+    return result
 
 
 def run(keys, mode, reps, timeout):
@@ -401,7 +419,7 @@ def run(keys, mode, reps, timeout):
             shown = (f"{s['value']['median']:,.1f} frames/s [{s['value']['min']:,.1f}-"
                      f"{s['value']['max']:,.1f}]  {s['us_per_share']['median']:.2f} us/share  "
                      f"cpu {s['cpu_us_per_share']['median']:.2f} us/share"
-                     if s else result["reason"])
+                     if s else result["reason"]) + ("  (BUSY)" if result.get("busy") else "")
             print(f"F1 {_label(nbytes):>7}  {transport:<20} {result['status']}: {shown}",
                   file=sys.stderr, flush=True)
     return results
@@ -419,7 +437,8 @@ def markdown(results):
         s = r.get("summary", {})
         if s:
             v = s["value"]
-            lines.append(f"| {r['transport']} | {r['param_label']} | {v['median']:,.1f} "
+            busy = "*" if r.get("busy") else ""
+            lines.append(f"| {r['transport']} | {r['param_label']} | {v['median']:,.1f}{busy} "
                          f"({v['min']:,.1f}-{v['max']:,.1f}) | "
                          f"{s['us_per_share']['median']:.2f} us | "
                          f"{s['cpu_us_per_share']['median']:.2f} us | {r['count']:,} |")
@@ -427,7 +446,8 @@ def markdown(results):
             lines.append(f"| {r['transport']} | {r['param_label']} | {r['status']}: "
                          f"{r.get('reason', '')} | | | |")
     lines += ["", "Medians over repetitions; 4 reader processes, bounded at 4 frames each; "
-              "readers check one byte per frame; not pinned.", ""]
+              "readers check one byte per frame; not pinned. * busy: other processes used more "
+              "than 0.25 CPU during the measurement.", ""]
     return "\n".join(lines)
 
 
