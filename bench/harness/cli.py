@@ -8,6 +8,7 @@ interpreter per measurement, and write JSON, markdown and plots.
 Scenarios S1-S7 (throughput, zero-copy, latency, frames, objects, M:N, batches), O1 (one-thread
 object cost against its pickle floor) and M1 (memory of
 1,000,000 queued 64 B messages); the targets table is the issue's (report.TARGETS).
+A1, W1 (waiting.py) and F1 (fanout.py: one frame to 4 reader processes) run after them.
 """
 
 import argparse
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from . import env, peers, report, subinterp, waiting
+from . import env, fanout, peers, report, subinterp, waiting
 from .scenarios import SCENARIOS, param_label
 from .transports import TRANSPORTS
 
@@ -57,12 +58,13 @@ def _transport_info(t):
 
 def select(only):
     """--only: names are scenario keys (S1..S6, M1) or transport names / name prefixes."""
-    scenarios, transports = list(SCENARIOS) + list(waiting.SCENARIOS), list(TRANSPORTS)
+    own = {**waiting.SCENARIOS, **fanout.SCENARIOS}    # A1, W1 (waiting.py), F1 (fanout.py)
+    scenarios, transports = list(SCENARIOS) + list(own), list(TRANSPORTS)
     with_memcpy = True
     if only:
         names = [n.strip() for n in only.split(",") if n.strip()]
-        keys = [n.upper() for n in names if n.upper() in SCENARIOS or n.upper() in waiting.SCENARIOS]
-        tnames = [n for n in names if n.upper() not in SCENARIOS and n.upper() not in waiting.SCENARIOS]
+        keys = [n.upper() for n in names if n.upper() in SCENARIOS or n.upper() in own]
+        tnames = [n for n in names if n.upper() not in SCENARIOS and n.upper() not in own]
         unknown = [n for n in tnames if n != "memcpy"
                    and not any(t.name == n or t.name.startswith(n) for t in TRANSPORTS)]
         if unknown:
@@ -168,7 +170,9 @@ def run(mode="full", only=None, out_dir=DEFAULT_OUT, plots=True, docs=None, reps
     reps = reps or mode_reps
     scenario_keys, transports, with_memcpy = select(only)
     waiting_keys = [k for k in scenario_keys if k in waiting.SCENARIOS]  # A1, W1: waiting.py
-    scenario_keys = [k for k in scenario_keys if k not in waiting.SCENARIOS]
+    fanout_keys = [k for k in scenario_keys if k in fanout.SCENARIOS]    # F1: fanout.py
+    scenario_keys = [k for k in scenario_keys
+                     if k not in waiting.SCENARIOS and k not in fanout.SCENARIOS]
     install_failures = peers.install_failures(out_dir)
     date, host = env.today(), socket.gethostname()
     run_info = {
@@ -237,6 +241,7 @@ def run(mode="full", only=None, out_dir=DEFAULT_OUT, plots=True, docs=None, reps
         _progress(i, len(jobs), key, param, label, result)
 
     run_info["results"] += waiting.run(waiting_keys, mode, reps, timeout)
+    run_info["results"] += fanout.run(fanout_keys, mode, reps, timeout)
     load_after = env.loadavg()
     run_info["load"] = {"before": load_before, "after": load_after, "busy": busy or any(
         r.get("busy") for r in run_info["results"]),
@@ -257,6 +262,7 @@ def run(mode="full", only=None, out_dir=DEFAULT_OUT, plots=True, docs=None, reps
     with open(paths["markdown"], "w") as f:
         f.write(report.markdown(run_info, image_dir=""))
         f.write(waiting.markdown(run_info["results"]))
+        f.write(fanout.markdown(run_info["results"]))
     with open(paths["json"], "w") as f:
         json.dump(run_info, f, indent=1)
         f.write("\n")

@@ -2,6 +2,7 @@
 
 import os
 
+from . import fanout
 from .scenarios import FRAME_BYTES, SCENARIOS, param_label
 
 # The issue's targets, exactly, each computed from medians of the same run:
@@ -84,6 +85,20 @@ TARGETS += [
     dict(target="W1 select over 8 channels msg/s vs recv on one (0.5x)", kind="ratio", scenario="W1", param=64,
          mine="memchannel-select8", peer="memchannel-recv1", field="value", goal=0.5),
 ]
+# F1, one frame to 4 reader processes (bench/harness/fanout.py, docs/guide-arrays.md "One
+# array, many readers"): kept apart from TARGETS, which test_bench_smoke.py pins exactly.
+F1_MC = "memchannel-share"
+FANOUT_TARGETS = [
+    dict(target="F1 8 MiB frame to 4 reader processes, frames/s vs iceoryx2 pub/sub x4",
+         kind="ratio", scenario="F1", param=fanout.FRAME, mine=F1_MC, peer="iceoryx2-pubsub4",
+         field="value", goal=1.0),
+    dict(target="F1 8 MiB frame to 4 reader processes, frames/s vs multiprocessing.Queue x4",
+         kind="ratio", scenario="F1", param=fanout.FRAME, mine=F1_MC, peer="mp.Queue-x4",
+         field="value", goal=100.0),
+    dict(target="F1 CPU per share, 16 MiB vs 64 B frames, 4 reader processes",
+         kind="cost_ratio", scenario="F1", param=16 << 20, base_param=64, mine=F1_MC,
+         field="cpu_us_per_share", goal=2.0),
+]
 LOWER_IS_BETTER = {"p50_us", "p99_us", "us_per_msg"}
 
 
@@ -119,13 +134,14 @@ def _field_text(field, v, scenario=None):
         return _us(v)
     if field.endswith("_bytes"):
         return f"{v / MB:.4g} MB"
-    unit = SCENARIOS[scenario].unit if scenario in SCENARIOS else ""
+    unit = (SCENARIOS[scenario].unit if scenario in SCENARIOS else
+            fanout.SCENARIOS[scenario].unit if scenario in fanout.SCENARIOS else "")
     return f"{_si(v)} {unit}".strip()
 
 
 def compute_targets(results):
     rows = []
-    for t in TARGETS:
+    for t in TARGETS + FANOUT_TARGETS:
         row = {"target": t["target"], "kind": t["kind"], "scenario": t["scenario"],
                "param": t["param"], "memchannel": t["mine"], "peer": t.get("peer"),
                "field": t["field"], "goal": _goal_text(t), "threshold": t["goal"],
@@ -167,7 +183,8 @@ def compute_targets(results):
             big, base = vals
             ratio = big / base
             row.update(ratio=ratio, measured_text=f"{ratio:.2f}x",
-                       detail=f"{_us(big)} vs {_us(base)} per message "
+                       detail=f"{_us(big)} vs {_us(base)} "
+                              f"{'per share' if t['field'].endswith('_share') else 'per message'} "
                               f"({param_label(t['param'])} vs {param_label(t['base_param'])})",
                        status="pass" if ratio <= t["goal"] else "miss")
         else:
