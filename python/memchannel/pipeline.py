@@ -38,24 +38,28 @@ def produce(ch, count: int, shape=FRAME_SHAPE, use_numpy: bool | None = None) ->
             if use_numpy:
                 raise
             np = None
-    nbytes = frame_bytes(shape)
     for seq in range(count):
         buf = ch.reserve(shape=shape, format="B")
-        fill = _fill_byte(seq)
-        if np is not None:
-            arr = np.asarray(buf)
-            arr.fill(fill)  # the frame is written in place, in channel memory
-            flat = arr.reshape(-1)
-            flat[:8] = np.frombuffer(struct.pack("<Q", seq), dtype=np.uint8)
-            del arr, flat
-        else:
-            with memoryview(buf) as mv:
-                flat = mv.cast("B")
-                flat[:] = bytes([fill]) * nbytes  # without numpy: a memset-like fill
-                struct.pack_into("<Q", flat, 0, seq)
-                flat.release()
+        fill_frame(buf, seq, np)
         ch.send(buf)
     return count
+
+
+def fill_frame(buf, seq: int, np=None) -> None:
+    """Write frame `seq` into `buf` in place (channel memory): its number, then its fill byte."""
+    fill = _fill_byte(seq)
+    if np is not None:
+        arr = np.asarray(buf)
+        arr.fill(fill)
+        flat = arr.reshape(-1)
+        flat[:8] = np.frombuffer(struct.pack("<Q", seq), dtype=np.uint8)
+        del arr, flat
+    else:
+        with memoryview(buf) as mv:
+            flat = mv.cast("B")
+            flat[:] = bytes([fill]) * len(flat)  # without numpy: a memset-like fill
+            struct.pack_into("<Q", flat, 0, seq)
+            flat.release()
 
 
 def forward(src, dst, count: int) -> list[int]:
