@@ -400,7 +400,10 @@ Status Arena::free_block(BlockRef ref, BlockHeader* hdr, uint32_t expected_state
   // A share token drops its share first (idempotent: a reclaimer of a freer that died after
   // this step drops it again harmlessly).
   const uint32_t flags = hdr->flags.load(std::memory_order_relaxed);
-  if ((flags & kBlockFlagShare) != 0) drop_share(hdr);
+  if ((flags & kBlockFlagShare) != 0) {
+    drop_share(hdr);
+    count_as_token(hdr, false);  // counted as a node while a token; freed as a block below
+  }
   if ((flags & kBlockFlagPooled) != 0) {
     // A pool's block goes back to its pool while the pool is open (core/pools.cc).
     PoolHeader* pool = pool_of(hdr);

@@ -390,6 +390,9 @@ class Arena {
   // Takes the pool's idle blocks back into the arena (a closed pool).
   void drain_pool(PoolHeader* pool);
   void notify_pool(PoolHeader* pool);
+  // A share token counts as a queue node in the arena's counters, not as a data block (sharing
+  // leaves blocks_in_use as it was): moves one block's counts to the nodes and back.
+  void count_as_token(BlockHeader* hdr, bool token);
   // Drops the share a token names (free_block, before the token is marked free); idempotent.
   void drop_share(BlockHeader* token);
   // A token's shared block, validated (nullptr if the token is not a live share of it).

@@ -184,7 +184,14 @@ InvariantReport check_invariants(Arena& arena) {
     }
     const uint32_t word = c.block->state.load(std::memory_order_acquire);
     switch (state_kind(word)) {
-      case kBlockFree: ++r.free_blocks; return;
+      case kBlockFree:
+        if ((c.block->flags.load(std::memory_order_relaxed) & kBlockFlagPooled) != 0) {
+          ++blocks_in_use;  // idle in its pool: still counted in use (core/pools.cc)
+          bytes_in_use += c.bytes;
+        } else {
+          ++r.free_blocks;
+        }
+        return;
       case kBlockReserved: ++r.reserved; break;
       case kBlockQueued: ++r.queued; break;
       case kBlockReceived: ++r.received; break;
@@ -193,8 +200,12 @@ InvariantReport check_invariants(Arena& arena) {
       case kBlockShared: ++r.shared; break;
       default: note(r, r.stale_entries, "block ", ref_name(ref), " in unknown state ", word); return;
     }
-    ++blocks_in_use;
-    bytes_in_use += c.bytes;
+    if ((c.block->flags.load(std::memory_order_relaxed) & kBlockFlagShare) != 0) {
+      ++nodes_in_use;  // a share token counts as a queue node (core/shares.cc)
+    } else {
+      ++blocks_in_use;
+      bytes_in_use += c.bytes;
+    }
     const BlockState kind = state_kind(word);
     if (kind != kBlockQueued && !arena.holder_alive(state_holder(word))) {
       note(r, r.dead_held_blocks, "block ", ref_name(ref), " held by holder ", state_holder(word),

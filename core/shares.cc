@@ -33,6 +33,7 @@
 #include <cstring>
 
 #include "core/arena.h"
+#include "core/arena_internal.h"
 
 namespace memchannel {
 namespace {
@@ -49,6 +50,20 @@ bool read_token(BlockHeader* token, ShareToken* out) {
 }
 
 }  // namespace
+
+void Arena::count_as_token(BlockHeader* hdr, bool token) {
+  const uint64_t bytes = class_units(hdr->size_class.load(std::memory_order_relaxed)) << kUnitShift;
+  CounterStripe& s = stripe();
+  if (token) {
+    stripe_sub(s.blocks_in_use, 1);
+    stripe_sub(s.bytes_in_use, bytes);
+    s.nodes_in_use.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    s.blocks_in_use.fetch_add(1, std::memory_order_relaxed);
+    s.bytes_in_use.fetch_add(bytes, std::memory_order_relaxed);
+    stripe_sub(s.nodes_in_use, 1);
+  }
+}
 
 bool Arena::is_share_token(BlockHandle h) {
   BlockHeader* hdr = block_header(h.ref);
@@ -126,7 +141,10 @@ Result<std::vector<BlockHandle>> Arena::share(BlockHandle h, uint32_t n) {
   tokens.reserve(n);
   const auto give_back = [&](Status s) {
     for (BlockHandle t : tokens) {
-      if (BlockHeader* th = block_header(t.ref)) th->flags.fetch_and(~kBlockFlagShare, std::memory_order_relaxed);
+      BlockHeader* th = block_header(t.ref);
+      if (th != nullptr && (th->flags.fetch_and(~kBlockFlagShare, std::memory_order_relaxed) & kBlockFlagShare) != 0) {
+        count_as_token(th, false);
+      }
       (void)release(t);
     }
     tokens.clear();
@@ -145,7 +163,11 @@ Result<std::vector<BlockHandle>> Arena::share(BlockHandle h, uint32_t n) {
     }
   };
   const auto flag_tokens = [&] {
-    for (BlockHandle t : tokens) block_header(t.ref)->flags.fetch_or(kBlockFlagShare, std::memory_order_relaxed);
+    for (BlockHandle t : tokens) {
+      BlockHeader* th = block_header(t.ref);
+      th->flags.fetch_or(kBlockFlagShare, std::memory_order_relaxed);
+      count_as_token(th, true);
+    }
   };
 
   if (!resharing) {
@@ -188,6 +210,7 @@ Result<std::vector<BlockHandle>> Arena::share(BlockHandle h, uint32_t n) {
   flag_tokens();
   // This token's share moved to the new ones: it is freed without dropping it.
   hdr->flags.fetch_and(~kBlockFlagShare, std::memory_order_relaxed);
+  count_as_token(hdr, false);
   (void)release(h);
   return out;
 }

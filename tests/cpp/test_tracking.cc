@@ -159,6 +159,11 @@ TYPED_TEST(SharesTest, EveryTokenViewsTheBlockReadOnlyAndTheLastFreesIt) {
   ASSERT_EQ(tokens.value.size(), 3u);
   EXPECT_EQ(arena->census().shared, 1u);
   for (BlockHandle t : tokens.value) ASSERT_EQ(ch->send(t, no_wait()), Status::kOk);
+  EXPECT_EQ(arena->stats().blocks_in_use, 1u) << "tokens count as queue nodes, not blocks";
+  {
+    const InvariantReport r = check_invariants(*arena);
+    EXPECT_TRUE(r.ok()) << r.describe();
+  }
   std::vector<BlockHandle> got;
   for (int i = 0; i < 3; ++i) {
     auto r = ch->recv(no_wait());
@@ -238,6 +243,10 @@ TYPED_TEST(PoolsTest, BlocksComeBackToThePoolUntilItCloses) {
   EXPECT_EQ(arena->pool_count(pool.value), 3u);
   EXPECT_EQ(arena->pool_idle(pool.value), 3u);
   EXPECT_EQ(arena->census().pooled, 3u);
+  {
+    const InvariantReport r = check_invariants(*arena);  // idle pool blocks count as in use
+    EXPECT_TRUE(r.ok()) << r.describe();
+  }
   std::vector<BlockHandle> out;
   for (int i = 0; i < 3; ++i) {
     auto b = arena->pool_reserve(pool.value, no_wait());

@@ -31,7 +31,9 @@ def test_every_receiver_sees_the_same_read_only_memory(backend):
     chans = [arena.channel() for _ in range(4)]
     base = _blocks(chans[0])
     buf = _filled(arena)
+    assert _blocks(chans[0]) == base + 1
     assert mc.share(buf, chans) is None
+    assert _blocks(chans[0]) == base + 1  # sharing adds no data block (tokens count as nodes)
     with pytest.raises(ValueError, match="sent"):
         memoryview(buf)  # consumed, as by send()
     got = [c.recv() for c in chans]
