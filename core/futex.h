@@ -22,6 +22,9 @@ int futex_wake(std::atomic<uint32_t>* word, int count);
 // Monotonic clock in nanoseconds (CLOCK_MONOTONIC).
 int64_t monotonic_ns();
 
+// Gives the CPU to another runnable thread, if any (sched_yield).
+void cpu_yield();
+
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();

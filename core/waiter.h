@@ -163,6 +163,8 @@ static_assert(sizeof(WakeOneCount) == 8);
 // The longest a spinner's announcement is believed ahead of the reader's clock (ns). A spinner
 // that spins longer re-announces as it goes.
 inline constexpr int64_t kMaxSpinLease = 200000;
+// How long a receiver spins on the CPU alone before its spin starts yielding (ns).
+inline constexpr int64_t kSpinBeforeYieldNs = 4000;
 
 namespace wake_detail {
 // Whether a live spinner is announced: spin_until in (now, now + kMaxSpinLease].
@@ -213,16 +215,27 @@ Status wait_until(WakeOneCount& ec, std::atomic<int64_t>& spin_until, const Wait
     const int64_t spin_end = spec.spin_ns >= WaitSpec::kForever - start ? WaitSpec::kForever : start + spec.spin_ns;
     int64_t lease = spin_end - start > kMaxSpinLease ? start + kMaxSpinLease : spin_end;
     spin_until.store(lease, std::memory_order_relaxed);
+    // Past kSpinBeforeYieldNs the spin yields the CPU between looks: a receiver that shares
+    // a CPU with its sender (more parties than CPUs) then lets the sender run instead of
+    // burning the time the sender needs to produce what it waits for; on a CPU of its own the
+    // yield returns at once.
+    const int64_t yield_from = start + kSpinBeforeYieldNs;
+    bool yielding = false;
     bool got = false;
     for (uint32_t i = 1;; ++i) {
-      for (int k = 0; k < 32; ++k) cpu_relax();
+      if (yielding) {
+        cpu_yield();
+      } else {
+        for (int k = 0; k < 32; ++k) cpu_relax();
+      }
       if (ready()) {
         got = true;
         break;
       }
-      if ((i & 7) == 0) {
+      if ((i & 7) == 0 || yielding) {
         const int64_t now = monotonic_ns();
         if (now >= spin_end) break;
+        yielding = now >= yield_from;
         if (lease - now < kMaxSpinLease / 2) {
           lease = spin_end - now > kMaxSpinLease ? now + kMaxSpinLease : spin_end;
           spin_until.store(lease, std::memory_order_relaxed);
