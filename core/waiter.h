@@ -185,14 +185,21 @@ inline void wake(WakeOneCount& ec, int count) {
 }
 }  // namespace wake_detail
 
-// After making one waiter's condition true (e.g. one push): wakes one sleeper, unless nobody
-// sleeps or a spinner is announced. Concurrency: any thread, any process.
-inline void notify_one(WakeOneCount& ec, const std::atomic<int64_t>& spin_until) {
+// After making n waiters' conditions true (e.g. n pushes, one chain): wakes up to n sleepers,
+// unless nobody sleeps or a spinner is announced (it hands on all n: its count of what is
+// queued includes them). Concurrency: any thread, any process.
+inline void notify_n(WakeOneCount& ec, const std::atomic<int64_t>& spin_until, uint64_t n) {
   std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with the waiters' fences
-  if (ec.waiters.load(std::memory_order_relaxed) == 0) return;
+  const uint32_t sleeping = ec.waiters.load(std::memory_order_relaxed);
+  if (sleeping == 0 || n == 0) return;
   if (wake_detail::spinner_announced(spin_until)) return;
-  wake_detail::wake(ec, 1);
+  const uint64_t k = n < sleeping ? n : sleeping;
+  wake_detail::wake(ec, k < static_cast<uint64_t>(std::numeric_limits<int>::max()) ? static_cast<int>(k)
+                                                                                 : std::numeric_limits<int>::max());
 }
+
+// notify_n for one message. Concurrency: any thread, any process.
+inline void notify_one(WakeOneCount& ec, const std::atomic<int64_t>& spin_until) { notify_n(ec, spin_until, 1); }
 
 // Wakes every sleeper (close, repair). Concurrency: any thread, any process.
 inline void notify_all(WakeOneCount& ec) {
