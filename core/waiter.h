@@ -219,7 +219,8 @@ Status wait_until(WakeOneCount& ec, std::atomic<int64_t>& spin_until, const Wait
   const int64_t start = monotonic_ns();
   if (spec.deadline_ns <= start) return Status::kTimedOut;
   if (spec.spin_ns > 0) {
-    const int64_t spin_end = spec.spin_ns >= WaitSpec::kForever - start ? WaitSpec::kForever : start + spec.spin_ns;
+    int64_t spin_end = spec.spin_ns >= WaitSpec::kForever - start ? WaitSpec::kForever : start + spec.spin_ns;
+    if (spec.deadline_ns < spin_end) spin_end = spec.deadline_ns;  // a yield may take a while: not past the deadline
     int64_t lease = spin_end - start > kMaxSpinLease ? start + kMaxSpinLease : spin_end;
     spin_until.store(lease, std::memory_order_relaxed);
     // Past kSpinBeforeYieldNs the spin yields the CPU between looks: a receiver that shares
