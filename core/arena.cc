@@ -399,7 +399,26 @@ Status Arena::free_block(BlockRef ref, BlockHeader* hdr, uint32_t expected_state
   if (const uint32_t t = hdr->track.load(std::memory_order_relaxed); (t & 1u) != 0) end_tracking(ref, hdr, t);
   // A share token drops its share first (idempotent: a reclaimer of a freer that died after
   // this step drops it again harmlessly).
-  if ((hdr->flags.load(std::memory_order_relaxed) & kBlockFlagShare) != 0) drop_share(hdr);
+  const uint32_t flags = hdr->flags.load(std::memory_order_relaxed);
+  if ((flags & kBlockFlagShare) != 0) drop_share(hdr);
+  if ((flags & kBlockFlagPooled) != 0) {
+    // A pool's block goes back to its pool while the pool is open (core/pools.cc).
+    PoolHeader* pool = pool_of(hdr);
+    if (pool != nullptr && pool->closed.load(std::memory_order_acquire) == 0) {
+      uint32_t w = expected_state;
+      if (!hdr->state.compare_exchange_strong(w, make_state(state_generation(expected_state), 0, kBlockFree),
+                                              std::memory_order_acq_rel)) {
+        note_corruption();
+        return Status::kDoubleRelease;
+      }
+      push_free(pool->head, ref, &hdr->next_free);
+      notify_pool(pool);  // its seq_cst fence also orders the push before the look at `closed`
+      if (pool->closed.load(std::memory_order_seq_cst) != 0) drain_pool(pool);  // closed meanwhile
+      return Status::kOk;
+    }
+    hdr->flags.fetch_and(~kBlockFlagPooled, std::memory_order_relaxed);
+    if (pool != nullptr) pool->count.fetch_sub(1, std::memory_order_relaxed);
+  }
   uint32_t word = expected_state;
   if (!hdr->state.compare_exchange_strong(word,
                                           make_state(state_generation(expected_state), 0, kBlockFree),

@@ -115,6 +115,7 @@ struct ArenaCensus {
   uint64_t sending = 0;          // blocks kSending
   uint64_t transferred = 0;      // blocks kTransferred (claimed messages their claimer has not taken)
   uint64_t shared = 0;           // blocks kBlockShared (owned by their share tokens)
+  uint64_t pooled = 0;           // free blocks idle in a buffer pool (on the pool's list)
   uint64_t carving_cells = 0;    // cells whose carver has not finished (or died)
   uint64_t nodes_free = 0, nodes_held = 0, nodes_linked = 0, nodes_claimed = 0;
   uint64_t nodes_free_listed = 0;     // nodes reachable from the node free list
@@ -281,6 +282,19 @@ class Arena {
   // ones. The block is freed when the last token is, wherever. kInvalidArgument when n is 0
   // or the block's 42 token indices are used up; kOutOfCapacity when no token fits now.
   Result<std::vector<BlockHandle>> share(BlockHandle h, uint32_t n);
+  // Buffer pools (core/pools.cc, docs/design.md "Buffer pools"): create_pool makes a pool of
+  // `count` blocks like `prototype` (a block this holder reserved: its class, format, shape
+  // and length; the prototype itself becomes one of them), idle in a pool whose header is an
+  // arena cell (it lives until the arena is removed); returns the pool's offset. pool_reserve hands out an
+  // idle one (kReserved by this holder; kEmpty while all are out, waiting per `wait`;
+  // kClosed once closed). A pooled block freed anywhere goes back to its pool; after
+  // pool_close, to the arena, as do the idle ones at once.
+  Result<Offset> create_pool(BlockHandle prototype, uint32_t count);
+  Result<BlockHandle> pool_reserve(Offset pool, const WaitSpec& wait);
+  void pool_close(Offset pool);
+  // Idle blocks now (a snapshot) and blocks the pool still has (idle or out).
+  uint32_t pool_idle(Offset pool);
+  uint32_t pool_count(Offset pool);
   // Whether `h` is a share token (its Buffers are read-only).
   bool is_share_token(BlockHandle h);
   // Frees a block whose state word is still exactly `expected` (recovery of a dead holder's
@@ -370,6 +384,12 @@ class Arena {
     return hdr != nullptr && load_cell_magic(hdr) == kBlockMagic ? hdr : nullptr;
   }
   Status free_block(BlockRef ref, BlockHeader* hdr, uint32_t expected_state);
+  // The pool a pooled block names, validated (nullptr: not a pool cell of this arena).
+  PoolHeader* pool_of(BlockHeader* hdr);
+  PoolHeader* pool_at(Offset pool);
+  // Takes the pool's idle blocks back into the arena (a closed pool).
+  void drain_pool(PoolHeader* pool);
+  void notify_pool(PoolHeader* pool);
   // Drops the share a token names (free_block, before the token is marked free); idempotent.
   void drop_share(BlockHeader* token);
   // A token's shared block, validated (nullptr if the token is not a live share of it).

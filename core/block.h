@@ -64,6 +64,9 @@ inline constexpr uint32_t kBlockFlagArena = 1;
 // A share token (core/shares.cc): its payload is a ShareToken naming a kBlockShared block, and
 // freeing it drops that share.
 inline constexpr uint32_t kBlockFlagShare = 2;
+// A block of a buffer pool (core/pools.cc): BlockHeader::pool names the pool, and freeing it
+// returns it there (kFree, on the pool's list) while the pool is open.
+inline constexpr uint32_t kBlockFlagPooled = 4;
 
 inline constexpr uint32_t kGenerationMask = 0xffff;
 
@@ -87,7 +90,7 @@ struct BlockHeader {
   // owner before a tracked send; its active bit is cleared by whoever frees the block.
   std::atomic<uint32_t> track;
   std::atomic<uint32_t> track_key;  // a listener socket's key to signal when tracking ends; 0 = none
-  uint32_t reserved_;
+  std::atomic<uint32_t> pool;       // kBlockFlagPooled: the BlockRef of its pool's cell
   // While kBlockShared: generation (16) | next token index (6) | outstanding tokens (42 bits).
   std::atomic<uint64_t> shares;
   uint32_t reserved2_[2];           // keeps the payload 64-byte aligned
@@ -98,7 +101,23 @@ static_assert(offsetof(BlockHeader, length) == 16);
 static_assert(offsetof(BlockHeader, magic) == 28);  // kCellMagicOffset, shared with QueueNode
 static_assert(offsetof(BlockHeader, track) == 36);
 static_assert(offsetof(BlockHeader, track_key) == 40);
+static_assert(offsetof(BlockHeader, pool) == 44);
 static_assert(offsetof(BlockHeader, shares) == 48);
+
+// A buffer pool's header, in an arena cell (core/pools.cc).
+inline constexpr uint32_t kPoolMagic = 0x4d43504cu;  // "MCPL"
+struct PoolHeader {
+  uint32_t magic;                   // kPoolMagic
+  uint32_t size_class;              // every block of the pool is of this class
+  std::atomic<uint32_t> closed;     // 1: blocks coming back go to the arena
+  std::atomic<uint32_t> count;      // blocks made for the pool (not yet given back to the arena)
+  std::atomic<uint64_t> head;       // tagged Treiber stack of idle blocks (kFree, kBlockFlagPooled)
+  std::atomic<uint32_t> avail_seq;  // EventCount: reservers waiting for a block to come back
+  std::atomic<uint32_t> avail_waiters;
+  uint32_t reserved_[8];
+};
+static_assert(sizeof(PoolHeader) == 64);
+static_assert(offsetof(PoolHeader, head) == 16);
 
 // The payload of a share token (kBlockFlagShare).
 inline constexpr uint32_t kShareTokenMagic = 0x4d435348u;  // "MCSH"

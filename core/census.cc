@@ -77,7 +77,13 @@ ArenaCensus Arena::census() {
       return;
     }
     switch (state_kind(cell.block->state.load(std::memory_order_acquire))) {
-      case kBlockFree: ++c.free_blocks; break;
+      case kBlockFree:
+        if ((cell.block->flags.load(std::memory_order_relaxed) & kBlockFlagPooled) != 0) {
+          ++c.pooled;  // idle in its pool, on the pool's list (not an arena free list)
+        } else {
+          ++c.free_blocks;
+        }
+        break;
       case kBlockReserved: ++c.reserved; break;
       case kBlockQueued: ++c.queued; break;
       case kBlockReceived: ++c.received; break;
@@ -235,7 +241,8 @@ InvariantReport check_invariants(Arena& arena) {
     return hdr->next_free.load(std::memory_order_relaxed);
   });
   for (const auto& [ref, hdr] : cells.blocks) {
-    if ((hdr->flags.load(std::memory_order_relaxed) & kBlockFlagArena) != 0) continue;
+    // Arena cells are never free; an idle pool block is on its pool's list (core/pools.cc).
+    if ((hdr->flags.load(std::memory_order_relaxed) & (kBlockFlagArena | kBlockFlagPooled)) != 0) continue;
     if (state_kind(hdr->state.load(std::memory_order_acquire)) == kBlockFree && listed.count(ref) == 0) {
       note(r, r.lost_blocks, "free block ", ref_name(ref), " is on no free list");
     }

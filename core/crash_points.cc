@@ -16,6 +16,9 @@ const char* to_string(CrashPoint p) {
     case CrashPoint::kAllocClaimed: return "alloc_claimed";
     case CrashPoint::kReleaseRefDropped: return "release_ref_dropped";
     case CrashPoint::kReleaseTrackingEnded: return "release_tracking_ended";
+    case CrashPoint::kShareTokensReady: return "share_tokens_ready";
+    case CrashPoint::kShareIndicesClaimed: return "share_indices_claimed";
+    case CrashPoint::kShareBitDropped: return "share_bit_dropped";
     case CrashPoint::kReleaseMarkedFree: return "release_marked_free";
     case CrashPoint::kReleasePushed: return "release_pushed";
     case CrashPoint::kNodePopped: return "node_popped";
@@ -50,6 +53,7 @@ const char* to_string(CrashPoint p) {
     case CrashPoint::kSyncCondLeaving: return "sync_cond_leaving";
     case CrashPoint::kSyncBarrierArrived: return "sync_barrier_arrived";
     case CrashPoint::kSyncEventSet: return "sync_event_set";
+    case CrashPoint::kSyncSemReclaimed: return "sync_sem_reclaimed";
     case CrashPoint::kCount: break;
   }
   return "unknown crash point";

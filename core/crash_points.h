@@ -19,6 +19,10 @@ enum class CrashPoint : uint32_t {
   kAllocClaimed,        // the block is kReserved by this holder; metadata not yet written
   // Arena::release
   kReleaseTrackingEnded,  // a tracked block's tracking ended (core/tracking.cc); the block not yet free
+  // Arena::share / drop_share (core/shares.cc)
+  kShareTokensReady,    // the tokens are filled and flagged; the block not yet kShared
+  kShareIndicesClaimed, // a re-share's new indices are in the share word; its tokens not yet flagged
+  kShareBitDropped,     // a token's bit is cleared; the block (if it was the last) not yet freed
   kReleaseRefDropped,   // the last reference is dropped; the block still names its holder
   kReleaseMarkedFree,   // the block is kFree, not yet on its free list
   kReleasePushed,       // the block is on its free list; waiters not yet woken
@@ -60,6 +64,8 @@ enum class CrashPoint : uint32_t {
   kSyncCondLeaving,     // a waiter's entry is decremented; the word not yet
   kSyncBarrierArrived,  // this holder's arrival is in the barrier word (the entry names it)
   kSyncEventSet,        // the event flag is set; waiters not yet woken
+  kSyncSemReclaimed,    // recover(): a dead holder's permits are back in the count, the word names its
+                        // entry's decrement; the entry not yet decremented
   kCount
 };
 inline constexpr uint32_t kCrashPointCount = static_cast<uint32_t>(CrashPoint::kCount);

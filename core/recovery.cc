@@ -136,8 +136,10 @@ Status Arena::reclaim_block(BlockRef ref, uint32_t expected) {
     return Status::kDoubleRelease;
   }
   hdr->refcount.store(1, std::memory_order_relaxed);
-  // A share token keeps its flag: freeing it drops its share (core/shares.cc).
-  hdr->flags.store(hdr->flags.load(std::memory_order_relaxed) & kBlockFlagShare, std::memory_order_relaxed);
+  // A share token keeps its flag (freeing it drops its share: core/shares.cc), a pool's block
+  // its own (it goes back to its pool: core/pools.cc).
+  hdr->flags.store(hdr->flags.load(std::memory_order_relaxed) & (kBlockFlagShare | kBlockFlagPooled),
+                   std::memory_order_relaxed);
   return free_block(ref, hdr, mine);
 }
 

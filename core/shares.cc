@@ -91,6 +91,7 @@ void Arena::drop_share(BlockHeader* token) {
     if ((shares_bits(w) & bit) == 0) break;   // dropped already (a freer that died after it)
     if (shared->shares.compare_exchange_weak(w, w & ~bit, std::memory_order_acq_rel)) {
       w &= ~bit;
+      MEMCHANNEL_CRASH_POINT(kShareBitDropped);
       break;
     }
   }
@@ -151,6 +152,7 @@ Result<std::vector<BlockHandle>> Arena::share(BlockHandle h, uint32_t n) {
     const uint32_t gen = (h.generation + 1) & kGenerationMask;
     fill(h.ref, gen, 0);
     flag_tokens();
+    MEMCHANNEL_CRASH_POINT(kShareTokensReady);
     hdr->shares.store(make_shares(gen, n, (uint64_t{1} << n) - 1), std::memory_order_release);
     uint32_t expected = word;
     if (!hdr->state.compare_exchange_strong(expected, make_state(gen, 0, kBlockShared), std::memory_order_acq_rel)) {
@@ -182,6 +184,7 @@ Result<std::vector<BlockHandle>> Arena::share(BlockHandle h, uint32_t n) {
     const uint64_t bits = ((shares_bits(w) & ~my_bit) | (((uint64_t{1} << n) - 1) << next)) & kAllTokenBits;
     if (shared->shares.compare_exchange_weak(w, make_shares(gen, next + n, bits), std::memory_order_acq_rel)) break;
   }
+  MEMCHANNEL_CRASH_POINT(kShareIndicesClaimed);
   flag_tokens();
   // This token's share moved to the new ones: it is freed without dropping it.
   hdr->flags.fetch_and(~kBlockFlagShare, std::memory_order_relaxed);

@@ -51,7 +51,16 @@ Sync::Sync(std::shared_ptr<Arena> arena, SyncHeader* header, Offset offset)
       kind_(static_cast<SyncKind>(header->kind)),
       limit_(header->limit),
       flags_(header->flags),
-      sync_id_(header->sync_id) {}
+      sync_id_(header->sync_id),
+      tracked_(arena_->backend().tracks_holders()),
+      sem_tracked_(tracked_ && (flags_ & kSyncReclaim) != 0 &&
+                   (kind_ == SyncKind::kSemaphore || kind_ == SyncKind::kBoundedSemaphore)),
+      sem_bound_(kind_ == SyncKind::kBoundedSemaphore ? limit_ : kNoLimit) {}
+
+void Sync::wake_changed() {
+  header_->changed.seq.fetch_add(1, std::memory_order_release);
+  futex_wake(&header_->changed.seq, std::numeric_limits<int>::max());
+}
 
 Result<std::shared_ptr<Sync>> Sync::create(std::shared_ptr<Arena> arena, SyncKind kind, uint32_t value,
                                            uint32_t limit, uint32_t flags, uint64_t sync_id) {
@@ -68,8 +77,9 @@ Result<std::shared_ptr<Sync>> Sync::create(std::shared_ptr<Arena> arena, SyncKin
   h->sync_id = sync_id;
   h->limit = limit;
   h->flags = flags;
-  const bool counts = kind == SyncKind::kSemaphore || kind == SyncKind::kBoundedSemaphore || kind == SyncKind::kEvent;
-  h->word.store(counts ? value : 0, std::memory_order_relaxed);
+  const bool sem = kind == SyncKind::kSemaphore || kind == SyncKind::kBoundedSemaphore;
+  h->word.store(kind == SyncKind::kEvent ? value : 0, std::memory_order_relaxed);
+  h->state.store(sem ? make_sem(value, 0, 0, 0) : 0, std::memory_order_relaxed);
   h->attached.store(1, std::memory_order_relaxed);
   std::atomic_thread_fence(std::memory_order_release);
   h->magic = kSyncMagic;  // last: open() refuses a header without it
@@ -103,6 +113,9 @@ Result<std::shared_ptr<Sync>> Sync::open(std::shared_ptr<Arena> arena, Offset of
   // The private copies must be what was validated (a peer may rewrite the header meanwhile).
   out->kind_ = static_cast<SyncKind>(kind);
   out->limit_ = limit;
+  out->sem_tracked_ = out->tracked_ && (out->flags_ & kSyncReclaim) != 0 &&
+                      (out->kind_ == SyncKind::kSemaphore || out->kind_ == SyncKind::kBoundedSemaphore);
+  out->sem_bound_ = out->kind_ == SyncKind::kBoundedSemaphore ? limit : kNoLimit;
   return {Status::kOk, std::move(out)};
 }
 
@@ -111,6 +124,22 @@ Sync::~Sync() { detach(); }
 void Sync::detach() {
   if (!attached_.exchange(false, std::memory_order_acq_rel)) return;
   if (!held_here()) return;  // inherited across fork() and never re-attached: the parent's count
+  if (kind_ == SyncKind::kBarrier && tracked_) {
+    // This holder leaves the barrier's parties: its death later is not a missing party.
+    // (Another object of this process may still use the barrier; its next arrival records
+    // the holder again.)
+    const uint32_t holder = arena_->holder();
+    if (holder != 0 && holder <= kMaxHolders) {
+      std::atomic<uint64_t>& entry = header_->holders[holder - 1];
+      uint64_t e = entry.load(std::memory_order_acquire);
+      const uint64_t s = header_->state.load(std::memory_order_acquire);
+      // Not an arrival in the round now filling: that one still counts (it is waiting).
+      if (barrier_entry_incarnation(e) == (my_incarnation() & 0xffff) &&
+          barrier_entry_generation(e) != (barrier_generation(s) & 0xffffffffull)) {
+        entry.compare_exchange_strong(e, 0, std::memory_order_acq_rel);
+      }
+    }
+  }
   if (header_->attached.fetch_sub(1, std::memory_order_acq_rel) == 1) free_header();
 }
 
@@ -354,18 +383,35 @@ uint32_t Sync::recover() {
       kind_ != SyncKind::kBarrier) {
     return 0;
   }
-  if ((kind_ == SyncKind::kSemaphore || kind_ == SyncKind::kBoundedSemaphore) && (flags_ & kSyncReclaim) == 0) return 0;
   uint32_t reclaimed = 0;
+  if (kind_ == SyncKind::kSemaphore || kind_ == SyncKind::kBoundedSemaphore) {
+    if ((flags_ & kSyncReclaim) == 0) return 0;
+    sem_fold(header_->state.load(std::memory_order_acquire));  // every entry is then complete
+    for (uint32_t i = 0; i < kMaxHolders; ++i) {
+      const uint64_t e = header_->holders[i].load(std::memory_order_acquire);
+      if (sem_entry_count(e) == 0) continue;
+      const uint32_t inc = sem_entry_incarnation(e);
+      if (arena_->occupant_alive(i + 1, inc, 0xffff)) continue;
+      if (sem_recover_slot(i, inc) != 0) ++reclaimed;
+    }
+    return reclaimed;
+  }
   for (uint32_t i = 0; i < kMaxHolders; ++i) {
     uint64_t e = header_->holders[i].load(std::memory_order_acquire);
     if (e == 0) continue;
     if (kind_ == SyncKind::kBarrier) {
       const uint64_t s = header_->state.load(std::memory_order_acquire);
-      // Only an arrival in the generation now filling counts: one that passed, or left, is over.
-      if (barrier_entry_arrivals(e) == 0 || barrier_entry_generation(e) != (barrier_generation(s) & 0xffffffffull) ||
-          barrier_broken(s)) {
-        continue;
-      }
+      if (barrier_entry_arrivals(e) == 0 || barrier_broken(s)) continue;
+      // A dead holder breaks the barrier if it arrived in the round now filling (it will never
+      // leave it), or if it took part in the round before and has not arrived in this one
+      // while someone waits in it (it was a party and will never come). A holder that took
+      // part only in older rounds, or that detached (detach() clears its entry), is not
+      // expected.
+      const uint64_t current = barrier_generation(s) & 0xffffffffull;
+      const bool arrived_now = barrier_entry_generation(e) == current;
+      const bool expected = barrier_entry_generation(e) == ((current - 1) & 0xffffffffull) &&
+                            barrier_arrived(s) != 0 && barrier_generation(s) != 0;
+      if (!arrived_now && !expected) continue;
       if (arena_->occupant_alive(i + 1, barrier_entry_incarnation(e), 0xffff)) continue;
       if (!header_->holders[i].compare_exchange_strong(e, 0, std::memory_order_acq_rel)) continue;
       barrier_abort();
@@ -379,45 +425,147 @@ uint32_t Sync::recover() {
     const auto count = static_cast<uint32_t>(signed_count);
     ++reclaimed;
     reclaimed_.fetch_add(count, std::memory_order_relaxed);
-    if (kind_ == SyncKind::kCondition) {
+    {
       uint64_t s = header_->state.load(std::memory_order_relaxed);
       uint64_t next;
       do {
         const uint32_t w = cond_waiters(s) - std::min(count, cond_waiters(s));
         next = make_cond(w, std::min(cond_signals(s), w));
       } while (!header_->state.compare_exchange_weak(s, next, std::memory_order_acq_rel));
-    } else {
-      const uint32_t bound = kind_ == SyncKind::kBoundedSemaphore ? limit_ : kNoLimit;
-      uint32_t v = header_->word.load(std::memory_order_relaxed);
-      uint32_t next;
-      do {
-        next = v >= bound ? v : (bound - v < count ? bound : v + count);
-      } while (!header_->word.compare_exchange_weak(v, next, std::memory_order_acq_rel));
+      notify_all(header_->changed);
     }
-    notify_all(header_->changed);
   }
   return reclaimed;
 }
 
 // ---- Semaphore ------------------------------------------------------------------------------
+// One CAS of the semaphore word per acquire or release; the word names the change it makes to
+// the holder's entry until that change is folded in (core/sync.h, make_sem).
+
+uint32_t Sync::sem_adopt() {
+  const uint32_t holder = arena_->holder();
+  const uint32_t inc = arena_->incarnation() & 0xffff;
+  if (holder == 0 || holder > kMaxHolders) return 0;
+  std::atomic<uint64_t>& entry = header_->holders[holder - 1];
+  uint64_t e = entry.load(std::memory_order_acquire);
+  while (sem_entry_incarnation(e) != inc) {
+    // The entry of an earlier occupant of this slot (dead: the slot is ours now): give back
+    // what it held, then start from 0 under our incarnation (the sequence goes on).
+    if (sem_entry_count(e) > 0) {
+      sem_recover_slot(holder - 1, sem_entry_incarnation(e));
+      e = entry.load(std::memory_order_acquire);
+      continue;
+    }
+    sem_fold(header_->state.load(std::memory_order_acquire));  // an unfolded change of the old occupant
+    const uint64_t folded = entry.load(std::memory_order_acquire);
+    if (folded != e) {
+      e = folded;
+      continue;
+    }
+    if (entry.compare_exchange_weak(e, make_sem_entry(0, inc, sem_entry_seq(e)), std::memory_order_acq_rel,
+                                    std::memory_order_acquire)) {
+      break;
+    }
+  }
+  // While this occupant lives, nobody else changes its entry's incarnation.
+  sem_adopted_incarnation_.store(inc, std::memory_order_relaxed);
+  sem_adopted_holder_.store(holder, std::memory_order_relaxed);
+  return holder;
+}
+
+// Folds this holder's own change (word `next`, made from entry `e`) into its entry: one CAS
+// from the entry it read, unless someone folded it first.
+static void fold_own(std::atomic<uint64_t>& entry, uint64_t e, int32_t delta) {
+  const int64_t c = int64_t{sem_entry_count(e)} + delta;
+  if (c < std::numeric_limits<int32_t>::min() || c > std::numeric_limits<int32_t>::max()) return;  // sem_fold saturates it
+  entry.compare_exchange_strong(e, make_sem_entry(static_cast<int32_t>(c), sem_entry_incarnation(e), sem_entry_seq(e) + 1),
+                                std::memory_order_acq_rel, std::memory_order_relaxed);
+}
+
+void Sync::sem_fold(uint64_t w) {
+  const uint32_t holder = sem_holder(w);
+  if (holder == 0) return;
+  if (holder > kMaxHolders) {  // forged: nobody's change (the next CAS of the word replaces it)
+    arena_->note_corruption();
+    return;
+  }
+  std::atomic<uint64_t>& entry = header_->holders[holder - 1];
+  const uint32_t seq = sem_seq(w);
+  uint64_t e = entry.load(std::memory_order_acquire);
+  // Folded already (seq), or `w` is stale (a later change of this holder is folded, or in the
+  // word now): nothing to do. A CAS of the word from a stale `w` fails.
+  while (sem_entry_seq(e) == ((seq - 1) & 0xffff)) {
+    const int64_t c = std::clamp<int64_t>(int64_t{sem_entry_count(e)} + sem_delta(w),
+                                          std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max());
+    if (entry.compare_exchange_weak(e, make_sem_entry(static_cast<int32_t>(c), sem_entry_incarnation(e), seq),
+                                    std::memory_order_acq_rel, std::memory_order_acquire)) {
+      return;
+    }
+  }
+}
+
+uint32_t Sync::sem_recover_slot(uint32_t i, uint32_t incarnation) {
+  std::atomic<uint64_t>& entry = header_->holders[i];
+  const uint32_t bound = kind_ == SyncKind::kBoundedSemaphore ? limit_ : kNoLimit;
+  uint32_t returned = 0;
+  uint64_t w = header_->state.load(std::memory_order_acquire);
+  for (;;) {
+    sem_fold(w);
+    uint64_t e = entry.load(std::memory_order_acquire);
+    if (sem_entry_incarnation(e) != incarnation) break;  // the slot's new occupant adopted it
+    const int32_t c = sem_entry_count(e);
+    if (c <= 0) {
+      // A holder that released more than it acquired gives back nothing; its debt goes.
+      if (c < 0 && !entry.compare_exchange_strong(e, make_sem_entry(0, incarnation, sem_entry_seq(e)),
+                                                  std::memory_order_acq_rel)) {
+        continue;
+      }
+      break;
+    }
+    // The permits back in the count and the entry's decrement named in the same CAS: the
+    // entry changes only when the word's record of it is folded (by anyone; the word may move
+    // on, but not before someone folds it).
+    const uint32_t step = std::min<uint32_t>(static_cast<uint32_t>(c), kSemMaxDelta);
+    const uint32_t v = sem_count(w);
+    const uint32_t back = v >= bound ? 0 : std::min(step, bound - v);
+    const uint64_t next = make_sem(v + back, i + 1, sem_entry_seq(e) + 1, -static_cast<int32_t>(step));
+    if (header_->state.compare_exchange_weak(w, next, std::memory_order_seq_cst, std::memory_order_acquire)) {
+      MEMCHANNEL_CRASH_POINT(kSyncSemReclaimed);
+      sem_fold(next);
+      w = next;
+      returned += back;
+      reclaimed_.fetch_add(back, std::memory_order_relaxed);
+    }
+  }
+  if (returned != 0) notify_all(header_->changed);
+  return returned;
+}
 
 Status Sync::try_sem() {
-  const bool track = (flags_ & kSyncReclaim) != 0;
-  bool intent = false;
-  uint32_t v = header_->word.load(std::memory_order_relaxed);
+  const uint32_t mine = sem_slot();
+  std::atomic<uint64_t>& state = header_->state;
+  uint64_t w = state.load(std::memory_order_acquire);
+  if (mine == 0) {
+    do {
+      if (sem_count(w) == 0) return Status::kFull;
+      // The count only (the word's record of a change stays).
+    } while (!state.compare_exchange_weak(w, w - 1, std::memory_order_acquire, std::memory_order_acquire));
+    return Status::kOk;
+  }
+  std::atomic<uint64_t>& entry = header_->holders[mine - 1];
   for (;;) {
-    if (v == 0) {
-      if (intent) add_entry(-1);
-      return Status::kFull;
+    const uint32_t v = sem_count(w);
+    if (v == 0) return Status::kFull;
+    uint64_t e = entry.load(std::memory_order_acquire);
+    if (sem_holder(w) != mine || sem_entry_seq(e) != sem_seq(w)) {
+      sem_fold(w);
+      e = entry.load(std::memory_order_acquire);
     }
-    if (track && !intent) {
-      // The entry first: a process killed before its CAS leaves an extra permit, never a lost one.
-      add_entry(+1);
-      intent = true;
-      MEMCHANNEL_CRASH_POINT(kSyncSemIntent);
-    }
-    if (header_->word.compare_exchange_weak(v, v - 1, std::memory_order_acquire, std::memory_order_relaxed)) {
+    MEMCHANNEL_CRASH_POINT(kSyncSemIntent);
+    const uint64_t next = make_sem(v - 1, mine, sem_entry_seq(e) + 1, +1);
+    if (state.compare_exchange_weak(w, next, std::memory_order_acq_rel, std::memory_order_acquire)) {
       MEMCHANNEL_CRASH_POINT(kSyncSemTaken);
+      fold_own(entry, e, +1);
       return Status::kOk;
     }
   }
@@ -432,17 +580,42 @@ Status Sync::sem_acquire(const WaitSpec& wait) {
 Status Sync::sem_release(uint32_t n) {
   if (n == 0) return Status::kOk;
   const uint32_t bound = kind_ == SyncKind::kBoundedSemaphore ? limit_ : kNoLimit;
-  uint32_t v = header_->word.load(std::memory_order_relaxed);
-  do {
-    if (v > bound || bound - v < n) return Status::kFull;
-  } while (!header_->word.compare_exchange_weak(v, v + n, std::memory_order_seq_cst, std::memory_order_relaxed));
-  MEMCHANNEL_CRASH_POINT(kSyncSemReleased);
-  if ((flags_ & kSyncReclaim) != 0) add_entry(-static_cast<int64_t>(n));
+  const uint32_t mine = sem_slot();
+  std::atomic<uint64_t>& state = header_->state;
+  uint64_t w = state.load(std::memory_order_acquire);
+  // The bound is checked for all n at the first step (a release of more than kSemMaxDelta
+  // permits, with an entry, is made in steps of at most kSemMaxDelta).
+  uint32_t left = n;
+  bool first = true;
+  while (left != 0) {
+    const uint32_t step = mine == 0 ? left : std::min(left, kSemMaxDelta);
+    const uint32_t v = sem_count(w);
+    if (v > bound || bound - v < (first ? left : step)) return Status::kFull;
+    uint64_t next;
+    uint64_t e = 0;
+    if (mine == 0) {
+      next = w + step;
+    } else {
+      e = header_->holders[mine - 1].load(std::memory_order_acquire);
+      if (sem_holder(w) != mine || sem_entry_seq(e) != sem_seq(w)) {
+        sem_fold(w);
+        e = header_->holders[mine - 1].load(std::memory_order_acquire);
+      }
+      MEMCHANNEL_CRASH_POINT(kSyncSemIntent);
+      next = make_sem(v + step, mine, sem_entry_seq(e) + 1, -static_cast<int32_t>(step));
+    }
+    if (!state.compare_exchange_weak(w, next, std::memory_order_seq_cst, std::memory_order_acquire)) continue;
+    MEMCHANNEL_CRASH_POINT(kSyncSemReleased);
+    if (mine != 0) fold_own(header_->holders[mine - 1], e, -static_cast<int32_t>(step));
+    w = next;
+    left -= step;
+    first = false;
+  }
   wake_after_rmw(header_->changed);
   return Status::kOk;
 }
 
-uint32_t Sync::sem_value() const { return header_->word.load(std::memory_order_acquire); }
+uint32_t Sync::sem_value() const { return sem_count(header_->state.load(std::memory_order_acquire)); }
 
 // ---- Event ----------------------------------------------------------------------------------
 

@@ -22,21 +22,34 @@
 // owner died). Threads of one process share a holder; an RLock also records the owning
 // thread (a process-local token) and its depth, written only by the owner.
 //
-// Per-holder table (Semaphore, Condition, Barrier): entry[holder - 1] = count(32, signed) |
-// incarnation(32), written only by that holder. Semaphore: permits it acquired less those it
-// released (negative for a process that releases more than it acquires: it gives back nothing); Condition: its registered waiters; Barrier: 1 once it took part. recover() CASes
-// the entry of a dead occupant to 0 and applies it: permits come back (a bounded semaphore
-// never above its bound), waiters are unregistered, a barrier breaks. Each operation is two
-// steps (the shared word, then the entry); the order is chosen so that a process killed in
-// between errs towards an extra permit or a spurious condition wake-up, never a hang
-// (tests/cpp/test_sync.cc, CrashPoints).
+// Per-holder table (Semaphore, Condition, Barrier): entry[holder - 1], one 8-byte word per
+// holder slot. recover() gives back what a dead occupant's entry says it held: permits come
+// back (a bounded semaphore never above its bound), waiters are unregistered, a barrier breaks.
+//
+// Semaphore (with kSyncReclaim): every acquire and release is one CAS on the semaphore word
+// (`state`), which holds the count and names the operation it made: the holder, the holder's
+// operation sequence number, and the change of that holder's entry (+1 for an acquire, -n for
+// a release). Until that change is folded into the holder's entry (entry seq == word seq),
+// the word is the record of it; anyone about to replace the word folds it first (idempotent:
+// a CAS from seq - 1 to seq), so the word never drops an unfolded change, and a dead holder's
+// permits are exactly entry count + (the word's change, if unfolded). Recovery returns them
+// with one CAS of the word that also names the entry's decrement (holder = the dead slot), so
+// a recoverer killed midway leaves the rest to the next (docs/guide-sync.md, "Semaphore
+// word"). Entry: count(32, signed: negative for a holder that released more than it
+// acquired, which gives back nothing) | incarnation(16) | seq(16).
+// Condition: entry = count(32, signed) | incarnation(32), its registered waiters; two steps
+// (the word, then the entry), ordered so that a process killed in between errs towards a
+// spurious wake-up, never a hang. Barrier: the generation of its last arrival (the registered
+// parties: see recover()).
+// (tests/cpp/test_sync_crash.cc, SyncCrashPoints.)
 //
 //   SyncHeader (in arena cells)
 //   +-------------------------------+ 0     identity: magic, version, kind, sync id, limit,
 //   |                               |       flags (immutable after create)
-//   +-------------------------------+ 64    word: lock word / permits / event flag
-//   |                               |       owner_thread, depth (RLock), state (Condition:
-//   |                               |       waiting(32)|signals(32); Barrier: see sync.cc)
+//   +-------------------------------+ 64    word: lock word / event flag
+//   |                               |       owner_thread, depth (RLock), state (Semaphore:
+//   |                               |       see make_sem; Condition: waiting(32)|signals(32);
+//   |                               |       Barrier: see make_barrier)
 //   +-------------------------------+ 128   changed: EventCount every waiter sleeps on
 //   +-------------------------------+ 192   attached: Sync objects using this header
 //   +-------------------------------+ 256   holders[128]: per-holder table (8 bytes each)
@@ -46,18 +59,20 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <type_traits>
 
 #include "core/arena.h"
+#include "core/crash_points.h"
 #include "core/status.h"
 #include "core/waiter.h"
 
 namespace memchannel {
 
 inline constexpr uint64_t kSyncMagic = 0x31434e5953434d4dull;  // "MMCSYNC1"
-inline constexpr uint32_t kSyncLayoutVersion = 1;
+inline constexpr uint32_t kSyncLayoutVersion = 2;  // 2: the semaphore word and entries (make_sem)
 
 enum class SyncKind : uint32_t {
   kLock = 1,
@@ -95,6 +110,33 @@ constexpr uint32_t entry_incarnation(uint64_t e) { return static_cast<uint32_t>(
 constexpr int32_t entry_count(uint64_t e) { return static_cast<int32_t>(static_cast<uint32_t>(e >> 32)); }
 static_assert(entry_count(make_entry(7, -3)) == -3 && entry_incarnation(make_entry(7, -3)) == 7);
 static_assert(entry_count(make_entry(7, 1) + (~0ull << 32)) == 0);
+
+// Semaphore word (`state`): count(32) | holder(8) << 32 | seq(16) << 40 | delta(8, signed) << 56:
+// the permits available, and the last operation: its holder slot (0: none), that holder's
+// operation number and the change it makes to the holder's entry count. A release of more
+// than kSemMaxDelta permits is made in steps.
+inline constexpr uint32_t kSemMaxDelta = 127;
+constexpr uint64_t make_sem(uint32_t count, uint32_t holder, uint32_t seq, int32_t delta) {
+  return count | (static_cast<uint64_t>(holder & 0xff) << 32) | (static_cast<uint64_t>(seq & 0xffff) << 40) |
+         (static_cast<uint64_t>(static_cast<uint8_t>(static_cast<int8_t>(delta))) << 56);
+}
+constexpr uint32_t sem_count(uint64_t w) { return static_cast<uint32_t>(w); }
+constexpr uint32_t sem_holder(uint64_t w) { return static_cast<uint32_t>(w >> 32) & 0xff; }
+constexpr uint32_t sem_seq(uint64_t w) { return static_cast<uint32_t>(w >> 40) & 0xffff; }
+constexpr int32_t sem_delta(uint64_t w) { return static_cast<int8_t>(static_cast<uint8_t>(w >> 56)); }
+static_assert(sem_count(make_sem(0xffffffffu, 128, 0xffff, -127)) == 0xffffffffu);
+static_assert(sem_holder(make_sem(7, 128, 0xffff, -127)) == 128 && sem_seq(make_sem(7, 128, 0xffff, -127)) == 0xffff);
+static_assert(sem_delta(make_sem(7, 128, 0xffff, -127)) == -127 && sem_delta(make_sem(7, 1, 2, 127)) == 127);
+// Semaphore entry: count(32, signed) << 32 | incarnation(16) << 16 | seq(16).
+constexpr uint64_t make_sem_entry(int32_t count, uint32_t incarnation, uint32_t seq) {
+  return (static_cast<uint64_t>(static_cast<uint32_t>(count)) << 32) | ((incarnation & 0xffff) << 16) | (seq & 0xffff);
+}
+constexpr int32_t sem_entry_count(uint64_t e) { return static_cast<int32_t>(static_cast<uint32_t>(e >> 32)); }
+constexpr uint32_t sem_entry_incarnation(uint64_t e) { return static_cast<uint32_t>(e >> 16) & 0xffff; }
+constexpr uint32_t sem_entry_seq(uint64_t e) { return static_cast<uint32_t>(e) & 0xffff; }
+static_assert(sem_entry_count(make_sem_entry(-5, 0x12345, 0xfffff)) == -5);
+static_assert(sem_entry_incarnation(make_sem_entry(-5, 0x12345, 0xfffff)) == 0x2345);
+static_assert(sem_entry_seq(make_sem_entry(-5, 0x12345, 0xfffff)) == 0xffff);
 
 // Barrier state word: generation(30) << 34 | reset(1) << 33 | broken(1) << 32 | arrived(32).
 // arrived == parties while the last arrival runs the action (before it releases the others).
@@ -182,8 +224,30 @@ class Sync {
   // One attempt without any liveness check or clock read (the uncontended fast path):
   // kOk, or kFull (held, or no permit); callers then wait with lock_acquire / sem_acquire.
   Status lock_try();
-  Status sem_try() { return try_sem(); }
+  Status sem_try() { return sem_try_fast() ? Status::kOk : try_sem(); }
+  // release(1), with the same fast path.
+  Status sem_release_one() { return sem_release_fast() ? Status::kOk : sem_release(1); }
   Status lock_release();
+  // Lock (not RLock): the uncontended acquire and release inline (the bindings' fast path).
+  // false: nothing done (held, not held, or a sleeper to wake): take lock_try / lock_release.
+  bool lock_try_fast() {
+    if (kind_ != SyncKind::kLock) return false;
+    uint32_t w = 0;
+    if (!header_->word.compare_exchange_strong(w, make_lock_word(arena_->holder(), arena_->incarnation()),
+                                               std::memory_order_acquire, std::memory_order_relaxed)) {
+      return false;
+    }
+    MEMCHANNEL_CRASH_POINT(kSyncLockTaken);
+    return true;
+  }
+  bool lock_release_fast() {
+    if (kind_ != SyncKind::kLock) return false;
+    uint32_t w = header_->word.load(std::memory_order_relaxed);
+    if (w == 0 || (w & kLockWaiters) != 0) return false;
+    if (!header_->word.compare_exchange_strong(w, 0, std::memory_order_seq_cst, std::memory_order_relaxed)) return false;
+    MEMCHANNEL_CRASH_POINT(kSyncLockReleased);
+    return true;
+  }
   bool locked() const;
   bool owned_here() const;  // RLock: by this thread; Lock: locked by anyone
   // Condition support: release an RLock completely (*depth gets its depth), and take it back.
@@ -234,6 +298,70 @@ class Sync {
   Status try_lock(bool check_owner);
   void take_owner();  // RLock: record this thread, depth 1
   Status try_sem();
+  // Semaphore accounting (make_sem): this process's holder slot if it keeps an entry (a
+  // reclaiming semaphore on a backend that tracks holders), else 0; adopts the slot's entry
+  // from a dead earlier occupant on first use.
+  uint32_t sem_slot() {
+    if (!sem_tracked_) return 0;
+    const uint32_t holder = arena_->holder();
+    // Adopted already by this object for this occupancy (a forked child has another slot).
+    if (holder == sem_adopted_holder_.load(std::memory_order_relaxed) &&
+        (arena_->incarnation() & 0xffff) == sem_adopted_incarnation_.load(std::memory_order_relaxed)) {
+      return holder;
+    }
+    return sem_adopt();
+  }
+  uint32_t sem_adopt();
+  // The uncontended semaphore steps inline: the word names this holder's last change, folded
+  // (the steady state of a holder that takes and gives back permits); no sequence wrap, no
+  // count at a limit. One CAS of the word, one of the entry (which a helper may have done).
+  // false: nothing done, take the general path (try_sem, sem_release).
+  bool sem_try_fast() {
+    const uint32_t mine = sem_slot();
+    if (mine == 0) return false;
+    std::atomic<uint64_t>& entry = header_->holders[mine - 1];
+    const uint64_t e = entry.load(std::memory_order_acquire);
+    uint64_t w = header_->state.load(std::memory_order_acquire);
+    if (sem_holder(w) != mine || sem_seq(w) != sem_entry_seq(e) || sem_count(w) == 0 || sem_entry_seq(e) == 0xffff ||
+        sem_entry_count(e) == std::numeric_limits<int32_t>::max()) {
+      return false;
+    }
+    MEMCHANNEL_CRASH_POINT(kSyncSemIntent);
+    // count - 1, seq + 1 (no carry: seq < 0xffff), delta +1.
+    const uint64_t next = (((w - 1) + (uint64_t{1} << 40)) & ~(uint64_t{0xff} << 56)) | (uint64_t{1} << 56);
+    if (!header_->state.compare_exchange_strong(w, next, std::memory_order_acq_rel, std::memory_order_relaxed)) return false;
+    MEMCHANNEL_CRASH_POINT(kSyncSemTaken);
+    uint64_t expected = e;  // entry count + 1 (mod 2^32 in the high half), seq + 1
+    entry.compare_exchange_strong(expected, e + (uint64_t{1} << 32) + 1, std::memory_order_acq_rel, std::memory_order_relaxed);
+    return true;
+  }
+  bool sem_release_fast() {
+    const uint32_t mine = sem_slot();
+    if (mine == 0) return false;
+    std::atomic<uint64_t>& entry = header_->holders[mine - 1];
+    const uint64_t e = entry.load(std::memory_order_acquire);
+    uint64_t w = header_->state.load(std::memory_order_acquire);
+    if (sem_holder(w) != mine || sem_seq(w) != sem_entry_seq(e) || sem_count(w) >= sem_bound_ ||
+        sem_entry_seq(e) == 0xffff || sem_entry_count(e) == std::numeric_limits<int32_t>::min()) {
+      return false;
+    }
+    MEMCHANNEL_CRASH_POINT(kSyncSemIntent);
+    // count + 1 (< bound <= 0xffffffff: no carry), seq + 1, delta -1.
+    const uint64_t next = (((w + 1) + (uint64_t{1} << 40)) & ~(uint64_t{0xff} << 56)) | (uint64_t{0xff} << 56);
+    if (!header_->state.compare_exchange_strong(w, next, std::memory_order_seq_cst, std::memory_order_relaxed)) return false;
+    MEMCHANNEL_CRASH_POINT(kSyncSemReleased);
+    uint64_t expected = e;  // entry count - 1 (mod 2^32 in the high half), seq + 1
+    entry.compare_exchange_strong(expected, e - (uint64_t{1} << 32) + 1, std::memory_order_acq_rel, std::memory_order_relaxed);
+    // As notify_all after a seq_cst RMW (sync.cc, wake_after_rmw).
+    if (header_->changed.waiters.load(std::memory_order_seq_cst) != 0) wake_changed();
+    return true;
+  }
+  void wake_changed();
+  // Folds the change named by semaphore word `w` into its holder's entry (if not yet).
+  void sem_fold(uint64_t w);
+  // Gives back what holder slot i + 1 (occupant incarnation `incarnation`, dead) held; returns
+  // the permits put back in the count.
+  uint32_t sem_recover_slot(uint32_t i, uint32_t incarnation);
   Result<BarrierTicket> try_arrive();  // kFull while the last arrival runs the action
   // Whether this object's next liveness check is due (at most one per kOwnerCheckNs).
   bool check_due();
@@ -250,6 +378,12 @@ class Sync {
   uint32_t limit_;
   uint32_t flags_;
   uint64_t sync_id_;
+  bool tracked_;         // the backend tracks holders (shm)
+  bool sem_tracked_;     // a semaphore that keeps per-holder entries: kSyncReclaim and tracked_
+  uint32_t sem_bound_;   // a semaphore's bound: limit_ (BoundedSemaphore) or 0xffffffff
+  // Semaphore: the holder slot and incarnation whose entry this object adopted (sem_slot).
+  std::atomic<uint32_t> sem_adopted_holder_{0};
+  std::atomic<uint32_t> sem_adopted_incarnation_{0};
   std::atomic<uint64_t> reclaimed_{0};
   std::atomic<int64_t> next_check_ns_{0};
   std::atomic<uint64_t> fork_generation_{fork_generation()};

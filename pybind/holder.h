@@ -49,4 +49,16 @@ T* held_object_of_checked_type(PyObject* self) {
   return static_cast<T*>(vh.value_ptr());
 }
 
+// The per-call fast path's form (Lock/Semaphore acquire and release): the value of a
+// simple-layout instance (a class with one pybind11 base, as every memchannel class) whose
+// holder is constructed, read from the instance record without get_value_and_holder;
+// nullptr otherwise (the caller then takes the general path, which explains the refusal).
+// `self`'s type must have been checked (a method descriptor does).
+template <typename T>
+T* held_object_fast(PyObject* self) {
+  const auto* inst = reinterpret_cast<const py::detail::instance*>(self);
+  if (!inst->simple_layout || !inst->simple_holder_constructed) return nullptr;
+  return static_cast<T*>(inst->simple_value_holder[0]);
+}
+
 }  // namespace memchannel::py_glue

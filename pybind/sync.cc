@@ -38,6 +38,14 @@ namespace py = pybind11;
 struct PySync {
   std::shared_ptr<PyArena> arena;
   std::shared_ptr<Sync> sync;
+  // What the fast paths dispatch on (set once the primitive is made or attached).
+  bool is_lock = false;  // Lock, RLock
+  bool is_sem = false;   // Semaphore, BoundedSemaphore
+  void set_kind() {
+    const SyncKind k = sync->kind();
+    is_lock = k == SyncKind::kLock || k == SyncKind::kRLock;
+    is_sem = k == SyncKind::kSemaphore || k == SyncKind::kBoundedSemaphore;
+  }
 
   Sync& s() {
     if (!sync->held_here()) sync->reattach_after_fork();  // a forked child's first use
@@ -48,16 +56,25 @@ struct PySync {
     if (timeout != nullptr && PyLong_CheckExact(timeout) && PyLong_AsLong(timeout) == -1) timeout = Py_None;
     WaitSpec spec = make_wait(block, py::reinterpret_borrow<py::object>(timeout == nullptr ? Py_None : timeout), arena->shared());
     // Events, conditions and barriers wait for another party's action, not for a critical
-    // section to end: a short spin, since a waiter that spins while that party needs the same
-    // CPU delays it (an oversubscribed machine). Locks and semaphores keep the core's spin,
-    // which lets a contended hand-off skip the futex round trip (~10 us).
+    // section to end: no spin. A waiter that spins while that party needs the same CPU delays
+    // it: on a loaded 2-core machine, Event.set() to a woken waiter in another process took
+    // 15.0 us (p50) with a 3 us spin and 7.9 us without (bench/harness/sync_bench.py's
+    // event_wake, where the setter's own wait for the reply is the spinning one). Locks spin
+    // 2 us, which lets a contended hand-off skip the futex round trip (~10 us) when the owner
+    // runs on another CPU, and gives the CPU up soon when it does not (a preempted owner): two
+    // processes on one CPU each, on a loaded machine, made 1.52 (2.22) million pairs/s with a
+    // 2 us spin and 1.23 (1.80) with the core's 20 us, multiprocessing 1.50 (1.80) (medians of
+    // 11 alternating reps, two runs; unpinned: no difference). Semaphores keep the core's spin.
     const SyncKind k = sync->kind();
     if (k == SyncKind::kEvent || k == SyncKind::kCondition || k == SyncKind::kBarrier) {
       spec.spin_ns = std::min<int64_t>(spec.spin_ns, kSyncSpinNs);
+    } else if (k == SyncKind::kLock || k == SyncKind::kRLock) {
+      spec.spin_ns = std::min<int64_t>(spec.spin_ns, kLockSpinNs);
     }
     return spec;
   }
-  static constexpr int64_t kSyncSpinNs = 3000;
+  static constexpr int64_t kSyncSpinNs = 0;
+  static constexpr int64_t kLockSpinNs = 2000;
 };
 
 namespace {
@@ -181,7 +198,40 @@ void do_release(PyObject* self, PyObject* n_obj) {
   }
 }
 
+// The uncontended calls' fast path, with no pybind11 layer and no C++ exception frame: the
+// instance's PySync read directly (held_object_fast), in this process image (not a forked
+// child's first use), and one attempt. Anything else (contended, errors, arguments) takes
+// the general path below, which starts over.
+PySync* fast_sync(PyObject* self) {
+  PySync* p = held_object_fast<PySync>(self);
+  return p != nullptr && p->sync->held_here() ? p : nullptr;
+}
+
+// acquire(): kOk taken; kPeerDied taken over (an RLock); else not taken.
+Status fast_acquire(PySync& p) {
+  if (p.is_lock) return p.sync->lock_try_fast() ? Status::kOk : p.sync->lock_try();
+  if (p.is_sem) return p.sync->sem_try();
+  return Status::kInvalidArgument;
+}
+
+bool fast_release(PySync& p) {
+  if (p.is_lock) return p.sync->lock_release_fast() || p.sync->lock_release() == Status::kOk;
+  if (p.is_sem) return p.sync->sem_release_one() == Status::kOk;
+  return false;
+}
+
+PyObject* abandoned_error(PyObject* self) {
+  return guarded([&]() -> PyObject* { raise_abandoned(self); }, nullptr);
+}
+
 extern "C" PyObject* sync_acquire(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  if (nargs == 0 && kwnames == nullptr) {
+    if (PySync* p = fast_sync(self)) {
+      const Status st = fast_acquire(*p);
+      if (st == Status::kOk) Py_RETURN_TRUE;
+      if (st == Status::kPeerDied) return abandoned_error(self);
+    }
+  }
   return guarded([&]() -> PyObject* {
     std::array<PyObject*, 2> a{nullptr, nullptr};
     if (nargs != 0 || kwnames != nullptr) {
@@ -193,6 +243,9 @@ extern "C" PyObject* sync_acquire(PyObject* self, PyObject* const* args, Py_ssiz
 }
 
 extern "C" PyObject* sync_release(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  if (nargs == 0 && kwnames == nullptr) {
+    if (PySync* p = fast_sync(self); p != nullptr && fast_release(*p)) Py_RETURN_NONE;
+  }
   return guarded([&]() -> PyObject* {
     std::array<PyObject*, 1> a{nullptr};
     if (nargs != 0 || kwnames != nullptr) parse_fastcall("release", args, nargs, kwnames, std::array<const char*, 1>{"n"}, 0, a);
@@ -204,6 +257,16 @@ extern "C" PyObject* sync_release(PyObject* self, PyObject* const* args, Py_ssiz
 // `with lock:` -- an abandoned lock is released before LockAbandoned leaves __enter__ (the
 // block never runs, so no __exit__ would release it): the next user finds it free.
 extern "C" PyObject* sync_enter(PyObject* self, PyObject* const*, Py_ssize_t nargs, PyObject*) {
+  if (nargs == 0) {
+    if (PySync* p = fast_sync(self)) {
+      const Status st = fast_acquire(*p);
+      if (st == Status::kOk) Py_RETURN_TRUE;
+      if (st == Status::kPeerDied) {  // an RLock taken over: released again, as below
+        p->sync->lock_release();
+        return abandoned_error(self);
+      }
+    }
+  }
   return guarded([&]() -> PyObject* {
     if (nargs != 0) throw py::type_error("__enter__() takes no arguments");
     try {
@@ -218,6 +281,7 @@ extern "C" PyObject* sync_enter(PyObject* self, PyObject* const*, Py_ssize_t nar
 }
 
 extern "C" PyObject* sync_exit(PyObject* self, PyObject* const*, Py_ssize_t, PyObject*) {
+  if (PySync* p = fast_sync(self); p != nullptr && fast_release(*p)) Py_RETURN_NONE;
   return guarded([&]() -> PyObject* {
     do_release(self, nullptr);
     Py_RETURN_NONE;
@@ -299,6 +363,7 @@ std::shared_ptr<PySync> attach_sync(const py::bytes& handle_bytes) {
   auto out = std::make_shared<PySync>();
   out->arena = std::make_shared<PyArena>(PyArena{arena, h.shared ? "shm" : "heap", h.name});
   out->sync = std::move(opened.value);
+  out->set_kind();
   return out;
 }
 
@@ -328,6 +393,7 @@ std::shared_ptr<PySync> make_sync(const py::object& kind_obj, const py::object& 
   auto out = std::make_shared<PySync>();
   out->arena = std::move(a);
   out->sync = std::move(created.value);
+  out->set_kind();
   return out;
 }
 

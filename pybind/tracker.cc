@@ -6,6 +6,7 @@
 
 #include "pybind/buffer.h"
 #include "pybind/errors.h"
+#include "pybind/state.h"
 #include "pybind/gil.h"
 #include "pybind/wait.h"
 
@@ -96,9 +97,88 @@ py::object share_impl(const py::handle& buf_obj, const py::handle& channels_obj,
   return tracker;
 }
 
+// memchannel Pool: Channel.pool / Arena.pool (core/pools.cc).
+struct Pool {
+  std::shared_ptr<Arena> arena;
+  Offset offset = 0;
+  bool shared = false;  // shm: waits check liveness
+  bool closed = false;
+
+  Arena& core() {
+    if (closed) throw py::value_error("the pool is closed");
+    return *arena;
+  }
+};
+
+std::shared_ptr<Pool> make_pool(const py::handle& prototype, uint32_t count) {
+  if (!is_buffer(prototype.ptr())) throw py::type_error("_make_pool() needs a reserved Buffer");
+  Buffer* b = as_buffer(prototype.ptr());
+  b->check_live("pool()");
+  b->check_no_exports("pool()");
+  if (count == 0) throw py::value_error("pool(): count must be >= 1");
+  auto made = b->arena->create_pool(b->block, count);
+  if (!made.ok()) raise_status(made.status, "pool(): no room for " + std::to_string(count) + " blocks");
+  b->state = Buffer::State::kSent;  // the prototype is one of the pool's blocks now
+  auto pool = std::make_shared<Pool>();
+  pool->arena = b->arena;
+  pool->offset = made.value;
+  pool->shared = b->arena->backend().tracks_holders();
+  return pool;
+}
+
+py::object pool_reserve(Pool& p, const py::object& timeout) {
+  Arena& core = p.core();
+  const WaitSpec spec = make_wait(true, timeout, p.shared);
+  auto got = core.pool_reserve(p.offset, WaitSpec::nonblocking());
+  if (got.status == Status::kEmpty && spec.deadline_ns != 0) {
+    got = wait_with_gil_released(spec, [&](const WaitSpec& w) { return core.pool_reserve(p.offset, w); });
+  }
+  if (got.status == Status::kEmpty) {
+    raise_error(ErrorClass::kEmpty, "pool.reserve(): every block of the pool is out");
+  }
+  if (got.status == Status::kClosed) throw py::value_error("pool.reserve(): the pool is closed");
+  if (!got.ok()) raise_status(got.status, "pool.reserve()");
+  auto v = core.view(got.value);
+  if (!v.ok()) {
+    core.release(got.value);
+    raise_status(v.status, "pool.reserve()");
+  }
+  return new_buffer(reinterpret_cast<PyTypeObject*>(module_state().buffer_type), p.arena, got.value, v.value);
+}
+
 }  // namespace
 
 void register_tracker(py::module_& m) {
+  py::class_<Pool, std::shared_ptr<Pool>>(
+      m, "Pool",
+      "Preallocated blocks that come back to the pool wherever they are released (Channel.pool, "
+      "Arena.pool): reserve() hands one out, as the arena's reserve() does.")
+      .def("reserve", &pool_reserve, py::arg("timeout") = py::none(),
+           "reserve(self, /, timeout=None)\n--\n\nA writable Buffer of the pool, to fill and send; waits while "
+           "all are out (Empty after `timeout` seconds).")
+      .def("close", [](Pool& p) {
+             if (p.closed) return;
+             p.arena->pool_close(p.offset);
+             p.closed = true;
+           }, "close(self, /)\n--\n\nReturn the idle blocks to the arena, and the others as they come back.")
+      .def_property_readonly("closed", [](const Pool& p) { return p.closed; })
+      .def_property_readonly("count", [](Pool& p) { return p.arena->pool_count(p.offset); },
+                             "Blocks the pool has (idle or out).")
+      .def_property_readonly("idle", [](Pool& p) { return p.arena->pool_idle(p.offset); },
+                             "Blocks in the pool now, ready for reserve() (a snapshot).")
+      .def("__enter__", [](py::object self) { return self; }, "__enter__(self, /)\n--\n\nThe pool.")
+      .def("__exit__", [](Pool& p, const py::args&) {
+             if (!p.closed) {
+               p.arena->pool_close(p.offset);
+               p.closed = true;
+             }
+           }, "__exit__(self, /, *exc_info)\n--\n\nclose().")
+      .def("__reduce__", [](const Pool&) -> py::object {
+        throw py::type_error("a memchannel Pool belongs to the process that made it: it does not pickle "
+                             "(its blocks come back to it from any process)");
+      }, "__reduce__(self, /)\n--\n\nRefused.");
+  m.def("_make_pool", &make_pool, py::arg("prototype"), py::arg("count"),
+        "_make_pool(prototype, count)\n--\n\nSee Channel.pool.");
   m.def("_share", &share_impl, py::arg("buf"), py::arg("channels"), py::arg("track") = false,
         py::arg("timeout") = py::none(),
         "_share(buf, channels, track=False, timeout=None)\n--\n\nSee memchannel.share.");

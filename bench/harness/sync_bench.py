@@ -8,10 +8,11 @@ Rows:
                 mc.Lock vs mp.Lock vs threading.Lock, mc.Semaphore vs mp.Semaphore
   contended     2 processes (fork) each take the lock, bump a shared counter, release, in a
                 loop: acquire+release pairs per second over both (higher is better)
+  contended_pinned  the same with each process on its own CPU (both always running)
   event_wake    Event.set() in one process to the waiter in another woken (ping-pong of two
                 events, CLOCK_MONOTONIC on both sides): p50 and p99 in microseconds
 Targets (the issue's): uncontended and contended memchannel >= multiprocessing (throughput),
-event_wake p50 memchannel <= multiprocessing.
+event_wake p50 memchannel <= multiprocessing. Each rep runs every contender once, in turn.
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ def _uncontended(lock, n):
     return (time.perf_counter_ns() - t0) / n
 
 
-def _handoff_worker(lock, path, n, slot):
+def _handoff_worker(lock, path, n, slot, cpu=None):
     """Waits for the start flag (offset 8), then n x (acquire, bump the counter at 0,
-    release); writes its start and end times (CLOCK_MONOTONIC) at 16 + 16 * slot."""
+    release); writes its start and end times (CLOCK_MONOTONIC) at 16 + 16 * slot. With
+    `cpu`, runs on that CPU only."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     with open(path, "r+b") as f:
         m = mmap.mmap(f.fileno(), 64)
         struct.pack_into("<Q", m, 48 + 8 * slot, 1)  # ready
@@ -58,15 +62,18 @@ def _handoff_worker(lock, path, n, slot):
         m.close()
 
 
-def _handoff(make_lock, n, tmp):
+def _handoff(make_lock, n, tmp, cpus=None):
     """Both processes start together (a flag in shared memory), so they contend for the whole
-    run; pairs per second over the span from the first start to the last end."""
+    run; pairs per second over the span from the first start to the last end. `cpus`: one
+    CPU for each process (both always running, so every contended acquire is a hand-off
+    between CPUs); None: where the scheduler puts them (on a loaded machine the two often
+    take turns on one CPU, which measures the scheduler more than the lock)."""
     lock = make_lock()
     path = os.path.join(tmp, "handoff")
     with open(path, "wb") as f:
         f.write(bytes(64))
     ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_handoff_worker, args=(lock, path, n, i)) for i in range(2)]
+    procs = [ctx.Process(target=_handoff_worker, args=(lock, path, n, i, cpus[i] if cpus else None)) for i in range(2)]
     for p in procs:
         p.start()
     with open(path, "r+b") as f:
@@ -128,18 +135,33 @@ def main(mode="full", out_dir="bench/results", reps=None):
         results.setdefault(row, {})[name] = {"median": statistics.median(values), "runs": values,
                                              "unit": unit, "better": better}
 
-    for name, make in [("mc.Lock", mc.Lock), ("mp.Lock", mp.Lock), ("threading.Lock", threading.Lock),
-                       ("mc.Semaphore", mc.Semaphore), ("mc.Semaphore(reclaim=False)", lambda: mc.Semaphore(reclaim=False)),
-                       ("mp.Semaphore", mp.Semaphore)]:
-        lock = make()
-        _uncontended(lock, n_unc // 10)  # warm-up
-        record("uncontended", name, [_uncontended(lock, n_unc) for _ in range(reps)], "ns/pair", "lower")
-    for name, make in [("mc.Lock", mc.Lock), ("mp.Lock", mp.Lock)]:
-        record("contended", name, [_handoff(make, n_hand, tmp) for _ in range(reps)], "pairs/s", "higher")
-    for name, make in [("mc.Event", mc.Event), ("mp.Event", mp.Event)]:
-        runs = [_event_wake(make, n_wake, tmp) for _ in range(reps)]
-        record("event_wake_p50", name, [r[0] for r in runs], "us", "lower")
-        record("event_wake_p99", name, [r[1] for r in runs], "us", "lower")
+    # Each rep runs every contender once, in turn (mc, mp, mc, mp, ...), so a change in the
+    # machine's load during the run falls on both sides; the medians are over the reps.
+    runs = {}
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = cpus[:2] if len(cpus) >= 2 else None  # the contended_pinned row: one CPU each
+    unc = [("mc.Lock", mc.Lock), ("mp.Lock", mp.Lock), ("threading.Lock", threading.Lock),
+           ("mc.Semaphore", mc.Semaphore), ("mp.Semaphore", mp.Semaphore),
+           ("mc.Semaphore(reclaim=False)", lambda: mc.Semaphore(reclaim=False))]
+    locks = {}
+    for name, make in unc:
+        locks[name] = make()
+        _uncontended(locks[name], n_unc // 10)  # warm-up
+    for _ in range(reps):
+        for name, _make in unc:
+            runs.setdefault(("uncontended", name), []).append(_uncontended(locks[name], n_unc))
+        for name, make in [("mc.Lock", mc.Lock), ("mp.Lock", mp.Lock)]:
+            runs.setdefault(("contended", name), []).append(_handoff(make, n_hand, tmp))
+            if pinned:
+                runs.setdefault(("contended_pinned", name), []).append(_handoff(make, n_hand, tmp, pinned))
+        for name, make in [("mc.Event", mc.Event), ("mp.Event", mp.Event)]:
+            p50, p99 = _event_wake(make, n_wake, tmp)
+            runs.setdefault(("event_wake_p50", name), []).append(p50)
+            runs.setdefault(("event_wake_p99", name), []).append(p99)
+    units = {"uncontended": ("ns/pair", "lower"), "contended": ("pairs/s", "higher"), "contended_pinned": ("pairs/s", "higher"),
+             "event_wake_p50": ("us", "lower"), "event_wake_p99": ("us", "lower")}
+    for (row, name), values in runs.items():
+        record(row, name, values, *units[row])
 
     lines = [f"# SYNC ({mode}, {reps} reps, load {os.getloadavg()[0]:.2f})", "",
              "| row | primitive | median | unit |", "|---|---|---:|---|"]
@@ -150,6 +172,11 @@ def main(mode="full", out_dir="bench/results", reps=None):
         ("uncontended mc.Lock <= mp.Lock ns", results["uncontended"]["mc.Lock"]["median"] <= results["uncontended"]["mp.Lock"]["median"]),
         ("uncontended mc.Semaphore <= mp.Semaphore ns", results["uncontended"]["mc.Semaphore"]["median"] <= results["uncontended"]["mp.Semaphore"]["median"]),
         ("contended 2 processes mc.Lock >= mp.Lock", results["contended"]["mc.Lock"]["median"] >= results["contended"]["mp.Lock"]["median"]),
+    ]
+    if "contended_pinned" in results:
+        targets.append(("contended 2 processes on 2 CPUs mc.Lock >= mp.Lock",
+                        results["contended_pinned"]["mc.Lock"]["median"] >= results["contended_pinned"]["mp.Lock"]["median"]))
+    targets += [
         ("event_wake p50 mc <= mp", results["event_wake_p50"]["mc.Event"]["median"] <= results["event_wake_p50"]["mp.Event"]["median"]),
     ]
     lines += ["", "| target | met |", "|---|---|"] + [f"| {t} | {'yes' if ok else 'NO'} |" for t, ok in targets]

@@ -8,7 +8,9 @@
 """
 
 from . import _lifecycle, _memchannel
-from ._channel import Arena, Buffer, Channel, Tracker, share
+from ._channel import Arena, Buffer, Channel, Pool, Tracker, share
+from ._objects import share_object
+from .broadcast import Publisher
 from .errors import (
     CapacityError,
     ChannelClosed,
@@ -32,7 +34,7 @@ __version__ = "0.1.0"
 _lifecycle.install()
 
 __all__ = [
-    "Arena", "Buffer", "Channel", "Tracker", "share", "MemChannelError", "Empty", "Full", "ChannelClosed",
+    "Arena", "Buffer", "Channel", "Tracker", "Pool", "share", "share_object", "Publisher", "MemChannelError", "Empty", "Full", "ChannelClosed",
     "ChannelNotFound", "CapacityError", "CorruptionError", "WaitCancelled",
     "Queue", "SimpleQueue", "JoinableQueue", "ShutDown",
     "InterpreterPoolExecutor", "compare",

@@ -17,6 +17,18 @@ def _tracker_wait_async(self, timeout=None):
 
 
 Tracker.wait_async = _tracker_wait_async  # the extension's class of this interpreter
+Pool = _memchannel.Pool
+
+
+def _pool_of(channel, nbytes, shape, format, count):
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError(f"pool(): count must be a positive int, got {count!r}")
+    prototype = channel.reserve(nbytes, format=format, shape=shape)  # checks the layout
+    try:
+        return _memchannel._make_pool(prototype, count)
+    except BaseException:
+        prototype.release()
+        raise
 
 
 def share(buf, channels, *, track: bool = False, timeout=None):
@@ -114,6 +126,14 @@ class Channel(_memchannel.Channel):
         state = "closed" if self.closed else "open"
         return f"<memchannel.Channel backend={self.backend!r} {state} queued={self.qsize()}>"
 
+    def pool(self, nbytes=None, *, shape=None, format="B", count: int):
+        """A ``Pool`` of ``count`` preallocated blocks of this channel's arena, each like
+        ``reserve(nbytes, shape=shape, format=format)``. ``pool.reserve(timeout=None)`` hands
+        one out (waits while all are out; ``Empty`` after ``timeout``); a block released
+        anywhere, in any process, comes back to the pool, not to the arena; ``pool.close()``
+        (or leaving ``with pool:``) gives the blocks back to the arena as they come back."""
+        return _pool_of(self, nbytes, shape, format, count)
+
 
 class Arena(_memchannel.Arena):
     """Memory shared by the channels made from it; a received Buffer can be sent on to any
@@ -126,6 +146,13 @@ class Arena(_memchannel.Arena):
     def channel(self, maxsize: int = 0, *, maxbytes: int = 0) -> Channel:
         """A new Channel in this arena's memory (``maxsize`` and ``maxbytes`` as for Channel)."""
         return Channel(maxsize, maxbytes=maxbytes, arena=self)
+
+    def pool(self, nbytes=None, *, shape=None, format="B", count: int):
+        """A ``Pool`` of ``count`` preallocated blocks of this arena (see ``Channel.pool``)."""
+        carrier = getattr(self, "_reserve_channel", None)
+        if carrier is None:
+            carrier = self._reserve_channel = self.channel()
+        return _pool_of(carrier, nbytes, shape, format, count)
 
     def reserve(self, nbytes=None, *, format="B", shape=None, timeout=None) -> Buffer:
         """A writable Buffer in this arena's memory, to fill and then send on any of its channels."""

@@ -82,14 +82,10 @@ def _remaining(deadline):
     return max(0.0, deadline - time.monotonic())
 
 
-def send_frame_with_buffers(channel, data: bytes, buffers: list, block: bool = True, timeout=None) -> None:
-    """Send the frame of ``data`` (a protocol-5 pickle) and its out-of-band ``buffers`` on
-    ``channel`` as one block: reserved at its full size, the pickle and each buffer copied in
-    once (64-byte aligned), then sent (ownership moves). Called by ``Channel.send_object``
-    once it has pickled an object that has out-of-band buffers; ``timeout`` covers waiting for
-    arena room and for queue room together. On Full/ChannelClosed the block is returned.
-    """
-    deadline = None if (timeout is None or not block) else time.monotonic() + timeout
+def frame_block(channel, data: bytes, buffers: list, timeout=None, block: bool = True):
+    """The frame of ``data`` (a protocol-5 pickle) and its out-of-band ``buffers`` in one
+    Buffer reserved from ``channel``'s arena at its full size: the pickle and each buffer
+    copied in once (64-byte aligned). ``timeout`` bounds the wait for arena room."""
     raws = [_raw_bytes(pb) for pb in buffers]
     try:
         table_end = _HEADER.size + _ENTRY.size * len(raws)
@@ -99,7 +95,7 @@ def send_frame_with_buffers(channel, data: bytes, buffers: list, block: bool = T
             start = _aligned(end)
             offsets.append(start)
             end = start + raw.nbytes
-        block_buf = channel.reserve(end, timeout=_remaining(deadline) if block else 0)
+        block_buf = channel.reserve(end, timeout=timeout if block else 0)
         try:
             with memoryview(block_buf) as dst:
                 _HEADER.pack_into(dst, 0, _MAGIC, len(raws), len(data))
@@ -111,15 +107,47 @@ def send_frame_with_buffers(channel, data: bytes, buffers: list, block: bool = T
         except BaseException:
             block_buf.release()
             raise
+        return block_buf
     finally:
         # Our views of the sender's memory go now, not at the next garbage collection. The
         # PickleBuffers are left alone: one may be the caller's own object, still in use.
         for raw in raws:
             raw.release()
+
+
+def send_frame_with_buffers(channel, data: bytes, buffers: list, block: bool = True, timeout=None) -> None:
+    """Send the frame of ``data`` and its out-of-band ``buffers`` on ``channel`` as one block
+    (frame_block), then send it (ownership moves). Called by ``Channel.send_object`` once it
+    has pickled an object that has out-of-band buffers; ``timeout`` covers waiting for arena
+    room and for queue room together. On Full/ChannelClosed the block is returned.
+    """
+    deadline = None if (timeout is None or not block) else time.monotonic() + timeout
+    block_buf = frame_block(channel, data, buffers, _remaining(deadline), block)
     try:
         channel.send(block_buf, block, _remaining(deadline))
     except BaseException:
         block_buf.release()  # not sent: the block goes back to the arena
+        raise
+
+
+def share_object(obj, channels, *, track: bool = False, timeout=None):
+    """Pickle ``obj`` once (protocol 5, out-of-band buffers in channel memory) and send one
+    read-only share of the frame on each of ``channels`` (``memchannel.share``): every
+    receiver's ``recv_object()`` gets its own object whose arrays view the same block,
+    read-only (numpy: not writeable). All channels must be of one arena. Returns a Tracker
+    with ``track=True`` (done when every receiver's object and arrays are gone)."""
+    from ._channel import share
+    chans = list(channels)
+    if not chans:
+        raise ValueError("share_object() needs at least one channel")
+    buffers: list = []
+    data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    block_buf = frame_block(chans[0], data, buffers, timeout)
+    try:
+        return share(block_buf, chans, track=track, timeout=timeout)
+    except BaseException:
+        if not block_buf.released and "sent" not in repr(block_buf):
+            block_buf.release()  # refused before any share was made: the frame goes back
         raise
 
 

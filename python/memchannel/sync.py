@@ -18,7 +18,8 @@ primitive. When a process dies:
   :class:`LockAbandoned` with the lock held (``with lock:`` releases it again before the
   exception leaves the ``with`` statement);
 * the Semaphore permits it acquired and did not release come back;
-* a Barrier it was waiting at breaks (``threading.BrokenBarrierError``);
+* a Barrier it was waiting at, or whose round before it passed, breaks
+  (``threading.BrokenBarrierError``);
 * a Condition forgets its waits; notifications reach the live waiters.
 """
 
@@ -278,8 +279,10 @@ class Barrier(_Primitive):
 
     ``wait(timeout=None)`` returns the arrival index (0 .. parties - 1); the last arrival runs
     ``action`` (if any) before the others are released. A wait that times out, an action that
-    raises, ``abort()``, or the death of a process waiting at the barrier break it: waiters
-    get ``threading.BrokenBarrierError`` until ``reset()``. ``action`` and ``timeout`` travel
+    raises, ``abort()``, the death of a process waiting at the barrier, or the death of a
+    process that passed the round before and has not arrived in this one break it: waiters
+    get ``threading.BrokenBarrierError`` until ``reset()`` (docs/guide-sync.md, "When a
+    process dies", says what is not detected). ``action`` and ``timeout`` travel
     with a pickled copy (the action by reference, as pickle does).
     """
 

@@ -37,3 +37,15 @@ def hold_share_then_die(ch, ready):
     assert buf.readonly
     ready.set()
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def release_frames(ch, n):
+    for _ in range(n):
+        ch.recv(timeout=30).release()
+
+
+def hold_frame_then_die(ch, ready):
+    buf = ch.recv(timeout=30)
+    ready.set()
+    assert buf
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -210,3 +210,83 @@ def test_readers_in_subinterpreters():
     finally:
         for interp in interps:
             interp.close()
+
+
+def test_share_object_pickles_once_and_every_receivers_arrays_view_one_block(backend):
+    arena = mc.Arena(backend=backend)
+    chans = [arena.channel() for _ in range(3)]
+    base = _blocks(chans[0])
+    frame = np.arange(100_000, dtype=np.float32).reshape(100, 1000)
+    copied = chans[0].stats()["bytes_copied"]
+    t = mc.share_object({"frame": frame, "id": 7}, chans, track=True)
+    assert chans[0].stats()["bytes_copied"] - copied < frame.nbytes + 1024  # one copy in, not three
+    objs = [c.recv_object() for c in chans]
+    assert all(o["id"] == 7 and np.array_equal(o["frame"], frame) for o in objs)
+    assert not any(o["frame"].flags.writeable for o in objs)
+    assert len({o["frame"].__array_interface__["data"][0] for o in objs}) == 1
+    assert not t.done
+    del objs
+    gc.collect()
+    assert t.wait(5)
+    assert _blocks(chans[0]) == base
+
+
+def test_share_object_without_arrays_and_its_refusals(backend):
+    arena = mc.Arena(backend=backend)
+    a, b = arena.channel(), arena.channel()
+    base = _blocks(a)
+    mc.share_object(("small", 1), [a, b])
+    assert a.recv_object() == ("small", 1) and b.recv_object() == ("small", 1)
+    with pytest.raises(ValueError, match="at least one channel"):
+        mc.share_object(1, [])
+    with pytest.raises(ValueError, match="of the Buffer's arena"):
+        mc.share_object(np.zeros(10), [a, mc.Channel(backend=backend)])
+    assert _blocks(a) == base  # the refused frame went back to the arena
+
+
+def _frame(pub, value):
+    buf = pub.reserve(8)
+    buf.write(bytes([value]) * 8)
+    return buf
+
+
+def test_publisher_block_policy_loses_nothing_and_times_out_when_a_reader_stalls():
+    pub = mc.Publisher(mc.Arena(backend="heap"), policy="block")
+    fast, slow = pub.subscribe(maxsize=2), pub.subscribe(maxsize=2)
+    for i in range(2):
+        pub.publish(_frame(pub, i))
+    with pytest.raises(mc.Full) as info:
+        pub.publish(_frame(pub, 9), timeout=0.05)  # both full: nobody got it
+    assert info.value.sent == 0
+    got = [bytes(memoryview(fast.recv()))[0] for _ in range(2)]
+    assert got == [0, 1] and slow.qsize() == 2
+
+
+def test_publisher_drop_oldest_keeps_the_newest_and_skip_leaves_the_slow_one_out():
+    pub = mc.Publisher(mc.Arena(backend="heap"), policy="drop_oldest")
+    slow = pub.subscribe(maxsize=2)
+    for i in range(5):
+        pub.publish(_frame(pub, i))
+    assert pub.dropped == 3
+    assert [bytes(memoryview(slow.recv()))[0] for _ in range(2)] == [3, 4]
+
+    skip = mc.Publisher(mc.Arena(backend="heap"), policy="skip")
+    lagging, keeping_up = skip.subscribe(maxsize=1), skip.subscribe(maxsize=8)
+    for i in range(3):
+        skip.publish(_frame(skip, i))
+    assert skip.skipped == 2
+    assert bytes(memoryview(lagging.recv()))[0] == 0
+    assert [bytes(memoryview(keeping_up.recv()))[0] for _ in range(3)] == [0, 1, 2]
+
+
+def test_publisher_forgets_closed_subscribers_and_refuses_unknown_policies():
+    with pytest.raises(ValueError, match="policy must be one of"):
+        mc.Publisher(policy="newest")
+    pub = mc.Publisher(mc.Arena(backend="heap"))
+    a, b = pub.subscribe(), pub.subscribe()
+    base = _blocks(a)
+    b.close()
+    t = pub.publish(_frame(pub, 1), track=True)
+    assert pub.subscribers == [a]
+    a.recv().release()
+    assert t.done and _blocks(a) == base

@@ -397,9 +397,10 @@ def test_killed_lock_holder(kind, call):
     lock.release()
 
 
-def test_killed_lock_holder_with_statement():
-    lock = mc.Lock()
-    kill(start_holder(lock, "lock"))
+@pytest.mark.parametrize("kind", ["lock", "rlock"])
+def test_killed_lock_holder_with_statement(kind):
+    lock = mc.Lock() if kind == "lock" else mc.RLock()
+    kill(start_holder(lock, kind))
     ran = []
     with pytest.raises(mc.LockAbandoned):
         with lock:
@@ -420,6 +421,32 @@ def test_killed_semaphore_holder():
     assert sem.get_value() == 3
     with pytest.raises(ValueError):
         sem.release()
+
+
+@pytest.mark.parametrize("cls", [mc.Semaphore, mc.BoundedSemaphore])
+def test_killed_semaphore_holder_while_this_process_holds_one(cls):
+    """The dead process's permits come back exactly while another holder lives: this
+    process's own release afterwards is not "released too many times", and no extra permit.
+    (A kill inside each step of acquire/release: tests/cpp/test_sync_crash.cc.)"""
+    sem = cls(3)
+    assert sem.acquire()
+    proc = start_holder(sem, "semaphore")  # takes two permits
+    assert sem.get_value() == 0
+    kill(proc)
+    sem._recover()
+    assert sem.get_value() == 2
+    sem.release()
+    assert sem.get_value() == 3
+    sem._recover()
+    assert sem.get_value() == 3
+
+
+@pytest.mark.parametrize("cls", [mc.Lock, mc.RLock, mc.Semaphore, mc.BoundedSemaphore])
+def test_uninitialised_primitive_is_refused(cls):
+    obj = cls.__new__(cls)  # no __init__: no primitive behind it
+    for call in (obj.acquire, obj.release, obj.__enter__, lambda: obj.__exit__(None, None, None)):
+        with pytest.raises(TypeError, match="not initialised"):
+            call()
 
 
 def test_killed_plain_semaphore_holder():
@@ -508,6 +535,36 @@ def test_killed_barrier_party():
     for t in threads:
         t.join(10)
     assert sorted(out) == [0, 1, 2]
+
+
+def _pass_one_round_then_sleep(b, passed):
+    b.wait(30)
+    passed.set()
+    time.sleep(60)
+
+
+def test_barrier_party_killed_before_arriving():
+    """A process that passed the round before and is killed before it arrives in this one
+    breaks the barrier for the parties waiting in it, well before their timeout."""
+    b = mc.Barrier(2)
+    passed = mp.get_context("fork").Event()
+    proc = mp.get_context("fork").Process(target=_pass_one_round_then_sleep, args=(b, passed))
+    proc.start()
+    assert b.wait(30) in (0, 1)  # round 0, with the child
+    assert passed.wait(30)
+    kill(proc)
+    t0 = time.monotonic()
+    with pytest.raises(threading.BrokenBarrierError):
+        b.wait(30)
+    assert time.monotonic() - t0 < 5
+    b.reset()
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(b.wait(10))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(out) == [0, 1]  # usable again by live parties
 
 
 def test_primitive_outlives_its_creator():
