@@ -26,15 +26,16 @@ struct LastTaken {
 };
 thread_local LastTaken t_last_taken{nullptr, 0, 0};
 
-// wait_until, and on a backend with holders a wake-up at least every sweep interval to reclaim
-// dead peers (a wait in progress counts as a call: Arena::maybe_reap). The caller's own slice,
-// or a signal, still ends the wait with kInterrupted. The first attempt is inline; the waiting
-// is out of line, so a call that succeeds at once costs what it did before.
-template <typename Ready>
-[[gnu::noinline]] Status wait_sweeping_slow(Arena& arena, EventCount& ec, const WaitSpec& spec, Ready& ready) {
+// wait(spec), which waits as wait_until does, and on a backend with holders a wake-up at least
+// every sweep interval to reclaim dead peers (a wait in progress counts as a call:
+// Arena::maybe_reap). The caller's own slice, or a signal, still ends the wait with
+// kInterrupted. The first attempt is inline; the waiting is out of line, so a call that
+// succeeds at once costs what it did before.
+template <typename Wait>
+[[gnu::noinline]] Status wait_sweeping_slow(Arena& arena, const WaitSpec& spec, Wait& wait) {
   if (spec.deadline_ns == 0) return Status::kTimedOut;  // non-blocking: ready() just said no
   const int64_t interval = arena.sweep_interval();
-  if (!arena.sweeps() || interval <= 0 || spec.slice_ns <= interval) return wait_until(ec, spec, ready);
+  if (!arena.sweeps() || interval <= 0 || spec.slice_ns <= interval) return wait(spec);
   const int64_t start = monotonic_ns();
   const int64_t caller_slice_end =
       spec.slice_ns == WaitSpec::kForever ? WaitSpec::kForever : start + spec.slice_ns;
@@ -42,7 +43,7 @@ template <typename Ready>
   w.slice_ns = interval;
   for (;;) {
     const int64_t begun = monotonic_ns();
-    const Status s = wait_until(ec, w, ready);
+    const Status s = wait(w);
     if (s != Status::kInterrupted) return s;
     const int64_t now = monotonic_ns();
     if (now < begun + w.slice_ns || now >= caller_slice_end) return s;  // a signal, or the caller's slice
@@ -55,7 +56,18 @@ template <typename Ready>
 template <typename Ready>
 inline Status wait_sweeping(Arena& arena, EventCount& ec, const WaitSpec& spec, Ready&& ready) {
   if (ready()) return Status::kOk;
-  return wait_sweeping_slow(arena, ec, spec, ready);
+  auto wait = [&](const WaitSpec& w) { return wait_until(ec, w, ready); };
+  return wait_sweeping_slow(arena, spec, wait);
+}
+
+// The same for receivers: wake-one waiting; more() counts what is left for the others when a
+// spinner stops (core/waiter.h, "Wake-one waiting").
+template <typename Ready, typename More>
+inline Status wait_sweeping(Arena& arena, WakeOneCount& ec, std::atomic<int64_t>& spin_until,
+                            const WaitSpec& spec, Ready&& ready, More&& more) {
+  if (ready()) return Status::kOk;
+  auto wait = [&](const WaitSpec& w) { return wait_until(ec, spin_until, w, ready, more); };
+  return wait_sweeping_slow(arena, spec, wait);
 }
 
 // Flow-control statuses as the API reports them: a wait that ran out means full / empty.
@@ -725,8 +737,8 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
   }
   arena_->finish_send(message);
   MEMCHANNEL_CRASH_POINT(kSendMarkedQueued);
-  notify_all(header_->not_empty);
-  notify_fd(FdKind::kReadable);  // after notify_all's fence: see core/fd_wait.h
+  notify_one(header_->not_empty, header_->receivers_spin_until);  // one message: one receiver
+  notify_fd(FdKind::kReadable);  // after notify_one's fence: see core/fd_wait.h
   MEMCHANNEL_CRASH_POINT(kSendNotified);
   return Status::kOk;
 }
@@ -817,8 +829,8 @@ Status Channel::send_many(const BlockHandle* blocks, size_t n, const WaitSpec& w
       }
       for (size_t i = done; i < done + linked; ++i) arena_->finish_send(messages[i]);
       MEMCHANNEL_CRASH_POINT(kSendMarkedQueued);
-      notify_all(header_->not_empty);  // one wake per chain
-      notify_fd(FdKind::kReadable);    // after notify_all's fence: see core/fd_wait.h
+      notify_n(header_->not_empty, header_->receivers_spin_until, linked);  // a sleeper per message
+      notify_fd(FdKind::kReadable);    // after notify_n's fence: see core/fd_wait.h
       MEMCHANNEL_CRASH_POINT(kSendNotified);
       done += linked;
       *queued += linked;
@@ -842,11 +854,14 @@ Result<BlockHandle> Channel::recv(const WaitSpec& wait) {
   if (arena_->truncated()) [[unlikely]] return {Status::kCorruptedLength, {}};
   Result<BlockHandle> got;
   bool drained = false;
-  const Status s = wait_sweeping(*arena_, header_->not_empty, wait, [&] {
-    bool empty = false;
-    got = try_dequeue(&empty, &drained);  // drained: the dummy's link is sealed
-    return got.ok() || !empty || drained;
-  });
+  const Status s = wait_sweeping(
+      *arena_, header_->not_empty, header_->receivers_spin_until, wait,
+      [&] {
+        bool empty = false;
+        got = try_dequeue(&empty, &drained);  // drained: the dummy's link is sealed
+        return got.ok() || !empty || drained;
+      },
+      [&] { return counts().queued; });  // messages left for other receivers
   if (s != Status::kOk) return {as_flow(s, Status::kEmpty), {}};
   if (drained) return {Status::kClosed, {}};
   return got;
@@ -860,20 +875,23 @@ Result<size_t> Channel::recv_many(BlockHandle* out, size_t max, const WaitSpec& 
   size_t got = 0;
   bool drained = false;
   Status first = Status::kOk;
-  const Status s = wait_sweeping(*arena_, header_->not_empty, wait, [&] {
-    while (got < max) {
-      bool empty = false;
-      auto taken = try_dequeue(&empty, &drained);  // drained: the dummy's link is sealed
-      if (taken.ok()) {
-        out[got++] = taken.value;
-        continue;
-      }
-      if (got != 0) return true;  // what there is; an error is met again by the next call
-      first = taken.status;
-      return !empty || drained;
-    }
-    return true;
-  });
+  const Status s = wait_sweeping(
+      *arena_, header_->not_empty, header_->receivers_spin_until, wait,
+      [&] {
+        while (got < max) {
+          bool empty = false;
+          auto taken = try_dequeue(&empty, &drained);  // drained: the dummy's link is sealed
+          if (taken.ok()) {
+            out[got++] = taken.value;
+            continue;
+          }
+          if (got != 0) return true;  // what there is; an error is met again by the next call
+          first = taken.status;
+          return !empty || drained;
+        }
+        return true;
+      },
+      [&] { return counts().queued; });  // messages left for other receivers
   if (got != 0) return {Status::kOk, got};
   if (s != Status::kOk) return {as_flow(s, Status::kEmpty), 0};
   if (drained) return {Status::kClosed, 0};

@@ -56,8 +56,9 @@
 //   +-------------------------------+ 128  tail (producer-owned, own cache line)
 //   +-------------------------------+ 192  closed (set by close(); the sealed link is the truth),
 //   |                               |      fd wait-list keys 0..13 at 200 (core/fd_wait.h)
-//   +-------------------------------+ 256  not_empty EventCount (receivers sleep here),
-//   |                               |      fd_readers at 264: slots armed for "readable"
+//   +-------------------------------+ 256  not_empty WakeOneCount (receivers sleep here),
+//   |                               |      fd_readers at 264: slots armed for "readable",
+//   |                               |      receivers_spin_until at 272 (a spinner's announcement)
 //   +-------------------------------+ 320  not_full EventCount (senders sleep here),
 //   |                               |      fd_writers at 328: slots armed for "writable"
 //   +-------------------------------+ 384  attached handles, fd wait-list keys 14..27 at 392
@@ -79,7 +80,7 @@
 namespace memchannel {
 
 inline constexpr uint64_t kChannelMagic = 0x314c4e4843434d4dull;  // "MMCCHNL1"
-inline constexpr uint32_t kChannelLayoutVersion = 6;  // 2: node states, claim protocol; 3: sent/received on the tail/head lines; 4: counts from node seq, sealed link; 5: links checked by seq, messages_lost, repair epoch; 6: fd wait-list
+inline constexpr uint32_t kChannelLayoutVersion = 7;  // 2: node states, claim protocol; 3: sent/received on the tail/head lines; 4: counts from node seq, sealed link; 5: links checked by seq, messages_lost, repair epoch; 6: fd wait-list; 7: wake-one not_empty, receivers' spin announcement
 // The largest maxsize (a count that fits in 63 bits, as earlier layouts had it).
 inline constexpr uint64_t kMaxChannelSize = (1ull << 63) - 1;
 // A node's `next` link with this tag bit set is sealed: the channel is closed after that node.
@@ -113,8 +114,12 @@ struct ChannelHeader {
   // a sender out of bounds; a key whose socket is gone is freed by the sender that finds it so
   // (docs/design.md, "Waiting on several channels: fd readiness").
   std::atomic<uint32_t> fd_keys_a[kFdSlots / 2];
-  alignas(kCacheLine) EventCount not_empty;
+  // Receivers wait here, one wake-up per message (core/waiter.h, "Wake-one waiting"): the
+  // sleepers not yet woken, and the end of a spinning receiver's spin (monotonic ns, 0 = none;
+  // believed only up to kMaxSpinLease ahead). A sender reads the line after every link.
+  alignas(kCacheLine) WakeOneCount not_empty;
   std::atomic<uint64_t> fd_readers;  // bit i: slot i waits for "readable" (sender: one load)
+  std::atomic<int64_t> receivers_spin_until;
   alignas(kCacheLine) EventCount not_full;
   std::atomic<uint64_t> fd_writers;  // bit i: slot i waits for "writable"
   alignas(kCacheLine) std::atomic<uint32_t> attached;                       // Channel objects using this header
@@ -131,6 +136,7 @@ static_assert(offsetof(ChannelHeader, head) == 64);
 static_assert(offsetof(ChannelHeader, tail) == 128);
 static_assert(offsetof(ChannelHeader, closed) == 192);
 static_assert(offsetof(ChannelHeader, not_empty) == 256);
+static_assert(offsetof(ChannelHeader, receivers_spin_until) == 272);
 static_assert(offsetof(ChannelHeader, not_full) == 320);
 static_assert(offsetof(ChannelHeader, attached) == 384);
 static_assert(offsetof(ChannelHeader, fd_readers) == 264);
@@ -139,6 +145,7 @@ static_assert(offsetof(ChannelHeader, fd_keys_a) == 200);
 static_assert(offsetof(ChannelHeader, fd_keys_b) == 392);
 static_assert(sizeof(ChannelHeader) == 448);  // as before the wait-list: no more arena memory
 static_assert(std::atomic<uint32_t>::is_always_lock_free);
+static_assert(std::atomic<int64_t>::is_always_lock_free);
 
 struct ChannelStats {
   uint64_t queued, bytes_queued, sent, received, maxsize, maxbytes, messages_lost;

@@ -4,6 +4,7 @@
 #include <climits>
 #include <ctime>
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -28,13 +29,16 @@ FutexWait futex_wait(std::atomic<uint32_t>* word, uint32_t expected, int64_t tim
     case EAGAIN: return FutexWait::kValueChanged;
     case ETIMEDOUT: return FutexWait::kTimedOut;
     case EINTR: return FutexWait::kInterrupted;
-    default: return FutexWait::kWoken;  // treat as spurious: callers re-check their condition
+    default: return FutexWait::kSpurious;  // callers re-check their condition
   }
 }
 
-void futex_wake(std::atomic<uint32_t>* word, int count) {
-  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE, count, nullptr, nullptr, 0);
+int futex_wake(std::atomic<uint32_t>* word, int count) {
+  const long rc = syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE, count, nullptr, nullptr, 0);
+  return rc > 0 ? static_cast<int>(rc) : 0;
 }
+
+void cpu_yield() { sched_yield(); }
 
 int64_t monotonic_ns() {
   timespec ts{};

@@ -63,7 +63,8 @@ WaitSpec within_ms(int64_t ms, int64_t spin_ns = 0) {
 
 // Yields until `n` threads are registered as sleepers on `ec` (they are then blocked, or about
 // to block, in the futex path). Bounded only by the ctest timeout.
-void await_sleepers(const EventCount& ec, uint32_t n) {
+template <typename Count>  // EventCount or WakeOneCount
+void await_sleepers(const Count& ec, uint32_t n) {
   while (ec.waiters.load(std::memory_order_acquire) < n) std::this_thread::yield();
 }
 
