@@ -514,6 +514,7 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
   // A repair since this object's last call lost messages: say so once (nothing is sent).
   if (const Status r = repair_reported(); r != Status::kOk) [[unlikely]] return r;
   if (arena_->truncated()) [[unlikely]] return Status::kCorruptedLength;  // docs/shm.md, Truncation
+  if (!arena_->intact(ref_to_offset(block.ref), offset_, offset_)) [[unlikely]] return Status::kCorruptedLength;
   const auto held = arena_->held_length(block);
   if (!held.ok()) return held.status;
   const uint64_t length = held.value;
@@ -551,6 +552,7 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
   Status linked = Status::kFull;
   s = wait_sweeping(*arena_, header_->not_full, wait, [&] {
     linked = enqueue(node.value, length);
+    if (linked == Status::kFull && arena_->truncated()) [[unlikely]] linked = Status::kCorruptedLength;
     return linked != Status::kFull;
   });
   if (s != Status::kOk || linked != Status::kOk) {
@@ -561,6 +563,10 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
   }
   arena_->finish_send(message);
   MEMCHANNEL_CRASH_POINT(kSendMarkedQueued);
+  // Linked into memory that is still there: never reported sent into a truncated segment.
+  if (!arena_->intact(ref_to_offset(block.ref), ref_to_offset(node.value), offset_)) [[unlikely]] {
+    return linked_into_truncated(n, linked_state);
+  }
   notify_all(header_->not_empty);
   notify_fd(FdKind::kReadable);  // after notify_all's fence: see core/fd_wait.h
   MEMCHANNEL_CRASH_POINT(kSendNotified);
@@ -570,15 +576,23 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
 Result<BlockHandle> Channel::recv(const WaitSpec& wait) {
   arena_->maybe_reap();
   if (const Status r = repair_reported(); r != Status::kOk) [[unlikely]] return {r, {}};
-  if (arena_->truncated()) [[unlikely]] return {Status::kCorruptedLength, {}};
+  if (arena_->truncated() || !arena_->intact(offset_, offset_, offset_)) [[unlikely]] {
+    return {Status::kCorruptedLength, {}};
+  }
   Result<BlockHandle> got;
   bool drained = false;
   const Status s = wait_sweeping(*arena_, header_->not_empty, wait, [&] {
     bool empty = false;
     got = try_dequeue(&empty, &drained);  // drained: the dummy's link is sealed
-    return got.ok() || !empty || drained;
+    return got.ok() || !empty || drained || arena_->truncated();  // a sweep found a truncation
   });
   if (s != Status::kOk) return {as_flow(s, Status::kEmpty), {}};
+  if (got.ok()) {
+    // The message's block and the channel are still there (else the message is lost, counted).
+    if (!arena_->intact(ref_to_offset(got.value.ref), offset_, offset_)) [[unlikely]] return {taken_from_truncated(), {}};
+    return got;
+  }
+  if (arena_->truncated()) [[unlikely]] return {Status::kCorruptedLength, {}};
   if (drained) return {Status::kClosed, {}};
   return got;
 }
@@ -649,6 +663,7 @@ uint64_t Channel::queued() const { return counts().queued; }
 
 ChannelStats Channel::stats() const {
   arena_->maybe_reap();
+  (void)arena_->intact(offset_, offset_, offset_);  // a truncation changes messages_lost
   ChannelStats s{};
   const Counts c = counts();
   s.queued = c.queued;
@@ -659,7 +674,44 @@ ChannelStats Channel::stats() const {
   s.maxsize = maxsize_;
   s.maxbytes = maxbytes_;
   s.messages_lost = header_->messages_lost.load(std::memory_order_relaxed);
+  if (arena_->truncated()) [[unlikely]] s.messages_lost = truncation_loss(c, s.messages_lost);
   return s;
+}
+
+Status Channel::linked_into_truncated(QueueNode* node, uint64_t linked_state) {
+  // Still exactly as linked: no receiver has claimed it, and none will deliver it (a receiver
+  // claiming it now finds the truncation too, and counts it: taken_from_truncated). The sender
+  // is told, so it is not lost: it stays counted as queued, which the adjustment takes back.
+  if (node->state.load(std::memory_order_acquire) == linked_state) {
+    header_->truncation_adjust.fetch_sub(1, std::memory_order_relaxed);
+    return Status::kCorruptedLength;
+  }
+  return Status::kOk;  // claimed already: delivered, or counted lost by its receiver
+}
+
+Status Channel::taken_from_truncated() {
+  header_->truncation_adjust.fetch_add(1, std::memory_order_relaxed);
+  return Status::kCorruptedLength;
+}
+
+uint64_t Channel::truncation_loss(const Counts& c, uint64_t lost) const {
+  // The counts come from the channel header and the nodes at both ends of the queue (their
+  // numbers): exact while those survive. Lost pages read as zeros (the SIGBUS guard's private
+  // pages, or a file grown back), so a magic word tells whether each is still there.
+  const auto survives = [&](uint64_t end) {
+    const QueueNode* n = arena_->find_node(tagged_ref(end));
+    return n != nullptr && node_in_channel(n->state.load(std::memory_order_acquire));
+  };
+  const bool whole = header_->magic == kChannelMagic && survives(header_->head.load(std::memory_order_acquire)) &&
+                     survives(header_->tail.load(std::memory_order_acquire)) && c.sent >= c.received;
+  if (whole) {
+    const uint64_t total = lost + c.queued + header_->truncation_adjust.load(std::memory_order_relaxed);
+    return static_cast<int64_t>(total) < 0 ? 0 : total;
+  }
+  // Gone with the lost pages: at most what the channel could hold (its private limit, plus a
+  // message per holder caught between taking one and finding the truncation), or the arena.
+  const uint64_t arena_bound = arena_->capacity() / (2 * kUnit);  // a node and a block each
+  return maxsize_ != 0 ? std::min(maxsize_ + kMaxHolders, arena_bound) : arena_bound;
 }
 
 }  // namespace memchannel

@@ -79,7 +79,7 @@
 namespace memchannel {
 
 inline constexpr uint64_t kChannelMagic = 0x314c4e4843434d4dull;  // "MMCCHNL1"
-inline constexpr uint32_t kChannelLayoutVersion = 6;  // 2: node states, claim protocol; 3: sent/received on the tail/head lines; 4: counts from node seq, sealed link; 5: links checked by seq, messages_lost, repair epoch; 6: fd wait-list
+inline constexpr uint32_t kChannelLayoutVersion = 7;  // 2: node states, claim protocol; 3: sent/received on the tail/head lines; 4: counts from node seq, sealed link; 5: links checked by seq, messages_lost, repair epoch; 6: fd wait-list; 7: truncation_adjust
 // The largest maxsize (a count that fits in 63 bits, as earlier layouts had it).
 inline constexpr uint64_t kMaxChannelSize = (1ull << 63) - 1;
 // A node's `next` link with this tag bit set is sealed: the channel is closed after that node.
@@ -103,7 +103,10 @@ struct ChannelHeader {
   // nothing else writes after create: no cost on the data path.
   std::atomic<uint64_t> messages_lost;   // messages a repair cut off past a forged link
   std::atomic<uint64_t> repair_epoch;    // bumped by every repair: each Channel's next call reports it
-  uint64_t reserved1_;
+  // Written only once the arena is found truncated (Channel::truncation_loss): messages taken by
+  // a receiver that then found the truncation (+1 each: lost, though no longer queued) less
+  // messages linked by a sender that was then told its send failed (-1 each: queued, not lost).
+  std::atomic<uint64_t> truncation_adjust;
   alignas(kCacheLine) std::atomic<uint64_t> head;    // tagged ref of the dummy node; receivers
   alignas(kCacheLine) std::atomic<uint64_t> tail;    // tagged ref of the last node; senders
   alignas(kCacheLine) std::atomic<uint64_t> closed;  // 1 once close() began (a hint: see seal())
@@ -127,6 +130,7 @@ struct ChannelHeader {
 static_assert(std::is_standard_layout_v<ChannelHeader>);
 static_assert(offsetof(ChannelHeader, messages_lost) == 40);
 static_assert(offsetof(ChannelHeader, repair_epoch) == 48);
+static_assert(offsetof(ChannelHeader, truncation_adjust) == 56);
 static_assert(offsetof(ChannelHeader, head) == 64);
 static_assert(offsetof(ChannelHeader, tail) == 128);
 static_assert(offsetof(ChannelHeader, closed) == 192);
@@ -235,6 +239,16 @@ class Channel {
   // One attempt at each step; the waits loop around them. enqueue links `node_ref` if the
   // channel has room: kOk, kFull, kClosed (sealed), or a corruption status.
   Status enqueue(BlockRef node_ref, uint64_t length);
+  // Truncation (docs/shm.md, "Truncated segments"). A send that linked its message and then
+  // found the arena truncated: kCorruptedLength unless a receiver has taken the message already
+  // (then kOk: the receiver accounts for it); adjusts the count of messages lost.
+  [[gnu::noinline]] Status linked_into_truncated(QueueNode* node, uint64_t linked_state);
+  // A receive that took a message and then found the arena truncated: counted lost.
+  [[gnu::noinline]] Status taken_from_truncated();
+  // stats().messages_lost once the arena is truncated: exact (repairs' losses + what is queued
+  // + truncation_adjust) while the channel header and the nodes at both ends of the queue lie
+  // in segments that are whole, else an upper bound from this process's private copies.
+  [[gnu::noinline]] uint64_t truncation_loss(const Counts& c, uint64_t lost) const;
   // Seals the last node's link (close()).
   void seal();
   // kEmpty with *drained when the dummy's link is sealed (closed, nothing left).

@@ -12,6 +12,9 @@
 namespace memchannel {
 
 Channel::Repair Channel::repair() {
+  // Nothing in a truncated arena is repaired: the queue's words may read as the zeros the lost
+  // pages left, and what was queued is counted from what survives (truncation_loss).
+  if (!arena_->confirm_intact()) return Repair::kFailed;
   for (int attempt = 0; attempt < kRepairAttempts; ++attempt) {
     const uint64_t head = header_->head.load(std::memory_order_acquire);
     const uint64_t tail = header_->tail.load(std::memory_order_acquire);
