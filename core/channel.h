@@ -297,8 +297,11 @@ class Channel {
   bool cut_after(QueueNode* last, BlockRef last_ref, uint64_t link, uint64_t tail);
   // Counts a repair: `lost` messages, the arena's corruption count, the epoch; wakes waiters.
   void note_repair(uint64_t lost);
-  // The dummy a forged head hid (a claimed node of this channel leading to the tail), or 0.
+  // The dummy a forged head hid (a claimed node of this channel leading to the tail, or with
+  // the tail forged too, to the end of the queue), or 0.
   BlockRef find_dummy(uint64_t tail);
+  // Messages of this channel still linked anywhere in the arena (a repair's loss; arena walk).
+  uint64_t count_linked();
   // Messages of this channel numbered in (base, end_seq] (a repair's loss; arena walk).
   uint64_t count_linked_between(uint64_t base, uint64_t end_seq);
   // Gives back the blocks and nodes of the messages a cut left behind (see channel.cc).

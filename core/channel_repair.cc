@@ -33,6 +33,9 @@ Channel::Repair Channel::repair() {
         note_repair(0);
         return Repair::kRepaired;
       }
+      // No dummy found: a fresh one. Every message of this channel still linked is behind the
+      // lost head: counted lost now (they stay where they are; nothing reaches them).
+      const uint64_t stranded = count_linked();
       auto fresh = arena_->allocate_node();
       if (!fresh.ok()) return Repair::kFailed;
       QueueNode* old_tail = arena_->find_node(tagged_ref(tail));
@@ -50,7 +53,7 @@ Channel::Repair Channel::repair() {
       while (!header_->tail.compare_exchange_weak(t, make_tagged(tagged_tag(t) + 1, fresh.value),
                                                   std::memory_order_acq_rel)) {
       }
-      note_repair(0);  // what the lost head led to cannot be counted (docs/shm.md, Threat model)
+      note_repair(stranded);
       return Repair::kRepaired;
     }
     // Messages, and a claimed node only right after the dummy (a receive in progress).
@@ -215,19 +218,40 @@ BlockRef Channel::find_dummy(uint64_t tail) {
   });
   std::sort(claimed.rbegin(), claimed.rend());
   const BlockRef tail_ref = tagged_ref(tail);
+  // With the tail forged too (it names no node the dummy leads to), the dummy is the one
+  // numbered highest whose links lead, by valid steps, to the end of a queue (a link naming no
+  // node): the tail is then repaired from the walk (repair(), "a forged tail").
+  BlockRef to_end = 0;
   for (const auto& [seq, ref] : claimed) {
     QueueNode* n = arena_->find_node(ref);
     if (n == nullptr) continue;
     bool reaches = ref == tail_ref;
-    walk_queue(
+    const QueueWalk w = walk_queue(
         *arena_, n, ref, tag_, [](uint64_t st, bool) { return node_state_in_queue(st); },
         [&](BlockRef r, QueueNode*, uint64_t) {
           reaches |= r == tail_ref;
           return !reaches;
         });
     if (reaches) return ref;
+    if (to_end == 0 && !w.broken && tagged_ref(w.link) == 0) to_end = ref;
   }
-  return 0;
+  return to_end;
+}
+
+uint64_t Channel::count_linked() {
+  // A message is linked when a node's link names it; a sender's node that waits for room is
+  // kNodeLinked already but named by no link (it joins the repaired queue when it links).
+  std::unordered_set<BlockRef> named;
+  std::vector<BlockRef> mine;
+  arena_->for_each_cell([&](const CellInfo& c) {
+    if (c.kind != CellInfo::kNode) return;
+    const uint64_t st = c.node->state.load(std::memory_order_acquire);
+    if (const BlockRef to = tagged_ref(c.node->next.load(std::memory_order_acquire)); to != 0) named.insert(to);
+    if (node_channel(st) == tag_ && node_kind(st) == kNodeLinked) mine.push_back(offset_to_ref(c.offset));
+  });
+  uint64_t linked = 0;
+  for (const BlockRef ref : mine) linked += named.count(ref);
+  return linked;
 }
 
 }  // namespace memchannel
