@@ -71,6 +71,8 @@ Channel::Channel(std::shared_ptr<Arena> arena, ChannelHeader* header, Offset off
       tag_(channel_tag(offset)),
       maxsize_(header->maxsize),
       maxbytes_(header->maxbytes),
+      channel_id_(header->channel_id),
+      limits_check_(header->limits_check),
       seen_repair_epoch_(header->repair_epoch.load(std::memory_order_relaxed)) {}
 
 Result<std::shared_ptr<Channel>> Channel::create(std::shared_ptr<Arena> arena, uint64_t maxsize,
@@ -91,9 +93,10 @@ Result<std::shared_ptr<Channel>> Channel::create(std::shared_ptr<Arena> arena, u
   header->maxsize = maxsize;
   header->maxbytes = maxbytes;
   header->channel_id = channel_id;
+  header->limits_check = limits_digest(maxsize, maxbytes, channel_id);
   header->head.store(make_tagged(0, dummy.value), std::memory_order_relaxed);
   header->tail.store(make_tagged(0, dummy.value), std::memory_order_relaxed);
-  header->attached.store(1, std::memory_order_release);
+  header->attached.store(attach_word(1), std::memory_order_release);
   return {Status::kOk, std::shared_ptr<Channel>(new Channel(std::move(arena), header, cells.value))};
 }
 
@@ -113,15 +116,42 @@ Result<std::shared_ptr<Channel>> Channel::open(std::shared_ptr<Arena> arena, Off
     arena->note_corruption();
     return {Status::kVersionMismatch, nullptr};
   }
-  if (header->maxsize > kMaxChannelSize) {
+  // A limit or id a peer forged (the digest disagrees): refused until a party that holds the
+  // true values puts them back (its next send or recv: repair_reported).
+  if (header->maxsize > kMaxChannelSize ||
+      header->limits_check != limits_digest(header->maxsize, header->maxbytes, header->channel_id)) {
     arena->note_corruption();
     return {Status::kCorruptedLength, nullptr};
   }
-  uint32_t attached = header->attached.load(std::memory_order_acquire);
-  do {
-    if (attached == 0) return {Status::kNotFound, nullptr};  // already being torn down
-  } while (!header->attached.compare_exchange_weak(attached, attached + 1, std::memory_order_acq_rel));
+  if (!take_attach(*arena, header)) return {Status::kNotFound, nullptr};  // already being torn down
   return {Status::kOk, std::shared_ptr<Channel>(new Channel(std::move(arena), header, offset))};
+}
+
+bool Channel::take_attach(Arena& arena, ChannelHeader* header) {
+  uint64_t w = header->attached.load(std::memory_order_acquire);
+  for (;;) {
+    if (w == kAttachPinned) return true;  // the count was given up: nobody frees the channel
+    if (!attach_word_valid(w) || attach_count(w) >= 0xfffffff0u) {
+      // Forged (see attach_word): pinned, counted once by the party that pins it.
+      if (header->attached.compare_exchange_weak(w, kAttachPinned, std::memory_order_acq_rel)) {
+        arena.note_corruption();
+        return true;
+      }
+      continue;
+    }
+    if (attach_count(w) == 0) return false;
+    if (header->attached.compare_exchange_weak(w, attach_word(attach_count(w) + 1), std::memory_order_acq_rel)) {
+      return true;
+    }
+  }
+}
+
+void Channel::restore_limits() {
+  header_->maxsize = maxsize_;
+  header_->maxbytes = maxbytes_;
+  header_->channel_id = channel_id_;
+  header_->limits_check = limits_check_;
+  arena_->note_corruption();
 }
 
 Channel::~Channel() { detach(); }
@@ -131,7 +161,22 @@ void Channel::detach() {
   // Inherited across fork() and not re-attached: the count is the parent's (shared memory) or
   // a private copy nobody else uses (heap). Either way this process gives back nothing.
   if (!held_here()) return;
-  if (header_->attached.fetch_sub(1, std::memory_order_acq_rel) == 1) drain_and_free();
+  uint64_t w = header_->attached.load(std::memory_order_acquire);
+  for (;;) {
+    if (w == kAttachPinned) return;  // nobody frees a channel whose count was given up
+    if (!attach_word_valid(w) || attach_count(w) == 0) {  // forged: this object held one
+      if (header_->attached.compare_exchange_weak(w, kAttachPinned, std::memory_order_acq_rel)) {
+        arena_->note_corruption();
+        return;
+      }
+      continue;
+    }
+    const uint32_t left = attach_count(w) - 1;
+    if (header_->attached.compare_exchange_weak(w, attach_word(left), std::memory_order_acq_rel)) {
+      if (left == 0) drain_and_free();
+      return;
+    }
+  }
 }
 
 bool Channel::reattach_after_fork() {
@@ -146,14 +191,11 @@ bool Channel::reattach_after_fork() {
     fork_generation_.store(now, std::memory_order_relaxed);  // heap: the child's own copy
     return true;
   }
-  uint32_t attached = header_->attached.load(std::memory_order_acquire);
-  do {
-    if (attached == 0) {  // the parent was tearing it down as it forked
-      attached_.store(false, std::memory_order_release);
-      fork_generation_.store(now, std::memory_order_relaxed);
-      return false;
-    }
-  } while (!header_->attached.compare_exchange_weak(attached, attached + 1, std::memory_order_acq_rel));
+  if (!take_attach(*arena_, header_)) {  // the parent was tearing it down as it forked
+    attached_.store(false, std::memory_order_release);
+    fork_generation_.store(now, std::memory_order_relaxed);
+    return false;
+  }
   inherited_.store(true, std::memory_order_release);
   fork_generation_.store(now, std::memory_order_relaxed);
   return true;

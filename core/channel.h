@@ -79,7 +79,7 @@
 namespace memchannel {
 
 inline constexpr uint64_t kChannelMagic = 0x314c4e4843434d4dull;  // "MMCCHNL1"
-inline constexpr uint32_t kChannelLayoutVersion = 7;  // 2: node states, claim protocol; 3: sent/received on the tail/head lines; 4: counts from node seq, sealed link; 5: links checked by seq, messages_lost, repair epoch; 6: fd wait-list; 7: truncation_adjust
+inline constexpr uint32_t kChannelLayoutVersion = 7;  // 2: node states, claim protocol; 3: sent/received on the tail/head lines; 4: counts from node seq, sealed link; 5: links checked by seq, messages_lost, repair epoch; 6: fd wait-list; 7: truncation_adjust, limits_check, two-halved attach word
 // The largest maxsize (a count that fits in 63 bits, as earlier layouts had it).
 inline constexpr uint64_t kMaxChannelSize = (1ull << 63) - 1;
 // A node's `next` link with this tag bit set is sealed: the channel is closed after that node.
@@ -92,10 +92,28 @@ constexpr uint64_t next_link(uint64_t old, BlockRef ref, bool sealed = false) {
 static_assert(!link_sealed(next_link(make_tagged(kLinkClosed - 1, 0), 0)));
 static_assert(link_sealed(next_link(0, 0, true)));
 
+// The attach count's word: the count in the low half, its complement in the high half, so a
+// forged half is seen (the halves disagree). Which half is true cannot be told, so such a word
+// is replaced by kAttachPinned: the count is given up, opens go on, and nobody ever frees the
+// channel (it leaks when the last user leaves; nobody frees it under another).
+constexpr uint64_t attach_word(uint32_t count) { return (static_cast<uint64_t>(~count) << 32) | count; }
+constexpr bool attach_word_valid(uint64_t w) { return static_cast<uint32_t>(w >> 32) == ~static_cast<uint32_t>(w); }
+constexpr uint32_t attach_count(uint64_t w) { return static_cast<uint32_t>(w); }
+inline constexpr uint64_t kAttachPinned = ~0ull;
+static_assert(!attach_word_valid(kAttachPinned) && attach_word_valid(attach_word(0)) &&
+              attach_count(attach_word(7)) == 7);
+// A digest of the limits and id (ChannelHeader::limits_check): a single forged limit is seen by
+// an opener, which refuses the channel until a party holding private copies restores them.
+constexpr uint32_t limits_digest(uint64_t maxsize, uint64_t maxbytes, uint64_t channel_id) {
+  const uint64_t x = (maxsize * 0x9e3779b97f4a7c15ull) ^ (maxbytes * 0xc2b2ae3d27d4eb4full) ^
+                     (channel_id * 0x165667b19e3779f9ull) ^ 0x314c4e4843434d4dull;
+  return static_cast<uint32_t>(x ^ (x >> 32));
+}
+
 struct ChannelHeader {
   uint64_t magic;
   uint32_t version;
-  uint32_t reserved0_;
+  uint32_t limits_check;  // limits_digest(maxsize, maxbytes, channel_id), written at create
   uint64_t maxsize;     // 0 = unbounded
   uint64_t maxbytes;    // 0 = unbounded
   uint64_t channel_id;
@@ -120,8 +138,7 @@ struct ChannelHeader {
   std::atomic<uint64_t> fd_readers;  // bit i: slot i waits for "readable" (sender: one load)
   alignas(kCacheLine) EventCount not_full;
   std::atomic<uint64_t> fd_writers;  // bit i: slot i waits for "writable"
-  alignas(kCacheLine) std::atomic<uint32_t> attached;                       // Channel objects using this header
-  uint32_t reserved2_;
+  alignas(kCacheLine) std::atomic<uint64_t> attached;  // Channel objects using this header: attach_word
   std::atomic<uint32_t> fd_keys_b[kFdSlots / 2];
 
   // Slot i of the fd wait-list, 0 <= i < kFdSlots.
@@ -131,6 +148,7 @@ static_assert(std::is_standard_layout_v<ChannelHeader>);
 static_assert(offsetof(ChannelHeader, messages_lost) == 40);
 static_assert(offsetof(ChannelHeader, repair_epoch) == 48);
 static_assert(offsetof(ChannelHeader, truncation_adjust) == 56);
+static_assert(offsetof(ChannelHeader, limits_check) == 12);
 static_assert(offsetof(ChannelHeader, head) == 64);
 static_assert(offsetof(ChannelHeader, tail) == 128);
 static_assert(offsetof(ChannelHeader, closed) == 192);
@@ -278,6 +296,12 @@ class Channel {
   uint32_t tag_;           // this channel's tag in node states: offset_ / 64
   uint64_t maxsize_;       // private copies of the limits, read once at open
   uint64_t maxbytes_;
+  uint64_t channel_id_;    // and of the id and the limits' digest
+  uint32_t limits_check_;
+  // Writes the private copies back over forged limits (counted as corruption).
+  [[gnu::noinline]] void restore_limits();
+  // Takes one attach of the header (open, reattach_after_fork): false while it is torn down.
+  static bool take_attach(Arena& arena, ChannelHeader* header);
   // The dummy's numbers as this object last read them. The dummy's seq and position only grow,
   // so counting room from an old copy overstates what is queued: a send that fits by the copy
   // fits, and only one that does not reads the shared head (room_after). Process-local hints.
@@ -286,8 +310,13 @@ class Channel {
   // The repair epoch this object last reported (a repair by anyone makes its next send or recv
   // fail once with kCorruptedIndex, so both sides learn of the loss; stats()["messages_lost"]).
   std::atomic<uint64_t> seen_repair_epoch_{0};
-  // kCorruptedIndex once per repair since this object last reported one; kOk otherwise.
+  // kCorruptedIndex once per repair since this object last reported one; kOk otherwise. Also
+  // puts back limits a peer forged (the identity line, which this reads anyway).
   Status repair_reported() {
+    if (header_->maxsize != maxsize_ || header_->maxbytes != maxbytes_ || header_->limits_check != limits_check_)
+        [[unlikely]] {
+      restore_limits();
+    }
     const uint64_t epoch = header_->repair_epoch.load(std::memory_order_relaxed);
     if (epoch == seen_repair_epoch_.load(std::memory_order_relaxed)) [[likely]] return Status::kOk;
     seen_repair_epoch_.store(epoch, std::memory_order_relaxed);

@@ -30,7 +30,8 @@ from _forge import (  # noqa: E402
     CH_TAIL, CORRUPTION_COUNT_OFFSET, HEADER_BYTES, NODE_BLOCK,
     NODE_GEN, NODE_LENGTH, NODE_NEXT, NODE_POSITION, NODE_SEQ, NODE_STATE, SEGMENT_COUNT_OFFSET, Forger)
 
-MODES = ["links", "lengths", "offsets", "formats", "states", "counters", "header", "headtail"]
+MODES = ["links", "lengths", "offsets", "formats", "states", "counters", "header", "headtail", "attached",
+         "limits"]
 SEEDS = [1, 2, 3]
 MESSAGES = 1500      # per run, before the forger is done
 AFTER = 200          # sent after it: must all arrive
