@@ -18,7 +18,9 @@
 //   | node free list                |    64-byte queue nodes
 //   +-------------------------------+
 //   | free lists[kNumClasses]       |    one cache line each (no false sharing)
-//   +-------------------------------+ header_bytes, then carved blocks
+//   +-------------------------------+ header_bytes, then carved blocks up to the segment's bytes
+//   | sentinel tail (64 B)          |    shm files only, past every segment's bytes: never
+//   +-------------------------------+    allocated, read by intact() (core/backend.h)
 //
 // Allocation: pop the size class's lock-free free list (Treiber stack with a tag in the head
 // word against ABA); if empty, carve fresh memory by CAS on the carve cursor, adding a segment

@@ -331,6 +331,8 @@ class Channel {
   BlockRef find_dummy(uint64_t tail);
   // Messages of this channel still linked anywhere in the arena (a repair's loss; arena walk).
   uint64_t count_linked();
+  // The first message of a chain whose dummy was forged away (see channel_repair.cc), or 0.
+  BlockRef find_orphaned_start(QueueNode** node);
   // Messages of this channel numbered in (base, end_seq] (a repair's loss; arena walk).
   uint64_t count_linked_between(uint64_t base, uint64_t end_seq);
   // Gives back the blocks and nodes of the messages a cut left behind (see channel.cc).
