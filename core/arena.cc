@@ -393,6 +393,13 @@ Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout&
 }
 
 Status Arena::free_block(BlockRef ref, BlockHeader* hdr, uint32_t expected_state) {
+  // A tracked block's tracking ends first, while the block is still the caller's: a crash
+  // between the two steps completes the tracker early (the holder is dead: its share counts as
+  // released) and never leaves a free block that is still tracked.
+  if (const uint32_t t = hdr->track.load(std::memory_order_relaxed); (t & 1u) != 0) end_tracking(ref, hdr, t);
+  // A share token drops its share first (idempotent: a reclaimer of a freer that died after
+  // this step drops it again harmlessly).
+  if ((hdr->flags.load(std::memory_order_relaxed) & kBlockFlagShare) != 0) drop_share(hdr);
   uint32_t word = expected_state;
   if (!hdr->state.compare_exchange_strong(word,
                                           make_state(state_generation(expected_state), 0, kBlockFree),
@@ -557,6 +564,17 @@ Result<BlockView> Arena::view(BlockHandle h) {
   if (state_generation(word) != h.generation ||
       (state_kind(word) != kBlockReserved && state_kind(word) != kBlockReceived)) {
     return {Status::kCorruptedState, {}};
+  }
+  if ((hdr->flags.load(std::memory_order_relaxed) & kBlockFlagShare) != 0) {
+    // A share token: the view is of the block it shares, read-only (core/shares.cc).
+    uint32_t generation = 0;
+    BlockRef shared_ref = 0;
+    hdr = shared_of(hdr, &generation, &shared_ref);
+    if (hdr == nullptr) {
+      note_corruption();
+      return {Status::kCorruptedState, {}};
+    }
+    out.value.readonly = true;
   }
   // Read each peer-written field once, then check it against private bounds.
   const uint64_t class_bytes = class_units(hdr->size_class.load(std::memory_order_relaxed)) << kUnitShift;

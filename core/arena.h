@@ -54,6 +54,7 @@
 #include <mutex>
 #include <string_view>
 #include <type_traits>
+#include <vector>
 
 #include "core/arena_layout.h"
 #include "core/backend.h"
@@ -96,6 +97,7 @@ struct BlockView {
   std::array<int64_t, kMaxNdim> shape;
   std::array<char, kMaxFormatLen> format;
   uint32_t format_len = 1;
+  bool readonly = false;  // a share token's view of its shared block (core/shares.cc)
   std::string_view format_view() const { return {format.data(), format_len}; }
 };
 
@@ -114,6 +116,7 @@ struct ArenaCensus {
   bool free_lists_consistent = true;  // every listed block is free and listed once
   uint64_t sending = 0;          // blocks kSending
   uint64_t transferred = 0;      // blocks kTransferred (claimed messages their claimer has not taken)
+  uint64_t shared = 0;           // blocks kBlockShared (owned by their share tokens)
   uint64_t carving_cells = 0;    // cells whose carver has not finished (or died)
   uint64_t nodes_free = 0, nodes_held = 0, nodes_linked = 0, nodes_claimed = 0;
   uint64_t nodes_free_listed = 0;     // nodes reachable from the node free list
@@ -259,6 +262,29 @@ class Arena {
   // at a cell it cannot size. Returns the number of such unknown cells (0 or 1 per segment).
   // Concurrency: any thread; cells may change state while visited.
   uint64_t for_each_cell(const std::function<void(const CellInfo&)>& visit);
+  // Release tracking (memchannel.Tracker; core/tracking.cc, docs/design.md "Release
+  // tracking"). track_block marks a block this holder owns (kReserved or kReceived, of h's
+  // generation) and returns its ticket; the tracking ends when the block is next freed, by
+  // any party in any process (a receiver's release, the reaper of a dead holder, a closed
+  // channel's drop). Concurrency: any thread, any process.
+  Result<uint32_t> track_block(BlockHandle h);
+  // Whether the tracking `ticket` of block `ref` has ended (an invalid ref: true, counted).
+  bool tracking_ended(BlockRef ref, uint32_t ticket);
+  // Sleeps until the tracking ended (kOk), spec's deadline passed (kTimedOut) or its slice
+  // ran out (kInterrupted: call again); sweeps for dead holders between sleeps.
+  Status wait_tracking(BlockRef ref, uint32_t ticket, const WaitSpec& spec);
+  // Asks whoever ends the tracking to send listener `key` the event {arena id, offset of the
+  // block}; true when it has ended already (then nothing will be sent).
+  bool arm_tracking(BlockRef ref, uint32_t ticket, uint32_t key);
+  // Shares (memchannel.share; core/shares.cc, docs/design.md "Shares"). share() turns the block
+  // `h` this holder owns into `n` share tokens, returned kReserved by this holder: plain
+  // messages to send, each giving its receiver a read-only view of the block (view()). A
+  // normal block becomes kBlockShared; a token (a received share) is replaced by the n new
+  // ones. The block is freed when the last token is, wherever. kInvalidArgument when n is 0
+  // or the block's 42 token indices are used up; kOutOfCapacity when no token fits now.
+  Result<std::vector<BlockHandle>> share(BlockHandle h, uint32_t n);
+  // Whether `h` is a share token (its Buffers are read-only).
+  bool is_share_token(BlockHandle h);
   // Frees a block whose state word is still exactly `expected` (recovery of a dead holder's
   // block; refcount ignored). kDoubleRelease if the state moved on.
   Status reclaim_block(BlockRef ref, uint32_t expected);
@@ -371,6 +397,12 @@ class Arena {
     return hdr != nullptr && load_cell_magic(hdr) == kBlockMagic ? hdr : nullptr;
   }
   Status free_block(BlockRef ref, BlockHeader* hdr, uint32_t expected_state);
+  // Drops the share a token names (free_block, before the token is marked free); idempotent.
+  void drop_share(BlockHeader* token);
+  // A token's shared block, validated (nullptr if the token is not a live share of it).
+  BlockHeader* shared_of(BlockHeader* token, uint32_t* generation, BlockRef* ref);
+  // Ends a block's release tracking (free_block, before the block is marked free).
+  void end_tracking(BlockRef ref, BlockHeader* hdr, uint32_t word);
   // Carves `bytes` of fresh memory. The cell is returned still holding this holder's carving
   // word: the caller initialises it and publishes its magic (publish_cell).
   Result<Offset> carve(uint64_t bytes, bool node, int64_t creator_wait_ns);

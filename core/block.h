@@ -52,12 +52,18 @@ enum BlockState : uint32_t {
   // party that freed the node (the claimer had not marked it kReceived yet): the claimer
   // takes it (-> kReceived), or the reclaimer of the claimer frees it.
   kBlockTransferred = 5,
+  // A block shared read-only with several holders (memchannel.share; core/shares.cc): owned by
+  // its share tokens, none of which is it; holder 0. Freed when the last token is.
+  kBlockShared = 6,
 };
 
 inline constexpr uint32_t kBlockMagic = 0x4d43424bu;  // "MCBK"
 // A block that belongs to the arena itself (a channel header), not to any holder: never
 // reclaimed when a process dies, only freed when the structure is destroyed.
 inline constexpr uint32_t kBlockFlagArena = 1;
+// A share token (core/shares.cc): its payload is a ShareToken naming a kBlockShared block, and
+// freeing it drops that share.
+inline constexpr uint32_t kBlockFlagShare = 2;
 
 inline constexpr uint32_t kGenerationMask = 0xffff;
 
@@ -77,12 +83,41 @@ struct BlockHeader {
   std::atomic<uint32_t> meta_bytes; // bytes of BlockMeta (multiple of 64), 0 = plain bytes
   uint32_t magic;                   // kBlockMagic; same offset as QueueNode::magic (cell walk)
   std::atomic<uint32_t> flags;      // kBlockFlagArena: holds arena structures (channel headers)
-  uint32_t reserved_[7];            // keeps the payload 64-byte aligned
+  // Release tracking (memchannel.Tracker; core/tracking.cc): (ticket << 1) | active. Set by the
+  // owner before a tracked send; its active bit is cleared by whoever frees the block.
+  std::atomic<uint32_t> track;
+  std::atomic<uint32_t> track_key;  // a listener socket's key to signal when tracking ends; 0 = none
+  uint32_t reserved_;
+  // While kBlockShared: generation (16) | next token index (6) | outstanding tokens (42 bits).
+  std::atomic<uint64_t> shares;
+  uint32_t reserved2_[2];           // keeps the payload 64-byte aligned
 };
 static_assert(sizeof(BlockHeader) == 64);
 static_assert(std::is_standard_layout_v<BlockHeader>);
 static_assert(offsetof(BlockHeader, length) == 16);
 static_assert(offsetof(BlockHeader, magic) == 28);  // kCellMagicOffset, shared with QueueNode
+static_assert(offsetof(BlockHeader, track) == 36);
+static_assert(offsetof(BlockHeader, track_key) == 40);
+static_assert(offsetof(BlockHeader, shares) == 48);
+
+// The payload of a share token (kBlockFlagShare).
+inline constexpr uint32_t kShareTokenMagic = 0x4d435348u;  // "MCSH"
+inline constexpr uint32_t kMaxShareTokens = 42;           // token indices per shared lifetime
+struct ShareToken {
+  uint32_t magic;       // kShareTokenMagic
+  BlockRef shared;      // the kBlockShared block
+  uint32_t generation;  // its generation while shared
+  uint32_t index;       // this token's bit in BlockHeader::shares
+};
+static_assert(sizeof(ShareToken) == 16);
+
+constexpr uint64_t make_shares(uint32_t generation, uint32_t next, uint64_t bits) {
+  return (static_cast<uint64_t>(generation & kGenerationMask) << 48) | (static_cast<uint64_t>(next & 63) << 42) |
+         (bits & ((uint64_t{1} << kMaxShareTokens) - 1));
+}
+constexpr uint32_t shares_generation(uint64_t w) { return static_cast<uint32_t>(w >> 48); }
+constexpr uint32_t shares_next(uint64_t w) { return static_cast<uint32_t>(w >> 42) & 63; }
+constexpr uint64_t shares_bits(uint64_t w) { return w & ((uint64_t{1} << kMaxShareTokens) - 1); }
 inline constexpr uint32_t kCellMagicOffset = 28;
 
 // Carving (Arena::carve): fresh memory is claimed in two steps, a CAS on the cell's 64-bit word

@@ -83,6 +83,7 @@ ArenaCensus Arena::census() {
       case kBlockReceived: ++c.received; break;
       case kBlockSending: ++c.sending; break;
       case kBlockTransferred: ++c.transferred; break;
+      case kBlockShared: ++c.shared; break;
     }
   }, &c.bad_cells);
   // Every block on a free list must be free, of the list's class, and listed once (a quiescent
@@ -183,6 +184,7 @@ InvariantReport check_invariants(Arena& arena) {
       case kBlockReceived: ++r.received; break;
       case kBlockSending: ++r.sending; break;
       case kBlockTransferred: ++r.transferred; break;
+      case kBlockShared: ++r.shared; break;
       default: note(r, r.stale_entries, "block ", ref_name(ref), " in unknown state ", word); return;
     }
     ++blocks_in_use;

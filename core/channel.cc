@@ -1,6 +1,7 @@
 #include "core/channel.h"
 
 #include <algorithm>
+#include <array>
 #include <new>
 #include <utility>
 
@@ -291,6 +292,59 @@ Status Channel::room_after(uint64_t tail, const QueueNode* last, uint64_t next, 
   return fits(queued, bytes) ? Status::kOk : Status::kFull;
 }
 
+Status Channel::room_count(uint64_t tail, const QueueNode* last, uint64_t next, uint64_t seq, uint64_t position,
+                           const uint64_t* lengths, size_t n, size_t* fit) const {
+  // room_after's rule, message after message: how long a prefix of the batch fits.
+  const auto count = [&](uint64_t queued, uint64_t bytes) {
+    size_t k = 0;
+    for (; k < n; ++k) {
+      const uint64_t length = lengths[k];
+      if (maxsize_ != 0 && queued >= maxsize_) break;
+      if (maxbytes_ != 0 && bytes != 0 && (length > maxbytes_ || bytes > maxbytes_ - length)) break;
+      ++queued;
+      bytes += length;
+    }
+    return k;
+  };
+  {
+    const uint64_t seen_seq = seen_head_seq_.load(std::memory_order_relaxed);
+    const uint64_t seen_position = seen_head_position_.load(std::memory_order_relaxed);
+    if (seq >= seen_seq && position >= seen_position && count(seq - seen_seq, position - seen_position) == n) {
+      *fit = n;  // all of it fits even by an old copy of the dummy's numbers
+      return Status::kOk;
+    }
+  }
+  const uint64_t head = header_->head.load(std::memory_order_acquire);
+  QueueNode* first = arena_->find_node(tagged_ref(head));
+  if (first == nullptr) {  // a bad head: the receivers' side repairs it
+    *fit = n;
+    return Status::kOk;
+  }
+  const uint64_t head_seq = first->seq.load(std::memory_order_relaxed);
+  const uint64_t head_position = first->position_bytes.load(std::memory_order_relaxed);
+  if (header_->head.load(std::memory_order_acquire) != head) return Status::kInterrupted;
+  uint64_t queued = seq - head_seq;
+  uint64_t bytes = position - head_position;
+  const bool impossible = seq < head_seq || position < head_position || (maxsize_ != 0 && queued > maxsize_) ||
+                          (queued == 0 && bytes != 0) ||
+                          (maxbytes_ != 0 && bytes > maxbytes_ && bytes > arena_->max_payload());
+  if (impossible) {
+    if (header_->tail.load(std::memory_order_acquire) != tail ||
+        last->next.load(std::memory_order_acquire) != next) {
+      return Status::kInterrupted;
+    }
+    arena_->note_corruption();
+    const Counts walked = walk_counts(head, maxsize_ != 0 ? maxsize_ : kMaxQueueSteps);
+    queued = walked.queued;
+    bytes = walked.bytes;
+  } else {
+    seen_head_seq_.store(head_seq, std::memory_order_relaxed);
+    seen_head_position_.store(head_position, std::memory_order_relaxed);
+  }
+  *fit = count(queued, bytes);
+  return Status::kOk;
+}
+
 Status Channel::enqueue(BlockRef node_ref, uint64_t length) {
   QueueNode* node = arena_->find_node(node_ref);
   if (node == nullptr) return Status::kCorruptedIndex;
@@ -357,6 +411,116 @@ Status Channel::enqueue(BlockRef node_ref, uint64_t length) {
   }
   arena_->note_corruption();
   return Status::kCorruptedIndex;
+}
+
+Status Channel::enqueue_chain(const BlockRef* refs, const uint64_t* states, const uint64_t* lengths, size_t n,
+                              size_t* linked) {
+  *linked = 0;
+  if (n == 0 || n > kMaxChain) return Status::kInvalidArgument;
+  std::array<QueueNode*, kMaxChain> nodes;
+  for (size_t i = 0; i < n; ++i) {
+    nodes[i] = arena_->find_node(refs[i]);
+    if (nodes[i] == nullptr) return Status::kCorruptedIndex;
+  }
+  const bool bounded = maxsize_ != 0 || maxbytes_ != 0;
+  uint64_t helps = 0;
+  for (uint64_t step = 0; step < kMaxQueueSteps; ++step) {
+    // As enqueue(): the last node, read while the tail names it.
+    const uint64_t tail = header_->tail.load(std::memory_order_acquire);
+    QueueNode* last = arena_->find_node(tagged_ref(tail));
+    const uint64_t last_state = last != nullptr ? last->state.load(std::memory_order_acquire) : 0;
+    const uint64_t next = last != nullptr ? last->next.load(std::memory_order_acquire) : 0;
+    const uint64_t seq = last != nullptr ? last->seq.load(std::memory_order_relaxed) : 0;
+    const uint64_t position = last != nullptr ? last->position_bytes.load(std::memory_order_relaxed) : 0;
+    if (tail != header_->tail.load(std::memory_order_acquire)) continue;
+    if (last == nullptr || !node_in_channel(last_state)) {
+      if (repair() == Repair::kFailed) return Status::kCorruptedIndex;
+      continue;
+    }
+    const BlockRef next_ref = tagged_ref(next);
+    if (next_ref == 0) {
+      if (link_sealed(next)) return Status::kClosed;
+      size_t k = n;
+      if (bounded) {
+        const Status room = room_count(tail, last, next, seq, position, lengths, n, &k);
+        if (room == Status::kInterrupted) continue;
+        if (room != Status::kOk) return room;
+        if (k == 0) return Status::kFull;
+      }
+      // The chain, numbered on from the last node and linked node to node, while it is ours
+      // alone: every link in it is what a send of each message in turn would have made, so
+      // receivers, repair and recovery see k messages linked one after another.
+      uint64_t s = seq;
+      uint64_t p = position;
+      for (size_t i = 0; i < k; ++i) {
+        p += lengths[i];
+        nodes[i]->seq.store(++s, std::memory_order_relaxed);
+        nodes[i]->position_bytes.store(p, std::memory_order_relaxed);
+        nodes[i]->next.store(next_link(nodes[i]->next.load(std::memory_order_relaxed), i + 1 < k ? refs[i + 1] : 0),
+                             std::memory_order_relaxed);
+      }
+      // release: every node of the chain and every payload happen-before a receiver's acquire
+      // of this link (and, through it, of the links inside the chain).
+      uint64_t expected = next;
+      if (last->next.compare_exchange_weak(expected, next_link(next, refs[0]), std::memory_order_release,
+                                           std::memory_order_relaxed)) {
+        MEMCHANNEL_CRASH_POINT(kSendLinked);
+        swing_tail_over_chain(tail, refs, states, nodes.data(), k);
+        MEMCHANNEL_CRASH_POINT(kSendTailSwung);
+        *linked = k;
+        return Status::kOk;
+      }
+      continue;
+    }
+    // The tail lags: help it, as enqueue() does.
+    QueueNode* successor = arena_->find_node(next_ref);
+    const uint64_t successor_state =
+        successor != nullptr ? successor->state.load(std::memory_order_acquire) : 0;
+    if (successor == nullptr || next_ref == tagged_ref(tail) || !node_in_channel(successor_state) ||
+        successor->seq.load(std::memory_order_relaxed) != seq + 1 || ++helps > kMaxTailHelps) {
+      if (tail != header_->tail.load(std::memory_order_acquire) ||
+          last->next.load(std::memory_order_acquire) != next) {
+        continue;
+      }
+      if (repair() == Repair::kFailed) return Status::kCorruptedIndex;
+      helps = 0;
+      continue;
+    }
+    uint64_t t = tail;
+    header_->tail.compare_exchange_strong(t, make_tagged(tagged_tag(tail) + 1, next_ref),
+                                          std::memory_order_release, std::memory_order_relaxed);
+  }
+  arena_->note_corruption();
+  return Status::kCorruptedIndex;
+}
+
+void Channel::swing_tail_over_chain(uint64_t tail, const BlockRef* refs, const uint64_t* states, QueueNode* const* nodes,
+                                    size_t k) {
+  const BlockRef end = refs[k - 1];
+  uint64_t t = tail;
+  if (header_->tail.compare_exchange_strong(t, make_tagged(tagged_tag(tail) + 1, end), std::memory_order_release,
+                                            std::memory_order_relaxed)) {
+    return;
+  }
+  // Another party moved the tail first: a sender or receiver helping it one node at a time,
+  // perhaps onto a node of this chain. Carry it on to the chain's end from there. While the
+  // tail names chain node i, the head cannot pass node i (a receiver helps the tail before it
+  // advances past it), so nodes i..k-1 are still this incarnation, linked; a tail that names a
+  // node of the chain by ref but not this incarnation of it (the node was received, freed and
+  // reused) has a different generation in its state.
+  for (size_t tries = 0; tries < k; ++tries) {
+    t = header_->tail.load(std::memory_order_acquire);
+    const BlockRef at = tagged_ref(t);
+    size_t i = 0;
+    while (i + 1 < k && refs[i] != at) ++i;
+    if (i + 1 >= k) return;  // at the chain's end already, or past it
+    const uint64_t s = nodes[i]->state.load(std::memory_order_acquire);
+    if (!node_in_channel(s) || node_generation(s) != node_generation(states[i])) return;
+    if (header_->tail.compare_exchange_strong(t, make_tagged(tagged_tag(t) + 1, end), std::memory_order_release,
+                                              std::memory_order_relaxed)) {
+      return;
+    }
+  }
 }
 
 void Channel::seal() {
@@ -615,6 +779,128 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
   return Status::kOk;
 }
 
+Status Channel::send_many(const BlockHandle* blocks, size_t n, const WaitSpec& wait, size_t* queued) {
+  *queued = 0;
+  if (n == 0) return Status::kOk;
+  arena_->maybe_reap();
+  if (const Status r = repair_reported(); r != Status::kOk) [[unlikely]] return r;
+  if (arena_->truncated() || !arena_->intact(offset_, offset_, offset_)) [[unlikely]] {
+    return Status::kCorruptedLength;  // docs/shm.md, Truncation
+  }
+  while (*queued < n) {
+    // A chain: each message exactly as send() prepares it (node named for this channel and
+    // sender, block kSending), so a reclaimer of this process treats every node of a chain
+    // not yet linked as an unlinked send, and every linked one as a linked send.
+    const size_t want = std::min(n - *queued, kMaxChain);
+    std::array<BlockRef, kMaxChain> refs;
+    std::array<uint64_t, kMaxChain> states;
+    std::array<uint64_t, kMaxChain> lengths;
+    std::array<BlockHandle, kMaxChain> messages;
+    std::array<uint32_t, kMaxChain> previous;
+    size_t built = 0;
+    Status failed = Status::kOk;
+    for (; built < want; ++built) {
+      const BlockHandle block = blocks[*queued + built];
+      const auto held = arena_->held_length(block);
+      if (!held.ok()) {
+        failed = held.status;
+        break;
+      }
+      Result<BlockRef> node;
+      if (built == 0) {  // waits for arena space as send() does
+        const Status s = wait_sweeping(*arena_, arena_->space(), wait, [&] {
+          node = arena_->allocate_node(Arena::kNoCreatorWait);
+          return node.status != Status::kOutOfCapacity || closed();
+        });
+        if (s != Status::kOk) {
+          failed = as_flow(s, Status::kFull);
+          break;
+        }
+        if (!node.ok()) {
+          failed = node.status == Status::kOutOfCapacity ? Status::kClosed : node.status;
+          break;
+        }
+      } else {
+        node = arena_->allocate_node(Arena::kNoCreatorWait);
+        if (!node.ok()) break;  // link the chain so far; the next one waits for a node
+      }
+      QueueNode* nd = arena_->find_node(node.value);
+      const uint64_t held_state = nd->state.load(std::memory_order_relaxed);
+      const BlockHandle message{block.ref, Arena::sending_generation(block)};
+      nd->block.store(message.ref, std::memory_order_relaxed);
+      nd->generation.store(message.generation, std::memory_order_relaxed);
+      nd->length.store(held.value, std::memory_order_relaxed);
+      nd->next.store(next_link(nd->next.load(std::memory_order_relaxed), 0), std::memory_order_relaxed);
+      MEMCHANNEL_CRASH_POINT(kSendNodeAllocated);
+      const uint64_t linked_state = with_node_kind(held_state, tag_, arena_->holder(), kNodeLinked);
+      nd->state.store(linked_state, std::memory_order_relaxed);  // published by the link CAS (release)
+      MEMCHANNEL_CRASH_POINT(kSendNamed);
+      uint32_t was = 0;
+      const Status begun = arena_->begin_send(block, &was);
+      if (begun != Status::kOk) {
+        arena_->free_node_from(node.value, linked_state);
+        failed = begun;
+        break;
+      }
+      MEMCHANNEL_CRASH_POINT(kSendMarkedSending);
+      refs[built] = node.value;
+      states[built] = linked_state;
+      lengths[built] = held.value;
+      messages[built] = message;
+      previous[built] = was;
+    }
+    if (built == 0) return failed;
+    // Linked as room allows: a bounded channel takes the prefix that fits, then waits.
+    size_t done = 0;
+    Status link_failed = Status::kOk;
+    while (done < built) {
+      size_t linked = 0;
+      Status attempt = Status::kFull;
+      const Status s = wait_sweeping(*arena_, header_->not_full, wait, [&] {
+        attempt = enqueue_chain(refs.data() + done, states.data() + done, lengths.data() + done, built - done,
+                                &linked);
+        return attempt != Status::kFull;
+      });
+      if (s != Status::kOk || attempt != Status::kOk) {
+        link_failed = s != Status::kOk ? as_flow(s, Status::kFull) : attempt;
+        break;
+      }
+      bool whole = true;
+      for (size_t i = done; i < done + linked; ++i) {
+        arena_->finish_send(messages[i]);
+        whole &= arena_->intact(ref_to_offset(messages[i].ref), ref_to_offset(refs[i]), offset_);
+      }
+      MEMCHANNEL_CRASH_POINT(kSendMarkedQueued);
+      if (!whole) [[unlikely]] {
+        // Linked into a truncated arena: queued are only those a receiver has claimed already
+        // (a prefix: claims go in order), found from the chain's end (linked_into_truncated).
+        size_t taken = linked;
+        while (taken > 0 && linked_into_truncated(arena_->find_node(refs[done + taken - 1]),
+                                                  states[done + taken - 1]) != Status::kOk) {
+          --taken;
+        }
+        *queued += taken;
+        return Status::kCorruptedLength;
+      }
+      notify_all(header_->not_empty);  // one wake per chain
+      notify_fd(FdKind::kReadable);    // after notify_all's fence: see core/fd_wait.h
+      MEMCHANNEL_CRASH_POINT(kSendNotified);
+      done += linked;
+      *queued += linked;
+    }
+    if (link_failed != Status::kOk) {
+      // Not linked: everything goes back as it was, the blocks to their sender.
+      for (size_t i = done; i < built; ++i) {
+        arena_->abort_send(messages[i], previous[i]);
+        arena_->free_node_from(refs[i], states[i]);
+      }
+      return link_failed;
+    }
+    if (failed != Status::kOk) return failed;
+  }
+  return Status::kOk;
+}
+
 Result<BlockHandle> Channel::recv(const WaitSpec& wait) {
   arena_->maybe_reap();
   if (const Status r = repair_reported(); r != Status::kOk) [[unlikely]] return {r, {}};
@@ -637,6 +923,46 @@ Result<BlockHandle> Channel::recv(const WaitSpec& wait) {
   if (arena_->truncated()) [[unlikely]] return {Status::kCorruptedLength, {}};
   if (drained) return {Status::kClosed, {}};
   return got;
+}
+
+Result<size_t> Channel::recv_many(BlockHandle* out, size_t max, const WaitSpec& wait) {
+  arena_->maybe_reap();
+  if (const Status r = repair_reported(); r != Status::kOk) [[unlikely]] return {r, 0};
+  if (arena_->truncated() || !arena_->intact(offset_, offset_, offset_)) [[unlikely]] {
+    return {Status::kCorruptedLength, 0};
+  }
+  if (max == 0) return {Status::kInvalidArgument, 0};
+  size_t got = 0;
+  bool drained = false;
+  Status first = Status::kOk;
+  const Status s = wait_sweeping(*arena_, header_->not_empty, wait, [&] {
+    while (got < max) {
+      bool empty = false;
+      auto taken = try_dequeue(&empty, &drained);  // drained: the dummy's link is sealed
+      if (taken.ok()) {
+        out[got++] = taken.value;
+        continue;
+      }
+      if (got != 0) return true;  // what there is; an error is met again by the next call
+      first = taken.status;
+      return !empty || drained || arena_->truncated();  // a sweep found a truncation
+    }
+    return true;
+  });
+  if (got != 0) {
+    // Every block taken, and the channel, still there (else all of them are lost, counted).
+    bool whole = true;
+    for (size_t i = 0; i < got; ++i) whole &= arena_->intact(ref_to_offset(out[i].ref), offset_, offset_);
+    if (!whole) [[unlikely]] {
+      for (size_t i = 0; i < got; ++i) (void)taken_from_truncated();
+      return {Status::kCorruptedLength, 0};
+    }
+    return {Status::kOk, got};
+  }
+  if (arena_->truncated()) [[unlikely]] return {Status::kCorruptedLength, 0};
+  if (s != Status::kOk) return {as_flow(s, Status::kEmpty), 0};
+  if (drained) return {Status::kClosed, 0};
+  return {first, 0};
 }
 
 void Channel::close() {
@@ -724,7 +1050,8 @@ Status Channel::linked_into_truncated(QueueNode* node, uint64_t linked_state) {
   // Still exactly as linked: no receiver has claimed it, and none will deliver it (a receiver
   // claiming it now finds the truncation too, and counts it: taken_from_truncated). The sender
   // is told, so it is not lost: it stays counted as queued, which the adjustment takes back.
-  if (node->state.load(std::memory_order_acquire) == linked_state) {
+  // (A node lost with the pages: its sender is told; the count is then an upper bound anyway.)
+  if (node == nullptr || node->state.load(std::memory_order_acquire) == linked_state) {
     header_->truncation_adjust.fetch_sub(1, std::memory_order_relaxed);
     return Status::kCorruptedLength;
   }

@@ -209,6 +209,20 @@ class Channel {
   // kTimedOut, kInterrupted, kClosed (closed and drained).
   Result<BlockHandle> recv(const WaitSpec& wait);
 
+  // Batches (docs/design.md, "Batches"). send_many queues blocks[0..n), in order, as n send()s
+  // would, but links each run of up to kMaxChain of them as one pre-built chain of nodes (one
+  // link CAS, one tail swing, one wake). A bounded channel takes what fits, then waits for room
+  // for the rest. *queued is how many were queued (always a prefix): on kOk all n, otherwise the
+  // status of the first that was not, as send() reports it; blocks[*queued..n) stay the caller's.
+  // Concurrency: any thread, as send(); a chain is linked whole or not at all, so messages of
+  // other senders never interleave inside it.
+  static constexpr size_t kMaxChain = 64;
+  Status send_many(const BlockHandle* blocks, size_t n, const WaitSpec& wait, size_t* queued);
+  // Takes up to `max` messages into out[]: waits per `wait` for the first, then takes what is
+  // queued, without waiting. The count (>= 1) on kOk; errors as recv(). An error met after the
+  // first message ends the batch (the messages taken are returned; the next call reports it).
+  Result<size_t> recv_many(BlockHandle* out, size_t max, const WaitSpec& wait);
+
   // Counts one message lost to corruption found after the queue let go of it (a descriptor or
   // metadata a peer forged): stats().messages_lost; with `report`, every Channel's next call
   // is told as after a repair. Concurrency: any thread.
@@ -257,6 +271,18 @@ class Channel {
   // One attempt at each step; the waits loop around them. enqueue links `node_ref` if the
   // channel has room: kOk, kFull, kClosed (sealed), or a corruption status.
   Status enqueue(BlockRef node_ref, uint64_t length);
+  // The same for a chain: links the longest prefix of nodes[0..n) (their states as named for
+  // the send, lengths[]) that has room, with one link CAS and one tail swing, and says how many
+  // in *linked (0 with kFull).
+  Status enqueue_chain(const BlockRef* nodes, const uint64_t* states, const uint64_t* lengths, size_t n,
+                       size_t* linked);
+  // After a chain's link: the tail from `tail` (the node linked after) to the chain's last node.
+  void swing_tail_over_chain(uint64_t tail, const BlockRef* refs, const uint64_t* states, QueueNode* const* nodes,
+                             size_t k);
+  // How many of the messages lengths[0..n) fit, in order, after a last node at (seq,
+  // position); kInterrupted when the queue moved while it looked (room_after's rules).
+  Status room_count(uint64_t tail, const QueueNode* last, uint64_t next, uint64_t seq, uint64_t position,
+                    const uint64_t* lengths, size_t n, size_t* fit) const;
   // Truncation (docs/shm.md, "Truncated segments"). A send that linked its message and then
   // found the arena truncated: kCorruptedLength unless a receiver has taken the message already
   // (then kOk: the receiver accounts for it); adjusts the count of messages lost.
@@ -264,8 +290,8 @@ class Channel {
   // A receive that took a message and then found the arena truncated: counted lost.
   [[gnu::noinline]] Status taken_from_truncated();
   // stats().messages_lost once the arena is truncated: exact (repairs' losses + what is queued
-  // + truncation_adjust) while the channel header and the nodes at both ends of the queue lie
-  // in segments that are whole, else an upper bound from this process's private copies.
+  // + truncation_adjust) while the channel header and the nodes at both ends of the queue
+  // survive, else an upper bound from this process's private copies.
   [[gnu::noinline]] uint64_t truncation_loss(const Counts& c, uint64_t lost) const;
   // Seals the last node's link (close()).
   void seal();

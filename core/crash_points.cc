@@ -15,6 +15,7 @@ const char* to_string(CrashPoint p) {
     case CrashPoint::kAllocCarved: return "alloc_carved";
     case CrashPoint::kAllocClaimed: return "alloc_claimed";
     case CrashPoint::kReleaseRefDropped: return "release_ref_dropped";
+    case CrashPoint::kReleaseTrackingEnded: return "release_tracking_ended";
     case CrashPoint::kReleaseMarkedFree: return "release_marked_free";
     case CrashPoint::kReleasePushed: return "release_pushed";
     case CrashPoint::kNodePopped: return "node_popped";

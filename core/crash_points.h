@@ -18,6 +18,7 @@ enum class CrashPoint : uint32_t {
   kAllocCarved,         // the cursor is past the fresh cell; its header not yet written
   kAllocClaimed,        // the block is kReserved by this holder; metadata not yet written
   // Arena::release
+  kReleaseTrackingEnded,  // a tracked block's tracking ended (core/tracking.cc); the block not yet free
   kReleaseRefDropped,   // the last reference is dropped; the block still names its holder
   kReleaseMarkedFree,   // the block is kFree, not yet on its free list
   kReleasePushed,       // the block is on its free list; waiters not yet woken

@@ -26,6 +26,7 @@ namespace memchannel {
 struct InvariantReport {
   // What was found.
   uint64_t blocks = 0, free_blocks = 0, reserved = 0, sending = 0, queued = 0, received = 0;
+  uint64_t shared = 0;  // blocks shared read-only, owned by their tokens (core/shares.cc)
   uint64_t transferred = 0;  // claimed messages handed to their claimer (held by it)
   uint64_t arena_cells = 0, nodes = 0, channels = 0, messages = 0;
 

@@ -136,7 +136,8 @@ Status Arena::reclaim_block(BlockRef ref, uint32_t expected) {
     return Status::kDoubleRelease;
   }
   hdr->refcount.store(1, std::memory_order_relaxed);
-  hdr->flags.store(0, std::memory_order_relaxed);
+  // A share token keeps its flag: freeing it drops its share (core/shares.cc).
+  hdr->flags.store(hdr->flags.load(std::memory_order_relaxed) & kBlockFlagShare, std::memory_order_relaxed);
   return free_block(ref, hdr, mine);
 }
 

@@ -18,10 +18,17 @@ extern "C" int buffer_getbuffer(PyObject* obj, Py_buffer* view, int flags) {
     view->obj = nullptr;
     return -1;
   }
+  if (b->readonly && (flags & PyBUF_WRITABLE) == PyBUF_WRITABLE) {
+    PyErr_SetString(PyExc_BufferError,
+                    "this memchannel Buffer is a read-only share (memchannel.share): other holders see "
+                    "the same memory; copy it to write");
+    view->obj = nullptr;
+    return -1;
+  }
   view->obj = Py_NewRef(obj);
   view->buf = b->data;
   view->len = static_cast<Py_ssize_t>(b->nbytes);
-  view->readonly = 0;
+  view->readonly = b->readonly ? 1 : 0;
   view->itemsize = b->itemsize;
   view->format = (flags & PyBUF_FORMAT) ? const_cast<char*>(b->format.c_str()) : nullptr;
   view->ndim = b->ndim;
@@ -132,6 +139,9 @@ extern "C" PyObject* buffer_write(PyObject* self, PyObject* args, PyObject* kwar
   return guarded([&]() -> PyObject* {
     Buffer* b = as_buffer(self);
     b->check_live("write()");
+    if (b->readonly) {
+      throw py::type_error("write(): this Buffer is a read-only share (memchannel.share); copy it to write");
+    }
     const uint64_t offset =
         offset_obj == nullptr ? 0 : to_size(py::reinterpret_borrow<py::object>(offset_obj), "offset");
     Py_buffer view;
@@ -225,7 +235,9 @@ PyGetSetDef buffer_getset[] = {
     {"itemsize", buffer_get<[](Buffer& b) { return b.itemsize; }>, nullptr, nullptr, const_cast<char*>("itemsize")},
     {"ndim", buffer_get<[](Buffer& b) { return b.ndim; }>, nullptr, nullptr, const_cast<char*>("ndim")},
     {"shape", buffer_get<[](Buffer& b) { return b.shape_tuple(); }>, nullptr, nullptr, const_cast<char*>("shape")},
-    {"readonly", buffer_get<[](Buffer&) { return false; }>, nullptr, nullptr, const_cast<char*>("readonly")},
+    {"readonly", buffer_get<[](Buffer& b) { return b.readonly; }>, nullptr,
+     "True for a received share (memchannel.share): read-only memory other holders see too.",
+     const_cast<char*>("readonly")},
     {"address", buffer_get<[](Buffer& b) { return reinterpret_cast<uintptr_t>(b.data); }>, nullptr,
      "Address of the payload in this process (to check zero-copy).", const_cast<char*>("address")},
     {"released", buffer_get_released, nullptr, "True once sent or released.", nullptr},

@@ -44,10 +44,11 @@ struct Buffer {
   // handing on memory still being written. Read and written with the GIL held.
   int pins = 0;
   State state = State::kLive;
+  bool readonly = false;  // a received share (memchannel.share): its memory is others' too
 
   Buffer(std::shared_ptr<Arena> a, BlockHandle b, const BlockView& v)
       : arena(std::move(a)), block(b), data(v.data), nbytes(v.length), itemsize(v.itemsize),
-        ndim(static_cast<int>(v.ndim)), format(v.format_view()) {
+        ndim(static_cast<int>(v.ndim)), format(v.format_view()), readonly(v.readonly) {
     Py_ssize_t stride = itemsize;
     for (int i = ndim - 1; i >= 0; --i) {
       shape[i] = static_cast<Py_ssize_t>(v.shape[i]);

@@ -65,7 +65,8 @@ struct PyChannel {
   // Copies any buffer-protocol object into a new block (one memcpy) and returns it.
   BlockHandle copy_in(const py::handle& data, const WaitSpec& spec);
   void send(const py::handle& data, bool block, const py::object& timeout);
-  void send(const py::handle& data, const WaitSpec& spec);
+  // With `tracker`, the message is tracked (core/tracking.cc) and *tracker gets its Tracker.
+  void send(const py::handle& data, const WaitSpec& spec, py::object* tracker = nullptr);
   // A received block's validated description, its format checked too; a corrupt block is
   // counted, dropped, and raises CorruptionError.
   Result<BlockView> checked_view(BlockHandle block);

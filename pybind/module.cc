@@ -17,6 +17,7 @@
 #include "pybind/buffer.h"
 #include "pybind/channel.h"
 #include "pybind/select.h"
+#include "pybind/tracker.h"
 #include "pybind/errors.h"
 #include "pybind/fastcall.h"
 #include "pybind/objects.h"
@@ -141,6 +142,7 @@ PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreter
   add_fast_methods(channel_cls);    // send, recv: pybind/fastcall.cc
   add_object_methods(channel_cls);  // send_object, recv_object and the batches: pybind/objects.cc
   add_wait_methods(channel_cls);    // fileno: pybind/select.cc
+  register_tracker(m);              // Tracker: pybind/tracker.cc
   register_select(m);               // _select, _wait, _Listener: pybind/select.cc
   channel_cls
       .def(py::init(&make_channel), py::arg("maxsize") = 0, py::kw_only(), py::arg("maxbytes") = 0,
@@ -162,7 +164,6 @@ PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreter
            "A writable Buffer in channel memory, to fill and send() without a copy.")
       .def("close", [](py::handle s) { channel_self(s).close(); },
            "close(self, /)\n--\n\nRefuse new sends; receivers drain what is queued, then get ChannelClosed.")
-      .def_property_readonly("closed", [](py::handle s) { return channel_self(s).ch().closed(); })
       .def("qsize", [](py::handle s) { return channel_self(s).ch().queued(); },
            "qsize(self, /)\n--\n\nMessages queued now.")
       .def("empty", [](py::handle s) { return channel_self(s).ch().queued() == 0; },

@@ -18,6 +18,7 @@
 // the block and hands them to pickle.loads as views of it.
 #include "pybind/objects.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <string>
@@ -266,6 +267,190 @@ Py_ssize_t max_messages_arg(PyObject* value, const char* fn) {
   return static_cast<Py_ssize_t>(n > (1u << 30) ? (1u << 30) : n);
 }
 
+// send_many: the messages go in chunks of up to Channel::kMaxChain, each queued by one
+// Channel::send_many (one link, one wake per chunk). A chunk holds blocks this call copied the
+// messages into, and Buffers of this arena whose blocks move without a copy (marked sent while
+// queued, live again if they were not). Before a copy would have to wait for arena space, and
+// before an error is raised, the chunk so far is queued: the batch behaves as that many send()s.
+class ManySender {
+ public:
+  ManySender(PyChannel& c, const WaitSpec& spec) : c_(c), spec_(spec) {}
+  ManySender(const ManySender&) = delete;
+  ManySender& operator=(const ManySender&) = delete;
+  ~ManySender() { settle(0); }  // an exception left the chunk unqueued: give everything back
+
+  Py_ssize_t queued() const { return queued_; }
+
+  void add(PyObject* item) {
+    try {
+      add_item(item);
+    } catch (abi::__forced_unwind&) {  // see keeping() (pybind/wait.h): leak, never decref
+      count_ = 0;
+      throw;
+    }
+  }
+
+  // Queues the chunk (waiting for room as send() does); raises the first error, after giving
+  // back what was not queued.
+  void flush() {
+    if (count_ == 0) return;
+    size_t done = 0;
+    Status s = Status::kOk;
+    try {
+      s = c_.waiting(spec_, [&](const WaitSpec& w) {
+        size_t q = 0;
+        const Status st = c_.ch().send_many(blocks_.data() + done, count_ - done, w, &q);
+        done += q;
+        return st;
+      });
+    } catch (abi::__forced_unwind&) {
+      count_ = 0;
+      throw;
+    } catch (...) {
+      settle(done);
+      throw;
+    }
+    settle(done);
+    if (s != Status::kOk) raise_status(s, "");
+  }
+
+ private:
+  void add_item(PyObject* item) {
+    if (is_buffer(item)) {
+      Buffer* b = as_buffer(item);
+      b->check_live("send_many()");
+      if (b->arena == c_.arena->arena) {  // same arena: ownership moves, no copy
+        b->check_no_exports("send_many()");
+        b->state = Buffer::State::kSent;  // claimed while the GIL is released
+        blocks_[count_] = b->block;
+        moved_[count_++] = Py_NewRef(item);
+        if (count_ == Channel::kMaxChain) flush();
+        return;
+      }
+    }
+    const BlockHandle fresh = copy(item);
+    blocks_[count_] = fresh;
+    moved_[count_++] = nullptr;
+    if (count_ == Channel::kMaxChain) flush();
+  }
+
+  // The first `done` messages of the chunk were queued; the rest go back to the caller.
+  void settle(size_t done) {
+    for (size_t i = 0; i < count_; ++i) {
+      if (moved_[i] != nullptr) {
+        if (i >= done) as_buffer(moved_[i])->state = Buffer::State::kLive;  // not sent: still the caller's
+        Py_DECREF(moved_[i]);
+      } else if (i >= done) {
+        c_.arena->arena->release(blocks_[i]);
+      }
+    }
+    queued_ += static_cast<Py_ssize_t>(done);
+    count_ = 0;
+    if (copied_ != 0) c_.arena->arena->add_bytes_copied(copied_);  // stats()["bytes_copied"]
+    copied_ = 0;
+  }
+
+  // A copy of a bytes-like message in a new block. A bytes object (the usual message) is copied
+  // here; anything else through PyChannel::copy_in (formats, shapes, non-contiguous views).
+  BlockHandle copy(PyObject* item) {
+    if (PyBytes_CheckExact(item)) {
+      const uint64_t nbytes = static_cast<uint64_t>(PyBytes_GET_SIZE(item));
+      const PayloadLayout plain;
+      auto got = c_.ch().allocate(nbytes, plain, WaitSpec::nonblocking());
+      if (got.status == Status::kFull && spec_.deadline_ns != 0) {
+        flush();  // the chunk first: the wait for space may be for the blocks it holds
+        got = c_.waiting(spec_, [&](const WaitSpec& w) { return c_.ch().allocate(nbytes, plain, w); });
+      }
+      if (!got.ok()) {
+        raise_status(got.status, got.status == Status::kTooLarge ? capacity_message(*c_.arena->arena, nbytes)
+                                                                 : "no room for the message");
+      }
+      if (nbytes != 0) {
+        // A block this call just allocated, plain bytes (no metadata): the payload follows its
+        // header, inside the mapping (translate checks the bounds this process holds).
+        uint8_t* dst = c_.arena->arena->translate(ref_to_offset(got.value.ref) + sizeof(BlockHeader), nbytes);
+        if (dst == nullptr) {
+          c_.arena->arena->release(got.value);
+          raise_status(Status::kCorruptedOffset, "a freshly allocated block failed its checks");
+        }
+        const char* src = PyBytes_AS_STRING(item);  // immutable, and referenced by the caller
+        if (nbytes >= kCopyWithoutGil) {
+          without_gil([&] { std::memcpy(dst, src, nbytes); });
+        } else {
+          std::memcpy(dst, src, nbytes);
+        }
+        copied_ += nbytes;  // counted once per chunk (settle)
+      }
+      return got.value;
+    }
+    if (count_ == 0) return c_.copy_in(py::handle(item), spec_);
+    try {
+      return c_.copy_in(py::handle(item), WaitSpec::nonblocking());
+    } catch (py::error_already_set& e) {
+      if (spec_.deadline_ns == 0 || !e.matches(py::module_::import("memchannel.errors").attr("Full"))) throw;
+    }
+    flush();  // out of arena space with the chunk held: queue it, then wait as send() would
+    return c_.copy_in(py::handle(item), spec_);
+  }
+
+  PyChannel& c_;
+  const WaitSpec& spec_;
+  std::array<BlockHandle, Channel::kMaxChain> blocks_;
+  std::array<PyObject*, Channel::kMaxChain> moved_;  // the Buffer whose block moved, or nullptr: a copy
+  size_t count_ = 0;
+  Py_ssize_t queued_ = 0;
+  uint64_t copied_ = 0;  // bytes this call copied since the last settle
+};
+
+Py_ssize_t send_many_messages(PyChannel& c, PyObject* iterable, const WaitSpec& spec) {
+  py::object it = py::reinterpret_steal<py::object>(PyObject_GetIter(iterable));
+  if (!it) throw py::error_already_set();
+  ManySender sender(c, spec);
+  const auto with_count = [&](auto&& f) {
+    try {
+      f();
+    } catch (abi::__forced_unwind&) {
+      static_cast<void>(it.release());
+      throw;
+    } catch (py::error_already_set& e) {
+      rethrow_with_count(e, "send_many", sender.queued());
+    } catch (py::builtin_exception& e) {
+      e.set_error();
+      py::error_already_set err;
+      rethrow_with_count(err, "send_many", sender.queued());
+    }
+  };
+  for (;;) {
+    PyObject* raw = PyIter_Next(it.ptr());
+    if (raw == nullptr) {
+      with_count([&] {
+        if (PyErr_Occurred()) {
+          py::error_already_set e;  // the iterable's own error, after what went before it
+          sender.flush();
+          throw e;
+        }
+        sender.flush();
+      });
+      return sender.queued();
+    }
+    py::object item = py::reinterpret_steal<py::object>(raw);
+    with_count([&] {
+      try {
+        sender.add(item.ptr());
+      } catch (abi::__forced_unwind&) {
+        static_cast<void>(item.release());
+        throw;
+      } catch (py::error_already_set& e) {
+        sender.flush();  // a bad item: what went before it is queued, then its error is raised
+        throw;
+      } catch (py::builtin_exception& e) {
+        sender.flush();
+        throw;
+      }
+    });
+  }
+}
+
 template <typename Decode>
 py::list recv_batch(PyChannel& c, Py_ssize_t max_messages, bool block, PyObject* timeout, Decode&& decode) {
   if (c.pending_batch_error) {
@@ -291,6 +476,53 @@ py::list recv_batch(PyChannel& c, Py_ssize_t max_messages, bool block, PyObject*
       c.pending_batch_error = std::make_shared<py::error_already_set>();
       break;
     }
+  }
+  return out;
+}
+
+// recv_many: up to Channel::kMaxChain messages per Channel::recv_many (one entry, one pass over
+// the queue), each made a Buffer. A message whose metadata fails its checks is dropped (counted,
+// as recv() does) and the rest of what was taken is still returned; its CorruptionError is
+// raised by the next batch call (at once if it was the only message).
+py::list recv_many_buffers(PyChannel& c, Py_ssize_t max_messages, bool block, PyObject* timeout) {
+  if (c.pending_batch_error) {
+    py::error_already_set pending = std::move(*c.pending_batch_error);
+    c.pending_batch_error.reset();
+    throw pending;
+  }
+  const WaitSpec spec = c.wait_spec(block, timeout_arg(timeout));
+  const size_t max = static_cast<size_t>(max_messages);
+  std::array<BlockHandle, Channel::kMaxChain> taken;
+  size_t want = std::min(max, Channel::kMaxChain);
+  auto first = c.waiting(spec, [&](const WaitSpec& w) { return c.ch().recv_many(taken.data(), want, w); });
+  if (!first.ok()) raise_status(first.status, "");
+  py::list out;
+  size_t n = first.value;
+  size_t returned = 0;
+  for (;;) {
+    for (size_t i = 0; i < n; ++i) {
+      try {
+        py::object b = c.wrap(taken[i]);  // takes the block over, or releases it and raises
+        if (PyList_Append(out.ptr(), b.ptr()) != 0) throw py::error_already_set();  // b's GC frees the block
+        ++returned;
+      } catch (py::error_already_set& e) {
+        if (!c.pending_batch_error) c.pending_batch_error = std::make_shared<py::error_already_set>(std::move(e));
+      } catch (py::builtin_exception& e) {
+        e.set_error();
+        if (!c.pending_batch_error) c.pending_batch_error = std::make_shared<py::error_already_set>();
+        else PyErr_Clear();
+      }
+    }
+    if (n < want || returned >= max) break;  // the queue ran dry, or the batch is full
+    want = std::min(max - returned, Channel::kMaxChain);
+    auto more = c.ch().recv_many(taken.data(), want, WaitSpec::nonblocking());
+    if (!more.ok()) break;  // empty (or closed and drained) now: the batch ends here
+    n = more.value;
+  }
+  if (returned == 0 && c.pending_batch_error) {  // nothing to return: the error now
+    py::error_already_set pending = std::move(*c.pending_batch_error);
+    c.pending_batch_error.reset();
+    throw pending;
   }
   return out;
 }
@@ -321,8 +553,7 @@ extern "C" PyObject* channel_send_many(PyObject* self, PyObject* const* args, Py
     parse_fastcall("send_many", args, nargs, kwnames, std::array<const char*, 3>{"messages", "block", "timeout"}, 1, a);
     PyChannel& c = channel_of(self);
     const WaitSpec spec = c.wait_spec(block_flag(a[1]), timeout_arg(a[2]));
-    const Py_ssize_t n = send_batch("send_many", a[0], [&](const py::object& item) { c.send(item, spec); });
-    return PyLong_FromSsize_t(n);
+    return PyLong_FromSsize_t(send_many_messages(c, a[0], spec));
   }, nullptr);
 }
 
@@ -332,7 +563,7 @@ extern "C" PyObject* channel_recv_many(PyObject* self, PyObject* const* args, Py
     parse_fastcall("recv_many", args, nargs, kwnames, std::array<const char*, 3>{"max_messages", "block", "timeout"}, 1, a);
     PyChannel& c = channel_of(self);
     const Py_ssize_t max = max_messages_arg(a[0], "recv_many");
-    return recv_batch(c, max, block_flag(a[1]), a[2], [&](BlockHandle b) { return c.wrap(b); }).release().ptr();
+    return recv_many_buffers(c, max, block_flag(a[1]), a[2]).release().ptr();
   }, nullptr);
 }
 
@@ -389,7 +620,9 @@ PyMethodDef object_defs[] = {
     {"recv_many", fastcall_fn<channel_recv_many>(), METH_FASTCALL | METH_KEYWORDS,
      "recv_many($self, /, max_messages, block=True, timeout=None)\n--\n\n"
      "A list of 1 to max_messages Buffers: waits (up to `timeout`) for the first message, then\n"
-     "takes what is queued, without waiting. Empty / ChannelClosed as recv()."},
+     "takes what is queued, without waiting. Empty / ChannelClosed as recv(). A message with\n"
+     "corrupt metadata is dropped and the others are returned; its CorruptionError is raised by\n"
+     "the next batch call (at once if nothing else was taken)."},
     {"send_objects", fastcall_fn<channel_send_objects>(), METH_FASTCALL | METH_KEYWORDS,
      "send_objects($self, /, objs, block=True, timeout=None)\n--\n\n"
      "send_object() each object of the iterable `objs` under one timeout; returns how many were\n"

@@ -15,6 +15,9 @@
 namespace memchannel::py_glue {
 namespace {
 
+// The longest spin _spin_recv accepts: the asyncio layer holds its loop this long at most.
+constexpr int64_t kMaxAsyncSpinNs = 1'000'000;
+
 FdEvent event_of(const Channel& c) { return FdEvent{c.arena()->arena_id(), c.offset()}; }
 
 std::unique_ptr<WaitSocket> open_socket() {
@@ -269,6 +272,27 @@ void add_wait_methods(py::class_<PyChannel, std::shared_ptr<PyChannel>>& cls) {
       "_try_recv(self, /)\n--\n\n"
       "recv(block=False), but None instead of raising Empty (the asyncio layer's first look: an "
       "exception costs more than the receive).");
+  cls.def("_spin_recv", [](py::handle s, int64_t ns) -> py::object {
+        if (ns <= 0 || ns > kMaxAsyncSpinNs) {
+          throw py::value_error("_spin_recv(): ns must be in 1.." + std::to_string(kMaxAsyncSpinNs) + ", got " +
+                                std::to_string(ns));
+        }
+        PyChannel& c = channel_self(s);
+        Channel& core = c.ch();
+        // Spin only: the deadline is the end of the spin, so the wait never reaches the futex.
+        WaitSpec w;
+        w.spin_ns = ns;
+        w.deadline_ns = monotonic_ns() + ns;
+        auto got = without_gil([&] { return core.recv(w); });
+        if (got.ok()) return c.wrap(got.value);
+        if (got.status != Status::kEmpty && got.status != Status::kTimedOut) raise_status(got.status, "");
+        if (c.fd_watch) c.fd_refresh();
+        return py::none();
+      },
+      py::arg("ns"),
+      "_spin_recv(self, /, ns)\n--\n\n"
+      "_try_recv, but first spin up to ns nanoseconds (GIL released, no sleep) for a message: the "
+      "asyncio layer's look before it arms the loop's listener, while its loop has nothing else to run.");
   cls.def("writable_hint", [](py::handle s) { return channel_self(s).ch().writable(); },
       "writable_hint(self, /)\n--\n\n"
       "Whether the channel's own bounds (maxsize, maxbytes) leave room now, or it is closed: a "
@@ -292,6 +316,8 @@ void register_select(py::module_& m) {
   py::class_<Listener>(m, "_Listener", "One listener socket for many channels (memchannel._aio).")
       .def(py::init<>())
       .def("fileno", [](Listener& l) { return l.sock->fd(); }, "fileno(self, /)\n--\n\nThe socket's fd.")
+      .def_property_readonly("key", [](Listener& l) { return l.sock->key(); },
+                             "The socket's key (the name a sender or a Tracker's freer signals).")
       .def("register", [](Listener& l, const py::handle& ch) { return register_in(core_of(ch), l.sock->key()); },
            py::arg("channel"), "register(self, /, channel)\n--\n\nTake a slot of the channel's wait-list; returns it.")
       .def("unregister", [](Listener& l, const py::handle& ch, int slot) { core_of(ch).fd_unregister(slot, l.sock->key()); },

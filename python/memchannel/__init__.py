@@ -8,7 +8,7 @@
 """
 
 from . import _lifecycle, _memchannel
-from ._channel import Arena, Buffer, Channel
+from ._channel import Arena, Buffer, Channel, Tracker, share
 from .errors import (
     CapacityError,
     ChannelClosed,
@@ -32,7 +32,7 @@ __version__ = "0.1.0"
 _lifecycle.install()
 
 __all__ = [
-    "Arena", "Buffer", "Channel", "MemChannelError", "Empty", "Full", "ChannelClosed",
+    "Arena", "Buffer", "Channel", "Tracker", "share", "MemChannelError", "Empty", "Full", "ChannelClosed",
     "ChannelNotFound", "CapacityError", "CorruptionError", "WaitCancelled",
     "Queue", "SimpleQueue", "JoinableQueue", "ShutDown",
     "InterpreterPoolExecutor", "compare",

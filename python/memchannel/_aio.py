@@ -25,11 +25,22 @@ from .errors import ChannelClosed, Empty, Full
 
 __all__ = [
     "recv_async", "send_async", "recv_object_async", "send_object_async", "select_async", "wait_async",
+    "tracker_wait_async",
 ]
 
 # When the arena (not the channel's bound) is out of room, no wait-list fires for "room": an
 # await then looks again after these delays (seconds), doubling. Only that case polls.
 _ARENA_RETRY_FIRST, _ARENA_RETRY_MAX = 0.001, 0.05
+# Before an await arms the loop's listener it may spin for a message, without the GIL, for up
+# to _SPIN_NS: a wake-up through the listener socket and epoll costs tens of microseconds
+# (most of it the cross-CPU wake of the loop's thread), a spinning hand-off a few. It spins
+# only while the loop has nothing else to do (no ready callback, no timer due in the window),
+# so the longest it delays another of the loop's fds is the window; and after _SPIN_GIVE_UP
+# spins in a row found nothing it stops spinning (an idle consumer costs no CPU) until a
+# message again comes within _SPIN_RESUME_S of a sleep. docs/guide-waiting.md, "asyncio".
+_SPIN_NS = 50_000
+_SPIN_GIVE_UP = 4
+_SPIN_RESUME_S = 0.001
 # Idle registrations a loop keeps (each holds one slot of its channel's 28-slot wait-list and
 # a reference to the channel object).
 _IDLE_KEPT = 32
@@ -52,6 +63,11 @@ class _Dispatcher:
     def __init__(self, loop):
         self.loop = loop
         self.listener = _memchannel._Listener()
+        self.spin_misses = 0  # spins in a row that found nothing
+        self.trackers: dict = {}  # Tracker._key -> [(tracker, future)]: tracker_wait_async
+        # Loops whose queues can be looked at (asyncio's own; not uvloop, say) can spin.
+        self.can_spin = isinstance(getattr(loop, "_ready", None), collections.deque) and isinstance(
+            getattr(loop, "_scheduled", None), list)
         self.entries: dict = {}
         self.idle: collections.OrderedDict = collections.OrderedDict()  # entries without waiters
         loop.add_reader(self.listener.fileno(), self._on_readable)
@@ -86,6 +102,29 @@ class _Dispatcher:
             targets = [self.entries[k] for k in dict.fromkeys(fired) if k in self.entries]
         for e in targets:
             self._service(e)
+        if self.trackers:
+            keys = list(self.trackers) if fired is None else [k for k in dict.fromkeys(fired) if k in self.trackers]
+            for k in keys:
+                self._service_trackers(k)
+
+    def _service_trackers(self, key) -> None:
+        """A datagram said "look" for tracked block ``key``: complete the waits whose tracker
+        is done (a stale datagram, of an earlier tracking of the block, re-arms instead)."""
+        waits = self.trackers.get(key)
+        if not waits:
+            return
+        pending = []
+        for tracker, fut in waits:
+            if fut.done():
+                continue
+            if tracker.done or tracker._arm(self.listener.key):
+                fut.set_result(True)
+            else:
+                pending.append((tracker, fut))
+        if pending:
+            self.trackers[key] = pending
+        else:
+            del self.trackers[key]
 
     def _kick(self, e: _Entry) -> None:
         if not e.scheduled:
@@ -109,6 +148,23 @@ class _Dispatcher:
                 waiters[0].set_result(True)  # stays queued until its await takes it out
                 if len(waiters) > 1:
                     self._kick(e)  # after the woken one ran: more may be ready
+
+    def spin_recv(self, channel):
+        """A message spun for (``channel._spin_recv``) while the loop is idle, else None."""
+        if not self.can_spin or self.spin_misses >= _SPIN_GIVE_UP:
+            return None
+        loop = self.loop
+        if loop._ready:
+            return None
+        scheduled = loop._scheduled
+        if scheduled and scheduled[0]._when <= loop.time() + _SPIN_NS * 1e-9:
+            return None
+        buf = channel._spin_recv(_SPIN_NS)
+        if buf is None:
+            self.spin_misses += 1
+        else:
+            self.spin_misses = 0
+        return buf
 
     async def wait(self, channels, writable: bool, deadline) -> bool:
         """Until one of ``channels`` may be ready (True) or the loop's clock passes
@@ -144,6 +200,36 @@ class _Dispatcher:
                 elif fut in waiters:
                     waiters.remove(fut)
                 self._forget(e)
+
+
+async def tracker_wait_async(tracker, timeout=None) -> bool:
+    """``await tracker.wait_async(timeout=None)``: True once the tracked message was released,
+    False after ``timeout`` seconds. No thread, no polling: the party that releases the message
+    signals this loop's listener socket (core/tracking.cc). Await one Tracker from one event
+    loop at a time (the block names one listener)."""
+    if tracker.done:
+        return True
+    d = _dispatcher()
+    deadline = _deadline(timeout)
+    loop = d.loop
+    fut = loop.create_future()
+    key = tracker._key
+    d.trackers.setdefault(key, []).append((tracker, fut))
+    timer = None
+    try:
+        if tracker._arm(d.listener.key):
+            return True
+        if deadline is not None:
+            timer = loop.call_at(deadline, _expire, fut)
+        return await fut
+    finally:
+        if timer is not None:
+            timer.cancel()
+        waits = d.trackers.get(key)
+        if waits is not None:
+            waits[:] = [w for w in waits if w[1] is not fut]
+            if not waits:
+                del d.trackers[key]
 
 
 def _expire(fut) -> None:
@@ -187,14 +273,22 @@ async def recv_async(channel, timeout=None):
     buf = channel._try_recv()
     if buf is not None:
         return buf
+    d = _dispatcher()
+    if deadline is None or deadline - d.loop.time() > _SPIN_NS * 1e-9:
+        buf = d.spin_recv(channel)
+        if buf is not None:
+            return buf
     while True:
-        if _expired(deadline) or not await _dispatcher().wait((channel,), False, deadline):
+        slept_from = d.loop.time()
+        if _expired(deadline) or not await d.wait((channel,), False, deadline):
             buf = channel._try_recv()
             if buf is None:
                 raise Empty("recv_async(): no message before the timeout")
             return buf
         buf = channel._try_recv()
         if buf is not None:
+            if d.loop.time() - slept_from < _SPIN_RESUME_S:
+                d.spin_misses = 0  # it came soon after the spin gave up: spinning may pay again
             return buf
 
 

@@ -6,6 +6,36 @@ from __future__ import annotations
 from . import _memchannel
 
 Buffer = _memchannel.Buffer
+Tracker = _memchannel.Tracker
+
+
+def _tracker_wait_async(self, timeout=None):
+    """``await tracker.wait_async(timeout=None)``: True once the message was released, False
+    after ``timeout`` seconds; no thread, no polling (memchannel._aio)."""
+    from . import _aio
+    return _aio.tracker_wait_async(self, timeout)
+
+
+Tracker.wait_async = _tracker_wait_async  # the extension's class of this interpreter
+
+
+def share(buf, channels, *, track: bool = False, timeout=None):
+    """Send one read-only share of ``buf``'s memory on each of ``channels``, with no copy.
+
+    ``buf`` is a Buffer (reserved from the channels' arena and filled, or received from one of
+    its channels); it is consumed, as by ``send()``. Each receiver gets a Buffer with
+    ``readonly=True`` over the same memory (numpy arrays of it are not writeable), in any
+    thread, interpreter or process. The memory returns to the arena when the last share is
+    released, wherever: released, dropped with a closed channel, or reclaimed from a holder
+    that died. A received share can be forwarded with ``send()`` (the share moves) or shared
+    again. At most 42 shares of one block over its shared life.
+
+    ``track=True`` returns a ``Tracker`` that completes when every share was released.
+    ``timeout`` bounds the wait of each channel that is full. A channel that refuses its share
+    (closed, or still full at the timeout) gets none and the error is raised after every
+    channel was tried, with ``.sent``, how many channels got theirs.
+    """
+    return _memchannel._share(buf, channels, track, timeout)
 
 
 def _attach_pickled(handle: bytes) -> "Channel":

@@ -1,11 +1,14 @@
 # Types of memchannel.Channel, Arena and Buffer (_channel.py over the extension's classes).
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any, Self
 
 from . import _memchannel
 from ._memchannel import _Backend, _Timeout
 
 Buffer = _memchannel.Buffer
+Tracker = _memchannel.Tracker
+
+def share(buf: Buffer, channels: Iterable[Channel], *, track: bool = False, timeout: _Timeout = None) -> Tracker | None: ...
 
 class Channel(_memchannel.Channel):
     @classmethod

@@ -353,9 +353,11 @@ TEST(CrashPoints, EveryPointLeavesAConsistentArena) {
   std::set<uint32_t> reached;
   std::map<std::string, int> runs;
   // Segment creation (kGrowSegment*) has its own crash tests: tests/cpp/test_shm_growth.cc.
-  // The sync primitives' points (kSync*) have theirs in test_sync_crash.cc (SyncCrashPoints).
+  // The sync primitives' points (kSync*) have theirs in test_sync_crash.cc (SyncCrashPoints);
+  // release tracking's (kReleaseTrackingEnded) in test_tracking.cc.
   const auto covered_elsewhere = [](uint32_t p) {
-    return p == static_cast<uint32_t>(CrashPoint::kGrowSegmentClaimed) ||
+    return p == static_cast<uint32_t>(CrashPoint::kReleaseTrackingEnded) ||
+           p == static_cast<uint32_t>(CrashPoint::kGrowSegmentClaimed) ||
            p == static_cast<uint32_t>(CrashPoint::kGrowSegmentCreated) ||
            (p >= static_cast<uint32_t>(CrashPoint::kSyncLockTaken) && p <= static_cast<uint32_t>(CrashPoint::kSyncEventSet));
   };

@@ -296,3 +296,74 @@ def test_an_idle_await_uses_no_cpu(run):
         return used
 
     assert run(main()) < 0.2  # a poller would burn the whole second; a sleeper uses ~0
+
+
+def test_spin_recv_takes_a_message_sent_while_it_spins(backend):
+    """The asyncio layer's spin (docs/guide-waiting.md, "A short spin before the loop sleeps"):
+    a message sent by another thread during the spin is returned, with the GIL released so that
+    the thread can run; a spin that finds nothing returns None after about its window."""
+    ch = mc.Channel(backend=backend)
+    assert ch._spin_recv(1000) is None
+    ch.send(b"there")
+    assert bytes(ch._spin_recv(1000)) == b"there"
+    hits = 0
+    for _ in range(20):
+        go = threading.Event()
+        t = threading.Thread(target=lambda: (go.wait(), ch.send(b"meanwhile")))
+        t.start()
+        go.set()
+        buf = ch._spin_recv(1_000_000)  # 1 ms
+        t.join()
+        if buf is not None:
+            assert bytes(buf) == b"meanwhile"
+            hits += 1
+        else:
+            assert bytes(ch.recv(timeout=5)) == b"meanwhile"  # nothing lost on a miss
+    assert hits > 0
+    t0 = time.monotonic()
+    assert ch._spin_recv(1_000_000) is None
+    assert time.monotonic() - t0 < 0.5
+    for bad in (0, -1, 1_000_001):
+        with pytest.raises(ValueError, match="ns must be in 1..1000000"):
+            ch._spin_recv(bad)
+    ch.close()
+    with pytest.raises(mc.ChannelClosed):
+        ch._spin_recv(1000)
+
+
+def test_recv_async_stops_spinning_on_an_idle_channel_and_resumes_with_traffic():
+    from memchannel import _aio
+
+    ch = mc.Channel()
+
+    async def main():
+        d = _aio._dispatcher()
+        assert d.can_spin  # asyncio's own loop
+        for _ in range(_aio._SPIN_GIVE_UP + 3):
+            with pytest.raises(mc.Empty):
+                await ch.recv_async(timeout=0.002)
+        gave_up = d.spin_misses
+        # A message that comes right after the await went to sleep turns spinning back on
+        # (a wake-up slower than _SPIN_RESUME_S on a loaded machine does not: a few tries).
+        for _ in range(10):
+            t = asyncio.create_task(ch.recv_async())
+            await asyncio.sleep(0)
+            ch.send(b"soon")
+            assert bytes(await t) == b"soon"
+            if d.spin_misses == 0:
+                break
+        return gave_up, d.spin_misses
+
+    gave_up, after = asyncio.run(main())
+    assert gave_up == _aio._SPIN_GIVE_UP  # it stopped counting: no more spins
+    assert after == 0
+
+
+def test_uvloop_never_spins():
+    uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed (make venv installs it)")
+    from memchannel import _aio
+
+    async def main():
+        return _aio._dispatcher().can_spin
+
+    assert uvloop.run(main()) is False

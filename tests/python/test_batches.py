@@ -145,6 +145,96 @@ def test_close_mid_batch(backend):
         ch.recv_many(10)
 
 
+def test_batches_longer_than_a_chain_through_a_bounded_channel(backend):
+    # Chains are at most 64 messages; a bound of 10 takes part of one, then the batch waits.
+    ch = mc.Channel(10, backend=backend)
+    n = 300
+    received = []
+
+    def drain():
+        while len(received) < n:
+            for b in ch.recv_many(150, timeout=10):
+                received.append(bytes(b))
+                b.release()
+
+    t = threading.Thread(target=drain)
+    t.start()
+    assert ch.send_many((b"%04d" % i for i in range(n)), timeout=10) == n
+    t.join(10)
+    assert received == [b"%04d" % i for i in range(n)]
+    assert blocks_in_use(ch) == 0
+
+
+def test_recv_many_takes_more_than_a_chain_in_order(backend):
+    ch = mc.Channel(backend=backend)
+    assert ch.send_many(b"%03d" % i for i in range(200)) == 200
+    got = ch.recv_many(150)
+    assert [bytes(b) for b in got] == [b"%03d" % i for i in range(150)]
+    rest = ch.recv_many(150)
+    assert [bytes(b) for b in rest] == [b"%03d" % i for i in range(150, 200)]
+
+
+def test_buffers_a_batch_did_not_queue_stay_the_callers(backend):
+    ch = mc.Channel(2, backend=backend)
+    bufs = []
+    for i in range(4):
+        b = ch.reserve(4)
+        memoryview(b)[:] = b"buf%d" % i
+        bufs.append(b)
+    with pytest.raises(mc.Full) as info:
+        ch.send_many(bufs + [b"copy"], timeout=0.1)
+    assert info.value.queued == 2
+    assert bufs[0].released and bufs[1].released  # sent: ownership moved
+    assert not bufs[2].released and not bufs[3].released
+    assert bytes(bufs[2]) == b"buf2"  # still usable, and sendable later
+    assert [bytes(b) for b in ch.recv_many(10)] == [b"buf0", b"buf1"]
+    assert ch.send_many(bufs[2:]) == 2
+    assert [bytes(b) for b in ch.recv_many(10)] == [b"buf2", b"buf3"]
+    assert blocks_in_use(ch) == 0
+    # The same Buffer twice in one batch: the second is a Buffer already sent.
+    b = ch.reserve(1)
+    with pytest.raises(ValueError, match="was sent") as info:
+        ch.send_many([b, b])
+    assert info.value.queued == 1
+    assert len(ch.recv_many(10)) == 1
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_send_many_larger_than_the_arena_waits_for_room_without_deadlock(backend, kind):
+    # The arena holds far fewer messages than one chain: a batch must queue what it has copied
+    # before it waits for arena space, or it would wait for blocks it holds itself.
+    arena = mc.Arena(capacity=1 << 20, backend=backend)
+    ch = arena.channel()
+    size = 32 << 10  # about 30 fit in the arena
+    n = 100
+    received = []
+
+    def drain():
+        while len(received) < n:
+            for b in ch.recv_many(7, timeout=10):
+                received.append(bytes(memoryview(b)[:4]))
+                b.release()
+
+    t = threading.Thread(target=drain)
+    t.start()
+    sent = ch.send_many((kind(b"%04d" % i + b"\0" * (size - 4)) for i in range(n)), timeout=20)
+    t.join(20)
+    assert sent == n
+    assert received == [b"%04d" % i for i in range(n)]
+    assert blocks_in_use(ch) == 0
+
+
+def test_send_many_to_a_full_arena_without_blocking_raises_full_with_the_count(backend):
+    arena = mc.Arena(capacity=1 << 20, backend=backend)
+    ch = arena.channel()
+    with pytest.raises(mc.Full) as info:
+        ch.send_many([b"x" * (32 << 10)] * 100, block=False)
+    assert 0 < info.value.queued < 100
+    assert ch.qsize() == info.value.queued
+    got = ch.recv_many(200)
+    assert len(got) == info.value.queued
+
+
 def test_a_corrupt_message_after_the_first_is_raised_by_the_next_batch(backend):
     ch = mc.Channel(backend=backend)
     ch.send(b"good")
@@ -157,11 +247,30 @@ def test_a_corrupt_message_after_the_first_is_raised_by_the_next_batch(backend):
 
     forge(address - 64, fmt=b"O")
     first = ch.recv_many(10)
-    assert [bytes(b) for b in first] == [b"good"]  # the good message is returned, not lost
+    # The good messages on either side are returned, not lost; the forged one is dropped.
+    assert [bytes(b) for b in first] == [b"good", b"after"]
     with pytest.raises(mc.CorruptionError, match="format metadata is corrupt"):
         ch.recv_many(10)
-    assert [bytes(b) for b in ch.recv_many(10)] == [b"after"]
+    with pytest.raises(mc.Empty):
+        ch.recv_many(10, block=False)
     assert ch.stats()["corruption_count"] == 1
+    assert ch.stats()["messages_lost"] == 1
+
+
+def test_a_corrupt_message_alone_is_raised_at_once(backend):
+    ch = mc.Channel(backend=backend)
+    forged = ch.reserve(shape=(2,), format="<d")
+    address = forged.address
+    ch.send(forged)
+    from test_formats import forge
+
+    forge(address - 64, fmt=b"O")
+    with pytest.raises(mc.CorruptionError, match="format metadata is corrupt"):
+        ch.recv_many(10)
+    ch.send(b"next")
+    got = ch.recv_many(10)
+    assert [bytes(b) for b in got] == [b"next"]
+    assert blocks_in_use(ch) == 1  # the Buffer just received; the forged block went back
 
 
 # --- objects ------------------------------------------------------------------------------------

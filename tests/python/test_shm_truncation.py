@@ -227,3 +227,18 @@ def test_truncation_in_full_flow_counts_every_loss(maxsize):
     finally:
         if sender.poll() is None:
             sender.kill()
+
+
+def test_batches_are_told_at_once_and_counted():
+    """send_many and recv_many see a cut at their first call too; what was queued is counted."""
+    ch = mc.Channel(backend="shm")
+    assert ch.send_many([b"%08d" % i for i in range(300)], timeout=5) == 300
+    assert len(ch.recv_many(100, timeout=5)) == 100
+    _cut(ch._arena.name, lambda size: size - size % 4096 if size % 4096 else size - 4096, regrow=False)
+    with pytest.raises(mc.CorruptionError):
+        ch.recv_many(50, timeout=0.1)
+    with pytest.raises(mc.CorruptionError):
+        ch.send_many([b"late"] * 10, timeout=0.1)
+    with pytest.raises(mc.CorruptionError):
+        ch.recv_many(50, timeout=0.1)
+    assert ch.stats()["messages_lost"] == 200

@@ -37,6 +37,11 @@ def test_channel_buffer_and_arena_types() -> None:
     assert ch.recv_nowait().tobytes() == b"de"
     with pytest.raises(mc.Empty):
         ch.recv(block=False)
+    tracker: mc.Tracker = ch.send(b"tracked", track=True)
+    assert not tracker.done
+    ch.recv().release()
+    released: bool = tracker.wait(5)
+    assert released and tracker.done
 
     arena: mc.Arena = mc.Arena(capacity=8 << 20, backend="shm")
     a, b = arena.channel(), arena.channel(maxsize=2, maxbytes=4096)
@@ -141,7 +146,7 @@ def test_stubs_catch_wrong_calls(tmp_path: Path) -> None:
 
 def test_extension_methods_have_inspectable_signatures() -> None:
     expected: list[tuple[Callable[..., Any], list[str]]] = [
-        (mc.Channel.send, ["self", "data", "block", "timeout"]),
+        (mc.Channel.send, ["self", "data", "block", "timeout", "track"]),
         (mc.Channel.recv, ["self", "block", "timeout"]),
         (mc.Channel.send_nowait, ["self", "data"]),
         (_memchannel.Channel.reserve, ["self", "nbytes", "format", "shape", "timeout"]),
@@ -156,7 +161,7 @@ def test_extension_methods_have_inspectable_signatures() -> None:
         assert list(inspect.signature(method).parameters) == names, method
     # Bound methods drop self, as for Python methods.
     ch = mc.Channel(backend="heap")
-    assert list(inspect.signature(ch.send).parameters) == ["data", "block", "timeout"]
+    assert list(inspect.signature(ch.send).parameters) == ["data", "block", "timeout", "track"]
     assert list(inspect.signature(ch.qsize).parameters) == []
     assert inspect.signature(ch.reserve).parameters["format"].default == "B"
     assert inspect.signature(ch.reserve).parameters["format"].kind is inspect.Parameter.KEYWORD_ONLY

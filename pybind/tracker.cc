@@ -1,0 +1,137 @@
+#include "pybind/tracker.h"
+
+#include <string>
+
+#include <vector>
+
+#include "pybind/buffer.h"
+#include "pybind/errors.h"
+#include "pybind/gil.h"
+#include "pybind/wait.h"
+
+namespace memchannel::py_glue {
+
+py::object start_tracking(const std::shared_ptr<PyArena>& arena, BlockHandle block) {
+  auto t = arena->arena->track_block(block);
+  if (!t.ok()) raise_status(t.status, "send(track=True): the message's block is not this process's to track");
+  auto tracker = std::make_shared<Tracker>();
+  tracker->arena = arena;
+  tracker->ref = block.ref;
+  tracker->ticket = t.value;
+  return py::cast(std::move(tracker));
+}
+
+namespace {
+
+// memchannel.share(buf, channels, *, track=False): one read-only share of buf's block on each
+// channel (core/shares.cc). buf is consumed, as by send(). A channel that refuses its share
+// (closed, full past the timeout) gets none; the others keep theirs; the error is raised after
+// every channel was tried, with .sent = how many got one.
+py::object share_impl(const py::handle& buf_obj, const py::handle& channels_obj, bool track, const py::object& timeout) {
+  if (!is_buffer(buf_obj.ptr())) {
+    throw py::type_error(std::string("share() needs a memchannel.Buffer (reserved from the arena, or received), got ") +
+                         Py_TYPE(buf_obj.ptr())->tp_name + "; send() copies other bytes-like objects");
+  }
+  Buffer* b = as_buffer(buf_obj.ptr());
+  b->check_live("share()");
+  py::list channels;
+  for (py::handle c : py::iter(channels_obj)) channels.append(c);
+  const size_t n = channels.size();
+  if (n == 0) throw py::value_error("share() needs at least one channel");
+  if (n > kMaxShareTokens) {
+    throw py::value_error("share(): at most " + std::to_string(kMaxShareTokens) + " channels at once, got " +
+                          std::to_string(n) + " (a block has " + std::to_string(kMaxShareTokens) +
+                          " share indices over its shared life)");
+  }
+  std::vector<PyChannel*> chans;
+  for (py::handle c : channels) {
+    PyChannel& pc = channel_self(c);
+    if (pc.arena->arena != b->arena) {
+      throw py::value_error("share(): every channel must be of the Buffer's arena (a share is the same memory); "
+                            "send() a copy to a channel of another arena");
+    }
+    chans.push_back(&pc);
+  }
+  b->check_no_exports("share()");
+  const std::shared_ptr<PyArena>& arena = chans[0]->arena;
+  Arena& core = *arena->arena;
+  const bool resharing = core.is_share_token(b->block);
+  py::object tracker = py::none();
+  if (track) {
+    if (resharing) {
+      throw py::value_error("share(track=True) of a received share: only the first sharer's message can be "
+                            "tracked (its Tracker already covers the shares made from it)");
+    }
+    tracker = start_tracking(arena, b->block);
+  }
+  auto tokens = core.share(b->block, static_cast<uint32_t>(n));
+  if (!tokens.ok()) {
+    if (tokens.status == Status::kInvalidArgument) {
+      throw py::value_error(resharing ? "share(): this block's " + std::to_string(kMaxShareTokens) +
+                                            " share indices are used up; copy it to share it further"
+                                      : std::string("share(): the Buffer is also held elsewhere in this process "
+                                                    "(another interpreter's Buffer of it); release that first"));
+    }
+    raise_status(tokens.status, "share()");
+  }
+  b->state = Buffer::State::kSent;  // the tokens own the block now
+  size_t sent = 0;
+  std::unique_ptr<py::error_already_set> first_error;
+  for (size_t i = 0; i < n; ++i) {
+    PyChannel& c = *chans[i];
+    const BlockHandle tok = tokens.value[i];
+    try {
+      const Status s = c.waiting(c.wait_spec(true, timeout), [&](const WaitSpec& w) { return c.ch().send(tok, w); });
+      if (s != Status::kOk) raise_status(s, "share()");
+      ++sent;
+    } catch (py::error_already_set& e) {
+      core.release(tok);  // this channel's share is dropped
+      if (!first_error) first_error = std::make_unique<py::error_already_set>(std::move(e));
+    }
+  }
+  if (first_error) {
+    first_error->value().attr("sent") = py::int_(sent);
+    throw std::move(*first_error);
+  }
+  return tracker;
+}
+
+}  // namespace
+
+void register_tracker(py::module_& m) {
+  m.def("_share", &share_impl, py::arg("buf"), py::arg("channels"), py::arg("track") = false,
+        py::arg("timeout") = py::none(),
+        "_share(buf, channels, track=False, timeout=None)\n--\n\nSee memchannel.share.");
+  py::class_<Tracker, std::shared_ptr<Tracker>>(
+      m, "Tracker",
+      "Release notification of one sent message (Channel.send(..., track=True)): done once every "
+      "holder of the message let it go, in any process: released by its receiver, dropped with a "
+      "closed channel, or reclaimed from a receiver that died. A forwarded message is not done "
+      "until its last receiver releases it.")
+      .def_property_readonly("done", [](const Tracker& t) { return t.done(); },
+                             "Whether the message has been released (a snapshot).")
+      .def("wait", [](const Tracker& t, const py::object& timeout) {
+             if (t.done()) return true;
+             const WaitSpec spec = make_wait(true, timeout, t.arena->shared());
+             const Status s = wait_with_gil_released(spec, [&](const WaitSpec& w) {
+               return t.arena->arena->wait_tracking(t.ref, t.ticket, w);
+             });
+             return s == Status::kOk;
+           }, py::arg("timeout") = py::none(),
+           "wait(self, /, timeout=None)\n--\n\n"
+           "Block until the message is released: True, or False after `timeout` seconds.")
+      .def_property_readonly("_key", [](const Tracker& t) {
+             return py::make_tuple(t.arena->arena->arena_id(), ref_to_offset(t.ref));
+           }, "(arena id, block offset): what a listener socket receives when the tracking ends.")
+      .def("_arm", [](const Tracker& t, uint32_t key) { return t.arena->arena->arm_tracking(t.ref, t.ticket, key); },
+           py::arg("key"),
+           "_arm(self, /, key)\n--\n\nAsk for a datagram to listener `key` when released; True if it is already.")
+      .def("__repr__", [](const Tracker& t) {
+        return std::string("<memchannel.Tracker ") + (t.done() ? "done" : "pending") + ">";
+      })
+      .def("__reduce__", [](const Tracker&) -> py::object {
+        throw py::type_error("a memchannel.Tracker belongs to the process that sent the message: it does not pickle");
+      }, "__reduce__(self, /)\n--\n\nRefused.");
+}
+
+}  // namespace memchannel::py_glue
