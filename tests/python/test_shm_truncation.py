@@ -1,10 +1,12 @@
-"""A truncated segment makes both sides raise CorruptionError (docs/shm.md, "Truncation").
+"""A truncated segment makes both sides raise CorruptionError (docs/shm.md, "Truncated segments").
 
-A peer of the same user truncates segment 0 of a live channel and grows it back (the red team's
-truncate-and-regrow: the file has its size again, its pages and what they held are gone). On
-main, send() went on succeeding into nowhere. Now each party's next sweep (at most one sweep
-interval, 250 ms, after any call) finds the segment's pages gone, marks the arena corrupt for
-every party, and every later send and recv raises CorruptionError.
+A peer of the same user truncates segment 0 of a live channel (and in some tests grows it back:
+the red team's truncate-and-regrow, where the file has its size again but its pages and what
+they held are gone). On the main of before, send() went on succeeding into nowhere. Now every
+segment file ends in a sentinel tail that the data path reads: the first send or recv of each
+side after the cut raises CorruptionError (a call already waiting learns it within one sweep
+interval), every later one too, and stats()["messages_lost"] counts what was queued: exactly
+when the channel's own memory survived, else an upper bound.
 """
 
 import os
