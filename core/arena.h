@@ -18,7 +18,9 @@
 //   | node free list                |    64-byte queue nodes
 //   +-------------------------------+
 //   | free lists[kNumClasses]       |    one cache line each (no false sharing)
-//   +-------------------------------+ header_bytes, then carved blocks
+//   +-------------------------------+ header_bytes, then carved blocks up to the segment's bytes
+//   | sentinel tail (64 B)          |    shm files only, past every segment's bytes: never
+//   +-------------------------------+    allocated, read by intact() (core/backend.h)
 //
 // Allocation: pop the size class's lock-free free list (Treiber stack with a tag in the head
 // word against ABA); if empty, carve fresh memory by CAS on the carve cursor, adding a segment
@@ -342,6 +344,31 @@ class Arena {
   // Whether a segment of this arena was found truncated (by this process's sweep, or another
   // party's, through `ready`): every later allocate, send and recv fails with kCorruptedLength.
   bool truncated() const { return truncated_.load(std::memory_order_relaxed); }
+  // The data path's truncation check (docs/shm.md, "Truncated segments"): whether the arena is
+  // still whole as far as the segments of offsets a, b and c go. A few loads: `ready` (on the
+  // header's identity line, which nothing writes after creation) and the sentinel word at the
+  // end of each of the three segments (core/backend.h; never written either). Anything else
+  // goes to confirm_intact, which decides. Concurrency: any thread.
+  bool intact(Offset a, Offset b, Offset c) {
+    if (header_->ready.load(std::memory_order_relaxed) == kArenaReady && segment_intact(segment_of(a)) &&
+        segment_intact(segment_of(b)) && segment_intact(segment_of(c))) [[likely]] {
+      return true;
+    }
+    return confirm_intact();
+  }
+  // Whether segment `seg`'s sentinel still reads right (true for a segment this process has
+  // not mapped, or a backend without sentinels). One or two loads.
+  bool segment_intact(uint32_t seg) const {
+    const std::atomic<uint64_t>* s = sentinels_[seg % kMaxSegments].load(std::memory_order_relaxed);
+    return s == nullptr || s->load(std::memory_order_relaxed) == kSegmentSentinel;
+  }
+  // The slow half of intact(): false once a segment is found truncated (`ready` says
+  // kArenaTruncated, or the backend finds a mapping cut or its pages lost: check_mappings).
+  // The first party to find it marks the arena truncated for every party (mark_truncated). A
+  // wrong `ready` or sentinel while the backend finds every segment whole is a forgery:
+  // restored and counted as corruption, and the arena goes on. Also run by every sweep
+  // (check_header). Concurrency: any thread.
+  [[gnu::noinline]] bool confirm_intact();
   uint64_t max_payload() const;
   // The largest payload this arena can still serve: max_payload() bounded by the segments that
   // exist and the room left for new ones. Segments are never removed and blocks never merged,
@@ -438,6 +465,13 @@ class Arena {
     return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
   }
   std::array<std::atomic<uint8_t*>, kMaxSegments> bases_{};   // this process's mappings
+  // The sentinel of each mapped segment (MemoryBackend::sentinel; nullptr: none), set with bases_.
+  std::array<std::atomic<std::atomic<uint64_t>*>, kMaxSegments> sentinels_{};
+  void note_mapped(uint32_t index) {
+    sentinels_[index].store(backend_->sentinel(index), std::memory_order_relaxed);
+  }
+  // Marks the arena truncated for every party (`ready` = kArenaTruncated) and this process.
+  void mark_truncated();
   std::array<std::atomic<uint64_t>, kMaxSegments> sizes_{};   // private sizes, bound every access
   std::mutex map_mutex_;                                      // serialises lazy mapping (rare)
 };

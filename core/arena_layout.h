@@ -20,6 +20,10 @@
 //    10048  free_lists[92] (64 B each)    one cache line per size class
 //    15936  segment_nonce[64] (4 B each)  random part of each growth segment's name; 16192 in all
 //
+// Every segment file (shm) is kSegmentTailBytes longer than the segment the arena uses: a tail
+// whose first word is kSegmentSentinel (core/backend.h), checked at map time and by the data
+// path, so a truncation is seen at the first call that touches the segment (layout 7).
+//
 // Stable across layout versions (every version from 6 on, and what every reader of a foreign
 // arena relies on): magic at 0, version at 8, header_bytes at 12, ready at 32, and the holder
 // table at kHolderTableOffset. A reader checks magic and version before it reads anything else
@@ -39,10 +43,11 @@
 namespace memchannel {
 
 inline constexpr uint64_t kArenaMagic = 0x314e524148434d4dull;  // "MMCHARN1"
-inline constexpr uint32_t kArenaLayoutVersion = 6;  // 2: node states, kBlockSending, carving; 3: striped counters; 4: kBlockTransferred; 5: node seq; 6: segment nonces, liveness locks
+inline constexpr uint32_t kArenaLayoutVersion = 7;  // 2: node states, kBlockSending, carving; 3: striped counters; 4: kBlockTransferred; 5: node seq; 6: segment nonces, liveness locks; 7: segment sentinel tails; block header track/pool/shares words, share tokens, pools
 inline constexpr uint32_t kArenaReady = 0x52454459u;            // "REDY"
 // `ready` once a party found a segment truncated (its pages, and what they held, are gone): the
-// arena is corrupt for every party, which each learns at its next sweep (Arena::check_header).
+// arena is corrupt for every party, which each learns at its next send or recv (Arena::intact
+// reads `ready`) or sweep (Arena::check_header).
 inline constexpr uint32_t kArenaTruncated = 0x43555254u;        // "TRUC"
 // segment_bytes[i] while one party creates segment i: the creating word names the creator
 // (holder id and the incarnation of its slot), so a creator that died half way is detected and

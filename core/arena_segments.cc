@@ -37,6 +37,7 @@ Result<std::shared_ptr<Arena>> Arena::create(std::unique_ptr<MemoryBackend> back
   std::shared_ptr<Arena> arena(new Arena(std::move(backend), header, capacity));
   arena->arena_id_ = arena_id;
   arena->sizes_[0].store(seg0, std::memory_order_relaxed);
+  arena->note_mapped(0);
   arena->bases_[0].store(seg.value, std::memory_order_release);
   header->attached_holders.store(1, std::memory_order_relaxed);  // the creator
   if (arena->backend_->tracks_holders()) {
@@ -72,6 +73,12 @@ Result<std::shared_ptr<Arena>> Arena::attach(std::unique_ptr<MemoryBackend> back
   std::shared_ptr<Arena> arena(new Arena(std::move(backend), header, capacity_untrusted));
   arena->arena_id_ = header->arena_id;
   arena->sizes_[0].store(segment0_bytes, std::memory_order_relaxed);
+  arena->note_mapped(0);
+  // Segment 0's sentinel tail (core/backend.h): a file cut and grown back has its size again.
+  if (!arena->segment_intact(0)) {
+    arena->detached_.store(true, std::memory_order_release);  // holds no count: gives none back
+    return {Status::kCorruptedLength, nullptr};
+  }
   arena->bases_[0].store(seg.value, std::memory_order_release);
   // Join the holders unless the last one is already tearing the arena down. A count of 0 (or
   // past the slots) while a live party holds a slot is forged, not a teardown: repaired.
@@ -150,6 +157,7 @@ uint8_t* Arena::map_segment_slow(uint32_t index) {
   auto mapped = backend_->map_segment(index, bytes_untrusted);
   if (!mapped.ok()) return nullptr;
   sizes_[index].store(bytes_untrusted, std::memory_order_relaxed);
+  note_mapped(index);
   bases_[index].store(mapped.value, std::memory_order_release);  // pairs with segment_base's load
   return mapped.value;
 }
@@ -219,6 +227,7 @@ Status Arena::grow(uint32_t current, uint64_t at_least) {
     {
       std::lock_guard<std::mutex> lock(map_mutex_);
       sizes_[next].store(size, std::memory_order_relaxed);
+      note_mapped(next);
       bases_[next].store(created.value, std::memory_order_release);
     }
     MEMCHANNEL_CRASH_POINT(kGrowSegmentCreated);
@@ -230,6 +239,7 @@ Status Arena::grow(uint32_t current, uint64_t at_least) {
       std::lock_guard<std::mutex> lock(map_mutex_);
       bases_[next].store(nullptr, std::memory_order_release);
       sizes_[next].store(0, std::memory_order_relaxed);
+      sentinels_[next].store(nullptr, std::memory_order_relaxed);
       return Status::kOk;
     }
     uint32_t count = header_->segment_count.load(std::memory_order_acquire);
@@ -294,6 +304,43 @@ bool Arena::repair_carve(uint64_t bad) {
   return true;
 }
 
+void Arena::mark_truncated() {
+  header_->ready.store(kArenaTruncated, std::memory_order_release);  // lands in zeros if segment 0 went
+  if (!truncated_.exchange(true, std::memory_order_relaxed)) note_corruption();
+}
+
+bool Arena::confirm_intact() {
+  if (truncated()) return false;
+  // What the backend knows (fstat of every mapping: shrunk, or pages lost and grown back; the
+  // SIGBUS guard's replaced pages) and what another party found (`ready`).
+  if (header_->ready.load(std::memory_order_acquire) == kArenaTruncated ||
+      backend_->check_mappings() != Status::kOk) {
+    mark_truncated();
+    return false;
+  }
+  // Every file is whole: a wrong sentinel or `ready` was written by a peer, not left by a
+  // truncation (which always takes the end of a file, and with it the sentinel).
+  uint64_t repaired = 0;
+  for (uint32_t i = 0; i < kMaxSegments; ++i) {
+    std::atomic<uint64_t>* s = sentinels_[i].load(std::memory_order_relaxed);
+    if (s != nullptr && s->load(std::memory_order_relaxed) != kSegmentSentinel) {
+      s->store(kSegmentSentinel, std::memory_order_relaxed);
+      ++repaired;
+    }
+  }
+  uint32_t ready = header_->ready.load(std::memory_order_acquire);
+  if (ready != kArenaReady && ready != kArenaTruncated &&
+      header_->ready.compare_exchange_strong(ready, kArenaReady, std::memory_order_acq_rel)) {
+    ++repaired;
+  }
+  if (repaired != 0) header_->counters.corruption_count.fetch_add(repaired, std::memory_order_relaxed);
+  if (header_->ready.load(std::memory_order_acquire) == kArenaTruncated) {  // meanwhile, by another party
+    mark_truncated();
+    return false;
+  }
+  return true;
+}
+
 uint64_t Arena::check_header() {
   uint64_t repaired = 0;
   // Identity: written once by the creator; this process checked it at attach (or wrote it).
@@ -315,17 +362,11 @@ uint64_t Arena::check_header() {
   restore64(&header_->capacity, capacity_);
   restore64(&header_->arena_id, arena_id_);
   // A truncated segment (seen here, or by another party: `ready` says so) is not repairable:
-  // what its pages held is gone. Declared corrupt for every party.
-  const bool whole = backend_->check_mappings() == Status::kOk;
-  if (!whole) header_->ready.store(kArenaTruncated, std::memory_order_release);  // lands in zeros if segment 0 went
-  const uint32_t ready = header_->ready.load(std::memory_order_relaxed);
-  if (ready == kArenaTruncated || !whole) {
-    if (!truncated_.exchange(true, std::memory_order_relaxed)) note_corruption();
+  // what its pages held is gone. Declared corrupt for every party. A forged `ready` or
+  // sentinel is restored (and counted) by confirm_intact.
+  if (!confirm_intact()) {
+    if (repaired != 0) header_->counters.corruption_count.fetch_add(repaired, std::memory_order_relaxed);
     return repaired;
-  }
-  if (ready != kArenaReady) {
-    header_->ready.store(kArenaReady, std::memory_order_release);
-    ++repaired;
   }
   // The segment table: a segment this process maps has the size it mapped (segments never
   // change size), and the count covers every mapped segment and no absent one.

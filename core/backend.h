@@ -3,6 +3,7 @@
 // memory, for threads and subinterpreters) and the shared-memory backend in shm/.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -16,6 +17,15 @@ struct HolderIdentity {
 };
 
 enum class HolderLiveness { kAlive, kDead, kUnknown };
+
+// The tail of a segment file a peer can truncate (shm): kSegmentTailBytes past the arena's
+// bytes of the segment, holding kSegmentSentinel in its first word. Truncation always removes
+// the end of a file, so a segment whose sentinel still reads right has lost nothing; one that
+// reads anything else (zeros: the pages are gone, whether the file was regrown or not) has
+// been cut, or its sentinel was forged (Arena::confirm_intact tells the two apart with fstat).
+// The arena never allocates the tail: its segment sizes exclude it.
+inline constexpr uint64_t kSegmentTailBytes = 64;
+inline constexpr uint64_t kSegmentSentinel = 0x4c544e5345434d4dull;  // "MMCESNTL"
 
 class MemoryBackend {
  public:
@@ -55,6 +65,11 @@ class MemoryBackend {
   virtual bool last_create_collided() const { return false; }
   // Removes what a creator that died half way left at segment `index`'s name (if ours).
   virtual void discard_segment(uint32_t /*index*/) {}
+
+  // The sentinel word at the end of segment `index` as this process maps it (kSegmentTailBytes
+  // past the segment's bytes), or nullptr when the backend's segments cannot be truncated
+  // (heap). Valid once create_segment / map_segment succeeded for `index`, until destruction.
+  virtual std::atomic<uint64_t>* sentinel(uint32_t /*index*/) { return nullptr; }
 
   // Whether every segment this process maps is still whole (shm: not truncated by a peer);
   // kCorruptedLength once one is not. Called by every sweep. Concurrency: any thread.

@@ -84,6 +84,8 @@ Channel::Channel(std::shared_ptr<Arena> arena, ChannelHeader* header, Offset off
       tag_(channel_tag(offset)),
       maxsize_(header->maxsize),
       maxbytes_(header->maxbytes),
+      channel_id_(header->channel_id),
+      limits_check_(header->limits_check),
       seen_repair_epoch_(header->repair_epoch.load(std::memory_order_relaxed)) {}
 
 Result<std::shared_ptr<Channel>> Channel::create(std::shared_ptr<Arena> arena, uint64_t maxsize,
@@ -104,9 +106,10 @@ Result<std::shared_ptr<Channel>> Channel::create(std::shared_ptr<Arena> arena, u
   header->maxsize = maxsize;
   header->maxbytes = maxbytes;
   header->channel_id = channel_id;
+  header->limits_check = limits_digest(maxsize, maxbytes, channel_id);
   header->head.store(make_tagged(0, dummy.value), std::memory_order_relaxed);
   header->tail.store(make_tagged(0, dummy.value), std::memory_order_relaxed);
-  header->attached.store(1, std::memory_order_release);
+  header->attached.store(attach_word(1), std::memory_order_release);
   return {Status::kOk, std::shared_ptr<Channel>(new Channel(std::move(arena), header, cells.value))};
 }
 
@@ -126,15 +129,42 @@ Result<std::shared_ptr<Channel>> Channel::open(std::shared_ptr<Arena> arena, Off
     arena->note_corruption();
     return {Status::kVersionMismatch, nullptr};
   }
-  if (header->maxsize > kMaxChannelSize) {
+  // A limit or id a peer forged (the digest disagrees): refused until a party that holds the
+  // true values puts them back (its next send or recv: repair_reported).
+  if (header->maxsize > kMaxChannelSize ||
+      header->limits_check != limits_digest(header->maxsize, header->maxbytes, header->channel_id)) {
     arena->note_corruption();
     return {Status::kCorruptedLength, nullptr};
   }
-  uint32_t attached = header->attached.load(std::memory_order_acquire);
-  do {
-    if (attached == 0) return {Status::kNotFound, nullptr};  // already being torn down
-  } while (!header->attached.compare_exchange_weak(attached, attached + 1, std::memory_order_acq_rel));
+  if (!take_attach(*arena, header)) return {Status::kNotFound, nullptr};  // already being torn down
   return {Status::kOk, std::shared_ptr<Channel>(new Channel(std::move(arena), header, offset))};
+}
+
+bool Channel::take_attach(Arena& arena, ChannelHeader* header) {
+  uint64_t w = header->attached.load(std::memory_order_acquire);
+  for (;;) {
+    if (w == kAttachPinned) return true;  // the count was given up: nobody frees the channel
+    if (!attach_word_valid(w) || attach_count(w) >= 0xfffffff0u) {
+      // Forged (see attach_word): pinned, counted once by the party that pins it.
+      if (header->attached.compare_exchange_weak(w, kAttachPinned, std::memory_order_acq_rel)) {
+        arena.note_corruption();
+        return true;
+      }
+      continue;
+    }
+    if (attach_count(w) == 0) return false;
+    if (header->attached.compare_exchange_weak(w, attach_word(attach_count(w) + 1), std::memory_order_acq_rel)) {
+      return true;
+    }
+  }
+}
+
+void Channel::restore_limits() {
+  header_->maxsize = maxsize_;
+  header_->maxbytes = maxbytes_;
+  header_->channel_id = channel_id_;
+  header_->limits_check = limits_check_;
+  arena_->note_corruption();
 }
 
 Channel::~Channel() { detach(); }
@@ -144,7 +174,22 @@ void Channel::detach() {
   // Inherited across fork() and not re-attached: the count is the parent's (shared memory) or
   // a private copy nobody else uses (heap). Either way this process gives back nothing.
   if (!held_here()) return;
-  if (header_->attached.fetch_sub(1, std::memory_order_acq_rel) == 1) drain_and_free();
+  uint64_t w = header_->attached.load(std::memory_order_acquire);
+  for (;;) {
+    if (w == kAttachPinned) return;  // nobody frees a channel whose count was given up
+    if (!attach_word_valid(w) || attach_count(w) == 0) {  // forged: this object held one
+      if (header_->attached.compare_exchange_weak(w, kAttachPinned, std::memory_order_acq_rel)) {
+        arena_->note_corruption();
+        return;
+      }
+      continue;
+    }
+    const uint32_t left = attach_count(w) - 1;
+    if (header_->attached.compare_exchange_weak(w, attach_word(left), std::memory_order_acq_rel)) {
+      if (left == 0) drain_and_free();
+      return;
+    }
+  }
 }
 
 bool Channel::reattach_after_fork() {
@@ -159,14 +204,11 @@ bool Channel::reattach_after_fork() {
     fork_generation_.store(now, std::memory_order_relaxed);  // heap: the child's own copy
     return true;
   }
-  uint32_t attached = header_->attached.load(std::memory_order_acquire);
-  do {
-    if (attached == 0) {  // the parent was tearing it down as it forked
-      attached_.store(false, std::memory_order_release);
-      fork_generation_.store(now, std::memory_order_relaxed);
-      return false;
-    }
-  } while (!header_->attached.compare_exchange_weak(attached, attached + 1, std::memory_order_acq_rel));
+  if (!take_attach(*arena_, header_)) {  // the parent was tearing it down as it forked
+    attached_.store(false, std::memory_order_release);
+    fork_generation_.store(now, std::memory_order_relaxed);
+    return false;
+  }
   inherited_.store(true, std::memory_order_release);
   fork_generation_.store(now, std::memory_order_relaxed);
   return true;
@@ -690,6 +732,7 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
   // A repair since this object's last call lost messages: say so once (nothing is sent).
   if (const Status r = repair_reported(); r != Status::kOk) [[unlikely]] return r;
   if (arena_->truncated()) [[unlikely]] return Status::kCorruptedLength;  // docs/shm.md, Truncation
+  if (!arena_->intact(ref_to_offset(block.ref), offset_, offset_)) [[unlikely]] return Status::kCorruptedLength;
   const auto held = arena_->held_length(block);
   if (!held.ok()) return held.status;
   const uint64_t length = held.value;
@@ -727,6 +770,7 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
   Status linked = Status::kFull;
   s = wait_sweeping(*arena_, header_->not_full, wait, [&] {
     linked = enqueue(node.value, length);
+    if (linked == Status::kFull && arena_->truncated()) [[unlikely]] linked = Status::kCorruptedLength;
     return linked != Status::kFull;
   });
   if (s != Status::kOk || linked != Status::kOk) {
@@ -737,6 +781,10 @@ Status Channel::send(BlockHandle block, const WaitSpec& wait) {
   }
   arena_->finish_send(message);
   MEMCHANNEL_CRASH_POINT(kSendMarkedQueued);
+  // Linked into memory that is still there: never reported sent into a truncated segment.
+  if (!arena_->intact(ref_to_offset(block.ref), ref_to_offset(node.value), offset_)) [[unlikely]] {
+    return linked_into_truncated(n, linked_state);
+  }
   notify_one(header_->not_empty, header_->receivers_spin_until);  // one message: one receiver
   notify_fd(FdKind::kReadable);  // after notify_one's fence: see core/fd_wait.h
   MEMCHANNEL_CRASH_POINT(kSendNotified);
@@ -748,7 +796,9 @@ Status Channel::send_many(const BlockHandle* blocks, size_t n, const WaitSpec& w
   if (n == 0) return Status::kOk;
   arena_->maybe_reap();
   if (const Status r = repair_reported(); r != Status::kOk) [[unlikely]] return r;
-  if (arena_->truncated()) [[unlikely]] return Status::kCorruptedLength;  // docs/shm.md, Truncation
+  if (arena_->truncated() || !arena_->intact(offset_, offset_, offset_)) [[unlikely]] {
+    return Status::kCorruptedLength;  // docs/shm.md, Truncation
+  }
   while (*queued < n) {
     // A chain: each message exactly as send() prepares it (node named for this channel and
     // sender, block kSending), so a reclaimer of this process treats every node of a chain
@@ -827,8 +877,23 @@ Status Channel::send_many(const BlockHandle* blocks, size_t n, const WaitSpec& w
         link_failed = s != Status::kOk ? as_flow(s, Status::kFull) : attempt;
         break;
       }
-      for (size_t i = done; i < done + linked; ++i) arena_->finish_send(messages[i]);
+      bool whole = true;
+      for (size_t i = done; i < done + linked; ++i) {
+        arena_->finish_send(messages[i]);
+        whole &= arena_->intact(ref_to_offset(messages[i].ref), ref_to_offset(refs[i]), offset_);
+      }
       MEMCHANNEL_CRASH_POINT(kSendMarkedQueued);
+      if (!whole) [[unlikely]] {
+        // Linked into a truncated arena: queued are only those a receiver has claimed already
+        // (a prefix: claims go in order), found from the chain's end (linked_into_truncated).
+        size_t taken = linked;
+        while (taken > 0 && linked_into_truncated(arena_->find_node(refs[done + taken - 1]),
+                                                  states[done + taken - 1]) != Status::kOk) {
+          --taken;
+        }
+        *queued += taken;
+        return Status::kCorruptedLength;
+      }
       notify_n(header_->not_empty, header_->receivers_spin_until, linked);  // a sleeper per message
       notify_fd(FdKind::kReadable);    // after notify_n's fence: see core/fd_wait.h
       MEMCHANNEL_CRASH_POINT(kSendNotified);
@@ -851,7 +916,9 @@ Status Channel::send_many(const BlockHandle* blocks, size_t n, const WaitSpec& w
 Result<BlockHandle> Channel::recv(const WaitSpec& wait) {
   arena_->maybe_reap();
   if (const Status r = repair_reported(); r != Status::kOk) [[unlikely]] return {r, {}};
-  if (arena_->truncated()) [[unlikely]] return {Status::kCorruptedLength, {}};
+  if (arena_->truncated() || !arena_->intact(offset_, offset_, offset_)) [[unlikely]] {
+    return {Status::kCorruptedLength, {}};
+  }
   Result<BlockHandle> got;
   bool drained = false;
   const Status s = wait_sweeping(
@@ -859,10 +926,16 @@ Result<BlockHandle> Channel::recv(const WaitSpec& wait) {
       [&] {
         bool empty = false;
         got = try_dequeue(&empty, &drained);  // drained: the dummy's link is sealed
-        return got.ok() || !empty || drained;
+        return got.ok() || !empty || drained || arena_->truncated();  // a sweep found a truncation
       },
       [&] { return counts().queued; });  // messages left for other receivers
   if (s != Status::kOk) return {as_flow(s, Status::kEmpty), {}};
+  if (got.ok()) {
+    // The message's block and the channel are still there (else the message is lost, counted).
+    if (!arena_->intact(ref_to_offset(got.value.ref), offset_, offset_)) [[unlikely]] return {taken_from_truncated(), {}};
+    return got;
+  }
+  if (arena_->truncated()) [[unlikely]] return {Status::kCorruptedLength, {}};
   if (drained) return {Status::kClosed, {}};
   return got;
 }
@@ -870,7 +943,9 @@ Result<BlockHandle> Channel::recv(const WaitSpec& wait) {
 Result<size_t> Channel::recv_many(BlockHandle* out, size_t max, const WaitSpec& wait) {
   arena_->maybe_reap();
   if (const Status r = repair_reported(); r != Status::kOk) [[unlikely]] return {r, 0};
-  if (arena_->truncated()) [[unlikely]] return {Status::kCorruptedLength, 0};
+  if (arena_->truncated() || !arena_->intact(offset_, offset_, offset_)) [[unlikely]] {
+    return {Status::kCorruptedLength, 0};
+  }
   if (max == 0) return {Status::kInvalidArgument, 0};
   size_t got = 0;
   bool drained = false;
@@ -887,12 +962,22 @@ Result<size_t> Channel::recv_many(BlockHandle* out, size_t max, const WaitSpec& 
           }
           if (got != 0) return true;  // what there is; an error is met again by the next call
           first = taken.status;
-          return !empty || drained;
+          return !empty || drained || arena_->truncated();  // a sweep found a truncation
         }
         return true;
       },
       [&] { return counts().queued; });  // messages left for other receivers
-  if (got != 0) return {Status::kOk, got};
+  if (got != 0) {
+    // Every block taken, and the channel, still there (else all of them are lost, counted).
+    bool whole = true;
+    for (size_t i = 0; i < got; ++i) whole &= arena_->intact(ref_to_offset(out[i].ref), offset_, offset_);
+    if (!whole) [[unlikely]] {
+      for (size_t i = 0; i < got; ++i) (void)taken_from_truncated();
+      return {Status::kCorruptedLength, 0};
+    }
+    return {Status::kOk, got};
+  }
+  if (arena_->truncated()) [[unlikely]] return {Status::kCorruptedLength, 0};
   if (s != Status::kOk) return {as_flow(s, Status::kEmpty), 0};
   if (drained) return {Status::kClosed, 0};
   return {first, 0};
@@ -964,6 +1049,7 @@ uint64_t Channel::queued() const { return counts().queued; }
 
 ChannelStats Channel::stats() const {
   arena_->maybe_reap();
+  (void)arena_->intact(offset_, offset_, offset_);  // a truncation changes messages_lost
   ChannelStats s{};
   const Counts c = counts();
   s.queued = c.queued;
@@ -974,7 +1060,45 @@ ChannelStats Channel::stats() const {
   s.maxsize = maxsize_;
   s.maxbytes = maxbytes_;
   s.messages_lost = header_->messages_lost.load(std::memory_order_relaxed);
+  if (arena_->truncated()) [[unlikely]] s.messages_lost = truncation_loss(c, s.messages_lost);
   return s;
+}
+
+Status Channel::linked_into_truncated(QueueNode* node, uint64_t linked_state) {
+  // Still exactly as linked: no receiver has claimed it, and none will deliver it (a receiver
+  // claiming it now finds the truncation too, and counts it: taken_from_truncated). The sender
+  // is told, so it is not lost: it stays counted as queued, which the adjustment takes back.
+  // (A node lost with the pages: its sender is told; the count is then an upper bound anyway.)
+  if (node == nullptr || node->state.load(std::memory_order_acquire) == linked_state) {
+    header_->truncation_adjust.fetch_sub(1, std::memory_order_relaxed);
+    return Status::kCorruptedLength;
+  }
+  return Status::kOk;  // claimed already: delivered, or counted lost by its receiver
+}
+
+Status Channel::taken_from_truncated() {
+  header_->truncation_adjust.fetch_add(1, std::memory_order_relaxed);
+  return Status::kCorruptedLength;
+}
+
+uint64_t Channel::truncation_loss(const Counts& c, uint64_t lost) const {
+  // The counts come from the channel header and the nodes at both ends of the queue (their
+  // numbers): exact while those survive. Lost pages read as zeros (the SIGBUS guard's private
+  // pages, or a file grown back), so a magic word tells whether each is still there.
+  const auto survives = [&](uint64_t end) {
+    const QueueNode* n = arena_->find_node(tagged_ref(end));
+    return n != nullptr && node_in_channel(n->state.load(std::memory_order_acquire));
+  };
+  const bool whole = header_->magic == kChannelMagic && survives(header_->head.load(std::memory_order_acquire)) &&
+                     survives(header_->tail.load(std::memory_order_acquire)) && c.sent >= c.received;
+  if (whole) {
+    const uint64_t total = lost + c.queued + header_->truncation_adjust.load(std::memory_order_relaxed);
+    return static_cast<int64_t>(total) < 0 ? 0 : total;
+  }
+  // Gone with the lost pages: at most what the channel could hold (its private limit, plus a
+  // message per holder caught between taking one and finding the truncation), or the arena.
+  const uint64_t arena_bound = arena_->capacity() / (2 * kUnit);  // a node and a block each
+  return maxsize_ != 0 ? std::min(maxsize_ + kMaxHolders, arena_bound) : arena_bound;
 }
 
 }  // namespace memchannel

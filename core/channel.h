@@ -80,7 +80,7 @@
 namespace memchannel {
 
 inline constexpr uint64_t kChannelMagic = 0x314c4e4843434d4dull;  // "MMCCHNL1"
-inline constexpr uint32_t kChannelLayoutVersion = 7;  // 2: node states, claim protocol; 3: sent/received on the tail/head lines; 4: counts from node seq, sealed link; 5: links checked by seq, messages_lost, repair epoch; 6: fd wait-list; 7: wake-one not_empty, receivers' spin announcement
+inline constexpr uint32_t kChannelLayoutVersion = 8;  // 2: node states, claim protocol; 3: sent/received on the tail/head lines; 4: counts from node seq, sealed link; 5: links checked by seq, messages_lost, repair epoch; 6: fd wait-list; 7: wake-one not_empty, receivers' spin announcement; 8: truncation_adjust, limits_check, two-halved attach word
 // The largest maxsize (a count that fits in 63 bits, as earlier layouts had it).
 inline constexpr uint64_t kMaxChannelSize = (1ull << 63) - 1;
 // A node's `next` link with this tag bit set is sealed: the channel is closed after that node.
@@ -93,10 +93,28 @@ constexpr uint64_t next_link(uint64_t old, BlockRef ref, bool sealed = false) {
 static_assert(!link_sealed(next_link(make_tagged(kLinkClosed - 1, 0), 0)));
 static_assert(link_sealed(next_link(0, 0, true)));
 
+// The attach count's word: the count in the low half, its complement in the high half, so a
+// forged half is seen (the halves disagree). Which half is true cannot be told, so such a word
+// is replaced by kAttachPinned: the count is given up, opens go on, and nobody ever frees the
+// channel (it leaks when the last user leaves; nobody frees it under another).
+constexpr uint64_t attach_word(uint32_t count) { return (static_cast<uint64_t>(~count) << 32) | count; }
+constexpr bool attach_word_valid(uint64_t w) { return static_cast<uint32_t>(w >> 32) == ~static_cast<uint32_t>(w); }
+constexpr uint32_t attach_count(uint64_t w) { return static_cast<uint32_t>(w); }
+inline constexpr uint64_t kAttachPinned = ~0ull;
+static_assert(!attach_word_valid(kAttachPinned) && attach_word_valid(attach_word(0)) &&
+              attach_count(attach_word(7)) == 7);
+// A digest of the limits and id (ChannelHeader::limits_check): a single forged limit is seen by
+// an opener, which refuses the channel until a party holding private copies restores them.
+constexpr uint32_t limits_digest(uint64_t maxsize, uint64_t maxbytes, uint64_t channel_id) {
+  const uint64_t x = (maxsize * 0x9e3779b97f4a7c15ull) ^ (maxbytes * 0xc2b2ae3d27d4eb4full) ^
+                     (channel_id * 0x165667b19e3779f9ull) ^ 0x314c4e4843434d4dull;
+  return static_cast<uint32_t>(x ^ (x >> 32));
+}
+
 struct ChannelHeader {
   uint64_t magic;
   uint32_t version;
-  uint32_t reserved0_;
+  uint32_t limits_check;  // limits_digest(maxsize, maxbytes, channel_id), written at create
   uint64_t maxsize;     // 0 = unbounded
   uint64_t maxbytes;    // 0 = unbounded
   uint64_t channel_id;
@@ -104,7 +122,10 @@ struct ChannelHeader {
   // nothing else writes after create: no cost on the data path.
   std::atomic<uint64_t> messages_lost;   // messages a repair cut off past a forged link
   std::atomic<uint64_t> repair_epoch;    // bumped by every repair: each Channel's next call reports it
-  uint64_t reserved1_;
+  // Written only once the arena is found truncated (Channel::truncation_loss): messages taken by
+  // a receiver that then found the truncation (+1 each: lost, though no longer queued) less
+  // messages linked by a sender that was then told its send failed (-1 each: queued, not lost).
+  std::atomic<uint64_t> truncation_adjust;
   alignas(kCacheLine) std::atomic<uint64_t> head;    // tagged ref of the dummy node; receivers
   alignas(kCacheLine) std::atomic<uint64_t> tail;    // tagged ref of the last node; senders
   alignas(kCacheLine) std::atomic<uint64_t> closed;  // 1 once close() began (a hint: see seal())
@@ -122,8 +143,7 @@ struct ChannelHeader {
   std::atomic<int64_t> receivers_spin_until;
   alignas(kCacheLine) EventCount not_full;
   std::atomic<uint64_t> fd_writers;  // bit i: slot i waits for "writable"
-  alignas(kCacheLine) std::atomic<uint32_t> attached;                       // Channel objects using this header
-  uint32_t reserved2_;
+  alignas(kCacheLine) std::atomic<uint64_t> attached;  // Channel objects using this header: attach_word
   std::atomic<uint32_t> fd_keys_b[kFdSlots / 2];
 
   // Slot i of the fd wait-list, 0 <= i < kFdSlots.
@@ -132,6 +152,8 @@ struct ChannelHeader {
 static_assert(std::is_standard_layout_v<ChannelHeader>);
 static_assert(offsetof(ChannelHeader, messages_lost) == 40);
 static_assert(offsetof(ChannelHeader, repair_epoch) == 48);
+static_assert(offsetof(ChannelHeader, truncation_adjust) == 56);
+static_assert(offsetof(ChannelHeader, limits_check) == 12);
 static_assert(offsetof(ChannelHeader, head) == 64);
 static_assert(offsetof(ChannelHeader, tail) == 128);
 static_assert(offsetof(ChannelHeader, closed) == 192);
@@ -268,6 +290,16 @@ class Channel {
   // position); kInterrupted when the queue moved while it looked (room_after's rules).
   Status room_count(uint64_t tail, const QueueNode* last, uint64_t next, uint64_t seq, uint64_t position,
                     const uint64_t* lengths, size_t n, size_t* fit) const;
+  // Truncation (docs/shm.md, "Truncated segments"). A send that linked its message and then
+  // found the arena truncated: kCorruptedLength unless a receiver has taken the message already
+  // (then kOk: the receiver accounts for it); adjusts the count of messages lost.
+  [[gnu::noinline]] Status linked_into_truncated(QueueNode* node, uint64_t linked_state);
+  // A receive that took a message and then found the arena truncated: counted lost.
+  [[gnu::noinline]] Status taken_from_truncated();
+  // stats().messages_lost once the arena is truncated: exact (repairs' losses + what is queued
+  // + truncation_adjust) while the channel header and the nodes at both ends of the queue
+  // survive, else an upper bound from this process's private copies.
+  [[gnu::noinline]] uint64_t truncation_loss(const Counts& c, uint64_t lost) const;
   // Seals the last node's link (close()).
   void seal();
   // kEmpty with *drained when the dummy's link is sealed (closed, nothing left).
@@ -297,6 +329,12 @@ class Channel {
   uint32_t tag_;           // this channel's tag in node states: offset_ / 64
   uint64_t maxsize_;       // private copies of the limits, read once at open
   uint64_t maxbytes_;
+  uint64_t channel_id_;    // and of the id and the limits' digest
+  uint32_t limits_check_;
+  // Writes the private copies back over forged limits (counted as corruption).
+  [[gnu::noinline]] void restore_limits();
+  // Takes one attach of the header (open, reattach_after_fork): false while it is torn down.
+  static bool take_attach(Arena& arena, ChannelHeader* header);
   // The dummy's numbers as this object last read them. The dummy's seq and position only grow,
   // so counting room from an old copy overstates what is queued: a send that fits by the copy
   // fits, and only one that does not reads the shared head (room_after). Process-local hints.
@@ -305,8 +343,13 @@ class Channel {
   // The repair epoch this object last reported (a repair by anyone makes its next send or recv
   // fail once with kCorruptedIndex, so both sides learn of the loss; stats()["messages_lost"]).
   std::atomic<uint64_t> seen_repair_epoch_{0};
-  // kCorruptedIndex once per repair since this object last reported one; kOk otherwise.
+  // kCorruptedIndex once per repair since this object last reported one; kOk otherwise. Also
+  // puts back limits a peer forged (the identity line, which this reads anyway).
   Status repair_reported() {
+    if (header_->maxsize != maxsize_ || header_->maxbytes != maxbytes_ || header_->limits_check != limits_check_)
+        [[unlikely]] {
+      restore_limits();
+    }
     const uint64_t epoch = header_->repair_epoch.load(std::memory_order_relaxed);
     if (epoch == seen_repair_epoch_.load(std::memory_order_relaxed)) [[likely]] return Status::kOk;
     seen_repair_epoch_.store(epoch, std::memory_order_relaxed);
@@ -316,8 +359,13 @@ class Channel {
   bool cut_after(QueueNode* last, BlockRef last_ref, uint64_t link, uint64_t tail);
   // Counts a repair: `lost` messages, the arena's corruption count, the epoch; wakes waiters.
   void note_repair(uint64_t lost);
-  // The dummy a forged head hid (a claimed node of this channel leading to the tail), or 0.
+  // The dummy a forged head hid (a claimed node of this channel leading to the tail, or with
+  // the tail forged too, to the end of the queue), or 0.
   BlockRef find_dummy(uint64_t tail);
+  // Messages of this channel still linked anywhere in the arena (a repair's loss; arena walk).
+  uint64_t count_linked();
+  // The first message of a chain whose dummy was forged away (see channel_repair.cc), or 0.
+  BlockRef find_orphaned_start(QueueNode** node);
   // Messages of this channel numbered in (base, end_seq] (a repair's loss; arena walk).
   uint64_t count_linked_between(uint64_t base, uint64_t end_seq);
   // Gives back the blocks and nodes of the messages a cut left behind (see channel.cc).

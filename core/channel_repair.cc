@@ -12,6 +12,9 @@
 namespace memchannel {
 
 Channel::Repair Channel::repair() {
+  // Nothing in a truncated arena is repaired: the queue's words may read as the zeros the lost
+  // pages left, and what was queued is counted from what survives (truncation_loss).
+  if (!arena_->confirm_intact()) return Repair::kFailed;
   for (int attempt = 0; attempt < kRepairAttempts; ++attempt) {
     const uint64_t head = header_->head.load(std::memory_order_acquire);
     const uint64_t tail = header_->tail.load(std::memory_order_acquire);
@@ -30,24 +33,43 @@ Channel::Repair Channel::repair() {
         note_repair(0);
         return Repair::kRepaired;
       }
+      // No dummy found: a fresh one. If the messages it led to are still there (the dummy's own
+      // cell was forged, its successors were not), the fresh dummy is numbered just before
+      // the first of them and linked to it: nothing is lost. Otherwise every message of this
+      // channel still linked is behind the lost head: counted lost (they stay where they are;
+      // nothing reaches them).
+      QueueNode* orphan = nullptr;
+      const BlockRef orphan_ref = find_orphaned_start(&orphan);
+      const uint64_t stranded = orphan_ref != 0 ? 0 : count_linked();
       auto fresh = arena_->allocate_node();
       if (!fresh.ok()) return Repair::kFailed;
       QueueNode* old_tail = arena_->find_node(tagged_ref(tail));
       const bool numbered = old_tail != nullptr && node_in_channel(old_tail->state.load(std::memory_order_acquire));
-      const uint64_t claimed =
-          make_dummy(arena_->find_node(fresh.value), tag_, numbered ? old_tail->seq.load(std::memory_order_relaxed) : 0,
-                     numbered ? old_tail->position_bytes.load(std::memory_order_relaxed) : 0, closed());
+      uint64_t seq = numbered ? old_tail->seq.load(std::memory_order_relaxed) : 0;
+      uint64_t position = numbered ? old_tail->position_bytes.load(std::memory_order_relaxed) : 0;
+      if (orphan != nullptr) {
+        seq = orphan->seq.load(std::memory_order_relaxed) - 1;
+        position = orphan->position_bytes.load(std::memory_order_relaxed) - orphan->length.load(std::memory_order_relaxed);
+      }
+      QueueNode* fresh_node = arena_->find_node(fresh.value);
+      const uint64_t claimed = make_dummy(fresh_node, tag_, seq, position, closed() && orphan == nullptr);
+      if (orphan != nullptr) {
+        fresh_node->next.store(next_link(fresh_node->next.load(std::memory_order_relaxed), orphan_ref),
+                               std::memory_order_release);
+      }
       uint64_t expected = head;
       if (!header_->head.compare_exchange_strong(expected, make_tagged(tagged_tag(head) + 1, fresh.value),
                                                  std::memory_order_acq_rel)) {
         arena_->free_node_from(fresh.value, claimed);
         continue;
       }
-      uint64_t t = header_->tail.load(std::memory_order_acquire);
-      while (!header_->tail.compare_exchange_weak(t, make_tagged(tagged_tag(t) + 1, fresh.value),
-                                                  std::memory_order_acq_rel)) {
+      if (orphan == nullptr) {  // with the chain re-anchored, the tail is put back from its walk
+        uint64_t t = header_->tail.load(std::memory_order_acquire);
+        while (!header_->tail.compare_exchange_weak(t, make_tagged(tagged_tag(t) + 1, fresh.value),
+                                                    std::memory_order_acq_rel)) {
+        }
       }
-      note_repair(0);  // what the lost head led to cannot be counted (docs/shm.md, Threat model)
+      note_repair(stranded);
       return Repair::kRepaired;
     }
     // Messages, and a claimed node only right after the dummy (a receive in progress).
@@ -212,19 +234,73 @@ BlockRef Channel::find_dummy(uint64_t tail) {
   });
   std::sort(claimed.rbegin(), claimed.rend());
   const BlockRef tail_ref = tagged_ref(tail);
+  // With the tail forged too (it names no node the dummy leads to), the dummy is the one
+  // numbered highest whose links lead, by valid steps, to the end of a queue (a link naming no
+  // node): the tail is then repaired from the walk (repair(), "a forged tail").
+  BlockRef to_end = 0;
   for (const auto& [seq, ref] : claimed) {
     QueueNode* n = arena_->find_node(ref);
     if (n == nullptr) continue;
     bool reaches = ref == tail_ref;
-    walk_queue(
+    const QueueWalk w = walk_queue(
         *arena_, n, ref, tag_, [](uint64_t st, bool) { return node_state_in_queue(st); },
         [&](BlockRef r, QueueNode*, uint64_t) {
           reaches |= r == tail_ref;
           return !reaches;
         });
     if (reaches) return ref;
+    if (to_end == 0 && !w.broken && tagged_ref(w.link) == 0) to_end = ref;
   }
-  return 0;
+  return to_end;
+}
+
+BlockRef Channel::find_orphaned_start(QueueNode** node) {
+  // A message of this channel (kNodeLinked) named by the link of a cell that is not one of the
+  // channel's queue nodes any more (the dummy, forged), from which valid links lead to the end
+  // of a queue. Of several, the one whose chain ends numbered highest (the live end).
+  std::vector<std::pair<BlockRef, BlockRef>> links;  // (from, to)
+  arena_->for_each_cell([&](const CellInfo& c) {
+    if (c.kind != CellInfo::kNode) return;
+    const BlockRef to = tagged_ref(c.node->next.load(std::memory_order_acquire));
+    if (to != 0) links.emplace_back(offset_to_ref(c.offset), to);
+  });
+  BlockRef best = 0;
+  uint64_t best_end = 0;
+  for (const auto& [from, to] : links) {
+    QueueNode* n = arena_->find_node(to);
+    QueueNode* f = arena_->find_node(from);
+    if (n == nullptr || f == nullptr) continue;
+    if (node_in_channel(f->state.load(std::memory_order_acquire))) continue;  // an honest predecessor
+    const uint64_t st = n->state.load(std::memory_order_acquire);
+    if (node_channel(st) != tag_ || node_kind(st) != kNodeLinked || n->seq.load(std::memory_order_relaxed) == 0) continue;
+    const QueueWalk w = walk_queue(
+        *arena_, n, to, tag_, [](uint64_t s2, bool) { return node_kind(s2) == kNodeLinked; },
+        [](BlockRef, QueueNode*, uint64_t) { return true; });
+    if (w.broken || tagged_ref(w.link) != 0) continue;
+    const uint64_t end = w.last->seq.load(std::memory_order_relaxed);
+    if (best == 0 || end > best_end) {
+      best = to;
+      best_end = end;
+      *node = n;
+    }
+  }
+  return best;
+}
+
+uint64_t Channel::count_linked() {
+  // A message is linked when a node's link names it; a sender's node that waits for room is
+  // kNodeLinked already but named by no link (it joins the repaired queue when it links).
+  std::unordered_set<BlockRef> named;
+  std::vector<BlockRef> mine;
+  arena_->for_each_cell([&](const CellInfo& c) {
+    if (c.kind != CellInfo::kNode) return;
+    const uint64_t st = c.node->state.load(std::memory_order_acquire);
+    if (const BlockRef to = tagged_ref(c.node->next.load(std::memory_order_acquire)); to != 0) named.insert(to);
+    if (node_channel(st) == tag_ && node_kind(st) == kNodeLinked) mine.push_back(offset_to_ref(c.offset));
+  });
+  uint64_t linked = 0;
+  for (const BlockRef ref : mine) linked += named.count(ref);
+  return linked;
 }
 
 }  // namespace memchannel

@@ -184,6 +184,11 @@ std::shared_ptr<PyChannel> PyChannel::attach(const py::bytes& handle_bytes) {
   if (!ch && h.shared) {
     auto arena = open_shm_arena(h.name);
     auto opened = Channel::open(arena, h.offset);
+    // A header a peer forged (e.g. its limits disagree with their digest): say so, not "gone".
+    if (opened.status == Status::kCorruptedLength) {
+      raise_status(opened.status, "the header of this handle's channel in arena '" + h.name +
+                                      "' is forged (its limits disagree with their digest)");
+    }
     if (!opened.ok() || opened.value->channel_id() != h.channel_id) {
       raise_error(ErrorClass::kChannelNotFound,
                   "the channel of this handle no longer exists in arena '" + h.name + "'");

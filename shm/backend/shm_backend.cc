@@ -51,9 +51,9 @@ std::unique_ptr<ShmBackend> ShmBackend::for_existing(std::string base_name) {
 }
 
 Result<uint64_t> ShmBackend::probe(const std::string& base_name) {
-  auto seg = Segment::open(base_name, 0, sizeof(ArenaHeader));
+  auto seg = Segment::open(base_name, 0, sizeof(ArenaHeader) + kSegmentTailBytes);
   if (!seg.ok()) return {seg.status, seg.sys_errno, 0};
-  return {Status::kOk, 0, seg.value.size()};
+  return {Status::kOk, 0, seg.value.size() - kSegmentTailBytes};
 }
 
 std::string ShmBackend::segment_name(uint32_t index) const {
@@ -140,11 +140,20 @@ memchannel::Result<uint8_t*> ShmBackend::create_segment(uint32_t index, uint64_t
   // O_EXCL: a file already at the name (squatted, or a dead creator's under a reused nonce) is
   // never adopted; Arena::create_named_segment then tries a fresh nonce (last_create_collided).
   last_status_ = Status::kOk;
-  auto seg = Segment::create(segment_name(index), bytes, prefault_for(bytes));
+  if (bytes == 0 || bytes > kMaxSegmentBytesOs - kSegmentTailBytes) return {memchannel::Status::kInvalidArgument, nullptr};
+  // The file is one tail longer than the arena's segment: its sentinel (core/backend.h).
+  auto seg = Segment::create(segment_name(index), bytes + kSegmentTailBytes, prefault_for(bytes));
   if (!seg.ok()) return {fail(seg.status, seg.sys_errno), nullptr};
+  auto* sentinel = reinterpret_cast<std::atomic<uint64_t>*>(seg.value.data() + bytes);
+  sentinel->store(kSegmentSentinel, std::memory_order_relaxed);
   std::lock_guard<std::mutex> lock(segments_mutex_);
   segments_[index] = std::move(seg.value);
+  sentinels_[index].store(sentinel, std::memory_order_release);
   return {memchannel::Status::kOk, reinterpret_cast<uint8_t*>(segments_[index].data())};
+}
+
+std::atomic<uint64_t>* ShmBackend::sentinel(uint32_t index) {
+  return index < kMaxSegments ? sentinels_[index].load(std::memory_order_acquire) : nullptr;
 }
 
 memchannel::Result<uint8_t*> ShmBackend::map_segment(uint32_t index, uint64_t bytes) {
@@ -152,16 +161,26 @@ memchannel::Result<uint8_t*> ShmBackend::map_segment(uint32_t index, uint64_t by
   {
     std::lock_guard<std::mutex> lock(segments_mutex_);
     if (segments_[index].valid()) {
-      if (segments_[index].size() < bytes) return {memchannel::Status::kCorruptedLength, nullptr};
+      if (segments_[index].size() < bytes + kSegmentTailBytes) return {memchannel::Status::kCorruptedLength, nullptr};
       return {memchannel::Status::kOk, reinterpret_cast<uint8_t*>(segments_[index].data())};
     }
   }
-  // Open checks the file's size against `bytes` (a segment a peer truncated before we map it
-  // is refused with kTruncated) and maps exactly what fstat reported.
-  auto seg = Segment::open(segment_name(index), bytes, bytes, prefault_for(bytes));
+  if (bytes == 0 || bytes > kMaxSegmentBytesOs - kSegmentTailBytes) return {memchannel::Status::kCorruptedLength, nullptr};
+  // Open checks the file's size against `bytes` and its tail (a segment a peer truncated
+  // before we map it is refused with kTruncated) and maps exactly what fstat reported.
+  const uint64_t file_bytes = bytes + kSegmentTailBytes;
+  auto seg = Segment::open(segment_name(index), file_bytes, file_bytes, prefault_for(bytes));
   if (!seg.ok()) return {fail(seg.status, seg.sys_errno), nullptr};
+  // The sentinel: a file truncated and grown back has its size again, and zeros at its end.
+  // Segment 0's is checked by Arena::attach after the header (so a file that is no arena of
+  // this version is refused as that, first).
+  auto* sentinel = reinterpret_cast<std::atomic<uint64_t>*>(seg.value.data() + bytes);
+  if (index != 0 && sentinel->load(std::memory_order_relaxed) != kSegmentSentinel) {
+    return {fail(Status::kTruncated, 0), nullptr};
+  }
   std::lock_guard<std::mutex> lock(segments_mutex_);
   segments_[index] = std::move(seg.value);
+  sentinels_[index].store(sentinel, std::memory_order_release);
   return {memchannel::Status::kOk, reinterpret_cast<uint8_t*>(segments_[index].data())};
 }
 

@@ -33,7 +33,8 @@ class ShmBackend final : public MemoryBackend {
   static std::unique_ptr<ShmBackend> for_new_arena(std::string_view prefix = {});
   // For the existing arena whose segment 0 is `base_name`.
   static std::unique_ptr<ShmBackend> for_existing(std::string base_name);
-  // Size of segment 0 of an existing arena, or why it cannot be opened.
+  // Size of segment 0 of an existing arena (the arena's bytes: the file less its
+  // kSegmentTailBytes tail, core/backend.h), or why it cannot be opened.
   static Result<uint64_t> probe(const std::string& base_name);
 
   memchannel::Result<uint8_t*> create_segment(uint32_t index, uint64_t bytes) override;
@@ -51,6 +52,7 @@ class ShmBackend final : public MemoryBackend {
   memchannel::Status check_mappings() const override {
     return check_segments().ok() ? memchannel::Status::kOk : memchannel::Status::kCorruptedLength;
   }
+  std::atomic<uint64_t>* sentinel(uint32_t index) override;
   bool lock_slot(uint32_t index) override;
   void unlock_slot(uint32_t index) override;
   HolderLiveness lock_liveness(uint32_t index) const override;
@@ -81,6 +83,7 @@ class ShmBackend final : public MemoryBackend {
   mutable int lock_pid_ = 0;                    // the process that opened lock_fd_
   mutable std::mutex segments_mutex_;           // create/map (rare) against check_segments
   std::array<Segment, kMaxSegments> segments_;  // this process's mappings
+  std::array<std::atomic<std::atomic<uint64_t>*>, kMaxSegments> sentinels_{};  // in segments_[i]
   Status last_status_ = Status::kOk;
   int last_errno_ = 0;
 };

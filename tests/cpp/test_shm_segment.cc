@@ -619,6 +619,65 @@ TEST_F(ShmSegment, ArenaTrafficOverATruncatedSegmentDoesNotSigbus) {
   ASSERT_EQ(::truncate(path_of(backend->base_name()).c_str(), static_cast<off_t>(1 << 20)), 0);
 }
 
+// The sentinel tail (core/backend.h) zeroed by a peer while the file is whole: a forgery, put
+// back and counted; the arena goes on (a truncation would have shrunk the file or lost pages).
+TEST_F(ShmSegment, ForgedSentinelIsRestoredNotTakenForATruncation) {
+  auto created = Arena::create(ShmBackend::for_new_arena(prefix_), 1 << 20, 1);
+  ASSERT_EQ(created.status, memchannel::Status::kOk);
+  std::shared_ptr<Arena> arena = created.value;
+  auto* backend = static_cast<ShmBackend*>(&arena->backend());
+  auto ch = Channel::create(arena, 0, 0, 1);
+  ASSERT_EQ(ch.status, memchannel::Status::kOk);
+  const int fd = ::open(path_of(backend->base_name()).c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  const uint64_t zero = 0;
+  ASSERT_EQ(::pwrite(fd, &zero, sizeof zero, 1 << 20), static_cast<ssize_t>(sizeof zero));
+  const uint64_t before = arena->counters().corruption_count;
+  auto h = ch.value->allocate(64, PayloadLayout{}, WaitSpec::nonblocking());
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(ch.value->send(h.value, WaitSpec::nonblocking()), memchannel::Status::kOk);
+  EXPECT_FALSE(arena->truncated());
+  EXPECT_GT(arena->counters().corruption_count, before);
+  uint64_t word = 0;
+  ASSERT_EQ(::pread(fd, &word, sizeof word, 1 << 20), static_cast<ssize_t>(sizeof word));
+  EXPECT_EQ(word, kSegmentSentinel);
+  ::close(fd);
+  auto got = ch.value->recv(WaitSpec::nonblocking());
+  ASSERT_TRUE(got.ok());
+  arena->release(got.value);
+}
+
+// Cutting only the last page of segment 0 (its sentinel tail; every byte the arena uses is
+// still there) fails the very next send and recv, without waiting for a sweep, and counts the
+// queued messages lost, exactly.
+TEST_F(ShmSegment, CutSentinelFailsTheNextSendAndRecvAndCountsTheQueued) {
+  auto created = Arena::create(ShmBackend::for_new_arena(prefix_), 1 << 20, 1);
+  ASSERT_EQ(created.status, memchannel::Status::kOk);
+  std::shared_ptr<Arena> arena = created.value;
+  arena->set_sweep_interval(-1);  // no sweep: the data path alone must see it
+  auto* backend = static_cast<ShmBackend*>(&arena->backend());
+  auto ch = Channel::create(arena, 0, 0, 1);
+  ASSERT_EQ(ch.status, memchannel::Status::kOk);
+  Channel& c = *ch.value;
+  for (int i = 0; i < 3; ++i) {
+    auto h = c.allocate(64, PayloadLayout{}, WaitSpec::nonblocking());
+    ASSERT_TRUE(h.ok());
+    ASSERT_EQ(c.send(h.value, WaitSpec::nonblocking()), memchannel::Status::kOk);
+  }
+  auto spare = c.allocate(64, PayloadLayout{}, WaitSpec::nonblocking());
+  ASSERT_TRUE(spare.ok());
+  ASSERT_EQ(::truncate(path_of(backend->base_name()).c_str(), static_cast<off_t>(1 << 20)), 0);
+  const int wstatus = run_in_child([&] {
+    if (c.send(spare.value, WaitSpec::nonblocking()) != memchannel::Status::kCorruptedLength) return 1;
+    if (c.recv(WaitSpec::nonblocking()).status != memchannel::Status::kCorruptedLength) return 2;
+    if (!arena->truncated()) return 3;
+    if (c.stats().messages_lost != 3) return 4;
+    return 0;
+  });
+  EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << describe(wstatus);
+  ASSERT_EQ(::truncate(path_of(backend->base_name()).c_str(), static_cast<off_t>((1 << 20) + kSegmentTailBytes)), 0);
+}
+
 TEST_F(ShmSegment, MovesTransferTheMappingAndReleaseTheOldOne) {
   const std::string name = fresh_name();
   Result<Segment> created = Segment::create(name, kPage);

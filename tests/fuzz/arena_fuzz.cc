@@ -184,9 +184,11 @@ void run_over_shm(const uint8_t* image, size_t image_bytes, const PeerInput& in)
   static const std::string prefix = shm::random_test_prefix();
   const std::string base = shm::random_segment_name(prefix);
   {
-    auto seg = shm::Segment::create(base, kSegment0Bytes);
+    // The file carries the segment's sentinel tail past the image (core/backend.h).
+    auto seg = shm::Segment::create(base, kSegment0Bytes + kSegmentTailBytes);
     if (!seg.ok()) std::abort();  // the harness itself cannot run: not a finding about the input
     if (image_bytes != 0) std::memcpy(seg.value.data(), image, std::min<size_t>(image_bytes, kSegment0Bytes));
+    std::memcpy(seg.value.data() + kSegment0Bytes, &kSegmentSentinel, sizeof kSegmentSentinel);
     auto probe = shm::ShmBackend::probe(base);
     // Segment 0's name goes as soon as the peer has mapped it, so an input that kills the
     // harness (a finding) leaves nothing behind in /dev/shm.

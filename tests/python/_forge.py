@@ -17,6 +17,9 @@ NODE_MAGIC = 0x4D434E44       # "MCND", at byte 28 of a cell
 BLOCK_MAGIC_OFFSET = 28
 NODE_NEXT, NODE_BLOCK, NODE_GEN, NODE_LENGTH, NODE_STATE, NODE_SEQ, NODE_POSITION = 0, 8, 12, 16, 32, 40, 48
 KIND_LINKED, KIND_CLAIMED = 2, 3
+CHANNEL_MAGIC = 0x314C4E4843434D4D  # "MMCCHNL1", at byte 0 of a ChannelHeader (core/channel.h)
+# ChannelHeader words: limits on the identity line, the queue's ends, the attach count.
+CH_MAXSIZE, CH_MAXBYTES, CH_LIMITS_CHECK, CH_HEAD, CH_TAIL, CH_ATTACHED = 16, 24, 12, 64, 128, 384
 
 
 class Forger:
@@ -47,6 +50,10 @@ class Forger:
     def carve_end(self):
         cur = self.u64(CARVE_OFFSET)
         return min(cur & 0xFFFFFFFF, self.size) if (cur >> 32) == 0 else self.size
+
+    def channel_headers(self):
+        """Offsets of the channel headers in segment 0 (a scan for the channel magic)."""
+        return [off for off in range(HEADER_BYTES, self.carve_end() - 447, 64) if self.u64(off) == CHANNEL_MAGIC]
 
     def nodes(self, kinds=(KIND_LINKED,)):
         """{offset: (tag, kind, seq)} of the queue nodes in segment 0 (a scan for the node magic)."""

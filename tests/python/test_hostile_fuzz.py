@@ -26,10 +26,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import memchannel as mc  # noqa: E402
 from _forge import (  # noqa: E402
-    ATTACHED_HOLDERS_OFFSET, BLOCK_MAGIC_OFFSET, CARVE_OFFSET, CORRUPTION_COUNT_OFFSET, HEADER_BYTES, NODE_BLOCK,
+    ATTACHED_HOLDERS_OFFSET, BLOCK_MAGIC_OFFSET, CARVE_OFFSET, CH_ATTACHED, CH_HEAD, CH_MAXBYTES, CH_MAXSIZE,
+    CH_TAIL, CORRUPTION_COUNT_OFFSET, HEADER_BYTES, NODE_BLOCK,
     NODE_GEN, NODE_LENGTH, NODE_NEXT, NODE_POSITION, NODE_SEQ, NODE_STATE, SEGMENT_COUNT_OFFSET, Forger)
 
-MODES = ["links", "lengths", "offsets", "formats", "states", "counters", "header"]
+MODES = ["links", "lengths", "offsets", "formats", "states", "counters", "header", "headtail", "attached",
+         "limits"]
 SEEDS = [1, 2, 3]
 MESSAGES = 1500      # per run, before the forger is done
 AFTER = 200          # sent after it: must all arrive
@@ -132,6 +134,26 @@ FORGER = textwrap.dedent(
                 f.put32(off, rng.choice([0, 1, 0xFFFFFFFF]))
             else:
                 f.put64(off, garbage())
+        elif mode == "headtail":  # the channel's head and tail, together
+            ch = some(f.channel_headers())
+            if ch is None: continue
+            for end in (CH_HEAD, CH_TAIL):
+                old = f.u64(ch + end)
+                to = some(nodes) if rng.random() < 0.6 and nodes else rng.randrange(HEADER_BYTES, f.size, 64)
+                f.put64(ch + end, (((old >> 32) + rng.randrange(1, 5)) << 32) | (to >> 6) if rng.random() < 0.8 else garbage())
+            dummy = some(o for o, (t, k, s) in nodes.items() if k == 3)
+            if dummy is not None and rng.random() < 0.4:  # and the dummy they hid: no dummy to find
+                f.put64(dummy + NODE_STATE, garbage())
+                words += 1
+            words += 1
+        elif mode == "attached":  # how many Channel objects use the header
+            ch = some(f.channel_headers())
+            if ch is None: continue
+            f.put32(ch + CH_ATTACHED, rng.choice([0, 1, 2, 0xFFFFFFFF, rng.getrandbits(32)]))
+        elif mode == "limits":  # maxsize / maxbytes
+            ch = some(f.channel_headers())
+            if ch is None: continue
+            f.put64(ch + rng.choice([CH_MAXSIZE, CH_MAXBYTES]), rng.choice([0, 1, 2, 1 << 62, garbage()]))
         words += 1
     f.close()
     print("forged", words, flush=True)
