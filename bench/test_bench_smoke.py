@@ -139,6 +139,12 @@ def test_targets_are_the_issues():
         "A1 asyncio 64 B round-trip p50, processes, vs mp.Queue+executor (1/5)": ("ratio", 5.0),
         "W1 select over 8 channels msg/s vs recv on one (0.5x)": ("ratio", 0.5),
     }
+    fanout_goals = {t["target"]: (t["kind"], t["goal"]) for t in report.FANOUT_TARGETS}
+    assert fanout_goals == {
+        "F1 8 MiB frame to 4 reader processes, frames/s vs iceoryx2 pub/sub x4": ("ratio", 1.0),
+        "F1 8 MiB frame to 4 reader processes, frames/s vs multiprocessing.Queue x4": ("ratio", 100.0),
+        "F1 CPU per share, 16 MiB vs 64 B frames, 4 reader processes": ("cost_ratio", 2.0),
+    }
 
 
 def test_target_rows_show_goal_measure_and_result():
