@@ -292,3 +292,63 @@ def test_publisher_forgets_closed_subscribers_and_refuses_unknown_policies():
     assert pub.subscribers == [a]
     a.recv().release()
     assert t.done and _blocks(a) == base
+
+
+def test_four_readers_threads_an_interpreter_and_a_process_see_one_block():
+    """Two threads and a subinterpreter (one process: the same address) and another process
+    (the same bytes), all of one share() call; blocks_in_use is unchanged by sharing."""
+    import hashlib
+    import queue
+    import threading
+
+    from memchannel import interpreters
+
+    arena = mc.Arena()
+    chans = [arena.channel() for _ in range(4)]
+    base = _blocks(chans[0])
+    buf = _filled(arena, 100_000)
+    with memoryview(buf) as m:
+        digest = hashlib.sha256(m).hexdigest()
+    before = _blocks(chans[0])
+    t = mc.share(buf, chans, track=True)
+    assert _blocks(chans[0]) == before  # sharing made no data block
+
+    seen = queue.Queue()
+
+    def reader(ch):
+        with ch.recv(timeout=30) as b:
+            with memoryview(b) as m:
+                seen.put((b.address, b.readonly, m.readonly, hashlib.sha256(m).hexdigest()))
+
+    threads = [threading.Thread(target=reader, args=(c,)) for c in chans[:2]]
+    for th in threads:
+        th.start()
+    interp = interpreters.create()
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    p = ctx.Process(target=w.share_digest, args=(chans[3], results))
+    p.start()
+    try:
+        back = mc.Channel(backend="heap")
+        interp.prepare_main(ch=chans[2], back=back)
+        interp.exec(
+            "import hashlib\n"
+            "b = ch.recv(timeout=30)\n"
+            "m = memoryview(b)\n"
+            "address, ro, mro, digest = b.address, b.readonly, m.readonly, hashlib.sha256(m).hexdigest()\n"
+            "m.release()\n"
+            "b.release()\n"
+            "back.send_object((address, ro, mro, digest))\n")
+        for th in threads:
+            th.join(30)
+        in_process = [seen.get(timeout=5) for _ in threads] + [back.recv_object(timeout=5)]
+        addresses = {a for a, _, _, _ in in_process}
+        assert len(addresses) == 1  # two threads and a subinterpreter: one address
+        assert all((ro, mro, d) == (True, True, digest) for _, ro, mro, d in in_process)
+        assert results.get(timeout=30) == (True, True, digest)  # another process: the same bytes
+        assert t.wait(30)
+    finally:
+        interp.close()
+        p.join(30)
+        p.kill()
+    assert _blocks(chans[0]) == base
