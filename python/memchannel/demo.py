@@ -241,7 +241,7 @@ def fan_out(frames: int) -> None:
           f"{arena.stats()['bytes_copied'] - copied:,}; frames back in the pool: {pool.idle}/6; "
           f"process consumer exit code {proc.exitcode}")
     print(f"   the two subinterpreter consumers saw each frame at the same address: {same}; most arena "
-          f"blocks in use beyond the pool's 6 frames: {most_in_use - in_use} (64-byte share tokens)")
+          f"data blocks in use beyond the pool's 6 frames: {most_in_use - in_use}")
     pool.close()
 
 
