@@ -1,6 +1,8 @@
 // Release tracking and shares (core/tracking.cc, core/shares.cc; memchannel.Tracker and
 // memchannel.share).
 //
+// Part of test_crash_points (tests/cpp/CMakeLists.txt), with the crash points of both.
+//
 // Tracking: a tracked message's tracking ends
 // exactly when its block is next freed, by whichever party frees it: a receiver's release, the
 // last receiver of a forwarded message, the reaper of a receiver that died holding it, the
