@@ -414,6 +414,7 @@ Status Arena::free_block(BlockRef ref, BlockHeader* hdr, uint32_t expected_state
         note_corruption();
         return Status::kDoubleRelease;
       }
+      MEMCHANNEL_CRASH_POINT(kPoolMarkedFree);
       push_free(pool->head, ref, &hdr->next_free);
       notify_pool(pool);  // its seq_cst fence also orders the push before the look at `closed`
       if (pool->closed.load(std::memory_order_seq_cst) != 0) drain_pool(pool);  // closed meanwhile

@@ -19,6 +19,8 @@ const char* to_string(CrashPoint p) {
     case CrashPoint::kShareTokensReady: return "share_tokens_ready";
     case CrashPoint::kShareIndicesClaimed: return "share_indices_claimed";
     case CrashPoint::kShareBitDropped: return "share_bit_dropped";
+    case CrashPoint::kPoolPopped: return "pool_popped";
+    case CrashPoint::kPoolMarkedFree: return "pool_marked_free";
     case CrashPoint::kReleaseMarkedFree: return "release_marked_free";
     case CrashPoint::kReleasePushed: return "release_pushed";
     case CrashPoint::kNodePopped: return "node_popped";

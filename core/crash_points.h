@@ -23,6 +23,9 @@ enum class CrashPoint : uint32_t {
   kShareTokensReady,    // the tokens are filled and flagged; the block not yet kShared
   kShareIndicesClaimed, // a re-share's new indices are in the share word; its tokens not yet flagged
   kShareBitDropped,     // a token's bit is cleared; the block (if it was the last) not yet freed
+  // Buffer pools (core/pools.cc)
+  kPoolPopped,          // a block is off its pool's list, not yet claimed (still kFree)
+  kPoolMarkedFree,      // a pooled block coming back is kFree, not yet on its pool's list
   kReleaseRefDropped,   // the last reference is dropped; the block still names its holder
   kReleaseMarkedFree,   // the block is kFree, not yet on its free list
   kReleasePushed,       // the block is on its free list; waiters not yet woken

@@ -120,6 +120,7 @@ Result<BlockHandle> Arena::pool_reserve(Offset pool_off, const WaitSpec& wait) {
       void* cell = nullptr;
       auto popped = pop_free(pool->head, false, cls, &word, &cell);
       if (!popped.ok()) return false;
+      MEMCHANNEL_CRASH_POINT(kPoolPopped);
       auto* hdr = static_cast<BlockHeader*>(cell);
       uint32_t expected = static_cast<uint32_t>(word);
       const uint32_t gen = (state_generation(expected) + 1) & kGenerationMask;

@@ -354,12 +354,15 @@ TEST(CrashPoints, EveryPointLeavesAConsistentArena) {
   std::map<std::string, int> runs;
   // Segment creation (kGrowSegment*) has its own crash tests: tests/cpp/test_shm_growth.cc.
   // The sync primitives' points (kSync*) have theirs in test_sync_crash.cc (SyncCrashPoints);
-  // release tracking's (kReleaseTrackingEnded) and shares' (kShare*) in test_tracking.cc.
+  // release tracking's (kReleaseTrackingEnded), shares' (kShare*) and pools' (kPool*) in
+  // test_tracking.cc.
   const auto covered_elsewhere = [](uint32_t p) {
     return p == static_cast<uint32_t>(CrashPoint::kReleaseTrackingEnded) ||
            p == static_cast<uint32_t>(CrashPoint::kShareTokensReady) ||
            p == static_cast<uint32_t>(CrashPoint::kShareIndicesClaimed) ||
            p == static_cast<uint32_t>(CrashPoint::kShareBitDropped) ||
+           p == static_cast<uint32_t>(CrashPoint::kPoolPopped) ||
+           p == static_cast<uint32_t>(CrashPoint::kPoolMarkedFree) ||
            p == static_cast<uint32_t>(CrashPoint::kGrowSegmentClaimed) ||
            p == static_cast<uint32_t>(CrashPoint::kGrowSegmentCreated) ||
            (p >= static_cast<uint32_t>(CrashPoint::kSyncLockTaken) && p <= static_cast<uint32_t>(CrashPoint::kSyncEventSet)) ||

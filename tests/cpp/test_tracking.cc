@@ -414,5 +414,36 @@ TEST_F(TrackingCrash, AReSharerKilledBetweenClaimingAndFlaggingLeaksTheBlockExac
   EXPECT_EQ(c.free_blocks, c.free_listed);
 }
 
+// The pools' two windows are the free list's (core/pools.cc): killed between popping and
+// claiming, or between marking a returning block free and pushing it, the pool loses exactly that
+// one block (kFree, on no list, still flagged as the pool's); the others still come and go.
+TEST_F(TrackingCrash, APoolLosesExactlyTheOneBlockAKilledHolderHadOffItsList) {
+  if (!kCrashHooksCompiled) GTEST_SKIP() << "built without MEMCHANNEL_TEST_HOOKS";
+  for (const CrashPoint point : {CrashPoint::kPoolPopped, CrashPoint::kPoolMarkedFree}) {
+    SCOPED_TRACE(to_string(point));
+    auto arena = make_arena();
+    auto ch = make_channel(arena);
+    auto pool = arena->create_pool(allocate(*arena, 1000), 3);
+    ASSERT_EQ(pool.status, Status::kOk);
+    ASSERT_TRUE(child_killed_at(*arena, *ch, point, [&] {
+      auto b = arena->pool_reserve(pool.value, no_wait());
+      if (b.ok()) (void)arena->release(b.value);
+    }));
+    arena->reap_dead_holders();
+    EXPECT_EQ(arena->pool_idle(pool.value), 2u) << "one block lost to the pool, the others idle";
+    for (int round = 0; round < 4; ++round) {  // the pool still works with what it has
+      auto a = arena->pool_reserve(pool.value, no_wait());
+      auto b = arena->pool_reserve(pool.value, no_wait());
+      ASSERT_EQ(a.status, Status::kOk);
+      ASSERT_EQ(b.status, Status::kOk);
+      EXPECT_EQ(arena->pool_reserve(pool.value, no_wait()).status, Status::kEmpty);
+      EXPECT_EQ(arena->release(a.value), Status::kOk);
+      EXPECT_EQ(arena->release(b.value), Status::kOk);
+    }
+    EXPECT_EQ(arena->census().pooled, 3u) << "the lost one is still a free block flagged as the pool's";
+    EXPECT_EQ(corruption_count(*arena), 0u);
+  }
+}
+
 }  // namespace
 }  // namespace memchannel::testing
