@@ -80,9 +80,10 @@ def select(only):
     return scenarios, transports, with_memcpy and "S1" in scenarios
 
 
-def _summarize(reps):
+def summarize(reps, fields=None):
+    """Median, min and max over the reps of each of ``fields`` (default SUMMARY_FIELDS) a rep has."""
     out = {}
-    for field in SUMMARY_FIELDS:
+    for field in SUMMARY_FIELDS if fields is None else fields:
         vals = [r[field] for r in reps if field in r]
         if vals:
             out[field] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
@@ -232,7 +233,7 @@ def run(mode="full", only=None, out_dir=DEFAULT_OUT, plots=True, docs=None, reps
                 transport_skips[name] = {"status": "skipped", "reason": result["reason"],
                                          "scope": "transport"}
         if result["status"] == "ok":
-            result["summary"] = _summarize(result["reps"])
+            result["summary"] = summarize(result["reps"])
         elif "reason" not in result or not result["reason"]:
             result["reason"] = "no reason given"
         result.update(transport=name, scenario=key, param=param,

@@ -350,12 +350,8 @@ SUMMARY_FIELDS = ("value", "bytes_per_s", "us_per_msg", "us_per_share", "cpu_us_
 
 
 def _summarize(reps):
-    out = {}
-    for field in SUMMARY_FIELDS:
-        vals = [r[field] for r in reps if field in r]
-        if vals:
-            out[field] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
-    return out
+    from .cli import summarize  # cli imports this module
+    return summarize(reps, SUMMARY_FIELDS)
 
 
 def _run_job(job, timeout):
