@@ -29,7 +29,6 @@ import multiprocessing as mp
 import os
 import resource
 import signal
-import statistics
 import subprocess
 import sys
 import time
