@@ -108,6 +108,11 @@ struct Pool {
     if (closed) throw py::value_error("the pool is closed");
     return *arena;
   }
+  void close() {
+    if (closed) return;
+    arena->pool_close(offset);
+    closed = true;
+  }
 };
 
 std::shared_ptr<Pool> make_pool(const py::handle& prototype, uint32_t count) {
@@ -156,23 +161,15 @@ void register_tracker(py::module_& m) {
       .def("reserve", &pool_reserve, py::arg("timeout") = py::none(),
            "reserve(self, /, timeout=None)\n--\n\nA writable Buffer of the pool, to fill and send; waits while "
            "all are out (Empty after `timeout` seconds).")
-      .def("close", [](Pool& p) {
-             if (p.closed) return;
-             p.arena->pool_close(p.offset);
-             p.closed = true;
-           }, "close(self, /)\n--\n\nReturn the idle blocks to the arena, and the others as they come back.")
+      .def("close", &Pool::close,
+           "close(self, /)\n--\n\nReturn the idle blocks to the arena, and the others as they come back.")
       .def_property_readonly("closed", [](const Pool& p) { return p.closed; })
       .def_property_readonly("count", [](Pool& p) { return p.arena->pool_count(p.offset); },
                              "Blocks the pool has (idle or out).")
       .def_property_readonly("idle", [](Pool& p) { return p.arena->pool_idle(p.offset); },
                              "Blocks in the pool now, ready for reserve() (a snapshot).")
       .def("__enter__", [](py::object self) { return self; }, "__enter__(self, /)\n--\n\nThe pool.")
-      .def("__exit__", [](Pool& p, const py::args&) {
-             if (!p.closed) {
-               p.arena->pool_close(p.offset);
-               p.closed = true;
-             }
-           }, "__exit__(self, /, *exc_info)\n--\n\nclose().")
+      .def("__exit__", [](Pool& p, const py::args&) { p.close(); }, "__exit__(self, /, *exc_info)\n--\n\nclose().")
       .def("__reduce__", [](const Pool&) -> py::object {
         throw py::type_error("a memchannel Pool belongs to the process that made it: it does not pickle "
                              "(its blocks come back to it from any process)");
