@@ -122,7 +122,8 @@ BlockHeader* Arena::block_header(BlockRef ref) {
 
 QueueNode* Arena::find_node(BlockRef ref) {
   if (ref == 0) return nullptr;
-  auto* n = translate_as<QueueNode>(ref_to_offset(ref));
+  // The whole cell, inline payload included, must be mapped (a forged link may name any ref).
+  auto* n = reinterpret_cast<QueueNode*>(translate(ref_to_offset(ref), kNodeBytes));
   if (n == nullptr || load_cell_magic(n) != kNodeMagic) return nullptr;
   return n;
 }
@@ -696,9 +697,9 @@ Result<BlockRef> Arena::allocate_node(int64_t creator_wait_ns) {
       MEMCHANNEL_CRASH_POINT(kNodeClaimed);
       return popped;
     }
-    auto carved = carve(kUnit, true, creator_wait_ns);
+    auto carved = carve(kNodeBytes, true, creator_wait_ns);
     if (carved.ok()) {
-      uint8_t* cell = translate(carved.value, kUnit);
+      uint8_t* cell = translate(carved.value, kNodeBytes);
       if (cell == nullptr) return {Status::kCorruptedOffset, 0};
       MEMCHANNEL_CRASH_POINT(kNodeCarved);
       auto* n = reinterpret_cast<QueueNode*>(cell);
@@ -722,6 +723,7 @@ Result<BlockRef> Arena::allocate_node(int64_t creator_wait_ns) {
 
 Result<BlockRef> Arena::convert_block_to_nodes() {
   for (uint32_t cls = 0; cls < kNumClasses; ++cls) {
+    if (class_units(cls) % kNodeUnits != 0) continue;  // cut into whole node cells only
     if (tagged_ref(header_->free_lists[cls].head.load(std::memory_order_relaxed)) == 0) continue;
     uint32_t generation = 0;
     BlockHeader* hdr = nullptr;
@@ -746,14 +748,14 @@ Result<BlockRef> Arena::convert_block_to_nodes() {
     };
     // Cells inside the payload first: until the header cell turns, a walker sees one block
     // (kReserved by us, reclaimed whole if we die); after it, only nodes (held by us).
-    for (uint64_t u = 1; u < units; ++u) make_node(base + (u << kUnitShift));
+    for (uint64_t u = kNodeUnits; u < units; u += kNodeUnits) make_node(base + (u << kUnitShift));
     MEMCHANNEL_CRASH_POINT(kNodeConvertCells);
     make_node(base);
     stripe_sub(stripe().blocks_in_use, 1);
     stripe_sub(stripe().bytes_in_use, units << kUnitShift);
-    stripe().nodes_in_use.fetch_add(units, std::memory_order_relaxed);
+    stripe().nodes_in_use.fetch_add(units / kNodeUnits, std::memory_order_relaxed);
     MEMCHANNEL_CRASH_POINT(kNodeConverted);
-    for (uint64_t u = 1; u < units; ++u) free_node_from(taken.value + static_cast<BlockRef>(u), held);
+    for (uint64_t u = kNodeUnits; u < units; u += kNodeUnits) free_node_from(taken.value + static_cast<BlockRef>(u), held);
     return taken;
   }
   return {Status::kOutOfCapacity, 0};

@@ -61,7 +61,9 @@ void Arena::walk_cells(Visit&& visit, uint64_t* bad_cells) {
         info.bytes = bytes;
         info.carving_word = word;
       } else if (magic == kNodeMagic) {
+        if (kNodeBytes > end - at) { ++*bad_cells; break; }
         info.kind = CellInfo::kNode;
+        info.bytes = kNodeBytes;
         info.node = reinterpret_cast<QueueNode*>(cell);
       } else if (magic == kBlockMagic) {
         auto* hdr = reinterpret_cast<BlockHeader*>(cell);

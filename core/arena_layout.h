@@ -43,7 +43,7 @@
 namespace memchannel {
 
 inline constexpr uint64_t kArenaMagic = 0x314e524148434d4dull;  // "MMCHARN1"
-inline constexpr uint32_t kArenaLayoutVersion = 7;  // 2: node states, kBlockSending, carving; 3: striped counters; 4: kBlockTransferred; 5: node seq; 6: segment nonces, liveness locks; 7: segment sentinel tails; block header track/pool/shares words, share tokens, pools
+inline constexpr uint32_t kArenaLayoutVersion = 8;  // 2: node states, kBlockSending, carving; 3: striped counters; 4: kBlockTransferred; 5: node seq; 6: segment nonces, liveness locks; 7: segment sentinel tails; block header track/pool/shares words, share tokens, pools; 8: 128-byte node cells with inline payloads
 inline constexpr uint32_t kArenaReady = 0x52454459u;            // "REDY"
 // `ready` once a party found a segment truncated (its pages, and what they held, are gone): the
 // arena is corrupt for every party, which each learns at its next send or recv (Arena::intact

@@ -291,8 +291,10 @@ bool Arena::repair_carve(uint64_t bad) {
     } else if (magic == kBlockMagic) {
       const uint32_t cls = reinterpret_cast<BlockHeader*>(cell)->size_class.load(std::memory_order_relaxed);
       bytes = cls < kNumClasses ? class_units(cls) << kUnitShift : kUnit;
+    } else if (magic == kNodeMagic) {
+      bytes = kNodeBytes;  // its inline payload may be zero: it is not a never-carved cell
     }
-    // A node is one unit; garbage is stepped over a unit at a time (it leaks, nothing reuses it).
+    // Garbage is stepped over a unit at a time (it leaks, nothing reuses it).
     if (bytes == 0 || bytes > size - at) bytes = kUnit;
     at += bytes;
   }

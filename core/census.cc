@@ -306,7 +306,12 @@ InvariantReport check_invariants(Arena& arena) {
         const uint32_t generation = it->second->generation.load(std::memory_order_relaxed);
         auto b = cells.blocks.find(block);
         const uint32_t word = b != cells.blocks.end() ? b->second->state.load(std::memory_order_acquire) : 0;
-        if (b == cells.blocks.end() || state_generation(word) != generation ||
+        if (block == 0) {  // inline: the payload is in the node (core/node.h)
+          if (generation != kInlineMark || it->second->length.load(std::memory_order_relaxed) > kInlineBytes) {
+            note(r, r.stale_entries, name, ": message node ", ref_name(at), " names no block, and is no inline message (",
+                 it->second->length.load(std::memory_order_relaxed), " bytes, generation ", generation, ")");
+          }
+        } else if (b == cells.blocks.end() || state_generation(word) != generation ||
             (state_kind(word) != kBlockQueued && state_kind(word) != kBlockSending)) {
           note(r, r.stale_entries, name, ": message node ", ref_name(at), " names block ", ref_name(block),
                " generation ", generation, ", which is not queued as that");

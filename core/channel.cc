@@ -2,18 +2,17 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <new>
 #include <utility>
 
+#include "core/channel_internal.h"
 #include "core/queue_walk.h"
 
 namespace memchannel {
 namespace {
 
-
-// Tail swings one enqueue may help with before it suspects a cycle among linked nodes (each
-// honest swing is another sender's completed link, so this many in one call does not happen).
-constexpr uint64_t kMaxTailHelps = 1u << 12;
+using namespace channel_internal;  // NOLINT: the waits and as_flow
 
 // The node whose message this thread took last (its ref and its state word as claimed). When
 // the same thread later frees that node as an old dummy (one receiver: always), it knows the
@@ -25,55 +24,6 @@ struct LastTaken {
   uint64_t state;
 };
 thread_local LastTaken t_last_taken{nullptr, 0, 0};
-
-// wait(spec), which waits as wait_until does, and on a backend with holders a wake-up at least
-// every sweep interval to reclaim dead peers (a wait in progress counts as a call:
-// Arena::maybe_reap). The caller's own slice, or a signal, still ends the wait with
-// kInterrupted. The first attempt is inline; the waiting is out of line, so a call that
-// succeeds at once costs what it did before.
-template <typename Wait>
-[[gnu::noinline]] Status wait_sweeping_slow(Arena& arena, const WaitSpec& spec, Wait& wait) {
-  if (spec.deadline_ns == 0) return Status::kTimedOut;  // non-blocking: ready() just said no
-  const int64_t interval = arena.sweep_interval();
-  if (!arena.sweeps() || interval <= 0 || spec.slice_ns <= interval) return wait(spec);
-  const int64_t start = monotonic_ns();
-  const int64_t caller_slice_end =
-      spec.slice_ns == WaitSpec::kForever ? WaitSpec::kForever : start + spec.slice_ns;
-  WaitSpec w = spec;
-  w.slice_ns = interval;
-  for (;;) {
-    const int64_t begun = monotonic_ns();
-    const Status s = wait(w);
-    if (s != Status::kInterrupted) return s;
-    const int64_t now = monotonic_ns();
-    if (now < begun + w.slice_ns || now >= caller_slice_end) return s;  // a signal, or the caller's slice
-    arena.maybe_reap();
-    w.spin_ns = 0;  // spun already
-    if (caller_slice_end != WaitSpec::kForever) w.slice_ns = std::min(interval, caller_slice_end - now);
-  }
-}
-
-template <typename Ready>
-inline Status wait_sweeping(Arena& arena, EventCount& ec, const WaitSpec& spec, Ready&& ready) {
-  if (ready()) return Status::kOk;
-  auto wait = [&](const WaitSpec& w) { return wait_until(ec, w, ready); };
-  return wait_sweeping_slow(arena, spec, wait);
-}
-
-// The same for receivers: wake-one waiting; more() counts what is left for the others when a
-// spinner stops (core/waiter.h, "Wake-one waiting").
-template <typename Ready, typename More>
-inline Status wait_sweeping(Arena& arena, WakeOneCount& ec, std::atomic<int64_t>& spin_until,
-                            const WaitSpec& spec, Ready&& ready, More&& more) {
-  if (ready()) return Status::kOk;
-  auto wait = [&](const WaitSpec& w) { return wait_until(ec, spin_until, w, ready, more); };
-  return wait_sweeping_slow(arena, spec, wait);
-}
-
-// Flow-control statuses as the API reports them: a wait that ran out means full / empty.
-Status as_flow(Status s, Status when_out_of_time) {
-  return s == Status::kTimedOut ? when_out_of_time : s;
-}
 
 }  // namespace
 
@@ -218,9 +168,10 @@ void Channel::drain_and_free() {
   // A repair reports itself once (a corruption status) and the queue then serves again.
   for (int failures = 0; failures < 16;) {
     bool empty = false;
-    auto got = try_dequeue(&empty);
+    SmallMessage dropped;
+    auto got = try_dequeue(&empty, nullptr, &dropped);
     if (got.ok()) {
-      arena_->release(got.value);
+      if (got.value.ref != 0) arena_->release(got.value);
       continue;
     }
     if (empty) break;
@@ -254,285 +205,6 @@ Channel::Counts Channel::walk_counts(uint64_t head, uint64_t limit) const {
         return c.queued < limit;
       });
   return c;
-}
-
-Status Channel::room_after(uint64_t tail, const QueueNode* last, uint64_t next, uint64_t seq, uint64_t position,
-                           uint64_t length) const {
-  const auto fits = [&](uint64_t queued, uint64_t bytes) {
-    if (maxsize_ != 0 && queued >= maxsize_) return false;
-    // An empty channel admits one message, however large, so nothing deadlocks.
-    return maxbytes_ == 0 || bytes == 0 || (length <= maxbytes_ && bytes <= maxbytes_ - length);
-  };
-  {
-    const uint64_t seen_seq = seen_head_seq_.load(std::memory_order_relaxed);
-    const uint64_t seen_position = seen_head_position_.load(std::memory_order_relaxed);
-    if (seq >= seen_seq && position >= seen_position && fits(seq - seen_seq, position - seen_position)) {
-      return Status::kOk;  // room even by an old copy of the dummy's numbers (see channel.h)
-    }
-  }
-  // The dummy's numbers, read while the head names it (a dummy's seq never changes while it
-  // is one, and the head moves on before the node is freed).
-  const uint64_t head = header_->head.load(std::memory_order_acquire);
-  QueueNode* first = arena_->find_node(tagged_ref(head));
-  if (first == nullptr) return Status::kOk;  // a bad head: the receivers' side repairs it
-  const uint64_t head_seq = first->seq.load(std::memory_order_relaxed);
-  const uint64_t head_position = first->position_bytes.load(std::memory_order_relaxed);
-  if (header_->head.load(std::memory_order_acquire) != head) return Status::kInterrupted;
-  uint64_t queued = seq - head_seq;
-  uint64_t bytes = position - head_position;
-  // What no honest queue holds: the last node numbered below the dummy, more than maxsize
-  // queued (the link admits at most maxsize), more bytes than maxbytes or one message allow.
-  const bool impossible = seq < head_seq || position < head_position || (maxsize_ != 0 && queued > maxsize_) ||
-                          (queued == 0 && bytes != 0) ||
-                          (maxbytes_ != 0 && bytes > maxbytes_ && bytes > arena_->max_payload());
-  if (impossible) {
-    // Unless the queue moved meanwhile (the head passed the node read as last, which then had a
-    // successor), a forged number: count the messages by walking instead.
-    if (header_->tail.load(std::memory_order_acquire) != tail ||
-        last->next.load(std::memory_order_acquire) != next) {
-      return Status::kInterrupted;
-    }
-    arena_->note_corruption();
-    const Counts walked = walk_counts(head, maxsize_ != 0 ? maxsize_ : kMaxQueueSteps);
-    queued = walked.queued;
-    bytes = walked.bytes;
-  }
-  if (!impossible) {
-    seen_head_seq_.store(head_seq, std::memory_order_relaxed);
-    seen_head_position_.store(head_position, std::memory_order_relaxed);
-  }
-  return fits(queued, bytes) ? Status::kOk : Status::kFull;
-}
-
-Status Channel::room_count(uint64_t tail, const QueueNode* last, uint64_t next, uint64_t seq, uint64_t position,
-                           const uint64_t* lengths, size_t n, size_t* fit) const {
-  // room_after's rule, message after message: how long a prefix of the batch fits.
-  const auto count = [&](uint64_t queued, uint64_t bytes) {
-    size_t k = 0;
-    for (; k < n; ++k) {
-      const uint64_t length = lengths[k];
-      if (maxsize_ != 0 && queued >= maxsize_) break;
-      if (maxbytes_ != 0 && bytes != 0 && (length > maxbytes_ || bytes > maxbytes_ - length)) break;
-      ++queued;
-      bytes += length;
-    }
-    return k;
-  };
-  {
-    const uint64_t seen_seq = seen_head_seq_.load(std::memory_order_relaxed);
-    const uint64_t seen_position = seen_head_position_.load(std::memory_order_relaxed);
-    if (seq >= seen_seq && position >= seen_position && count(seq - seen_seq, position - seen_position) == n) {
-      *fit = n;  // all of it fits even by an old copy of the dummy's numbers
-      return Status::kOk;
-    }
-  }
-  const uint64_t head = header_->head.load(std::memory_order_acquire);
-  QueueNode* first = arena_->find_node(tagged_ref(head));
-  if (first == nullptr) {  // a bad head: the receivers' side repairs it
-    *fit = n;
-    return Status::kOk;
-  }
-  const uint64_t head_seq = first->seq.load(std::memory_order_relaxed);
-  const uint64_t head_position = first->position_bytes.load(std::memory_order_relaxed);
-  if (header_->head.load(std::memory_order_acquire) != head) return Status::kInterrupted;
-  uint64_t queued = seq - head_seq;
-  uint64_t bytes = position - head_position;
-  const bool impossible = seq < head_seq || position < head_position || (maxsize_ != 0 && queued > maxsize_) ||
-                          (queued == 0 && bytes != 0) ||
-                          (maxbytes_ != 0 && bytes > maxbytes_ && bytes > arena_->max_payload());
-  if (impossible) {
-    if (header_->tail.load(std::memory_order_acquire) != tail ||
-        last->next.load(std::memory_order_acquire) != next) {
-      return Status::kInterrupted;
-    }
-    arena_->note_corruption();
-    const Counts walked = walk_counts(head, maxsize_ != 0 ? maxsize_ : kMaxQueueSteps);
-    queued = walked.queued;
-    bytes = walked.bytes;
-  } else {
-    seen_head_seq_.store(head_seq, std::memory_order_relaxed);
-    seen_head_position_.store(head_position, std::memory_order_relaxed);
-  }
-  *fit = count(queued, bytes);
-  return Status::kOk;
-}
-
-Status Channel::enqueue(BlockRef node_ref, uint64_t length) {
-  QueueNode* node = arena_->find_node(node_ref);
-  if (node == nullptr) return Status::kCorruptedIndex;
-  const bool bounded = maxsize_ != 0 || maxbytes_ != 0;
-  uint64_t helps = 0;
-  for (uint64_t step = 0; step < kMaxQueueSteps; ++step) {
-    const uint64_t tail = header_->tail.load(std::memory_order_acquire);
-    QueueNode* last = arena_->find_node(tagged_ref(tail));
-    const uint64_t last_state = last != nullptr ? last->state.load(std::memory_order_acquire) : 0;
-    const uint64_t next = last != nullptr ? last->next.load(std::memory_order_acquire) : 0;
-    const uint64_t seq = last != nullptr ? last->seq.load(std::memory_order_relaxed) : 0;
-    const uint64_t position = last != nullptr ? last->position_bytes.load(std::memory_order_relaxed) : 0;
-    if (tail != header_->tail.load(std::memory_order_acquire)) continue;
-    // With the tail unchanged its node cannot have been freed (the head passes a node only
-    // after the tail has): a tail that is not a node of this queue is corruption. Its seq and
-    // position were written before it was linked and are this incarnation's.
-    if (last == nullptr || !node_in_channel(last_state)) {
-      if (repair() == Repair::kFailed) return Status::kCorruptedIndex;
-      continue;
-    }
-    const BlockRef next_ref = tagged_ref(next);
-    if (next_ref == 0) {
-      if (link_sealed(next)) return Status::kClosed;
-      if (bounded) {
-        const Status room = room_after(tail, last, next, seq, position, length);
-        if (room == Status::kInterrupted) continue;
-        if (room != Status::kOk) return room;
-      }
-      node->seq.store(seq + 1, std::memory_order_relaxed);
-      node->position_bytes.store(position + length, std::memory_order_relaxed);
-      // release: the node's fields and the message payload happen-before the receiver's
-      // acquire load of this link in try_dequeue.
-      uint64_t expected = next;
-      if (last->next.compare_exchange_weak(expected, next_link(next, node_ref), std::memory_order_release,
-                                           std::memory_order_relaxed)) {
-        MEMCHANNEL_CRASH_POINT(kSendLinked);
-        uint64_t t = tail;
-        header_->tail.compare_exchange_strong(t, make_tagged(tagged_tag(tail) + 1, node_ref),
-                                              std::memory_order_release, std::memory_order_relaxed);
-        MEMCHANNEL_CRASH_POINT(kSendTailSwung);
-        return Status::kOk;
-      }
-      continue;
-    }
-    // The tail lags (a sender linked its node but has not swung the tail yet): help it, once
-    // the node it links to is known to be a message of this channel.
-    QueueNode* successor = arena_->find_node(next_ref);
-    const uint64_t successor_state =
-        successor != nullptr ? successor->state.load(std::memory_order_acquire) : 0;
-    if (successor == nullptr || next_ref == tagged_ref(tail) || !node_in_channel(successor_state) ||
-        successor->seq.load(std::memory_order_relaxed) != seq + 1 || ++helps > kMaxTailHelps) {
-      if (tail != header_->tail.load(std::memory_order_acquire) ||
-          last->next.load(std::memory_order_acquire) != next) {
-        continue;  // moved on meanwhile: an honest race
-      }
-      // A link that leaves the queue, or (after this many helps) a suspected cycle.
-      if (repair() == Repair::kFailed) return Status::kCorruptedIndex;
-      helps = 0;
-      continue;
-    }
-    uint64_t t = tail;
-    header_->tail.compare_exchange_strong(t, make_tagged(tagged_tag(tail) + 1, next_ref),
-                                          std::memory_order_release, std::memory_order_relaxed);
-  }
-  arena_->note_corruption();
-  return Status::kCorruptedIndex;
-}
-
-Status Channel::enqueue_chain(const BlockRef* refs, const uint64_t* states, const uint64_t* lengths, size_t n,
-                              size_t* linked) {
-  *linked = 0;
-  if (n == 0 || n > kMaxChain) return Status::kInvalidArgument;
-  std::array<QueueNode*, kMaxChain> nodes;
-  for (size_t i = 0; i < n; ++i) {
-    nodes[i] = arena_->find_node(refs[i]);
-    if (nodes[i] == nullptr) return Status::kCorruptedIndex;
-  }
-  const bool bounded = maxsize_ != 0 || maxbytes_ != 0;
-  uint64_t helps = 0;
-  for (uint64_t step = 0; step < kMaxQueueSteps; ++step) {
-    // As enqueue(): the last node, read while the tail names it.
-    const uint64_t tail = header_->tail.load(std::memory_order_acquire);
-    QueueNode* last = arena_->find_node(tagged_ref(tail));
-    const uint64_t last_state = last != nullptr ? last->state.load(std::memory_order_acquire) : 0;
-    const uint64_t next = last != nullptr ? last->next.load(std::memory_order_acquire) : 0;
-    const uint64_t seq = last != nullptr ? last->seq.load(std::memory_order_relaxed) : 0;
-    const uint64_t position = last != nullptr ? last->position_bytes.load(std::memory_order_relaxed) : 0;
-    if (tail != header_->tail.load(std::memory_order_acquire)) continue;
-    if (last == nullptr || !node_in_channel(last_state)) {
-      if (repair() == Repair::kFailed) return Status::kCorruptedIndex;
-      continue;
-    }
-    const BlockRef next_ref = tagged_ref(next);
-    if (next_ref == 0) {
-      if (link_sealed(next)) return Status::kClosed;
-      size_t k = n;
-      if (bounded) {
-        const Status room = room_count(tail, last, next, seq, position, lengths, n, &k);
-        if (room == Status::kInterrupted) continue;
-        if (room != Status::kOk) return room;
-        if (k == 0) return Status::kFull;
-      }
-      // The chain, numbered on from the last node and linked node to node, while it is ours
-      // alone: every link in it is what a send of each message in turn would have made, so
-      // receivers, repair and recovery see k messages linked one after another.
-      uint64_t s = seq;
-      uint64_t p = position;
-      for (size_t i = 0; i < k; ++i) {
-        p += lengths[i];
-        nodes[i]->seq.store(++s, std::memory_order_relaxed);
-        nodes[i]->position_bytes.store(p, std::memory_order_relaxed);
-        nodes[i]->next.store(next_link(nodes[i]->next.load(std::memory_order_relaxed), i + 1 < k ? refs[i + 1] : 0),
-                             std::memory_order_relaxed);
-      }
-      // release: every node of the chain and every payload happen-before a receiver's acquire
-      // of this link (and, through it, of the links inside the chain).
-      uint64_t expected = next;
-      if (last->next.compare_exchange_weak(expected, next_link(next, refs[0]), std::memory_order_release,
-                                           std::memory_order_relaxed)) {
-        MEMCHANNEL_CRASH_POINT(kSendLinked);
-        swing_tail_over_chain(tail, refs, states, nodes.data(), k);
-        MEMCHANNEL_CRASH_POINT(kSendTailSwung);
-        *linked = k;
-        return Status::kOk;
-      }
-      continue;
-    }
-    // The tail lags: help it, as enqueue() does.
-    QueueNode* successor = arena_->find_node(next_ref);
-    const uint64_t successor_state =
-        successor != nullptr ? successor->state.load(std::memory_order_acquire) : 0;
-    if (successor == nullptr || next_ref == tagged_ref(tail) || !node_in_channel(successor_state) ||
-        successor->seq.load(std::memory_order_relaxed) != seq + 1 || ++helps > kMaxTailHelps) {
-      if (tail != header_->tail.load(std::memory_order_acquire) ||
-          last->next.load(std::memory_order_acquire) != next) {
-        continue;
-      }
-      if (repair() == Repair::kFailed) return Status::kCorruptedIndex;
-      helps = 0;
-      continue;
-    }
-    uint64_t t = tail;
-    header_->tail.compare_exchange_strong(t, make_tagged(tagged_tag(tail) + 1, next_ref),
-                                          std::memory_order_release, std::memory_order_relaxed);
-  }
-  arena_->note_corruption();
-  return Status::kCorruptedIndex;
-}
-
-void Channel::swing_tail_over_chain(uint64_t tail, const BlockRef* refs, const uint64_t* states, QueueNode* const* nodes,
-                                    size_t k) {
-  const BlockRef end = refs[k - 1];
-  uint64_t t = tail;
-  if (header_->tail.compare_exchange_strong(t, make_tagged(tagged_tag(tail) + 1, end), std::memory_order_release,
-                                            std::memory_order_relaxed)) {
-    return;
-  }
-  // Another party moved the tail first: a sender or receiver helping it one node at a time,
-  // perhaps onto a node of this chain. Carry it on to the chain's end from there. While the
-  // tail names chain node i, the head cannot pass node i (a receiver helps the tail before it
-  // advances past it), so nodes i..k-1 are still this incarnation, linked; a tail that names a
-  // node of the chain by ref but not this incarnation of it (the node was received, freed and
-  // reused) has a different generation in its state.
-  for (size_t tries = 0; tries < k; ++tries) {
-    t = header_->tail.load(std::memory_order_acquire);
-    const BlockRef at = tagged_ref(t);
-    size_t i = 0;
-    while (i + 1 < k && refs[i] != at) ++i;
-    if (i + 1 >= k) return;  // at the chain's end already, or past it
-    const uint64_t s = nodes[i]->state.load(std::memory_order_acquire);
-    if (!node_in_channel(s) || node_generation(s) != node_generation(states[i])) return;
-    if (header_->tail.compare_exchange_strong(t, make_tagged(tagged_tag(t) + 1, end), std::memory_order_release,
-                                              std::memory_order_relaxed)) {
-      return;
-    }
-  }
 }
 
 void Channel::seal() {
@@ -609,7 +281,7 @@ void Channel::advance(uint64_t head, QueueNode* first, uint64_t head_state, Bloc
   }
 }
 
-Result<BlockHandle> Channel::try_dequeue(bool* empty, bool* drained) {
+Result<BlockHandle> Channel::try_dequeue(bool* empty, bool* drained, SmallMessage* small) {
   *empty = false;
   if (drained != nullptr) *drained = false;
   for (uint64_t step = 0; step < kMaxQueueSteps; ++step) {
@@ -678,11 +350,27 @@ Result<BlockHandle> Channel::try_dequeue(bool* empty, bool* drained) {
     // state word).
     const BlockHandle block{second->block.load(std::memory_order_relaxed),
                             second->generation.load(std::memory_order_relaxed)};
+    // An inline message (ref 0) is copied out now, for the same reason; its length is checked
+    // after the claim (a forged one loses that message only).
+    const uint64_t inline_length = block.ref == 0 ? second->length.load(std::memory_order_relaxed) : 0;
+    const bool inline_ok = block.ref == 0 && block.generation == kInlineMark && inline_length <= kInlineBytes;
+    if (inline_ok) load_inline(second, inline_length, small);
     // Claim the message: whoever turns the node kNodeClaimed owns it.
     const uint64_t claimed = with_node_kind(second_state, tag_, arena_->holder(), kNodeClaimed);
     uint64_t expected = second_state;
     if (!second->state.compare_exchange_strong(expected, claimed, std::memory_order_acq_rel)) continue;
     MEMCHANNEL_CRASH_POINT(kRecvClaimed);
+    if (block.ref == 0) {
+      // Nothing to take: the payload is the caller's copy, the node the queue's next dummy.
+      small->node = next_ref;  // for the caller's truncation check
+      advance(head, first, head_state, next_ref);
+      if (!inline_ok) [[unlikely]] {
+        arena_->note_corruption();
+        note_message_lost(true);  // a forged descriptor: the message is gone; serve the next
+        continue;
+      }
+      return {Status::kOk, block};
+    }
     const Status taken = arena_->mark_received(block);
     MEMCHANNEL_CRASH_POINT(kRecvTaken);
     advance(head, first, head_state, next_ref);  // frees `first`, most often the node taken last
@@ -715,224 +403,34 @@ Result<BlockHandle> Channel::try_dequeue(bool* empty, bool* drained) {
 // is never undone: the repair retries instead. Senders that had already read a tail in the lost
 // part link after it and their messages are lost too. The counts need no repair: they follow
 // from the nodes' numbers (a fresh dummy continues the numbering of the tail it replaces).
-Result<BlockHandle> Channel::allocate(uint64_t payload_bytes, const PayloadLayout& layout,
-                                      const WaitSpec& wait) {
-  Result<BlockHandle> got;
-  const Status s = wait_sweeping(*arena_, arena_->space(), wait, [&] {
-    got = arena_->allocate(payload_bytes, layout, Arena::kNoCreatorWait);  // the wait is ours
-    return got.status != Status::kOutOfCapacity || closed();
-  });
-  if (s != Status::kOk) return {as_flow(s, Status::kFull), {}};
-  if (got.status == Status::kOutOfCapacity) return {Status::kClosed, {}};
-  return got;
-}
 
-Status Channel::send(BlockHandle block, const WaitSpec& wait) {
-  arena_->maybe_reap();
-  // A repair since this object's last call lost messages: say so once (nothing is sent).
-  if (const Status r = repair_reported(); r != Status::kOk) [[unlikely]] return r;
-  if (arena_->truncated()) [[unlikely]] return Status::kCorruptedLength;  // docs/shm.md, Truncation
-  if (!arena_->intact(ref_to_offset(block.ref), offset_, offset_)) [[unlikely]] return Status::kCorruptedLength;
-  const auto held = arena_->held_length(block);
-  if (!held.ok()) return held.status;
-  const uint64_t length = held.value;
-  // A queue node first: if the arena is full we wait for space before taking a slot.
-  Result<BlockRef> node;
-  Status s = wait_sweeping(*arena_, arena_->space(), wait, [&] {
-    node = arena_->allocate_node(Arena::kNoCreatorWait);  // the wait is ours, to its deadline
-    return node.status != Status::kOutOfCapacity || closed();
-  });
-  if (s != Status::kOk) return as_flow(s, Status::kFull);
-  if (!node.ok()) return node.status == Status::kOutOfCapacity ? Status::kClosed : node.status;
-  QueueNode* n = arena_->find_node(node.value);
-  const uint64_t held_state = n->state.load(std::memory_order_relaxed);
-  // The descriptor, while the node is ours alone. The message is the block at its next
-  // generation (begin_send bumps it): a stale handle to the block cannot pass for it.
-  const BlockHandle message{block.ref, Arena::sending_generation(block)};
-  n->block.store(message.ref, std::memory_order_relaxed);
-  n->generation.store(message.generation, std::memory_order_relaxed);
-  n->length.store(length, std::memory_order_relaxed);
-  n->next.store(next_link(n->next.load(std::memory_order_relaxed), 0), std::memory_order_relaxed);
-  MEMCHANNEL_CRASH_POINT(kSendNodeAllocated);
-  // The node names its channel and sender before anything else is shared: a reclaimer of this
-  // process finds it, and frees it if it never got linked.
-  const uint64_t linked_state = with_node_kind(held_state, tag_, arena_->holder(), kNodeLinked);
-  n->state.store(linked_state, std::memory_order_relaxed);  // published by the link CAS (release)
-  MEMCHANNEL_CRASH_POINT(kSendNamed);
-  uint32_t previous = 0;
-  s = arena_->begin_send(block, &previous);
-  if (s != Status::kOk) {
-    arena_->free_node_from(node.value, linked_state);
-    return s;
-  }
-  MEMCHANNEL_CRASH_POINT(kSendMarkedSending);
-  // Linked when the channel has room (checked at the link: see channel.h), waiting for it.
-  Status linked = Status::kFull;
-  s = wait_sweeping(*arena_, header_->not_full, wait, [&] {
-    linked = enqueue(node.value, length);
-    if (linked == Status::kFull && arena_->truncated()) [[unlikely]] linked = Status::kCorruptedLength;
-    return linked != Status::kFull;
-  });
-  if (s != Status::kOk || linked != Status::kOk) {
-    // Not linked: everything goes back as it was, the block to its sender.
-    arena_->abort_send(message, previous);
-    arena_->free_node_from(node.value, linked_state);
-    return s != Status::kOk ? as_flow(s, Status::kFull) : linked;
-  }
-  arena_->finish_send(message);
-  MEMCHANNEL_CRASH_POINT(kSendMarkedQueued);
-  // Linked into memory that is still there: never reported sent into a truncated segment.
-  if (!arena_->intact(ref_to_offset(block.ref), ref_to_offset(node.value), offset_)) [[unlikely]] {
-    return linked_into_truncated(n, linked_state);
-  }
-  notify_one(header_->not_empty, header_->receivers_spin_until);  // one message: one receiver
-  notify_fd(FdKind::kReadable);  // after notify_one's fence: see core/fd_wait.h
-  MEMCHANNEL_CRASH_POINT(kSendNotified);
-  return Status::kOk;
-}
-
-Status Channel::send_many(const BlockHandle* blocks, size_t n, const WaitSpec& wait, size_t* queued) {
-  *queued = 0;
-  if (n == 0) return Status::kOk;
-  arena_->maybe_reap();
-  if (const Status r = repair_reported(); r != Status::kOk) [[unlikely]] return r;
-  if (arena_->truncated() || !arena_->intact(offset_, offset_, offset_)) [[unlikely]] {
-    return Status::kCorruptedLength;  // docs/shm.md, Truncation
-  }
-  while (*queued < n) {
-    // A chain: each message exactly as send() prepares it (node named for this channel and
-    // sender, block kSending), so a reclaimer of this process treats every node of a chain
-    // not yet linked as an unlinked send, and every linked one as a linked send.
-    const size_t want = std::min(n - *queued, kMaxChain);
-    std::array<BlockRef, kMaxChain> refs;
-    std::array<uint64_t, kMaxChain> states;
-    std::array<uint64_t, kMaxChain> lengths;
-    std::array<BlockHandle, kMaxChain> messages;
-    std::array<uint32_t, kMaxChain> previous;
-    size_t built = 0;
-    Status failed = Status::kOk;
-    for (; built < want; ++built) {
-      const BlockHandle block = blocks[*queued + built];
-      const auto held = arena_->held_length(block);
-      if (!held.ok()) {
-        failed = held.status;
-        break;
-      }
-      Result<BlockRef> node;
-      if (built == 0) {  // waits for arena space as send() does
-        const Status s = wait_sweeping(*arena_, arena_->space(), wait, [&] {
-          node = arena_->allocate_node(Arena::kNoCreatorWait);
-          return node.status != Status::kOutOfCapacity || closed();
-        });
-        if (s != Status::kOk) {
-          failed = as_flow(s, Status::kFull);
-          break;
-        }
-        if (!node.ok()) {
-          failed = node.status == Status::kOutOfCapacity ? Status::kClosed : node.status;
-          break;
-        }
-      } else {
-        node = arena_->allocate_node(Arena::kNoCreatorWait);
-        if (!node.ok()) break;  // link the chain so far; the next one waits for a node
-      }
-      QueueNode* nd = arena_->find_node(node.value);
-      const uint64_t held_state = nd->state.load(std::memory_order_relaxed);
-      const BlockHandle message{block.ref, Arena::sending_generation(block)};
-      nd->block.store(message.ref, std::memory_order_relaxed);
-      nd->generation.store(message.generation, std::memory_order_relaxed);
-      nd->length.store(held.value, std::memory_order_relaxed);
-      nd->next.store(next_link(nd->next.load(std::memory_order_relaxed), 0), std::memory_order_relaxed);
-      MEMCHANNEL_CRASH_POINT(kSendNodeAllocated);
-      const uint64_t linked_state = with_node_kind(held_state, tag_, arena_->holder(), kNodeLinked);
-      nd->state.store(linked_state, std::memory_order_relaxed);  // published by the link CAS (release)
-      MEMCHANNEL_CRASH_POINT(kSendNamed);
-      uint32_t was = 0;
-      const Status begun = arena_->begin_send(block, &was);
-      if (begun != Status::kOk) {
-        arena_->free_node_from(node.value, linked_state);
-        failed = begun;
-        break;
-      }
-      MEMCHANNEL_CRASH_POINT(kSendMarkedSending);
-      refs[built] = node.value;
-      states[built] = linked_state;
-      lengths[built] = held.value;
-      messages[built] = message;
-      previous[built] = was;
-    }
-    if (built == 0) return failed;
-    // Linked as room allows: a bounded channel takes the prefix that fits, then waits.
-    size_t done = 0;
-    Status link_failed = Status::kOk;
-    while (done < built) {
-      size_t linked = 0;
-      Status attempt = Status::kFull;
-      const Status s = wait_sweeping(*arena_, header_->not_full, wait, [&] {
-        attempt = enqueue_chain(refs.data() + done, states.data() + done, lengths.data() + done, built - done,
-                                &linked);
-        return attempt != Status::kFull;
-      });
-      if (s != Status::kOk || attempt != Status::kOk) {
-        link_failed = s != Status::kOk ? as_flow(s, Status::kFull) : attempt;
-        break;
-      }
-      bool whole = true;
-      for (size_t i = done; i < done + linked; ++i) {
-        arena_->finish_send(messages[i]);
-        whole &= arena_->intact(ref_to_offset(messages[i].ref), ref_to_offset(refs[i]), offset_);
-      }
-      MEMCHANNEL_CRASH_POINT(kSendMarkedQueued);
-      if (!whole) [[unlikely]] {
-        // Linked into a truncated arena: queued are only those a receiver has claimed already
-        // (a prefix: claims go in order), found from the chain's end (linked_into_truncated).
-        size_t taken = linked;
-        while (taken > 0 && linked_into_truncated(arena_->find_node(refs[done + taken - 1]),
-                                                  states[done + taken - 1]) != Status::kOk) {
-          --taken;
-        }
-        *queued += taken;
-        return Status::kCorruptedLength;
-      }
-      notify_n(header_->not_empty, header_->receivers_spin_until, linked);  // a sleeper per message
-      notify_fd(FdKind::kReadable);    // after notify_n's fence: see core/fd_wait.h
-      MEMCHANNEL_CRASH_POINT(kSendNotified);
-      done += linked;
-      *queued += linked;
-    }
-    if (link_failed != Status::kOk) {
-      // Not linked: everything goes back as it was, the blocks to their sender.
-      for (size_t i = done; i < built; ++i) {
-        arena_->abort_send(messages[i], previous[i]);
-        arena_->free_node_from(refs[i], states[i]);
-      }
-      return link_failed;
-    }
-    if (failed != Status::kOk) return failed;
-  }
-  return Status::kOk;
-}
-
-Result<BlockHandle> Channel::recv(const WaitSpec& wait) {
+Result<BlockHandle> Channel::recv(const WaitSpec& wait, SmallMessage* small) {
   arena_->maybe_reap();
   if (const Status r = repair_reported(); r != Status::kOk) [[unlikely]] return {r, {}};
   if (arena_->truncated() || !arena_->intact(offset_, offset_, offset_)) [[unlikely]] {
     return {Status::kCorruptedLength, {}};
   }
+  SmallMessage local;
+  SmallMessage* into = small != nullptr ? small : &local;
   Result<BlockHandle> got;
   bool drained = false;
   const Status s = wait_sweeping(
       *arena_, header_->not_empty, header_->receivers_spin_until, wait,
       [&] {
         bool empty = false;
-        got = try_dequeue(&empty, &drained);  // drained: the dummy's link is sealed
+        got = try_dequeue(&empty, &drained, into);  // drained: the dummy's link is sealed
         return got.ok() || !empty || drained || arena_->truncated();  // a sweep found a truncation
       },
       [&] { return counts().queued; });  // messages left for other receivers
   if (s != Status::kOk) return {as_flow(s, Status::kEmpty), {}};
   if (got.ok()) {
-    // The message's block and the channel are still there (else the message is lost, counted).
-    if (!arena_->intact(ref_to_offset(got.value.ref), offset_, offset_)) [[unlikely]] return {taken_from_truncated(), {}};
+    // The message's block (or node, copied already) and the channel are still there (else the
+    // message is lost, counted).
+    if (!arena_->intact(ref_to_offset(got.value.ref != 0 ? got.value.ref : into->node), offset_, offset_))
+        [[unlikely]] {
+      return {taken_from_truncated(), {}};
+    }
+    if (got.value.ref == 0 && small == nullptr) return materialize(local);
     return got;
   }
   if (arena_->truncated()) [[unlikely]] return {Status::kCorruptedLength, {}};
@@ -940,7 +438,17 @@ Result<BlockHandle> Channel::recv(const WaitSpec& wait) {
   return got;
 }
 
-Result<size_t> Channel::recv_many(BlockHandle* out, size_t max, const WaitSpec& wait) {
+Result<BlockHandle> Channel::materialize(const SmallMessage& small) {
+  auto block = arena_->allocate(small.length, PayloadLayout{}, Arena::kNoCreatorWait);
+  if (!block.ok()) {
+    note_message_lost(false);
+    return {Status::kOutOfCapacity, {}};
+  }
+  std::memcpy(arena_->payload(block.value), small.bytes, small.length);
+  return block;
+}
+
+Result<size_t> Channel::recv_many(BlockHandle* out, size_t max, const WaitSpec& wait, SmallMessage* smalls) {
   arena_->maybe_reap();
   if (const Status r = repair_reported(); r != Status::kOk) [[unlikely]] return {r, 0};
   if (arena_->truncated() || !arena_->intact(offset_, offset_, offset_)) [[unlikely]] {
@@ -950,13 +458,24 @@ Result<size_t> Channel::recv_many(BlockHandle* out, size_t max, const WaitSpec& 
   size_t got = 0;
   bool drained = false;
   Status first = Status::kOk;
+  SmallMessage local;
   const Status s = wait_sweeping(
       *arena_, header_->not_empty, header_->receivers_spin_until, wait,
       [&] {
         while (got < max) {
           bool empty = false;
-          auto taken = try_dequeue(&empty, &drained);  // drained: the dummy's link is sealed
+          // drained: the dummy's link is sealed
+          auto taken = try_dequeue(&empty, &drained, smalls != nullptr ? &smalls[got] : &local);
           if (taken.ok()) {
+            if (taken.value.ref == 0 && smalls == nullptr) {
+              auto block = materialize(local);
+              if (!block.ok()) {
+                if (got != 0) return true;
+                first = block.status;
+                return true;
+              }
+              taken.value = block.value;
+            }
             out[got++] = taken.value;
             continue;
           }
@@ -970,7 +489,10 @@ Result<size_t> Channel::recv_many(BlockHandle* out, size_t max, const WaitSpec& 
   if (got != 0) {
     // Every block taken, and the channel, still there (else all of them are lost, counted).
     bool whole = true;
-    for (size_t i = 0; i < got; ++i) whole &= arena_->intact(ref_to_offset(out[i].ref), offset_, offset_);
+    for (size_t i = 0; i < got; ++i) {
+      const BlockRef in = out[i].ref != 0 ? out[i].ref : smalls[i].node;  // materialized: ref != 0
+      whole &= arena_->intact(ref_to_offset(in), offset_, offset_);
+    }
     if (!whole) [[unlikely]] {
       for (size_t i = 0; i < got; ++i) (void)taken_from_truncated();
       return {Status::kCorruptedLength, 0};

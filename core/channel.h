@@ -212,9 +212,15 @@ class Channel {
   // Allocates room for a message, waiting per `wait` while the arena is out of capacity.
   Result<BlockHandle> allocate(uint64_t payload_bytes, const PayloadLayout& layout,
                                const WaitSpec& wait);
+  // Queues a copy of `length` <= kInlineBytes bytes inline in a queue node, with no data block
+  // (docs/design.md, "Small messages inline"). Waits and statuses as send(); kInvalidArgument
+  // when longer.
+  Status send_inline(const void* data, uint64_t length, const WaitSpec& wait);
   // Takes the oldest message; the caller becomes its holder. kEmpty (non-blocking),
-  // kTimedOut, kInterrupted, kClosed (closed and drained).
-  Result<BlockHandle> recv(const WaitSpec& wait);
+  // kTimedOut, kInterrupted, kClosed (closed and drained). An inline message is copied into
+  // *small and returned as ref 0; with no `small`, it is copied into a block allocated for it
+  // (if the arena has no room for one, the message is lost: counted, and kOutOfCapacity).
+  Result<BlockHandle> recv(const WaitSpec& wait, SmallMessage* small = nullptr);
 
   // Batches (docs/design.md, "Batches"). send_many queues blocks[0..n), in order, as n send()s
   // would, but links each run of up to kMaxChain of them as one pre-built chain of nodes (one
@@ -225,10 +231,19 @@ class Channel {
   // other senders never interleave inside it.
   static constexpr size_t kMaxChain = 64;
   Status send_many(const BlockHandle* blocks, size_t n, const WaitSpec& wait, size_t* queued);
+  // A message of a batch: a block the caller holds, or (block.ref == 0) a copy of `length` <=
+  // kInlineBytes bytes at `data`, to travel inline.
+  struct Outgoing {
+    BlockHandle block;
+    const void* data;
+    uint64_t length;
+  };
+  Status send_many(const Outgoing* msgs, size_t n, const WaitSpec& wait, size_t* queued);
   // Takes up to `max` messages into out[]: waits per `wait` for the first, then takes what is
   // queued, without waiting. The count (>= 1) on kOk; errors as recv(). An error met after the
   // first message ends the batch (the messages taken are returned; the next call reports it).
-  Result<size_t> recv_many(BlockHandle* out, size_t max, const WaitSpec& wait);
+  // Inline messages as recv(): out[i].ref == 0 names smalls[i] (or, with no smalls, a block).
+  Result<size_t> recv_many(BlockHandle* out, size_t max, const WaitSpec& wait, SmallMessage* smalls = nullptr);
 
   // Counts one message lost to corruption found after the queue let go of it (a descriptor or
   // metadata a peer forged): stats().messages_lost; with `report`, every Channel's next call
@@ -275,6 +290,14 @@ class Channel {
   // kOk, kFull, or kRetry when the queue moved while it looked.
   Status room_after(uint64_t tail, const QueueNode* last, uint64_t next, uint64_t seq, uint64_t position,
                     uint64_t length) const;
+  // The send steps shared by send(), send_inline() and send_many(): a node (waiting for arena
+  // space per `wait`), the descriptor written into it and the node named kNodeLinked for this
+  // channel and sender (its state returned), and the single send itself.
+  Result<BlockRef> take_node(const WaitSpec& wait);
+  uint64_t name_node(QueueNode* n, BlockHandle message, const void* data, uint64_t length);
+  Status send_one(BlockHandle block, const void* data, uint64_t length, const WaitSpec& wait);
+  // A message taken inline by a caller with no SmallMessage: copied into a block of its own.
+  Result<BlockHandle> materialize(const SmallMessage& small);
   // One attempt at each step; the waits loop around them. enqueue links `node_ref` if the
   // channel has room: kOk, kFull, kClosed (sealed), or a corruption status.
   Status enqueue(BlockRef node_ref, uint64_t length);
@@ -303,7 +326,7 @@ class Channel {
   // Seals the last node's link (close()).
   void seal();
   // kEmpty with *drained when the dummy's link is sealed (closed, nothing left).
-  Result<BlockHandle> try_dequeue(bool* empty, bool* drained = nullptr);
+  Result<BlockHandle> try_dequeue(bool* empty, bool* drained, SmallMessage* small);
   // Moves the head from `head` (node `first`, whose state is `head_state`) onto `next`; the
   // party that succeeds frees the old dummy.
   void advance(uint64_t head, QueueNode* first, uint64_t head_state, BlockRef next);

@@ -18,7 +18,11 @@ namespace memchannel {
 
 inline constexpr uint32_t kNodeMagic = 0x4d434e44u;             // "MCND"
 
-// A 64-byte cell of a channel's descriptor queue (see channel.h).
+// A 128-byte cell of a channel's descriptor queue (see channel.h): this 64-byte QueueNode, then
+// kInlineBytes of inline payload. A message of up to kInlineBytes of plain bytes travels in its
+// node (block == 0: docs/design.md, "Small messages inline"), with no data block; larger or typed
+// messages name a block. The receiver copies an inline payload out before its claim CAS, which
+// proves the copy is of the linked incarnation (a node is never written while linked).
 //
 //   0       8      12     16      24     28      32      40      48       64
 //   +-------+------+------+-------+------+-------+-------+-------+--------+
@@ -62,6 +66,40 @@ struct QueueNode {
   uint64_t reserved_;
 };
 static_assert(sizeof(QueueNode) == 64);
+// A node cell: the QueueNode and its inline payload.
+inline constexpr uint64_t kInlineBytes = 64;
+inline constexpr uint64_t kNodeBytes = sizeof(QueueNode) + kInlineBytes;
+inline constexpr uint64_t kNodeUnits = kNodeBytes / kUnit;
+static_assert(kNodeBytes % kUnit == 0);
+// The descriptor of an inline message: block 0 and this generation (no block generation
+// exceeds 16 bits), so a forged ref 0 alone is caught as the forged descriptor it is.
+inline constexpr uint32_t kInlineMark = 0x4e4c4e49u;  // "INLN"
+inline uint8_t* node_payload(QueueNode* n) { return reinterpret_cast<uint8_t*>(n) + sizeof(QueueNode); }
+
+// A message received inline: its bytes, copied out of the node (Channel::recv with a slot).
+struct SmallMessage {
+  uint64_t length = 0;
+  BlockRef node = 0;  // the node it came in (its segment is checked for truncation)
+  alignas(16) uint8_t bytes[kInlineBytes];
+};
+// An inline payload copied in and out by 8-byte relaxed atomic words: a receiver may read a node
+// a peer is recycling (its claim CAS then fails and the copy is discarded), which must not be a
+// data race.
+inline void store_inline(QueueNode* n, const void* data, uint64_t length) {
+  uint64_t words[kInlineBytes / 8] = {};
+  __builtin_memcpy(words, data, length <= kInlineBytes ? length : kInlineBytes);
+  auto* dst = reinterpret_cast<uint64_t*>(node_payload(n));
+  const size_t count = (length + 7) / 8;
+  for (size_t i = 0; i < count && i < kInlineBytes / 8; ++i) __atomic_store_n(dst + i, words[i], __ATOMIC_RELAXED);
+}
+inline void load_inline(QueueNode* n, uint64_t length, SmallMessage* out) {
+  uint64_t words[kInlineBytes / 8];
+  const auto* src = reinterpret_cast<const uint64_t*>(node_payload(n));
+  const size_t count = (length + 7) / 8;
+  for (size_t i = 0; i < count && i < kInlineBytes / 8; ++i) words[i] = __atomic_load_n(src + i, __ATOMIC_RELAXED);
+  __builtin_memcpy(out->bytes, words, length <= kInlineBytes ? length : kInlineBytes);
+  out->length = length;
+}
 static_assert(std::is_standard_layout_v<QueueNode>);
 static_assert(offsetof(QueueNode, free_next) == kCellWordOffset);
 static_assert(offsetof(QueueNode, magic) == kCellMagicOffset);

@@ -825,14 +825,16 @@ TYPED_TEST(AllocatorTest, NodesAreCutFromAFreeBlockOnceCapacityIsCarved) {
   EXPECT_EQ(arena->stats().carved_bytes, carved);
   EXPECT_EQ(arena->stats().nodes_in_use, 1u);
   std::set<BlockRef> nodes{first.value};
-  for (uint64_t i = 1; i < units; ++i) {
+  ASSERT_EQ(units % kNodeUnits, 0u) << "a class cut into whole node cells";
+  for (uint64_t i = 1; i < units / kNodeUnits; ++i) {
     auto n = arena->allocate_node();
     ASSERT_EQ(n.status, Status::kOk) << i;
     EXPECT_TRUE(n.value > cut && n.value < cut + units) << "a node from the same block";
+    EXPECT_EQ((n.value - cut) % kNodeUnits, 0u) << "on the block's node-cell grid";
     EXPECT_TRUE(nodes.insert(n.value).second) << "node handed out twice";
   }
   EXPECT_EQ(arena->allocate_node().status, Status::kOutOfCapacity) << "no free block is left to cut";
-  EXPECT_EQ(arena->census().nodes, units);
+  EXPECT_EQ(arena->census().nodes, units / kNodeUnits);
   for (BlockRef r : nodes) arena->free_node(r);
   for (const BlockHandle& h : large) ASSERT_EQ(arena->release(h), Status::kOk);
   for (const BlockHandle& h : tiny) ASSERT_EQ(arena->release(h), Status::kOk);
