@@ -139,7 +139,7 @@ uint64_t Arena::reachable_payload() const {
   if (i < kMaxSegments && total < capacity_) largest = std::max(largest, std::min(capacity_ - total, kMaxSegmentBytes));
   // Room for the queue node a send needs besides the block: what is reported here must be
   // sendable, not only reservable, or a send of it would wait forever on a small arena.
-  largest = largest > kUnit ? largest - kUnit : 0;
+  largest = largest > kNodeBytes ? largest - kNodeBytes : 0;
   return std::min(max_payload(), largest_class_payload(std::min(largest, kMaxBlockBytes)));
 }
 

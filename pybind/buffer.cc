@@ -59,6 +59,27 @@ py::object new_buffer(PyTypeObject* type, std::shared_ptr<Arena> arena, BlockHan
   return py::reinterpret_steal<py::object>(self);
 }
 
+py::object new_small_buffer(PyTypeObject* type, std::shared_ptr<Arena> arena, const SmallMessage& m) {
+  PyObject* self = type->tp_alloc(type, 0);
+  if (self == nullptr) throw py::error_already_set();
+  new (&reinterpret_cast<BufferObject*>(self)->buf) Buffer(std::move(arena), m);  // does not throw
+  return py::reinterpret_steal<py::object>(self);
+}
+
+void ensure_block(Buffer* b, const char* what) {
+  if (b->holds_block()) return;
+  auto got = b->arena->allocate(b->nbytes, PayloadLayout{});
+  if (!got.ok()) raise_status(got.status, std::string(what) + ": no room for the message's block");
+  uint8_t* dst = b->arena->payload(got.value);
+  if (dst == nullptr) {
+    b->arena->release(got.value);
+    raise_status(Status::kCorruptedOffset, std::string(what) + ": a freshly allocated block failed its checks");
+  }
+  std::memcpy(dst, b->small, b->nbytes);
+  b->block = got.value;
+  b->data = dst;
+}
+
 namespace {
 
 extern "C" void buffer_releasebuffer(PyObject* obj, Py_buffer*) {

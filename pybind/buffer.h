@@ -12,6 +12,7 @@
 
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <utility>
@@ -26,6 +27,9 @@ namespace py = pybind11;
 
 inline constexpr uint64_t kCopyWithoutGil = 256 * 1024;  // copies this large run without the GIL
 
+// A Buffer holds a block (block.ref != 0), or a message received inline (core/node.h), whose
+// bytes are copied into `small`: then nothing in the arena is held, and release() only ends
+// the Buffer's use. The Python-visible behaviour is the same either way.
 struct Buffer {
   enum class State { kLive, kReleased, kSent };
 
@@ -45,7 +49,13 @@ struct Buffer {
   int pins = 0;
   State state = State::kLive;
   bool readonly = false;  // a received share (memchannel.share): its memory is others' too
+  alignas(16) uint8_t small[kInlineBytes];  // an inline message's bytes (block.ref == 0)
 
+  Buffer(std::shared_ptr<Arena> a, const SmallMessage& m) : arena(std::move(a)), data(small), nbytes(m.length) {
+    std::memcpy(small, m.bytes, m.length);
+    shape[0] = static_cast<Py_ssize_t>(m.length);
+    strides[0] = 1;
+  }
   Buffer(std::shared_ptr<Arena> a, BlockHandle b, const BlockView& v)
       : arena(std::move(a)), block(b), data(v.data), nbytes(v.length), itemsize(v.itemsize),
         ndim(static_cast<int>(v.ndim)), format(v.format_view()), readonly(v.readonly) {
@@ -59,8 +69,9 @@ struct Buffer {
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
   ~Buffer() {
-    if (state == State::kLive) arena->release(block);  // garbage-collected: the block goes back
+    if (state == State::kLive && holds_block()) arena->release(block);  // garbage-collected: the block goes back
   }
+  bool holds_block() const { return block.ref != 0; }
 
   void check_live(const char* what) const {
     if (state == State::kReleased) {
@@ -92,6 +103,7 @@ struct Buffer {
     if (state != State::kLive) return;  // like memoryview.release(): a second call is a no-op
     check_no_exports("release()");
     state = State::kReleased;
+    if (!holds_block()) return;
     const Status s = arena->release(block);
     // kNotHolder: inherited across fork(), the block is the parent's; this Buffer forgets it.
     if (s != Status::kOk && s != Status::kNotHolder) raise_status(s, "releasing a Buffer");
@@ -121,6 +133,12 @@ inline bool is_buffer(PyObject* obj) {
 // A new Buffer object of `type` (this interpreter's Buffer type) owning `block`. On failure
 // the block goes back to the arena.
 py::object new_buffer(PyTypeObject* type, std::shared_ptr<Arena> arena, BlockHandle block, const BlockView& v);
+// A new Buffer object of `type` holding a copy of an inline message.
+py::object new_small_buffer(PyTypeObject* type, std::shared_ptr<Arena> arena, const SmallMessage& m);
+
+// Gives a Buffer of an inline message a block of its own (its bytes copied in), for what needs
+// one (share(), pool()). No-op for a Buffer that holds a block. Call with no exports.
+void ensure_block(Buffer* b, const char* what);
 
 // A new Buffer type object for the calling interpreter (a new reference).
 PyObject* make_buffer_type();

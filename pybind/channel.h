@@ -64,14 +64,16 @@ struct PyChannel {
   // The per-message path (pybind/fastcall.cc).
   // Copies any buffer-protocol object into a new block (one memcpy) and returns it.
   BlockHandle copy_in(const py::handle& data, const WaitSpec& spec);
+  // Sends `data` inline when it is at most kInlineBytes of plain bytes; false if it is not.
+  bool send_small(const py::handle& data, const WaitSpec& spec);
   void send(const py::handle& data, bool block, const py::object& timeout);
   // With `tracker`, the message is tracked (core/tracking.cc) and *tracker gets its Tracker.
   void send(const py::handle& data, const WaitSpec& spec, py::object* tracker = nullptr);
   // A received block's validated description, its format checked too; a corrupt block is
   // counted, dropped, and raises CorruptionError.
   Result<BlockView> checked_view(BlockHandle block);
-  // A received block as a Buffer, after checked_view.
-  py::object wrap(BlockHandle block);
+  // A received block as a Buffer, after checked_view; ref 0 with `small`: an inline message.
+  py::object wrap(BlockHandle block, const SmallMessage* small = nullptr);
   py::object recv(bool block, const py::object& timeout);
 
   // The rest (pybind/channel.cc).

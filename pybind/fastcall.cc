@@ -77,11 +77,54 @@ void PyChannel::send(const py::handle& data, bool block, const py::object& timeo
   send(data, wait_spec(block, timeout));
 }
 
+// A message of up to kInlineBytes of plain bytes travels inline in its queue node (core/node.h):
+// no block to allocate, fill and free. A bytes object directly; other exporters through a view
+// held across the send (it pins them: a bytearray cannot be resized meanwhile).
+bool PyChannel::send_small(const py::handle& data, const WaitSpec& spec) {
+  PyObject* obj = data.ptr();
+  if (PyBytes_CheckExact(obj)) {
+    const uint64_t n = static_cast<uint64_t>(PyBytes_GET_SIZE(obj));
+    if (n > kInlineBytes) return false;
+    const char* src = PyBytes_AS_STRING(obj);  // immutable, and referenced by the caller
+    const Status s = waiting(spec, [&](const WaitSpec& w) { return ch().send_inline(src, n, w); });
+    if (s != Status::kOk) raise_status(s, "");
+    arena->arena->add_bytes_copied(n);
+    return true;
+  }
+  if (!PyObject_CheckBuffer(obj)) return false;
+  Py_buffer view;
+  if (PyObject_GetBuffer(obj, &view, PyBUF_FULL_RO) != 0) {
+    PyErr_Clear();
+    return false;  // copy_in raises the specific error
+  }
+  struct ViewGuard {
+    Py_buffer* v;
+    ~ViewGuard() { PyBuffer_Release(v); }
+  } guard{&view};
+  const bool plain = view.itemsize == 1 && view.ndim == 1 && view.suboffsets == nullptr &&
+                     (view.format == nullptr || std::strcmp(view.format, "B") == 0) &&
+                     PyBuffer_IsContiguous(&view, 'C') != 0;
+  const uint64_t n = static_cast<uint64_t>(view.len);
+  if (!plain || n > kInlineBytes) return false;
+  const Status s = waiting(spec, [&](const WaitSpec& w) { return ch().send_inline(view.buf, n, w); });
+  if (s != Status::kOk) raise_status(s, "");
+  arena->arena->add_bytes_copied(n);
+  return true;
+}
+
 void PyChannel::send(const py::handle& data, const WaitSpec& spec, py::object* tracker) {
   if (is_buffer(data.ptr())) {
     Buffer* b = as_buffer(data.ptr());
     b->check_live("send()");
-    if (b->arena == arena->arena) {  // same arena: ownership moves, no copy
+    if (b->arena == arena->arena && !b->holds_block() && tracker == nullptr) {
+      // A message received inline, forwarded: inline again (a copy of at most kInlineBytes).
+      b->check_no_exports("send()");
+      const Status s = waiting(spec, [&](const WaitSpec& w) { return ch().send_inline(b->data, b->nbytes, w); });
+      if (s != Status::kOk) raise_status(s, "");
+      b->state = Buffer::State::kSent;  // as a forwarded block: the Buffer is used up
+      return;
+    }
+    if (b->arena == arena->arena && b->holds_block()) {  // same arena: ownership moves, no copy
       b->check_no_exports("send()");
       if (tracker != nullptr) *tracker = start_tracking(arena, b->block);
       b->state = Buffer::State::kSent;  // claimed while the GIL is released below
@@ -93,6 +136,7 @@ void PyChannel::send(const py::handle& data, const WaitSpec& spec, py::object* t
       return;
     }
   }
+  if (tracker == nullptr && send_small(data, spec)) return;
   const BlockHandle fresh = copy_in(data, spec);
   if (tracker != nullptr) {
     try {
@@ -135,19 +179,23 @@ Result<BlockView> PyChannel::checked_view(BlockHandle block) {
   return v;  // by NRVO: the view is large (shape and format arrays)
 }
 
-py::object PyChannel::wrap(BlockHandle block) {
+py::object PyChannel::wrap(BlockHandle block, const SmallMessage* small) {
+  if (block.ref == 0 && small != nullptr) {
+    return new_small_buffer(reinterpret_cast<PyTypeObject*>(buffer_type.ptr()), arena->arena, *small);
+  }
   const Result<BlockView> v = checked_view(block);
   return new_buffer(reinterpret_cast<PyTypeObject*>(buffer_type.ptr()), arena->arena, block, v.value);
 }
 
 py::object PyChannel::recv(bool block, const py::object& timeout) {
   const WaitSpec spec = wait_spec(block, timeout);
-  auto got = waiting(spec, [&](const WaitSpec& w) { return ch().recv(w); });
+  SmallMessage small;
+  auto got = waiting(spec, [&](const WaitSpec& w) { return ch().recv(w, &small); });
   if (!got.ok()) {
     if (fd_watch && got.status == Status::kEmpty) fd_refresh();  // Channel.fileno(): pybind/select.h
     raise_status(got.status, "");
   }
-  return wrap(got.value);
+  return wrap(got.value, &small);
 }
 
 // ---------------------------------------------------------------------------------------------

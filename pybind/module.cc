@@ -180,9 +180,10 @@ PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreter
       .def("__next__", [](py::handle s) {
         PyChannel& c = channel_self(s);
         const WaitSpec spec = c.wait_spec(true, py::none());
-        auto got = c.waiting(spec, [&](const WaitSpec& w) { return c.ch().recv(w); });
+        SmallMessage small;
+        auto got = c.waiting(spec, [&](const WaitSpec& w) { return c.ch().recv(w, &small); });
         if (got.status == Status::kClosed) throw py::stop_iteration();
         if (!got.ok()) raise_status(got.status, "");
-        return c.wrap(got.value);
+        return c.wrap(got.value, &small);
       }, "__next__(self, /)\n--\n\nrecv(), or StopIteration once closed and drained.");
 }

@@ -161,16 +161,18 @@ void send_object(PyObject* self, PyChannel& c, PyObject* obj, bool block, PyObje
 }
 
 [[noreturn]] void frame_error(PyChannel& c, BlockHandle block, const std::string& message) {
-  c.arena->arena->release(block);
+  if (block.ref != 0) c.arena->arena->release(block);
   raise_error(ErrorClass::kCorruptionError, "recv_object(): " + message);
 }
 
 // The object in a received block. Takes over the block: it is freed here, or (out-of-band
 // buffers, large pickles) by the Buffer that _objects.decode keeps while arrays view it.
-py::object decode_block(PyChannel& c, BlockHandle block) {
-  const Result<BlockView> v = c.checked_view(block);
-  const uint8_t* p = v.value.data;
-  const uint64_t nbytes = v.value.length;
+py::object decode_block(PyChannel& c, BlockHandle block, const SmallMessage* small) {
+  // An inline message (ref 0) is read from its copy, a block through its checked view.
+  const bool in_node = block.ref == 0 && small != nullptr;
+  const Result<BlockView> v = in_node ? Result<BlockView>{Status::kOk, {}} : c.checked_view(block);
+  const uint8_t* p = in_node ? small->bytes : v.value.data;
+  const uint64_t nbytes = in_node ? small->length : v.value.length;
   if (nbytes < kHeaderBytes) {
     frame_error(c, block, "a " + std::to_string(nbytes) +
                               "-byte message is not an object message (was it sent with send() rather "
@@ -192,21 +194,22 @@ py::object decode_block(PyChannel& c, BlockHandle block) {
   if (nbuffers == 0 && pickle_len <= kCopyOutMax) {
     py::object pickled = py::reinterpret_steal<py::object>(
         PyBytes_FromStringAndSize(reinterpret_cast<const char*>(p + kHeaderBytes), static_cast<Py_ssize_t>(pickle_len)));
-    c.arena->arena->release(block);  // the pickle is ours now
+    if (!in_node) c.arena->arena->release(block);  // the pickle is ours now
     if (!pickled) throw py::error_already_set();
     PyObject* obj = PyObject_CallOneArg(st.pickle_loads, pickled.ptr());
     if (obj == nullptr) throw py::error_already_set();
     return py::reinterpret_steal<py::object>(obj);
   }
-  py::object buf = c.wrap(block);  // the Buffer owns the block from here
+  py::object buf = c.wrap(block, small);  // the Buffer owns the block (or the copy) from here
   return import_objects_attr(st.objects_decode, "decode")(buf);
 }
 
 py::object recv_object(PyChannel& c, bool block, PyObject* timeout) {
   const WaitSpec spec = c.wait_spec(block, timeout_arg(timeout));
-  auto got = c.waiting(spec, [&](const WaitSpec& w) { return c.ch().recv(w); });
+  SmallMessage small;
+  auto got = c.waiting(spec, [&](const WaitSpec& w) { return c.ch().recv(w, &small); });
   if (!got.ok()) raise_status(got.status, "");
-  return decode_block(c, got.value);
+  return decode_block(c, got.value, &small);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -299,7 +302,7 @@ class ManySender {
     try {
       s = c_.waiting(spec_, [&](const WaitSpec& w) {
         size_t q = 0;
-        const Status st = c_.ch().send_many(blocks_.data() + done, count_ - done, w, &q);
+        const Status st = c_.ch().send_many(out_.data() + done, count_ - done, w, &q);
         done += q;
         return st;
       });
@@ -322,15 +325,28 @@ class ManySender {
       if (b->arena == c_.arena->arena) {  // same arena: ownership moves, no copy
         b->check_no_exports("send_many()");
         b->state = Buffer::State::kSent;  // claimed while the GIL is released
-        blocks_[count_] = b->block;
-        moved_[count_++] = Py_NewRef(item);
+        // A Buffer received inline is forwarded inline: its bytes live in the Buffer (held).
+        out_[count_] = Channel::Outgoing{b->block, b->holds_block() ? nullptr : b->data, b->nbytes};
+        moved_[count_] = Py_NewRef(item);
+        kept_[count_++] = nullptr;
         if (count_ == Channel::kMaxChain) flush();
         return;
       }
     }
+    if (PyBytes_CheckExact(item) && static_cast<uint64_t>(PyBytes_GET_SIZE(item)) <= kInlineBytes) {
+      // Inline (core/node.h): copied into its node at the link; the bytes object is held till then.
+      const uint64_t n = static_cast<uint64_t>(PyBytes_GET_SIZE(item));
+      out_[count_] = Channel::Outgoing{BlockHandle{0, 0}, PyBytes_AS_STRING(item), n};
+      moved_[count_] = nullptr;
+      kept_[count_++] = Py_NewRef(item);
+      copied_ += n;
+      if (count_ == Channel::kMaxChain) flush();
+      return;
+    }
     const BlockHandle fresh = copy(item);
-    blocks_[count_] = fresh;
-    moved_[count_++] = nullptr;
+    out_[count_] = Channel::Outgoing{fresh, nullptr, 0};
+    moved_[count_] = nullptr;
+    kept_[count_++] = nullptr;
     if (count_ == Channel::kMaxChain) flush();
   }
 
@@ -340,8 +356,10 @@ class ManySender {
       if (moved_[i] != nullptr) {
         if (i >= done) as_buffer(moved_[i])->state = Buffer::State::kLive;  // not sent: still the caller's
         Py_DECREF(moved_[i]);
+      } else if (kept_[i] != nullptr) {
+        Py_DECREF(kept_[i]);  // an inline copy: nothing else to give back
       } else if (i >= done) {
-        c_.arena->arena->release(blocks_[i]);
+        c_.arena->arena->release(out_[i].block);
       }
     }
     queued_ += static_cast<Py_ssize_t>(done);
@@ -395,8 +413,9 @@ class ManySender {
 
   PyChannel& c_;
   const WaitSpec& spec_;
-  std::array<BlockHandle, Channel::kMaxChain> blocks_;
+  std::array<Channel::Outgoing, Channel::kMaxChain> out_;
   std::array<PyObject*, Channel::kMaxChain> moved_;  // the Buffer whose block moved, or nullptr: a copy
+  std::array<PyObject*, Channel::kMaxChain> kept_;   // the bytes an inline message copies, or nullptr
   size_t count_ = 0;
   Py_ssize_t queued_ = 0;
   uint64_t copied_ = 0;  // bytes this call copied since the last settle
@@ -459,15 +478,16 @@ py::list recv_batch(PyChannel& c, Py_ssize_t max_messages, bool block, PyObject*
     throw pending;
   }
   const WaitSpec spec = c.wait_spec(block, timeout_arg(timeout));
-  auto first = c.waiting(spec, [&](const WaitSpec& w) { return c.ch().recv(w); });
+  SmallMessage small;
+  auto first = c.waiting(spec, [&](const WaitSpec& w) { return c.ch().recv(w, &small); });
   if (!first.ok()) raise_status(first.status, "");
   py::list out;
-  out.append(decode(first.value));  // an error here is raised at once: nothing else was taken
+  out.append(decode(first.value, &small));  // an error here is raised at once: nothing else was taken
   while (static_cast<Py_ssize_t>(out.size()) < max_messages) {
-    auto got = c.ch().recv(WaitSpec::nonblocking());
+    auto got = c.ch().recv(WaitSpec::nonblocking(), &small);
     if (!got.ok()) break;  // empty (or closed and drained) now: the batch ends here
     try {
-      out.append(decode(got.value));
+      out.append(decode(got.value, &small));
     } catch (py::error_already_set& e) {
       c.pending_batch_error = std::make_shared<py::error_already_set>(std::move(e));
       break;
@@ -493,8 +513,11 @@ py::list recv_many_buffers(PyChannel& c, Py_ssize_t max_messages, bool block, Py
   const WaitSpec spec = c.wait_spec(block, timeout_arg(timeout));
   const size_t max = static_cast<size_t>(max_messages);
   std::array<BlockHandle, Channel::kMaxChain> taken;
+  std::array<SmallMessage, Channel::kMaxChain> smalls;  // the inline messages' copies
   size_t want = std::min(max, Channel::kMaxChain);
-  auto first = c.waiting(spec, [&](const WaitSpec& w) { return c.ch().recv_many(taken.data(), want, w); });
+  auto first = c.waiting(spec, [&](const WaitSpec& w) {
+    return c.ch().recv_many(taken.data(), want, w, smalls.data());
+  });
   if (!first.ok()) raise_status(first.status, "");
   py::list out;
   size_t n = first.value;
@@ -502,7 +525,7 @@ py::list recv_many_buffers(PyChannel& c, Py_ssize_t max_messages, bool block, Py
   for (;;) {
     for (size_t i = 0; i < n; ++i) {
       try {
-        py::object b = c.wrap(taken[i]);  // takes the block over, or releases it and raises
+        py::object b = c.wrap(taken[i], &smalls[i]);  // takes the block over, or releases it and raises
         if (PyList_Append(out.ptr(), b.ptr()) != 0) throw py::error_already_set();  // b's GC frees the block
         ++returned;
       } catch (py::error_already_set& e) {
@@ -515,7 +538,7 @@ py::list recv_many_buffers(PyChannel& c, Py_ssize_t max_messages, bool block, Py
     }
     if (n < want || returned >= max) break;  // the queue ran dry, or the batch is full
     want = std::min(max - returned, Channel::kMaxChain);
-    auto more = c.ch().recv_many(taken.data(), want, WaitSpec::nonblocking());
+    auto more = c.ch().recv_many(taken.data(), want, WaitSpec::nonblocking(), smalls.data());
     if (!more.ok()) break;  // empty (or closed and drained) now: the batch ends here
     n = more.value;
   }
@@ -590,7 +613,7 @@ extern "C" PyObject* channel_recv_objects(PyObject* self, PyObject* const* args,
     parse_fastcall("recv_objects", args, nargs, kwnames, std::array<const char*, 3>{"max_messages", "block", "timeout"}, 1, a);
     PyChannel& c = channel_of(self);
     const Py_ssize_t max = max_messages_arg(a[0], "recv_objects");
-    return recv_batch(c, max, block_flag(a[1]), a[2], [&](BlockHandle b) { return decode_block(c, b); }).release().ptr();
+    return recv_batch(c, max, block_flag(a[1]), a[2], [&](BlockHandle b, const SmallMessage* m) { return decode_block(c, b, m); }).release().ptr();
   }, nullptr);
 }
 

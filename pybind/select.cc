@@ -157,9 +157,10 @@ py::object select_impl(const py::handle& items, const py::object& timeout, bool 
         continue;
       }
       if (claim) {
-        auto got = chans[i]->recv(WaitSpec::nonblocking());
+        SmallMessage small;
+        auto got = chans[i]->recv(WaitSpec::nonblocking(), &small);
         if (got.ok()) {
-          py::object buf = pys[i]->wrap(got.value);
+          py::object buf = pys[i]->wrap(got.value, &small);
           return py::make_tuple(py::reinterpret_borrow<py::object>(objs[i]), buf);
         }
         if (got.status == Status::kClosed) {
@@ -263,8 +264,9 @@ void add_wait_methods(py::class_<PyChannel, std::shared_ptr<PyChannel>>& cls) {
       "of this object finds the channel empty. Owned by the channel object: do not close it.");
   cls.def("_try_recv", [](py::handle s) -> py::object {
         PyChannel& c = channel_self(s);
-        auto got = c.ch().recv(WaitSpec::nonblocking());
-        if (got.ok()) return c.wrap(got.value);
+        SmallMessage small;
+        auto got = c.ch().recv(WaitSpec::nonblocking(), &small);
+        if (got.ok()) return c.wrap(got.value, &small);
         if (got.status != Status::kEmpty) raise_status(got.status, "");
         if (c.fd_watch) c.fd_refresh();
         return py::none();
@@ -283,8 +285,9 @@ void add_wait_methods(py::class_<PyChannel, std::shared_ptr<PyChannel>>& cls) {
         WaitSpec w;
         w.spin_ns = ns;
         w.deadline_ns = monotonic_ns() + ns;
-        auto got = without_gil([&] { return core.recv(w); });
-        if (got.ok()) return c.wrap(got.value);
+        SmallMessage small;
+        auto got = without_gil([&] { return core.recv(w, &small); });
+        if (got.ok()) return c.wrap(got.value, &small);
         if (got.status != Status::kEmpty && got.status != Status::kTimedOut) raise_status(got.status, "");
         if (c.fd_watch) c.fd_refresh();
         return py::none();

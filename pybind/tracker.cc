@@ -54,6 +54,7 @@ py::object share_impl(const py::handle& buf_obj, const py::handle& channels_obj,
     chans.push_back(&pc);
   }
   b->check_no_exports("share()");
+  ensure_block(b, "share()");  // a message received inline: shared from a block of its own
   const std::shared_ptr<PyArena>& arena = chans[0]->arena;
   Arena& core = *arena->arena;
   const bool resharing = core.is_share_token(b->block);
@@ -121,6 +122,7 @@ std::shared_ptr<Pool> make_pool(const py::handle& prototype, uint32_t count) {
   b->check_live("pool()");
   b->check_no_exports("pool()");
   if (count == 0) throw py::value_error("pool(): count must be >= 1");
+  ensure_block(b, "pool()");
   auto made = b->arena->create_pool(b->block, count);
   if (!made.ok()) raise_status(made.status, "pool(): no room for " + std::to_string(count) + " blocks");
   b->state = Buffer::State::kSent;  // the prototype is one of the pool's blocks now

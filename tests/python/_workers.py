@@ -30,7 +30,8 @@ def process_with_two_interpreters(ch, process_id, count):
 def fork_test_child(ch, back):
     """test_fork: a multiprocessing child (fork or forkserver) that uses the parent's channels
     and exits normally."""
-    ch.send(b"from the child")
+    pad = b"." * 64  # as test_fork's PAD: messages that hold blocks
+    ch.send(b"from the child" + pad)
     got = back.recv(timeout=10)
-    assert bytes(got) == b"to the child", bytes(got)
+    assert bytes(got) == b"to the child" + pad, bytes(got)
     got.release()

@@ -191,8 +191,13 @@ def test_stats_report_the_documented_fields(backend):
     s = ch.stats()
     for key in ("queued", "bytes_queued", "blocks_in_use", "capacity", "bytes_in_use", "bytes_copied"):
         assert key in s
-    assert s["queued"] == 1 and s["bytes_queued"] == 3 and s["blocks_in_use"] == 1
+    # 3 bytes travel inline in the queue node: no data block.
+    assert s["queued"] == 1 and s["bytes_queued"] == 3 and s["blocks_in_use"] == 0
     assert s["bytes_copied"] == 3
+    ch.send(b"x" * 100)  # past the 64 inline bytes: a block
+    s = ch.stats()
+    assert s["queued"] == 2 and s["bytes_queued"] == 103 and s["blocks_in_use"] == 1
+    assert s["bytes_copied"] == 103
 
 
 def test_ctrl_c_interrupts_a_blocked_recv_in_the_main_thread(tmp_path):

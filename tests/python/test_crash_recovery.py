@@ -14,6 +14,9 @@ import pytest
 import memchannel as mc
 from conftest import SHM_PREFIX
 
+# Messages that hold a block: longer than the 64 bytes that travel inline in a queue node.
+BLOCK_PAD = b"." * 64
+
 CTX = mp.get_context("spawn")
 
 
@@ -25,8 +28,8 @@ def hold_blocks_then_wait(inbox, outbox, ready):
     """Child: reserve 3 blocks, receive 2, send 2 messages, then wait to be killed."""
     reserved = [inbox.reserve(1000) for _ in range(3)]
     received = [inbox.recv(timeout=30) for _ in range(2)]
-    outbox.send(b"sent before death 1")
-    outbox.send(b"sent before death 2")
+    outbox.send(b"sent before death 1" + BLOCK_PAD)
+    outbox.send(b"sent before death 2" + BLOCK_PAD)
     ready.send(b"holding")
     time.sleep(3600)
     del reserved, received
@@ -45,8 +48,8 @@ def test_sigkilled_holder_blocks_return_and_its_sent_messages_arrive():
     arena = mc.Arena()
     inbox, outbox, ready = arena.channel(), arena.channel(), arena.channel()
     baseline = arena.stats()["blocks_in_use"]
-    inbox.send(b"to be received 1")
-    inbox.send(b"to be received 2")
+    inbox.send(b"to be received 1" + BLOCK_PAD)
+    inbox.send(b"to be received 2" + BLOCK_PAD)
     child = CTX.Process(daemon=True, target=hold_blocks_then_wait, args=(inbox, outbox, ready))
     child.start()
     assert bytes(ready.recv(timeout=60)) == b"holding"
@@ -56,8 +59,8 @@ def test_sigkilled_holder_blocks_return_and_its_sent_messages_arrive():
     child.kill()
     child.join(10)
     # Its queued messages are still delivered.
-    assert bytes(outbox.recv(timeout=5)) == b"sent before death 1"
-    assert bytes(outbox.recv(timeout=5)) == b"sent before death 2"
+    assert bytes(outbox.recv(timeout=5)) == b"sent before death 1" + BLOCK_PAD
+    assert bytes(outbox.recv(timeout=5)) == b"sent before death 2" + BLOCK_PAD
     # A blocked wait notices the death (liveness checks between wait slices) and reclaims.
     with pytest.raises(mc.Empty):
         inbox.recv(timeout=0.5)
@@ -282,8 +285,8 @@ def test_dead_peer_blocks_come_back_within_a_second_of_a_plain_stats_call():
     ch, ready = arena.channel(), arena.channel()
     baseline = ch.stats()["blocks_in_use"]
     attached = ch.stats()["attached_processes"]
-    ch.send(b"to be received 1")
-    ch.send(b"to be received 2")
+    ch.send(b"to be received 1" + BLOCK_PAD)
+    ch.send(b"to be received 2" + BLOCK_PAD)
     child = CTX.Process(daemon=True, target=reserve_and_receive_then_wait, args=(ch, ready))
     child.start()
     msg = ready.recv(timeout=60)

@@ -30,6 +30,7 @@ PRELUDE = textwrap.dedent(
 
     BACKEND = sys.argv[1]
     SIZE = 4096
+    PAD = b"." * 64  # the messages hold blocks: longer than the 64 bytes that travel inline
     ch = mc.Channel(backend=BACKEND)
     back = mc.Channel(backend=BACKEND, arena=ch._arena)
     spare = mc.Channel(backend=BACKEND, arena=ch._arena)  # for churn: same arena, empty queue
@@ -37,7 +38,7 @@ PRELUDE = textwrap.dedent(
     memoryview(reserved)[:] = b"\\xaa" * SIZE
     ch.send(b"\\xbb" * SIZE)
     received = ch.recv()
-    ch.send(b"queued before fork")
+    ch.send(b"queued before fork" + PAD)
     baseline = ch.stats()["blocks_in_use"]  # reserved + received + the queued message
 
     def churn(channel, byte, n=8):
@@ -58,11 +59,11 @@ PRELUDE = textwrap.dedent(
         assert bytes(received) == b"\\xbb" * SIZE, "the parent's received Buffer was overwritten"
         assert ch.stats()["blocks_in_use"] == baseline + (1 if expect_child_message else 0), ch.stats()
         got = ch.recv(timeout=2)
-        assert bytes(got) == b"queued before fork", bytes(got)
+        assert bytes(got) == b"queued before fork" + PAD, bytes(got)
         got.release()
         if expect_child_message:
             got = ch.recv(timeout=2)
-            assert bytes(got) == b"from the child", bytes(got)
+            assert bytes(got) == b"from the child" + PAD, bytes(got)
             got.release()
         reserved.release()
         received.release()
@@ -168,18 +169,18 @@ def test_child_uses_inherited_shm_channels_and_its_exit_keeps_the_parents(exit_k
         EXIT = %r
         pid = os.fork()
         if pid == 0:
-            ch.send(b"from the child")
+            ch.send(b"from the child" + PAD)
             got = back.recv(timeout=5)
-            assert bytes(got) == b"to the child", bytes(got)
+            assert bytes(got) == b"to the child" + PAD, bytes(got)
             got.release()
-            spare.send(b"child done")
+            spare.send(b"child done" + PAD)
             if EXIT == "normal":
                 sys.exit(0)
             mc._memchannel._detach_all()  # what multiprocessing's finalizer runs
             os._exit(0)
-        back.send(b"to the child")
+        back.send(b"to the child" + PAD)
         got = spare.recv(timeout=5)
-        assert bytes(got) == b"child done", bytes(got)
+        assert bytes(got) == b"child done" + PAD, bytes(got)
         got.release()
         _, status = os.waitpid(pid, 0)
         assert ch.stats()["attached_processes"] == 1, ch.stats()
@@ -195,7 +196,7 @@ def test_child_killed_leaves_the_parents_channel_intact():
         import signal
         pid = os.fork()
         if pid == 0:
-            ch.send(b"from the child")
+            ch.send(b"from the child" + PAD)
             os.kill(os.getpid(), signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         assert os.WIFSIGNALED(status)
@@ -218,7 +219,7 @@ def test_multiprocessing_children_exiting_normally_keep_the_parents_channel(meth
             ctx = mp.get_context(%r)
             p = ctx.Process(target=fork_test_child, args=(ch, back))
             p.start()
-            back.send(b"to the child")
+            back.send(b"to the child" + PAD)
             p.join(30)
             # The child's message is in; wait until the child took ours (its exit code says so).
             assert p.exitcode == 0, p.exitcode
@@ -239,14 +240,14 @@ def test_parent_dropping_a_channel_frees_it_after_the_child_exits(child):
         """
         CHILD = %r
         extra = mc.Channel(backend=BACKEND, arena=ch._arena)
-        extra.send(b"left queued")
+        extra.send(b"left queued" + PAD)
         pid = os.fork()
         if pid == 0:
             if CHILD == "exec":
                 os.execv("/bin/true", ["true"])
             if CHILD == "os_exit_unused":
                 os._exit(0)
-            extra.send(b"from the child too")
+            extra.send(b"from the child too" + PAD)
             if CHILD == "used_mp_finalizer":
                 mc._memchannel._detach_all()
                 os._exit(0)

@@ -282,21 +282,22 @@ FORGERIES = {
 @pytest.mark.parametrize("forgery", list(FORGERIES))
 def test_forged_format_in_a_queued_message_raises_corruption_error(backend, forgery):
     ch = mc.Channel(backend=backend)
-    ch.send(b"first")
+    PAD = b"." * 64  # "first" and "after" hold blocks (past the 64 inline bytes)
+    ch.send(b"first" + PAD)
     baseline = ch.stats()
     buf = ch.reserve(shape=(4,), format="<q")
     np.asarray(buf)[:] = [1, 2, 3, 4]
     address = buf.address
     ch.send(buf)
-    ch.send(b"after")
+    ch.send(b"after" + PAD)
     forge(address - 64, **FORGERIES[forgery])
-    assert bytes(ch.recv()) == b"first"
+    assert bytes(ch.recv()) == b"first" + PAD
     with pytest.raises(mc.CorruptionError, match="corrupt"):
         ch.recv()
     stats = ch.stats()
     assert stats["corruption_count"] == baseline["corruption_count"] + 1  # counted once
     assert stats["blocks_in_use"] == baseline["blocks_in_use"]  # "after" replaced "first"; the forged one is free
-    assert bytes(ch.recv()) == b"after"  # the channel keeps serving
+    assert bytes(ch.recv()) == b"after" + PAD  # the channel keeps serving
     still_works(ch)
     assert ch.stats()["blocks_in_use"] == baseline["blocks_in_use"] - 1
 

@@ -422,6 +422,8 @@ if __name__ == "__main__":
     # -----------------------------------------------------------------------------------------
     # The model.
 
+    INLINE_BYTES = 64  # messages of up to this many plain bytes travel in their queue node
+
     class MBuf:
         """One Buffer the test holds, and what the model knows of it."""
 
@@ -433,6 +435,7 @@ if __name__ == "__main__":
             self.format = fmt
             self.shape = shape
             self.views = []  # memoryviews and numpy arrays over it
+            self.inline = False  # a message received inline (core/node.h): it holds no block
 
         def __repr__(self):
             return "MBuf(%s, %s, %d bytes, %r, %r, %d views)" % (
@@ -443,7 +446,7 @@ if __name__ == "__main__":
             self.arena = arena
             self.maxsize = maxsize
             self.maxbytes = maxbytes
-            self.items = []  # ("raw", bytes, format, shape) / ("obj", obj, frame_holds_block)
+            self.items = []  # ("raw", bytes, format, shape, inline, n) / ("obj", obj, frame_holds_block, n)
             self.closed = False
 
         def nbytes(self):
@@ -558,7 +561,7 @@ if __name__ == "__main__":
         def check_received(self, got, item, what):
             kind = item[0]
             if kind == "raw":
-                _, content, fmt, shape, _n = item
+                _, content, fmt, shape, _inline, _n = item
                 assert content is None or got.tobytes() == content, "%s: payload differs from what was sent" % what
                 assert got.format == fmt, "%s: format %r, sent %r" % (what, got.format, fmt)
                 assert tuple(got.shape) == tuple(shape), "%s: shape %r, sent %r" % (what, got.shape, shape)
@@ -600,7 +603,15 @@ if __name__ == "__main__":
                 with memoryview(data) as mv:
                     raw = np.ascontiguousarray(data).tobytes() if np is not None else None
                     payload = (raw, mv.format, tuple(mv.shape))
-            q.items.append(("raw", payload[0], payload[1], payload[2], len(payload[0]) if payload[0] is not None else 0))
+            n = len(payload[0]) if payload[0] is not None else 0
+            if mb is not None and mb.arena == q.arena:
+                inline = mb.inline  # moved: a block stays a block; an inline message goes inline again
+            else:  # a copy: up to 64 contiguous plain bytes (format "B", one dimension) travel in the node
+                with memoryview(data) as mv:
+                    contiguous = mv.c_contiguous or mv.nbytes == 0  # as PyBuffer_IsContiguous
+                inline = (payload[0] is not None and payload[1] == "B" and len(payload[2]) == 1 and contiguous
+                          and n <= INLINE_BYTES)
+            q.items.append(("raw", payload[0], payload[1], payload[2], inline, n))
             if mb is not None and mb.arena == q.arena:
                 mb.state = "sent"
                 assert mb.obj.released, "a sent Buffer does not report released"
@@ -646,6 +657,7 @@ if __name__ == "__main__":
             item = q.items.pop(0)
             self.check_received(got, item, cname)
             mb = MBuf(got, q.arena, got.tobytes(), got.format, tuple(got.shape))
+            mb.inline = item[0] == "raw" and item[4]
             self.bufs.append(mb)
             log_step("  -> %s = %r" % (self.bufname(mb), got))
             if not keep:
@@ -1052,8 +1064,9 @@ if __name__ == "__main__":
 
         # -- invariants -------------------------------------------------------------------------
         def expected_blocks(self, arena):
-            n = sum(1 for b in self.bufs if b.arena == arena and b.state == "live")
-            n += sum(1 for name, q in self.queues.items() if q.arena == arena for _ in q.items)
+            n = sum(1 for b in self.bufs if b.arena == arena and b.state == "live" and not b.inline)
+            n += sum(1 for name, q in self.queues.items() if q.arena == arena for it in q.items
+                     if not (it[0] == "raw" and it[4]))
             n += sum(1 for _, a in self.objects if a == arena)
             return n
 
