@@ -295,7 +295,7 @@ class Channel {
   // channel and sender (its state returned), and the single send itself.
   Result<BlockRef> take_node(const WaitSpec& wait);
   uint64_t name_node(QueueNode* n, BlockHandle message, const void* data, uint64_t length);
-  Status send_one(BlockHandle block, const void* data, uint64_t length, const WaitSpec& wait);
+  Status send_one(BlockHandle block, const void* data, uint64_t length, bool small, const WaitSpec& wait);
   // A message taken inline by a caller with no SmallMessage: copied into a block of its own.
   Result<BlockHandle> materialize(const SmallMessage& small);
   // One attempt at each step; the waits loop around them. enqueue links `node_ref` if the

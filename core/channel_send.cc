@@ -312,11 +312,12 @@ Result<BlockHandle> Channel::allocate(uint64_t payload_bytes, const PayloadLayou
   return got;
 }
 
-Status Channel::send(BlockHandle block, const WaitSpec& wait) { return send_one(block, nullptr, 0, wait); }
+Status Channel::send(BlockHandle block, const WaitSpec& wait) { return send_one(block, nullptr, 0, false, wait); }
 
 Status Channel::send_inline(const void* data, uint64_t length, const WaitSpec& wait) {
   if (length > kInlineBytes) return Status::kInvalidArgument;
-  return send_one(BlockHandle{0, 0}, data, length, wait);
+  if (data == nullptr && length != 0) return Status::kInvalidArgument;
+  return send_one(BlockHandle{0, 0}, data, length, true, wait);
 }
 
 Result<BlockRef> Channel::take_node(const WaitSpec& wait) {
@@ -351,8 +352,8 @@ uint64_t Channel::name_node(QueueNode* n, BlockHandle message, const void* data,
 
 // send() and send_inline(): a block the caller holds (block.ref != 0), or `length` bytes at
 // `data` to travel inline in the node (block.ref == 0, no block states to move).
-inline Status Channel::send_one(BlockHandle block, const void* data, uint64_t length, const WaitSpec& wait) {
-  const bool small = block.ref == 0 && data != nullptr;
+inline Status Channel::send_one(BlockHandle block, const void* data, uint64_t length, bool small,
+                                const WaitSpec& wait) {
   arena_->maybe_reap();
   // A repair since this object's last call lost messages: say so once (nothing is sent).
   if (const Status r = repair_reported(); r != Status::kOk) [[unlikely]] return r;
@@ -446,7 +447,7 @@ Status Channel::send_many(const Outgoing* msgs, size_t n, const WaitSpec& wait, 
       const bool small = m.block.ref == 0;
       uint64_t length = m.length;
       if (small) {
-        if (m.data == nullptr || length > kInlineBytes) {
+        if ((m.data == nullptr && length != 0) || length > kInlineBytes) {
           failed = Status::kInvalidArgument;
           break;
         }

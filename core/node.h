@@ -87,7 +87,7 @@ struct SmallMessage {
 // data race.
 inline void store_inline(QueueNode* n, const void* data, uint64_t length) {
   uint64_t words[kInlineBytes / 8] = {};
-  __builtin_memcpy(words, data, length <= kInlineBytes ? length : kInlineBytes);
+  if (length != 0) __builtin_memcpy(words, data, length <= kInlineBytes ? length : kInlineBytes);
   auto* dst = reinterpret_cast<uint64_t*>(node_payload(n));
   const size_t count = (length + 7) / 8;
   for (size_t i = 0; i < count && i < kInlineBytes / 8; ++i) __atomic_store_n(dst + i, words[i], __ATOMIC_RELAXED);
