@@ -32,8 +32,8 @@ extern "C" int buffer_getbuffer(PyObject* obj, Py_buffer* view, int flags) {
   view->itemsize = b->itemsize;
   view->format = (flags & PyBUF_FORMAT) ? const_cast<char*>(b->format.c_str()) : nullptr;
   view->ndim = b->ndim;
-  view->shape = (flags & PyBUF_ND) == PyBUF_ND ? b->shape.data() : nullptr;
-  view->strides = (flags & PyBUF_STRIDES) == PyBUF_STRIDES ? b->strides.data() : nullptr;
+  view->shape = (flags & PyBUF_ND) == PyBUF_ND ? b->shape : nullptr;
+  view->strides = (flags & PyBUF_STRIDES) == PyBUF_STRIDES ? b->strides : nullptr;
   view->suboffsets = nullptr;
   view->internal = nullptr;
   if (view->shape == nullptr) view->ndim = 1;  // unshaped request: plain bytes

@@ -40,8 +40,14 @@ struct Buffer {
   Py_ssize_t itemsize = 1;
   int ndim = 1;
   std::string format = "B";
-  std::array<Py_ssize_t, kMaxNdim> shape{};
-  std::array<Py_ssize_t, kMaxNdim> strides{};
+  // shape and strides: in the object for up to kInlineDims dimensions (so a Buffer stays under
+  // CPython's 512-byte small-object limit and is allocated by pymalloc, one per message), else
+  // on the heap. The object never moves (constructed in place), so the pointers stay valid.
+  static constexpr int kInlineDims = 4;
+  Py_ssize_t dims_[2 * kInlineDims] = {};
+  std::unique_ptr<Py_ssize_t[]> heap_dims_;
+  Py_ssize_t* shape = dims_;
+  Py_ssize_t* strides = dims_ + kInlineDims;
   int exports = 0;  // live memoryviews / arrays over this buffer
   // Operations of this interpreter running on the payload with the GIL released (a large
   // write()): while one runs, release() and send() refuse (BufferError) instead of freeing or
@@ -59,6 +65,11 @@ struct Buffer {
   Buffer(std::shared_ptr<Arena> a, BlockHandle b, const BlockView& v)
       : arena(std::move(a)), block(b), data(v.data), nbytes(v.length), itemsize(v.itemsize),
         ndim(static_cast<int>(v.ndim)), format(v.format_view()), readonly(v.readonly) {
+    if (ndim > kInlineDims) {
+      heap_dims_.reset(new Py_ssize_t[2 * static_cast<size_t>(ndim)]());
+      shape = heap_dims_.get();
+      strides = shape + ndim;
+    }
     Py_ssize_t stride = itemsize;
     for (int i = ndim - 1; i >= 0; --i) {
       shape[i] = static_cast<Py_ssize_t>(v.shape[i]);
@@ -119,6 +130,7 @@ struct BufferObject {
   PyObject_HEAD
   Buffer buf;  // constructed in place by new_buffer(), destroyed by buffer_dealloc()
 };
+static_assert(sizeof(BufferObject) <= 512, "a Buffer object is allocated by pymalloc (<= 512 bytes)");
 
 inline Buffer* as_buffer(PyObject* obj) { return &reinterpret_cast<BufferObject*>(obj)->buf; }
 
