@@ -102,6 +102,21 @@ void send_inband_frame(PyChannel& c, const py::object& data, const WaitSpec& spe
   Py_ssize_t pickle_len = 0;
   if (PyBytes_AsStringAndSize(data.ptr(), &pickled, &pickle_len) != 0) throw py::error_already_set();
   const uint64_t nbytes = kHeaderBytes + static_cast<uint64_t>(pickle_len);
+  const uint32_t nbuffers = 0;
+  const uint64_t len = static_cast<uint64_t>(pickle_len);
+  if (nbytes <= kInlineBytes) {
+    // A small object's frame travels inline in its queue node (core/node.h): built here, copied
+    // into the node, no block.
+    uint8_t frame[kInlineBytes];
+    std::memcpy(frame, kMagic, 4);
+    std::memcpy(frame + 4, &nbuffers, 4);
+    std::memcpy(frame + 8, &len, 8);
+    std::memcpy(frame + kHeaderBytes, pickled, len);
+    const Status s = c.waiting(spec, [&](const WaitSpec& w) { return c.ch().send_inline(frame, nbytes, w); });
+    if (s != Status::kOk) raise_status(s, "");
+    c.arena->arena->add_bytes_copied(nbytes);
+    return;
+  }
   PayloadLayout layout;  // 'B', one dimension of nbytes
   auto got = c.waiting(spec, [&](const WaitSpec& w) { return c.ch().allocate(nbytes, layout, w); });
   if (!got.ok()) {
@@ -113,8 +128,6 @@ void send_inband_frame(PyChannel& c, const py::object& data, const WaitSpec& spe
     c.arena->arena->release(got.value);
     raise_status(Status::kCorruptedLength, "a freshly allocated block failed its checks");
   }
-  const uint32_t nbuffers = 0;
-  const uint64_t len = static_cast<uint64_t>(pickle_len);
   std::memcpy(dst, kMagic, 4);
   std::memcpy(dst + 4, &nbuffers, 4);
   std::memcpy(dst + 8, &len, 8);

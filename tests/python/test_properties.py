@@ -424,6 +424,13 @@ if __name__ == "__main__":
 
     INLINE_BYTES = 64  # messages of up to this many plain bytes travel in their queue node
 
+    def item_inline(item):
+        """Whether a queued message of the model travels inline (holds no block): a raw one as
+        decided at its send, an object frame without out-of-band buffers of at most 64 bytes."""
+        if item[0] == "raw":
+            return item[4]
+        return not item[2] and item[3] <= INLINE_BYTES
+
     class MBuf:
         """One Buffer the test holds, and what the model knows of it."""
 
@@ -657,7 +664,7 @@ if __name__ == "__main__":
             item = q.items.pop(0)
             self.check_received(got, item, cname)
             mb = MBuf(got, q.arena, got.tobytes(), got.format, tuple(got.shape))
-            mb.inline = item[0] == "raw" and item[4]
+            mb.inline = item_inline(item)
             self.bufs.append(mb)
             log_step("  -> %s = %r" % (self.bufname(mb), got))
             if not keep:
@@ -1066,7 +1073,7 @@ if __name__ == "__main__":
         def expected_blocks(self, arena):
             n = sum(1 for b in self.bufs if b.arena == arena and b.state == "live" and not b.inline)
             n += sum(1 for name, q in self.queues.items() if q.arena == arena for it in q.items
-                     if not (it[0] == "raw" and it[4]))
+                     if not item_inline(it))
             n += sum(1 for _, a in self.objects if a == arena)
             return n
 
