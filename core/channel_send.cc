@@ -19,6 +19,26 @@ using namespace channel_internal;  // NOLINT: the waits and as_flow
 // honest swing is another sender's completed link, so this many in one call does not happen).
 constexpr uint64_t kMaxTailHelps = 1u << 12;
 
+// The last node as the tail names it, read while the tail is unchanged (so the node was not
+// freed meanwhile: the head passes a node only after the tail has). enqueue and enqueue_chain
+// start every attempt here.
+struct TailSnapshot {
+  uint64_t tail;
+  QueueNode* last;  // nullptr: the tail names no node
+  uint64_t last_state, next, seq, position;
+};
+
+[[gnu::always_inline]] inline bool read_tail_of(ChannelHeader* header, Arena& arena, TailSnapshot* t) {
+  t->tail = header->tail.load(std::memory_order_acquire);
+  t->last = arena.find_node(tagged_ref(t->tail));
+  QueueNode* last = t->last;
+  t->last_state = last != nullptr ? last->state.load(std::memory_order_acquire) : 0;
+  t->next = last != nullptr ? last->next.load(std::memory_order_acquire) : 0;
+  t->seq = last != nullptr ? last->seq.load(std::memory_order_relaxed) : 0;
+  t->position = last != nullptr ? last->position_bytes.load(std::memory_order_relaxed) : 0;
+  return t->tail == header->tail.load(std::memory_order_acquire);
+}
+
 }  // namespace
 
 
@@ -129,13 +149,10 @@ Status Channel::enqueue(BlockRef node_ref, uint64_t length) {
   const bool bounded = maxsize_ != 0 || maxbytes_ != 0;
   uint64_t helps = 0;
   for (uint64_t step = 0; step < kMaxQueueSteps; ++step) {
-    const uint64_t tail = header_->tail.load(std::memory_order_acquire);
-    QueueNode* last = arena_->find_node(tagged_ref(tail));
-    const uint64_t last_state = last != nullptr ? last->state.load(std::memory_order_acquire) : 0;
-    const uint64_t next = last != nullptr ? last->next.load(std::memory_order_acquire) : 0;
-    const uint64_t seq = last != nullptr ? last->seq.load(std::memory_order_relaxed) : 0;
-    const uint64_t position = last != nullptr ? last->position_bytes.load(std::memory_order_relaxed) : 0;
-    if (tail != header_->tail.load(std::memory_order_acquire)) continue;
+    TailSnapshot t_;
+    if (!read_tail_of(header_, *arena_, &t_)) continue;
+    const uint64_t tail = t_.tail, last_state = t_.last_state, next = t_.next, seq = t_.seq, position = t_.position;
+    QueueNode* last = t_.last;
     // With the tail unchanged its node cannot have been freed (the head passes a node only
     // after the tail has): a tail that is not a node of this queue is corruption. Its seq and
     // position were written before it was linked and are this incarnation's.
@@ -204,13 +221,10 @@ Status Channel::enqueue_chain(const BlockRef* refs, const uint64_t* states, cons
   uint64_t helps = 0;
   for (uint64_t step = 0; step < kMaxQueueSteps; ++step) {
     // As enqueue(): the last node, read while the tail names it.
-    const uint64_t tail = header_->tail.load(std::memory_order_acquire);
-    QueueNode* last = arena_->find_node(tagged_ref(tail));
-    const uint64_t last_state = last != nullptr ? last->state.load(std::memory_order_acquire) : 0;
-    const uint64_t next = last != nullptr ? last->next.load(std::memory_order_acquire) : 0;
-    const uint64_t seq = last != nullptr ? last->seq.load(std::memory_order_relaxed) : 0;
-    const uint64_t position = last != nullptr ? last->position_bytes.load(std::memory_order_relaxed) : 0;
-    if (tail != header_->tail.load(std::memory_order_acquire)) continue;
+    TailSnapshot t_;
+    if (!read_tail_of(header_, *arena_, &t_)) continue;
+    const uint64_t tail = t_.tail, last_state = t_.last_state, next = t_.next, seq = t_.seq, position = t_.position;
+    QueueNode* last = t_.last;
     if (last == nullptr || !node_in_channel(last_state)) {
       if (repair() == Repair::kFailed) return Status::kCorruptedIndex;
       continue;
