@@ -41,8 +41,22 @@ extern "C" int buffer_getbuffer(PyObject* obj, Py_buffer* view, int flags) {
   return 0;
 }
 
+namespace {
+// One Buffer object per received message: pymalloc memory (the object is under 512 bytes),
+// without the zeroing of PyType_GenericAlloc (the constructor writes every field), the type
+// referenced as tp_alloc would (a heap type). Freed by buffer_dealloc's tp_free (PyObject_Free).
+PyObject* alloc_buffer_object(PyTypeObject* type) {
+  void* mem = PyObject_Malloc(static_cast<size_t>(type->tp_basicsize));
+  if (mem == nullptr) {
+    PyErr_NoMemory();
+    return nullptr;
+  }
+  return PyObject_Init(static_cast<PyObject*>(mem), type);
+}
+}  // namespace
+
 py::object new_buffer(PyTypeObject* type, std::shared_ptr<Arena> arena, BlockHandle block, const BlockView& v) {
-  PyObject* self = type->tp_alloc(type, 0);
+  PyObject* self = alloc_buffer_object(type);
   if (self == nullptr) {
     arena->release(block);
     throw py::error_already_set();
@@ -60,7 +74,7 @@ py::object new_buffer(PyTypeObject* type, std::shared_ptr<Arena> arena, BlockHan
 }
 
 py::object new_small_buffer(PyTypeObject* type, std::shared_ptr<Arena> arena, const SmallMessage& m) {
-  PyObject* self = type->tp_alloc(type, 0);
+  PyObject* self = alloc_buffer_object(type);
   if (self == nullptr) throw py::error_already_set();
   new (&reinterpret_cast<BufferObject*>(self)->buf) Buffer(std::move(arena), m);  // does not throw
   return py::reinterpret_steal<py::object>(self);
@@ -268,7 +282,8 @@ PyGetSetDef buffer_getset[] = {
 constexpr const char* kBufferDoc =
     "A block of channel memory held by this interpreter. Exports the PEP 3118 buffer protocol with\n"
     "the sender's format and shape: memoryview(buf) and numpy.asarray(buf) are zero-copy. After\n"
-    "send(buf) or buf.release(), any use raises ValueError.";
+    "send(buf) or buf.release(), any use raises ValueError. A received message of up to 64 bytes\n"
+    "came inline in its queue node: its Buffer holds a copy in the object, not a block.";
 
 PyType_Slot buffer_slots[] = {
     {Py_tp_dealloc, reinterpret_cast<void*>(buffer_dealloc)},
