@@ -444,7 +444,7 @@ Result<BlockHandle> Channel::materialize(const SmallMessage& small) {
     note_message_lost(false);
     return {Status::kOutOfCapacity, {}};
   }
-  std::memcpy(arena_->payload(block.value), small.bytes, small.length);
+  if (small.length != 0) std::memcpy(arena_->payload(block.value), small.bytes, small.length);
   return block;
 }
 

@@ -89,7 +89,9 @@ TYPED_TEST(InlineTest, EveryLengthUpTo64RoundTripsWithNoBlock) {
     ASSERT_EQ(got.status, Status::kOk) << n;
     EXPECT_EQ(got.value.ref, 0u) << "an inline message comes as ref 0";
     ASSERT_EQ(small.length, n);
-    EXPECT_EQ(std::memcmp(small.bytes, pattern(n, n).data(), n), 0) << n;
+    if (n != 0) {
+      EXPECT_EQ(std::memcmp(small.bytes, pattern(n, n).data(), n), 0) << n;
+    }
   }
   EXPECT_EQ(ch->recv(no_wait()).status, Status::kEmpty);
   const ChannelStats s = ch->stats();
