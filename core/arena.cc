@@ -680,7 +680,7 @@ uint8_t* Arena::payload(BlockHandle h, uint64_t* length_out) {
   return v.value.data;
 }
 
-Result<BlockRef> Arena::allocate_node(int64_t creator_wait_ns) {
+Result<BlockRef> Arena::allocate_node(int64_t creator_wait_ns, QueueNode** found) {
   for (int attempt = 0; attempt < kMaxClaimRetries; ++attempt) {
     uint64_t word = 0;
     void* listed = nullptr;
@@ -695,6 +695,7 @@ Result<BlockRef> Arena::allocate_node(int64_t creator_wait_ns) {
       }
       stripe().nodes_in_use.fetch_add(1, std::memory_order_relaxed);
       MEMCHANNEL_CRASH_POINT(kNodeClaimed);
+      if (found != nullptr) *found = n;
       return popped;
     }
     auto carved = carve(kNodeBytes, true, creator_wait_ns);
@@ -708,13 +709,17 @@ Result<BlockRef> Arena::allocate_node(int64_t creator_wait_ns) {
       publish_cell(cell, kNodeMagic);
       stripe().nodes_in_use.fetch_add(1, std::memory_order_relaxed);
       MEMCHANNEL_CRASH_POINT(kNodeClaimed);
+      if (found != nullptr) *found = n;
       return {Status::kOk, offset_to_ref(carved.value)};
     }
     if (carved.status != Status::kOutOfCapacity) return {carved.status, 0};
     // Capacity is carved: cut a free data block into nodes (a queue must not wait for a node
     // while data blocks are free), or reclaim what dead holders held.
     auto converted = convert_block_to_nodes();
-    if (converted.ok()) return converted;
+    if (converted.ok()) {
+      if (found != nullptr) *found = find_node(converted.value);
+      return converted;
+    }
     if (reap_dead_holders() > 0) continue;
     return {Status::kOutOfCapacity, 0};
   }

@@ -208,7 +208,8 @@ class Arena {
 
   // Queue nodes and other small fixed cells (64 bytes each). A node is handed out kNodeHeld by
   // this holder with a fresh generation; it is freed by the party that owns it.
-  Result<BlockRef> allocate_node(int64_t creator_wait_ns = kDefaultCreatorWaitNs);
+  // *found (if given) gets the node the ref names, as find_node would.
+  Result<BlockRef> allocate_node(int64_t creator_wait_ns = kDefaultCreatorWaitNs, QueueNode** found = nullptr);
   // Frees a node in any state but kNodeFree (a second free is counted and refused).
   void free_node(BlockRef ref);
   // Frees a node only if its state word is still `expected`; false otherwise (counted as

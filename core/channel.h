@@ -293,7 +293,7 @@ class Channel {
   // The send steps shared by send(), send_inline() and send_many(): a node (waiting for arena
   // space per `wait`), the descriptor written into it and the node named kNodeLinked for this
   // channel and sender (its state returned), and the single send itself.
-  Result<BlockRef> take_node(const WaitSpec& wait);
+  Result<BlockRef> take_node(const WaitSpec& wait, QueueNode** found);
   uint64_t name_node(QueueNode* n, BlockHandle message, const void* data, uint64_t length);
   Status send_one(BlockHandle block, const void* data, uint64_t length, bool small, const WaitSpec& wait);
   // A message taken inline by a caller with no SmallMessage: copied into a block of its own.
@@ -304,8 +304,8 @@ class Channel {
   // The same for a chain: links the longest prefix of nodes[0..n) (their states as named for
   // the send, lengths[]) that has room, with one link CAS and one tail swing, and says how many
   // in *linked (0 with kFull).
-  Status enqueue_chain(const BlockRef* nodes, const uint64_t* states, const uint64_t* lengths, size_t n,
-                       size_t* linked);
+  Status enqueue_chain(const BlockRef* refs, QueueNode* const* nodes, const uint64_t* states,
+                       const uint64_t* lengths, size_t n, size_t* linked);
   // After a chain's link: the tail from `tail` (the node linked after) to the chain's last node.
   void swing_tail_over_chain(uint64_t tail, const BlockRef* refs, const uint64_t* states, QueueNode* const* nodes,
                              size_t k);

@@ -208,15 +208,10 @@ Status Channel::enqueue(BlockRef node_ref, uint64_t length) {
   return Status::kCorruptedIndex;
 }
 
-Status Channel::enqueue_chain(const BlockRef* refs, const uint64_t* states, const uint64_t* lengths, size_t n,
-                              size_t* linked) {
+Status Channel::enqueue_chain(const BlockRef* refs, QueueNode* const* nodes, const uint64_t* states,
+                              const uint64_t* lengths, size_t n, size_t* linked) {
   *linked = 0;
   if (n == 0 || n > kMaxChain) return Status::kInvalidArgument;
-  std::array<QueueNode*, kMaxChain> nodes;
-  for (size_t i = 0; i < n; ++i) {
-    nodes[i] = arena_->find_node(refs[i]);
-    if (nodes[i] == nullptr) return Status::kCorruptedIndex;
-  }
   const bool bounded = maxsize_ != 0 || maxbytes_ != 0;
   uint64_t helps = 0;
   for (uint64_t step = 0; step < kMaxQueueSteps; ++step) {
@@ -257,7 +252,7 @@ Status Channel::enqueue_chain(const BlockRef* refs, const uint64_t* states, cons
       if (last->next.compare_exchange_weak(expected, next_link(next, refs[0]), std::memory_order_release,
                                            std::memory_order_relaxed)) {
         MEMCHANNEL_CRASH_POINT(kSendLinked);
-        swing_tail_over_chain(tail, refs, states, nodes.data(), k);
+        swing_tail_over_chain(tail, refs, states, nodes, k);
         MEMCHANNEL_CRASH_POINT(kSendTailSwung);
         *linked = k;
         return Status::kOk;
@@ -334,11 +329,11 @@ Status Channel::send_inline(const void* data, uint64_t length, const WaitSpec& w
   return send_one(BlockHandle{0, 0}, data, length, true, wait);
 }
 
-Result<BlockRef> Channel::take_node(const WaitSpec& wait) {
+Result<BlockRef> Channel::take_node(const WaitSpec& wait, QueueNode** found) {
   // A queue node first: if the arena is full we wait for space before taking a slot.
   Result<BlockRef> node;
   const Status s = wait_sweeping(*arena_, arena_->space(), wait, [&] {
-    node = arena_->allocate_node(Arena::kNoCreatorWait);  // the wait is ours, to its deadline
+    node = arena_->allocate_node(Arena::kNoCreatorWait, found);  // the wait is ours, to its deadline
     return node.status != Status::kOutOfCapacity || closed();
   });
   if (s != Status::kOk) return {as_flow(s, Status::kFull), 0};
@@ -380,9 +375,9 @@ inline Status Channel::send_one(BlockHandle block, const void* data, uint64_t le
     if (!held.ok()) return held.status;
     length = held.value;
   }
-  const Result<BlockRef> node = take_node(wait);
+  QueueNode* n = nullptr;
+  const Result<BlockRef> node = take_node(wait, &n);
   if (!node.ok()) return node.status;
-  QueueNode* n = arena_->find_node(node.value);
   const BlockHandle message{block.ref, small ? kInlineMark : Arena::sending_generation(block)};
   const uint64_t linked_state = name_node(n, message, data, length);
   uint32_t previous = 0;
@@ -450,6 +445,7 @@ Status Channel::send_many(const Outgoing* msgs, size_t n, const WaitSpec& wait, 
     // not yet linked as an unlinked send, and every linked one as a linked send.
     const size_t want = std::min(n - *queued, kMaxChain);
     std::array<BlockRef, kMaxChain> refs;
+    std::array<QueueNode*, kMaxChain> nodes;  // the nodes refs[] name, found once
     std::array<uint64_t, kMaxChain> states;
     std::array<uint64_t, kMaxChain> lengths;
     std::array<BlockHandle, kMaxChain> messages;
@@ -474,17 +470,17 @@ Status Channel::send_many(const Outgoing* msgs, size_t n, const WaitSpec& wait, 
         length = held.value;
       }
       Result<BlockRef> node;
+      QueueNode* nd = nullptr;
       if (built == 0) {  // waits for arena space as send() does
-        node = take_node(wait);
+        node = take_node(wait, &nd);
         if (!node.ok()) {
           failed = node.status;
           break;
         }
       } else {
-        node = arena_->allocate_node(Arena::kNoCreatorWait);
+        node = arena_->allocate_node(Arena::kNoCreatorWait, &nd);
         if (!node.ok()) break;  // link the chain so far; the next one waits for a node
       }
-      QueueNode* nd = arena_->find_node(node.value);
       const BlockHandle message{m.block.ref, small ? kInlineMark : Arena::sending_generation(m.block)};
       const uint64_t linked_state = name_node(nd, message, m.data, length);
       uint32_t was = 0;
@@ -498,6 +494,7 @@ Status Channel::send_many(const Outgoing* msgs, size_t n, const WaitSpec& wait, 
         MEMCHANNEL_CRASH_POINT(kSendMarkedSending);
       }
       refs[built] = node.value;
+      nodes[built] = nd;
       states[built] = linked_state;
       lengths[built] = length;
       messages[built] = message;
@@ -511,7 +508,8 @@ Status Channel::send_many(const Outgoing* msgs, size_t n, const WaitSpec& wait, 
       size_t linked = 0;
       Status attempt = Status::kFull;
       const Status s = wait_sweeping(*arena_, header_->not_full, wait, [&] {
-        attempt = enqueue_chain(refs.data() + done, states.data() + done, lengths.data() + done, built - done,
+        attempt = enqueue_chain(refs.data() + done, nodes.data() + done, states.data() + done, lengths.data() + done,
+                                built - done,
                                 &linked);
         return attempt != Status::kFull;
       });

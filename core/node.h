@@ -84,20 +84,35 @@ struct SmallMessage {
 };
 // An inline payload copied in and out by 8-byte relaxed atomic words: a receiver may read a node
 // a peer is recycling (its claim CAS then fails and the copy is discarded), which must not be a
-// data race.
+// data race. Whole words straight from the source; the last partial word through a local.
 inline void store_inline(QueueNode* n, const void* data, uint64_t length) {
-  uint64_t words[kInlineBytes / 8] = {};
-  if (length != 0) __builtin_memcpy(words, data, length <= kInlineBytes ? length : kInlineBytes);
+  if (length > kInlineBytes) length = kInlineBytes;
   auto* dst = reinterpret_cast<uint64_t*>(node_payload(n));
-  const size_t count = (length + 7) / 8;
-  for (size_t i = 0; i < count && i < kInlineBytes / 8; ++i) __atomic_store_n(dst + i, words[i], __ATOMIC_RELAXED);
+  const auto* src = static_cast<const uint8_t*>(data);
+  const size_t whole = length / 8;
+  for (size_t i = 0; i < whole; ++i) {
+    uint64_t w;
+    __builtin_memcpy(&w, src + 8 * i, 8);
+    __atomic_store_n(dst + i, w, __ATOMIC_RELAXED);
+  }
+  if (const size_t rest = length % 8; rest != 0) {
+    uint64_t w = 0;
+    __builtin_memcpy(&w, src + 8 * whole, rest);
+    __atomic_store_n(dst + whole, w, __ATOMIC_RELAXED);
+  }
 }
 inline void load_inline(QueueNode* n, uint64_t length, SmallMessage* out) {
-  uint64_t words[kInlineBytes / 8];
+  if (length > kInlineBytes) length = kInlineBytes;
   const auto* src = reinterpret_cast<const uint64_t*>(node_payload(n));
-  const size_t count = (length + 7) / 8;
-  for (size_t i = 0; i < count && i < kInlineBytes / 8; ++i) words[i] = __atomic_load_n(src + i, __ATOMIC_RELAXED);
-  __builtin_memcpy(out->bytes, words, length <= kInlineBytes ? length : kInlineBytes);
+  const size_t whole = length / 8;
+  for (size_t i = 0; i < whole; ++i) {
+    const uint64_t w = __atomic_load_n(src + i, __ATOMIC_RELAXED);
+    __builtin_memcpy(out->bytes + 8 * i, &w, 8);
+  }
+  if (const size_t rest = length % 8; rest != 0) {
+    const uint64_t w = __atomic_load_n(src + whole, __ATOMIC_RELAXED);
+    __builtin_memcpy(out->bytes + 8 * whole, &w, rest);
+  }
   out->length = length;
 }
 static_assert(std::is_standard_layout_v<QueueNode>);
