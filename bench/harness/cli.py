@@ -319,6 +319,9 @@ def main(argv=None):
         print(f"{'memcpy':<28} {'':<16} {MEMCPY['label']} (S1 baseline)")
         for k, s in SCENARIOS.items():
             print(f"{k:<28} {s.title}")
+        from . import fanout, waiting  # run after the main scenarios, by the same CLI
+        for k, s in list(waiting.SCENARIOS.items()) + list(fanout.SCENARIOS.items()):
+            print(f"{k:<28} {s.title}")
         return 0
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     if args.reps is not None and args.reps < 1:
