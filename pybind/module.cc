@@ -17,6 +17,7 @@
 #include "pybind/buffer.h"
 #include "pybind/channel.h"
 #include "pybind/select.h"
+#include "pybind/shares.h"
 #include "pybind/tracker.h"
 #include "pybind/errors.h"
 #include "pybind/fastcall.h"
@@ -143,6 +144,7 @@ PYBIND11_MODULE(_memchannel, m, py::mod_gil_not_used(), py::multiple_interpreter
   add_object_methods(channel_cls);  // send_object, recv_object and the batches: pybind/objects.cc
   add_wait_methods(channel_cls);    // fileno: pybind/select.cc
   register_tracker(m);              // Tracker: pybind/tracker.cc
+  register_shares(m);               // share(), Pool: pybind/shares.cc
   register_select(m);               // _select, _wait, _Listener: pybind/select.cc
   channel_cls
       .def(py::init(&make_channel), py::arg("maxsize") = 0, py::kw_only(), py::arg("maxbytes") = 0,
