@@ -291,7 +291,7 @@ Result<BlockRef> Arena::take_free_block(uint32_t cls, uint32_t* generation, Bloc
 }
 
 Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout& layout,
-                                    int64_t creator_wait_ns) {
+                                    int64_t creator_wait_ns, uint8_t** payload_out) {
   maybe_reap();
   if (truncated()) [[unlikely]] return {Status::kCorruptedLength, {}};
   const bool plain = is_plain_bytes(layout);
@@ -388,6 +388,9 @@ Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout&
       std::memcpy(meta_ptr + sizeof(prefix) + 8ull * layout.ndim, layout.format.data(),
                   layout.format.size());
     }
+    // The cell spans its class (translated with the class's size when carved or popped), and
+    // header + meta + payload fit the requested class: the address needs no shared field.
+    if (payload_out != nullptr) *payload_out = reinterpret_cast<uint8_t*>(hdr) + sizeof(BlockHeader) + meta;
     return {Status::kOk, {ref, generation}};
   }
   return {Status::kCorruptedIndex, {}};

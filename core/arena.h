@@ -172,8 +172,13 @@ class Arena {
   static constexpr int64_t kNoCreatorWait = 0;
   // A writable block able to hold `layout` and `payload_bytes`, state kReserved, refcount 1,
   // held by this process. kTooLarge if it could never fit; kOutOfCapacity if not now.
+  // `payload_out` (optional) receives the payload's address on kOk, computed from this
+  // process's own values (the cell it claimed, checked to span its class, and the meta size
+  // of `layout`), so a caller filling a block it just allocated reads no shared field for it
+  // (payload() re-reads and re-checks the header, as for a block from elsewhere).
   Result<BlockHandle> allocate(uint64_t payload_bytes, const PayloadLayout& layout,
-                               int64_t creator_wait_ns = kDefaultCreatorWaitNs);
+                               int64_t creator_wait_ns = kDefaultCreatorWaitNs,
+                               uint8_t** payload_out = nullptr);
   // Drops one reference of a holder (kReserved or kReceived). At zero the block is free.
   // kNotHolder (nothing changed) when the block is held by another holder: a forked child
   // releasing a block it inherited from its parent. held_length and begin_send refuse such a

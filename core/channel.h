@@ -210,8 +210,9 @@ class Channel {
   // `wait` while full. kFull (non-blocking), kTimedOut, kInterrupted, kClosed.
   Status send(BlockHandle block, const WaitSpec& wait);
   // Allocates room for a message, waiting per `wait` while the arena is out of capacity.
+  // `payload_out`: as Arena::allocate's (the payload's address on kOk).
   Result<BlockHandle> allocate(uint64_t payload_bytes, const PayloadLayout& layout,
-                               const WaitSpec& wait);
+                               const WaitSpec& wait, uint8_t** payload_out = nullptr);
   // Queues a copy of `length` <= kInlineBytes bytes inline in a queue node, with no data block
   // (docs/design.md, "Small messages inline"). Waits and statuses as send(); kInvalidArgument
   // when longer.

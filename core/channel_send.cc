@@ -310,10 +310,10 @@ void Channel::swing_tail_over_chain(uint64_t tail, const BlockRef* refs, const u
   }
 }
 Result<BlockHandle> Channel::allocate(uint64_t payload_bytes, const PayloadLayout& layout,
-                                      const WaitSpec& wait) {
+                                      const WaitSpec& wait, uint8_t** payload_out) {
   Result<BlockHandle> got;
   const Status s = wait_sweeping(*arena_, arena_->space(), wait, [&] {
-    got = arena_->allocate(payload_bytes, layout, Arena::kNoCreatorWait);  // the wait is ours
+    got = arena_->allocate(payload_bytes, layout, Arena::kNoCreatorWait, payload_out);  // the wait is ours
     return got.status != Status::kOutOfCapacity || closed();
   });
   if (s != Status::kOk) return {as_flow(s, Status::kFull), {}};
