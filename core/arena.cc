@@ -319,8 +319,8 @@ Result<BlockHandle> Arena::allocate(uint64_t payload_bytes, const PayloadLayout&
     }
   }
   const uint64_t meta = plain ? 0 : meta_bytes_for(layout.ndim, static_cast<uint32_t>(layout.format.size()));
-  if (payload_bytes > kMaxBlockBytes || payload_bytes > max_payload() ||
-      payload_bytes + meta > max_payload()) {
+  const uint64_t limit = max_payload();  // private values only; once (~64 instructions a call)
+  if (payload_bytes > kMaxBlockBytes || payload_bytes > limit || payload_bytes + meta > limit) {
     return {Status::kTooLarge, {}};
   }
   const uint64_t units = (sizeof(BlockHeader) + meta + payload_bytes + kUnit - 1) >> kUnitShift;
