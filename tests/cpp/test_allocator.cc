@@ -192,6 +192,47 @@ TYPED_TEST(AllocatorTest, MetadataRoundTripsThroughView) {
   EXPECT_EQ(corruption_count(*arena), 0u);
 }
 
+// allocate()'s payload_out (the address a sender fills, computed without reading the header
+// back) is the address view() derives from the header: carved and reused blocks, plain bytes
+// and blocks with metadata.
+TYPED_TEST(AllocatorTest, PayloadOutIsTheViewedPayload) {
+  auto arena = this->make_arena(16 * kMiB);
+  ASSERT_NE(arena, nullptr);
+  std::vector<int64_t> shape = {3, 5};
+  PayloadLayout doubles;
+  doubles.itemsize = 8;
+  doubles.ndim = 2;
+  doubles.shape = shape.data();
+  doubles.format = "<d";
+  const PayloadLayout plain{};
+  for (int round = 0; round < 2; ++round) {  // round 1 reuses the blocks round 0 released
+    for (uint64_t size : {uint64_t{0}, uint64_t{1}, uint64_t{64}, uint64_t{4000}, 3 * 5 * uint64_t{8}}) {
+      const bool meta = size == 3 * 5 * 8;
+      SCOPED_TRACE("round " + std::to_string(round) + ", payload bytes " + std::to_string(size) +
+                   (meta ? " with metadata" : ""));
+      uint8_t* out = nullptr;
+      auto h = arena->allocate(size, meta ? doubles : plain, Arena::kDefaultCreatorWaitNs, &out);
+      ASSERT_EQ(h.status, Status::kOk) << to_string(h.status);
+      uint64_t length = ~0ull;
+      EXPECT_EQ(out, arena->payload(h.value, &length));
+      EXPECT_EQ(length, size);
+      if (size > 0) std::memset(out, 0x5a, size);  // inside the block: the view still checks out
+      auto v = arena->view(h.value);
+      ASSERT_EQ(v.status, Status::kOk) << to_string(v.status);
+      if (meta) {
+        EXPECT_EQ(v.value.format_view(), "<d");
+      }
+      EXPECT_EQ(arena->release(h.value), Status::kOk);
+    }
+  }
+  uint8_t* untouched = nullptr;
+  auto refused = arena->allocate(arena->max_payload() + 1, plain, Arena::kDefaultCreatorWaitNs, &untouched);
+  EXPECT_EQ(refused.status, Status::kTooLarge);
+  EXPECT_EQ(untouched, nullptr);  // written on kOk only
+  EXPECT_EQ(arena->stats().blocks_in_use, 0u);
+  EXPECT_EQ(corruption_count(*arena), 0u);
+}
+
 TYPED_TEST(AllocatorTest, InvalidLayoutsAreRejectedBeforeAnythingChanges) {
   auto arena = this->make_arena(16 * kMiB);
   ASSERT_NE(arena, nullptr);
