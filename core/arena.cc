@@ -792,6 +792,45 @@ bool Arena::free_node_at(QueueNode* n, BlockRef ref, uint64_t expected, bool cou
   return true;
 }
 
+bool Arena::free_node_into(QueueNode* n, BlockRef ref, uint64_t expected, NodeStash* stash) {
+  // Held by this process while stashed: if it dies before push_stash, its reclaimer frees the
+  // node (reclaim_holder frees a dead holder's kNodeHeld nodes).
+  uint64_t word = expected;
+  const uint64_t held = make_node_state(0, node_generation(expected), holder_, kNodeHeld);
+  if (node_kind(expected) == kNodeFree ||
+      !n->state.compare_exchange_strong(word, held, std::memory_order_acq_rel)) {
+    return false;  // freed first by a crash reclaimer (recover_queues): not ours
+  }
+  n->free_next.store(stash->first, std::memory_order_relaxed);
+  if (stash->count++ == 0) stash->last_link = &n->free_next;
+  stash->first = ref;
+  return true;
+}
+
+void Arena::push_stash(NodeStash* stash) {
+  if (stash->count == 0) return;
+  // Free each (kNodeHeld(us) -> kNodeFree), then list them all with one CAS. Between the two, a
+  // crash loses the stash (kNodesStashed): the window free_node has for one node.
+  uint32_t freed = 0;
+  for (BlockRef ref = stash->first; freed < stash->count && ref != 0; ++freed) {
+    QueueNode* n = find_node(ref);
+    if (n == nullptr) break;  // our own links: not reached
+    const uint64_t s = n->state.load(std::memory_order_relaxed);
+    n->state.store(make_node_state(0, node_generation(s), 0, kNodeFree), std::memory_order_relaxed);
+    ref = n->free_next.load(std::memory_order_relaxed);
+  }
+  stripe_sub(stripe().nodes_in_use, freed);
+  MEMCHANNEL_CRASH_POINT(kNodesStashed);
+  std::atomic<uint64_t>& head = header_->node_free;
+  uint64_t h = head.load(std::memory_order_relaxed);
+  do {
+    stash->last_link->store(tagged_ref(h), std::memory_order_relaxed);
+    // release: the links and the nodes' last contents happen-before the next pop (acquire).
+  } while (!head.compare_exchange_weak(h, make_tagged(tagged_tag(h) + 1, stash->first), std::memory_order_release,
+                                       std::memory_order_relaxed));
+  *stash = NodeStash{};
+}
+
 void Arena::free_node(BlockRef ref) {
   QueueNode* n = node(ref);
   if (n == nullptr) return;

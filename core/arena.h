@@ -220,6 +220,17 @@ class Arena {
   // Frees a node only if its state word is still `expected`; false otherwise (counted as
   // corruption unless `count_refusal` is false: a caller that may lose an honest race).
   bool free_node_from(BlockRef ref, uint64_t expected, bool count_refusal = true);
+  // Nodes a caller frees one by one and gives to the node free list together: one CAS on the
+  // list's head for all of them (a receive batch frees an old dummy per message). Each node is
+  // marked free as it is stashed; a crash before push_stash loses the stashed nodes (census:
+  // lost_nodes), as free_node's window loses one.
+  struct NodeStash {
+    BlockRef first = 0;
+    std::atomic<uint32_t>* last_link = nullptr;
+    uint32_t count = 0;
+  };
+  bool free_node_into(QueueNode* n, BlockRef ref, uint64_t expected, NodeStash* stash);
+  void push_stash(NodeStash* stash);
   // The same for a node the caller has found already (n == find_node(ref)).
   bool free_node_at(QueueNode* n, BlockRef ref, uint64_t expected, bool count_refusal = true);
   QueueNode* node(BlockRef ref);               // nullptr (and a corruption count) if invalid

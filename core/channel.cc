@@ -245,7 +245,7 @@ void Channel::seal() {
   arena_->note_corruption();
 }
 
-void Channel::advance(uint64_t head, QueueNode* first, uint64_t head_state, BlockRef next) {
+void Channel::advance(uint64_t head, QueueNode* first, uint64_t head_state, BlockRef next, Arena::NodeStash* stash) {
   uint64_t expected = head;
   if (header_->head.compare_exchange_strong(expected, make_tagged(tagged_tag(head) + 1, next),
                                             std::memory_order_acq_rel, std::memory_order_relaxed)) {
@@ -272,7 +272,11 @@ void Channel::advance(uint64_t head, QueueNode* first, uint64_t head_state, Bloc
       }
     }
     // Refused only if a crash reclaimer freed this old dummy first (recover_queues).
-    arena_->free_node_at(first, first_ref, head_state, /*count_refusal=*/false);
+    if (stash != nullptr) {
+      arena_->free_node_into(first, first_ref, head_state, stash);
+    } else {
+      arena_->free_node_at(first, first_ref, head_state, /*count_refusal=*/false);
+    }
     MEMCHANNEL_CRASH_POINT(kRecvOldHeadFreed);
     if (maxsize_ != 0 || maxbytes_ != 0) {  // one message fewer counted
       notify_all(header_->not_full);
@@ -281,7 +285,7 @@ void Channel::advance(uint64_t head, QueueNode* first, uint64_t head_state, Bloc
   }
 }
 
-Result<BlockHandle> Channel::try_dequeue(bool* empty, bool* drained, SmallMessage* small) {
+Result<BlockHandle> Channel::try_dequeue(bool* empty, bool* drained, SmallMessage* small, Arena::NodeStash* stash) {
   *empty = false;
   if (drained != nullptr) *drained = false;
   for (uint64_t step = 0; step < kMaxQueueSteps; ++step) {
@@ -341,7 +345,7 @@ Result<BlockHandle> Channel::try_dequeue(bool* empty, bool* drained, SmallMessag
       continue;
     }
     if (node_kind(second_state) == kNodeClaimed) {
-      advance(head, first, head_state, next_ref);  // another receiver owns it: move the head for it
+      advance(head, first, head_state, next_ref, stash);  // another receiver owns it: move the head for it
       continue;
     }
     // Read the message before claiming it: once claimed, others may move the head onto the
@@ -363,7 +367,7 @@ Result<BlockHandle> Channel::try_dequeue(bool* empty, bool* drained, SmallMessag
     if (block.ref == 0) {
       // Nothing to take: the payload is the caller's copy, the node the queue's next dummy.
       small->node = next_ref;  // for the caller's truncation check
-      advance(head, first, head_state, next_ref);
+      advance(head, first, head_state, next_ref, stash);
       if (!inline_ok) [[unlikely]] {
         arena_->note_corruption();
         note_message_lost(true);  // a forged descriptor: the message is gone; serve the next
@@ -373,7 +377,7 @@ Result<BlockHandle> Channel::try_dequeue(bool* empty, bool* drained, SmallMessag
     }
     const Status taken = arena_->mark_received(block);
     MEMCHANNEL_CRASH_POINT(kRecvTaken);
-    advance(head, first, head_state, next_ref);  // frees `first`, most often the node taken last
+    advance(head, first, head_state, next_ref, stash);  // frees `first`, most often the node taken last
     if (taken == Status::kOk && node_holder(claimed) != 0) t_last_taken = {header_, next_ref, claimed};
     if (taken != Status::kOk) [[unlikely]] {
       note_message_lost(true);  // a forged descriptor: the message is gone; serve the next
@@ -459,13 +463,19 @@ Result<size_t> Channel::recv_many(BlockHandle* out, size_t max, const WaitSpec& 
   bool drained = false;
   Status first = Status::kOk;
   SmallMessage local;
+  // The old dummies this batch frees go back to the node free list together, on every return.
+  struct StashGuard {
+    Arena& arena;
+    Arena::NodeStash stash;
+    ~StashGuard() { arena.push_stash(&stash); }
+  } freed{*arena_, {}};
   const Status s = wait_sweeping(
       *arena_, header_->not_empty, header_->receivers_spin_until, wait,
       [&] {
         while (got < max) {
           bool empty = false;
           // drained: the dummy's link is sealed
-          auto taken = try_dequeue(&empty, &drained, smalls != nullptr ? &smalls[got] : &local);
+          auto taken = try_dequeue(&empty, &drained, smalls != nullptr ? &smalls[got] : &local, &freed.stash);
           if (taken.ok()) {
             if (taken.value.ref == 0 && smalls == nullptr) {
               auto block = materialize(local);

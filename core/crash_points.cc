@@ -56,6 +56,7 @@ const char* to_string(CrashPoint p) {
     case CrashPoint::kSyncBarrierArrived: return "sync_barrier_arrived";
     case CrashPoint::kSyncEventSet: return "sync_event_set";
     case CrashPoint::kSyncSemReclaimed: return "sync_sem_reclaimed";
+    case CrashPoint::kNodesStashed: return "nodes_stashed";
     case CrashPoint::kCount: break;
   }
   return "unknown crash point";

@@ -69,6 +69,8 @@ enum class CrashPoint : uint32_t {
   kSyncEventSet,        // the event flag is set; waiters not yet woken
   kSyncSemReclaimed,    // recover(): a dead holder's permits are back in the count, the word names its
                         // entry's decrement; the entry not yet decremented
+  kNodesStashed,        // a receive batch's old dummies are kNodeFree, linked to one another, not yet on
+                        // the node free list (Arena::push_stash)
   kCount
 };
 inline constexpr uint32_t kCrashPointCount = static_cast<uint32_t>(CrashPoint::kCount);

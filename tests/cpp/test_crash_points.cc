@@ -355,9 +355,10 @@ TEST(CrashPoints, EveryPointLeavesAConsistentArena) {
   // Segment creation (kGrowSegment*) has its own crash tests: tests/cpp/test_shm_growth.cc.
   // The sync primitives' points (kSync*) have theirs in test_sync_crash.cc (SyncCrashPoints);
   // release tracking's (kReleaseTrackingEnded), shares' (kShare*) and pools' (kPool*) in
-  // test_tracking.cc.
+  // test_tracking.cc; a receive batch's stashed nodes (kNodesStashed) in test_inline.cc.
   const auto covered_elsewhere = [](uint32_t p) {
     return p == static_cast<uint32_t>(CrashPoint::kReleaseTrackingEnded) ||
+           p == static_cast<uint32_t>(CrashPoint::kNodesStashed) ||
            p == static_cast<uint32_t>(CrashPoint::kShareTokensReady) ||
            p == static_cast<uint32_t>(CrashPoint::kShareIndicesClaimed) ||
            p == static_cast<uint32_t>(CrashPoint::kShareBitDropped) ||
