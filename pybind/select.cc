@@ -53,11 +53,40 @@ WaitSocket* thread_socket() {
   return t_socket.sock.get();
 }
 
+// A per-call array of n entries: in place for the usual few channels (select() runs once per
+// message; three heap allocations per call were a tenth of its cost), on the heap beyond.
+template <typename T, size_t N = 16>
+class CallArray {
+ public:
+  CallArray(size_t n, T value) : n_(n) {
+    if (n > N) {
+      heap_.assign(n, value);
+      p_ = heap_.data();
+    } else {
+      std::fill_n(local_, n, value);
+      p_ = local_;
+    }
+  }
+  CallArray(const CallArray&) = delete;
+  CallArray& operator=(const CallArray&) = delete;
+  T& operator[](size_t i) { return p_[i]; }
+  const T& operator[](size_t i) const { return p_[i]; }
+  size_t size() const { return n_; }
+  T* begin() { return p_; }
+  T* end() { return p_ + n_; }
+
+ private:
+  size_t n_;
+  T local_[N];
+  std::vector<T> heap_;
+  T* p_;
+};
+
 // One sleep of select()/wait() without the GIL: spin on the channels' readiness, then register
 // and arm this thread's socket in every channel's wait-list and poll it until a sender fires it,
 // the deadline, or the slice. kOk: something may be ready (look again); kTimedOut: deadline;
 // kInterrupted: slice over or a signal. `active[i]` false: skip channel i (closed and drained).
-Status sleep_on(const std::vector<Channel*>& chans, const std::vector<char>& active, const WaitSpec& spec) {
+Status sleep_on(const CallArray<Channel*>& chans, const CallArray<char>& active, const WaitSpec& spec) {
   const int64_t start = monotonic_ns();
   if (spec.deadline_ns <= start) return Status::kTimedOut;
   auto any_ready = [&] {
@@ -127,8 +156,8 @@ py::object select_impl(const py::handle& items, const py::object& timeout, bool 
   const size_t n = static_cast<size_t>(PySequence_Fast_GET_SIZE(seq.ptr()));
   if (n == 0) throw py::value_error(std::string(claim ? "select" : "wait") + "() needs at least one channel");
   PyObject** objs = PySequence_Fast_ITEMS(seq.ptr());  // kept alive by `seq` (a list copy or the caller's tuple/list ref)
-  std::vector<PyChannel*> pys(n);
-  std::vector<Channel*> chans(n);
+  CallArray<PyChannel*> pys(n, nullptr);
+  CallArray<Channel*> chans(n, nullptr);
   PyTypeObject* checked = nullptr;  // a type channel_self() accepted: its instances need no lookup
   for (size_t i = 0; i < n; ++i) {
     PyChannel* c = Py_TYPE(objs[i]) == checked ? held_object_of_checked_type<PyChannel>(objs[i]) : nullptr;
@@ -140,8 +169,8 @@ py::object select_impl(const py::handle& items, const py::object& timeout, bool 
     chans[i] = &c->ch();
   }
   (void)timeout_seconds(timeout.ptr());  // the timeout rule holds even when a message is there at once
-  std::vector<char> active(n, 1);
-  std::vector<char> ready_flags(claim ? 0 : n, 0);
+  CallArray<char> active(n, 1);
+  CallArray<char> ready_flags(claim ? 0 : n, 0);
   WaitSpec w;
   bool have_spec = false;
   int64_t interp_id = 0;
