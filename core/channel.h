@@ -310,6 +310,10 @@ class Channel {
   // After a chain's link: the tail from `tail` (the node linked after) to the chain's last node.
   void swing_tail_over_chain(uint64_t tail, const BlockRef* refs, const uint64_t* states, QueueNode* const* nodes,
                              size_t k);
+  // The messages and bytes queued after a last node at (seq, position), as room_after and
+  // room_count need them (see channel_send.cc).
+  Status queued_after(uint64_t tail, const QueueNode* last, uint64_t next, uint64_t seq, uint64_t position,
+                      uint64_t* queued, uint64_t* bytes) const;
   // How many of the messages lengths[0..n) fit, in order, after a last node at (seq,
   // position); kInterrupted when the queue moved while it looked (room_after's rules).
   Status room_count(uint64_t tail, const QueueNode* last, uint64_t next, uint64_t seq, uint64_t position,

@@ -42,6 +42,43 @@ struct TailSnapshot {
 }  // namespace
 
 
+// What is queued after the last node at (seq, position), from the dummy's numbers read while
+// the head names it (a dummy's seq never changes while it is one, and the head moves on before
+// the node is freed). kOk with *queued and *bytes; kInterrupted when the queue moved meanwhile;
+// kEmpty for a bad head (the receivers' side repairs it: the caller admits). Numbers no honest
+// queue holds (the last node below the dummy, more than maxsize queued, more bytes than
+// maxbytes or one message allow) are a forgery: counted, and the messages walked instead.
+Status Channel::queued_after(uint64_t tail, const QueueNode* last, uint64_t next, uint64_t seq, uint64_t position,
+                             uint64_t* queued, uint64_t* bytes) const {
+  const uint64_t head = header_->head.load(std::memory_order_acquire);
+  QueueNode* first = arena_->find_node(tagged_ref(head));
+  if (first == nullptr) return Status::kEmpty;
+  const uint64_t head_seq = first->seq.load(std::memory_order_relaxed);
+  const uint64_t head_position = first->position_bytes.load(std::memory_order_relaxed);
+  if (header_->head.load(std::memory_order_acquire) != head) return Status::kInterrupted;
+  *queued = seq - head_seq;
+  *bytes = position - head_position;
+  const bool impossible = seq < head_seq || position < head_position || (maxsize_ != 0 && *queued > maxsize_) ||
+                          (*queued == 0 && *bytes != 0) ||
+                          (maxbytes_ != 0 && *bytes > maxbytes_ && *bytes > arena_->max_payload());
+  if (impossible) {
+    // Unless the queue moved meanwhile (the head passed the node read as last, which then had a
+    // successor), a forged number: count the messages by walking instead.
+    if (header_->tail.load(std::memory_order_acquire) != tail ||
+        last->next.load(std::memory_order_acquire) != next) {
+      return Status::kInterrupted;
+    }
+    arena_->note_corruption();
+    const Counts walked = walk_counts(head, maxsize_ != 0 ? maxsize_ : kMaxQueueSteps);
+    *queued = walked.queued;
+    *bytes = walked.bytes;
+  } else {
+    seen_head_seq_.store(head_seq, std::memory_order_relaxed);
+    seen_head_position_.store(head_position, std::memory_order_relaxed);
+  }
+  return Status::kOk;
+}
+
 Status Channel::room_after(uint64_t tail, const QueueNode* last, uint64_t next, uint64_t seq, uint64_t position,
                            uint64_t length) const {
   const auto fits = [&](uint64_t queued, uint64_t bytes) {
@@ -56,37 +93,10 @@ Status Channel::room_after(uint64_t tail, const QueueNode* last, uint64_t next, 
       return Status::kOk;  // room even by an old copy of the dummy's numbers (see channel.h)
     }
   }
-  // The dummy's numbers, read while the head names it (a dummy's seq never changes while it
-  // is one, and the head moves on before the node is freed).
-  const uint64_t head = header_->head.load(std::memory_order_acquire);
-  QueueNode* first = arena_->find_node(tagged_ref(head));
-  if (first == nullptr) return Status::kOk;  // a bad head: the receivers' side repairs it
-  const uint64_t head_seq = first->seq.load(std::memory_order_relaxed);
-  const uint64_t head_position = first->position_bytes.load(std::memory_order_relaxed);
-  if (header_->head.load(std::memory_order_acquire) != head) return Status::kInterrupted;
-  uint64_t queued = seq - head_seq;
-  uint64_t bytes = position - head_position;
-  // What no honest queue holds: the last node numbered below the dummy, more than maxsize
-  // queued (the link admits at most maxsize), more bytes than maxbytes or one message allow.
-  const bool impossible = seq < head_seq || position < head_position || (maxsize_ != 0 && queued > maxsize_) ||
-                          (queued == 0 && bytes != 0) ||
-                          (maxbytes_ != 0 && bytes > maxbytes_ && bytes > arena_->max_payload());
-  if (impossible) {
-    // Unless the queue moved meanwhile (the head passed the node read as last, which then had a
-    // successor), a forged number: count the messages by walking instead.
-    if (header_->tail.load(std::memory_order_acquire) != tail ||
-        last->next.load(std::memory_order_acquire) != next) {
-      return Status::kInterrupted;
-    }
-    arena_->note_corruption();
-    const Counts walked = walk_counts(head, maxsize_ != 0 ? maxsize_ : kMaxQueueSteps);
-    queued = walked.queued;
-    bytes = walked.bytes;
-  }
-  if (!impossible) {
-    seen_head_seq_.store(head_seq, std::memory_order_relaxed);
-    seen_head_position_.store(head_position, std::memory_order_relaxed);
-  }
+  uint64_t queued = 0, bytes = 0;
+  const Status s = queued_after(tail, last, next, seq, position, &queued, &bytes);
+  if (s == Status::kEmpty) return Status::kOk;  // a bad head: the receivers' side repairs it
+  if (s != Status::kOk) return s;
   return fits(queued, bytes) ? Status::kOk : Status::kFull;
 }
 
@@ -112,33 +122,13 @@ Status Channel::room_count(uint64_t tail, const QueueNode* last, uint64_t next, 
       return Status::kOk;
     }
   }
-  const uint64_t head = header_->head.load(std::memory_order_acquire);
-  QueueNode* first = arena_->find_node(tagged_ref(head));
-  if (first == nullptr) {  // a bad head: the receivers' side repairs it
+  uint64_t queued = 0, bytes = 0;
+  const Status s = queued_after(tail, last, next, seq, position, &queued, &bytes);
+  if (s == Status::kEmpty) {  // a bad head: the receivers' side repairs it
     *fit = n;
     return Status::kOk;
   }
-  const uint64_t head_seq = first->seq.load(std::memory_order_relaxed);
-  const uint64_t head_position = first->position_bytes.load(std::memory_order_relaxed);
-  if (header_->head.load(std::memory_order_acquire) != head) return Status::kInterrupted;
-  uint64_t queued = seq - head_seq;
-  uint64_t bytes = position - head_position;
-  const bool impossible = seq < head_seq || position < head_position || (maxsize_ != 0 && queued > maxsize_) ||
-                          (queued == 0 && bytes != 0) ||
-                          (maxbytes_ != 0 && bytes > maxbytes_ && bytes > arena_->max_payload());
-  if (impossible) {
-    if (header_->tail.load(std::memory_order_acquire) != tail ||
-        last->next.load(std::memory_order_acquire) != next) {
-      return Status::kInterrupted;
-    }
-    arena_->note_corruption();
-    const Counts walked = walk_counts(head, maxsize_ != 0 ? maxsize_ : kMaxQueueSteps);
-    queued = walked.queued;
-    bytes = walked.bytes;
-  } else {
-    seen_head_seq_.store(head_seq, std::memory_order_relaxed);
-    seen_head_position_.store(head_position, std::memory_order_relaxed);
-  }
+  if (s != Status::kOk) return s;
   *fit = count(queued, bytes);
   return Status::kOk;
 }

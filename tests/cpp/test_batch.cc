@@ -27,6 +27,7 @@
 #include "core/invariants.h"
 #include "core/status.h"
 #include "tests/cpp/backends.h"
+#include "tests/cpp/crash_hook.h"
 
 namespace memchannel::testing {
 namespace {
@@ -363,15 +364,7 @@ TYPED_TEST(BatchTest, ReceiveBatchesRaceForTheSameQueue) {
 
 // ---- A sender killed in the middle of a batch (shm, forked children) ---------------------------
 
-std::atomic<uint32_t> g_target{0};
-std::atomic<uint32_t> g_hits_left{0};
-
-void kill_at_target(CrashPoint p) {
-  if (static_cast<uint32_t>(p) != g_target.load(std::memory_order_relaxed)) return;
-  if (g_hits_left.fetch_sub(1, std::memory_order_relaxed) != 1) return;
-  ::kill(::getpid(), SIGKILL);
-  ::_exit(99);  // not reached
-}
+// The hook: tests/cpp/crash_hook.h.
 
 constexpr int kNotReached = 3;
 constexpr uint64_t kChildSender = 2;

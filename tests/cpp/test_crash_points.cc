@@ -38,6 +38,7 @@
 #include "core/invariants.h"
 #include "core/status.h"
 #include "tests/cpp/backends.h"
+#include "tests/cpp/crash_hook.h"
 
 namespace memchannel::testing {
 namespace {
@@ -51,15 +52,7 @@ uint64_t seq(uint64_t sender, uint64_t i) { return (sender << 32) | i; }
 
 // ---- The crash hook (in the child only) ------------------------------------------------------
 
-std::atomic<uint32_t> g_target{0};
-std::atomic<uint32_t> g_hits_left{0};
-
-void kill_at_target(CrashPoint p) {
-  if (static_cast<uint32_t>(p) != g_target.load(std::memory_order_relaxed)) return;
-  if (g_hits_left.fetch_sub(1, std::memory_order_relaxed) != 1) return;
-  ::kill(::getpid(), SIGKILL);
-  ::_exit(99);  // not reached
-}
+// The hook: tests/cpp/crash_hook.h.
 
 // ---- Workloads ------------------------------------------------------------------------------
 

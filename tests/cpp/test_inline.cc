@@ -25,6 +25,7 @@
 #include "core/invariants.h"
 #include "core/status.h"
 #include "tests/cpp/backends.h"
+#include "tests/cpp/crash_hook.h"
 
 namespace memchannel::testing {
 namespace {
@@ -226,15 +227,7 @@ TYPED_TEST(InlineTest, AQueuedInlineMessageCostsOneNodeCell) {
 
 // ---- Killed in the middle of an inline send or receive (fork + SIGKILL at a crash point). ----
 
-std::atomic<uint32_t> g_target{0};
-std::atomic<uint32_t> g_hits_left{0};
-
-void kill_at_target(CrashPoint p) {
-  if (static_cast<uint32_t>(p) != g_target.load(std::memory_order_relaxed)) return;
-  if (g_hits_left.fetch_sub(1, std::memory_order_relaxed) != 1) return;
-  ::kill(::getpid(), SIGKILL);
-  ::_exit(99);  // not reached
-}
+// The hook: tests/cpp/crash_hook.h.
 
 constexpr int kNotReached = 3;
 

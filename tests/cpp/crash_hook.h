@@ -1,0 +1,26 @@
+// The crash-point hook the fork + SIGKILL tests install in their children (core/crash_points.h):
+// the child kills itself the `hit`th time it passes `target`. Set g_target and g_hits_left, then
+// set_crash_hook(&kill_at_target).
+#pragma once
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "core/crash_points.h"
+
+namespace memchannel::testing {
+
+inline std::atomic<uint32_t> g_target{0};
+inline std::atomic<uint32_t> g_hits_left{0};
+
+inline void kill_at_target(CrashPoint p) {
+  if (static_cast<uint32_t>(p) != g_target.load(std::memory_order_relaxed)) return;
+  if (g_hits_left.fetch_sub(1, std::memory_order_relaxed) != 1) return;
+  ::kill(::getpid(), SIGKILL);
+  ::_exit(99);  // not reached
+}
+
+}  // namespace memchannel::testing
