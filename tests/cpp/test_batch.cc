@@ -407,13 +407,7 @@ bool run_batch_crash(CrashPoint target, uint32_t hit, uint64_t maxsize) {
     if (s != Status::kOk && s != Status::kFull) ::_exit(6);
     ::_exit(kNotReached);
   }
-  int wstatus = 0;
-  EXPECT_EQ(::waitpid(pid, &wstatus, 0), pid);
-  const bool reached = WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL;
-  if (!reached) {
-    EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == kNotReached) << "status " << wstatus;
-    return false;
-  }
+  if (!child_killed_at_point(pid, kNotReached)) return false;
   arena->reap_dead_holders();
   const InvariantReport r = check_invariants(*arena);
   // The documented windows of the node free list (docs/design.md, Known weak points).

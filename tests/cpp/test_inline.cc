@@ -281,13 +281,7 @@ bool run_inline_crash(CrashPoint target, uint32_t hit, bool receiving) {
     if (ch->send_many(batch.data(), batch.size(), no_wait(), &queued) != Status::kOk) ::_exit(7);
     ::_exit(kNotReached);
   }
-  int wstatus = 0;
-  EXPECT_EQ(::waitpid(pid, &wstatus, 0), pid);
-  const bool reached = WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL;
-  if (!reached) {
-    EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == kNotReached) << "status " << wstatus;
-    return false;
-  }
+  if (!child_killed_at_point(pid, kNotReached)) return false;
   arena->reap_dead_holders();
   // The documented windows of the node free list (docs/design.md, Known weak points): a node
   // popped and not yet claimed; a receive batch's old dummies freed and not yet listed (the
