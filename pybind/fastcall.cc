@@ -21,6 +21,14 @@ namespace py = pybind11;
 // ---------------------------------------------------------------------------------------------
 // PyChannel's per-message operations, beside the methods that call them.
 
+namespace {
+// Releases a Py_buffer the send holds across its copy (and its wait: the view pins the exporter).
+struct ViewGuard {
+  Py_buffer* v;
+  ~ViewGuard() { PyBuffer_Release(v); }
+};
+}  // namespace
+
 BlockHandle PyChannel::copy_in(const py::handle& data, const WaitSpec& spec) {
   Py_buffer view;
   if (PyObject_GetBuffer(data.ptr(), &view, PyBUF_FULL_RO) != 0) {
@@ -30,10 +38,7 @@ BlockHandle PyChannel::copy_in(const py::handle& data, const WaitSpec& spec) {
                     "array.array, numpy array, memchannel.Buffer); got ") +
         Py_TYPE(data.ptr())->tp_name + ". Use send_object() for arbitrary Python objects.");
   }
-  struct ViewGuard {
-    Py_buffer* v;
-    ~ViewGuard() { PyBuffer_Release(v); }
-  } guard{&view};
+  const ViewGuard guard{&view};
   if (view.suboffsets != nullptr) {
     throw py::type_error("send() cannot take buffers with suboffsets (PIL-style arrays)");
   }
@@ -99,10 +104,7 @@ bool PyChannel::send_small(const py::handle& data, const WaitSpec& spec) {
     PyErr_Clear();
     return false;  // copy_in raises the specific error
   }
-  struct ViewGuard {
-    Py_buffer* v;
-    ~ViewGuard() { PyBuffer_Release(v); }
-  } guard{&view};
+  const ViewGuard guard{&view};
   const bool plain = view.itemsize == 1 && view.ndim == 1 && view.suboffsets == nullptr &&
                      (view.format == nullptr || std::strcmp(view.format, "B") == 0) &&
                      PyBuffer_IsContiguous(&view, 'C') != 0;

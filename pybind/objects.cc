@@ -178,14 +178,12 @@ void send_object(PyObject* self, PyChannel& c, PyObject* obj, bool block, PyObje
   raise_error(ErrorClass::kCorruptionError, "recv_object(): " + message);
 }
 
-// The object in a received block. Takes over the block: it is freed here, or (out-of-band
+// The object in a received frame of `nbytes` at `p`: a block's payload (small == nullptr),
+// or an inline message's copy. Takes over the block: it is freed here, or (out-of-band
 // buffers, large pickles) by the Buffer that _objects.decode keeps while arrays view it.
-py::object decode_block(PyChannel& c, BlockHandle block, const SmallMessage* small) {
-  // An inline message (ref 0) is read from its copy, a block through its checked view.
-  const bool in_node = block.ref == 0 && small != nullptr;
-  const Result<BlockView> v = in_node ? Result<BlockView>{Status::kOk, {}} : c.checked_view(block);
-  const uint8_t* p = in_node ? small->bytes : v.value.data;
-  const uint64_t nbytes = in_node ? small->length : v.value.length;
+py::object decode_frame(PyChannel& c, BlockHandle block, const SmallMessage* small, const uint8_t* p,
+                        uint64_t nbytes) {
+  const bool in_node = small != nullptr;
   if (nbytes < kHeaderBytes) {
     frame_error(c, block, "a " + std::to_string(nbytes) +
                               "-byte message is not an object message (was it sent with send() rather "
@@ -215,6 +213,14 @@ py::object decode_block(PyChannel& c, BlockHandle block, const SmallMessage* sma
   }
   py::object buf = c.wrap(block, small);  // the Buffer owns the block (or the copy) from here
   return import_objects_attr(st.objects_decode, "decode")(buf);
+}
+
+// The object in a received message: an inline one from its copy, a block through its checked
+// view (see decode_frame).
+py::object decode_block(PyChannel& c, BlockHandle block, const SmallMessage* small) {
+  if (block.ref == 0 && small != nullptr) return decode_frame(c, block, small, small->bytes, small->length);
+  const Result<BlockView> v = c.checked_view(block);
+  return decode_frame(c, block, nullptr, v.value.data, v.value.length);
 }
 
 py::object recv_object(PyChannel& c, bool block, PyObject* timeout) {
