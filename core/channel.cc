@@ -443,12 +443,13 @@ Result<BlockHandle> Channel::recv(const WaitSpec& wait, SmallMessage* small) {
 }
 
 Result<BlockHandle> Channel::materialize(const SmallMessage& small) {
-  auto block = arena_->allocate(small.length, PayloadLayout{}, Arena::kNoCreatorWait);
+  uint8_t* dst = nullptr;  // from allocate's own values: the block is ours and fresh
+  auto block = arena_->allocate(small.length, PayloadLayout{}, Arena::kNoCreatorWait, &dst);
   if (!block.ok()) {
     note_message_lost(false);
     return {Status::kOutOfCapacity, {}};
   }
-  if (small.length != 0) std::memcpy(arena_->payload(block.value), small.bytes, small.length);
+  if (small.length != 0) std::memcpy(dst, small.bytes, small.length);
   return block;
 }
 
@@ -480,8 +481,7 @@ Result<size_t> Channel::recv_many(BlockHandle* out, size_t max, const WaitSpec& 
             if (taken.value.ref == 0 && smalls == nullptr) {
               auto block = materialize(local);
               if (!block.ok()) {
-                if (got != 0) return true;
-                first = block.status;
+                if (got == 0) first = block.status;  // else returned with what was taken
                 return true;
               }
               taken.value = block.value;
