@@ -821,13 +821,8 @@ void Arena::push_stash(NodeStash* stash) {
   }
   stripe_sub(stripe().nodes_in_use, freed);
   MEMCHANNEL_CRASH_POINT(kNodesStashed);
-  std::atomic<uint64_t>& head = header_->node_free;
-  uint64_t h = head.load(std::memory_order_relaxed);
-  do {
-    stash->last_link->store(tagged_ref(h), std::memory_order_relaxed);
-    // release: the links and the nodes' last contents happen-before the next pop (acquire).
-  } while (!head.compare_exchange_weak(h, make_tagged(tagged_tag(h) + 1, stash->first), std::memory_order_release,
-                                       std::memory_order_relaxed));
+  // A chain pushes as one entry does: its last link takes the old head, the head its first.
+  push_free(header_->node_free, stash->first, stash->last_link);
   *stash = NodeStash{};
 }
 
