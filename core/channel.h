@@ -289,8 +289,9 @@ class Channel {
   Counts walk_counts(uint64_t head, uint64_t limit) const;
   // Whether a message of `length` bytes may be linked after a last node at (seq, position):
   // kOk, kFull, or kRetry when the queue moved while it looked.
+  // at_mark: only at the low water (at_low_water: a blocked sender's wait, see notify_room).
   Status room_after(uint64_t tail, const QueueNode* last, uint64_t next, uint64_t seq, uint64_t position,
-                    uint64_t length) const;
+                    uint64_t length, bool at_mark) const;
   // The send steps shared by send(), send_inline() and send_many(): a node (waiting for arena
   // space per `wait`), the descriptor written into it and the node named kNodeLinked for this
   // channel and sender (its state returned), and the single send itself.
@@ -301,15 +302,24 @@ class Channel {
   Result<BlockHandle> materialize(const SmallMessage& small);
   // One attempt at each step; the waits loop around them. enqueue links `node_ref` if the
   // channel has room: kOk, kFull, kClosed (sealed), or a corruption status.
-  Status enqueue(BlockRef node_ref, uint64_t length);
+  Status enqueue(BlockRef node_ref, uint64_t length, bool at_mark = false);
   // The same for a chain: links the longest prefix of nodes[0..n) (their states as named for
   // the send, lengths[]) that has room, with one link CAS and one tail swing, and says how many
   // in *linked (0 with kFull).
   Status enqueue_chain(const BlockRef* refs, QueueNode* const* nodes, const uint64_t* states,
-                       const uint64_t* lengths, size_t n, size_t* linked);
+                       const uint64_t* lengths, size_t n, size_t* linked, bool at_mark = false);
   // After a chain's link: the tail from `tail` (the node linked after) to the chain's last node.
   void swing_tail_over_chain(uint64_t tail, const BlockRef* refs, const uint64_t* states, QueueNode* const* nodes,
                              size_t k);
+  // After a claim made `dummy_ref` the dummy: wakes senders asleep on a full channel once it is
+  // down to its low water (channel_send.cc).
+  void notify_room(BlockRef dummy_ref);
+  // The low water of a bounded channel: at most maxsize - max(1, maxsize / 4) messages and
+  // maxbytes - maxbytes / 4 bytes queued (room for a quarter of the limit).
+  bool at_low_water(uint64_t queued, uint64_t bytes) const {
+    return (maxsize_ == 0 || queued + (maxsize_ / 4 > 1 ? maxsize_ / 4 : 1) <= maxsize_) &&
+           (maxbytes_ == 0 || bytes <= maxbytes_ - maxbytes_ / 4);
+  }
   // The messages and bytes queued after a last node at (seq, position), as room_after and
   // room_count need them (see channel_send.cc).
   Status queued_after(uint64_t tail, const QueueNode* last, uint64_t next, uint64_t seq, uint64_t position,
@@ -317,7 +327,7 @@ class Channel {
   // How many of the messages lengths[0..n) fit, in order, after a last node at (seq,
   // position); kInterrupted when the queue moved while it looked (room_after's rules).
   Status room_count(uint64_t tail, const QueueNode* last, uint64_t next, uint64_t seq, uint64_t position,
-                    const uint64_t* lengths, size_t n, size_t* fit) const;
+                    const uint64_t* lengths, size_t n, size_t* fit, bool at_mark) const;
   // Truncation (docs/shm.md, "Truncated segments"). A send that linked its message and then
   // found the arena truncated: kCorruptedLength unless a receiver has taken the message already
   // (then kOk: the receiver accounts for it); adjusts the count of messages lost.

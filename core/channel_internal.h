@@ -11,6 +11,11 @@
 
 namespace memchannel::channel_internal {
 
+// A sender asleep on a full channel looks at its room again after this long at first (ns),
+// then ever less often (wait_until's recheck_ns): the bound on how late it can be for room
+// that receivers made without reaching the low water (Channel::notify_room).
+inline constexpr int64_t kRoomRecheckNs = 1'000'000;
+
 // wait(spec), which waits as wait_until does, and on a backend with holders a wake-up at least
 // every sweep interval to reclaim dead peers (a wait in progress counts as a call:
 // Arena::maybe_reap). The caller's own slice, or a signal, still ends the wait with
@@ -42,6 +47,16 @@ template <typename Ready>
 inline Status wait_sweeping(Arena& arena, EventCount& ec, const WaitSpec& spec, Ready&& ready) {
   if (ready()) return Status::kOk;
   auto wait = [&](const WaitSpec& w) { return wait_until(ec, w, ready); };
+  return wait_sweeping_slow(arena, spec, wait);
+}
+
+// The same with a low water (wait_until_low_water: a full channel's senders, see
+// Channel::notify_room): spins and sleeps for `at_mark`, takes `any` when it looks again.
+template <typename AtMark, typename Any>
+inline Status wait_sweeping_low_water(Arena& arena, EventCount& ec, const WaitSpec& spec, AtMark&& at_mark,
+                                      Any&& any) {
+  if (any()) return Status::kOk;
+  auto wait = [&](const WaitSpec& w) { return wait_until_low_water(ec, w, at_mark, any, kRoomRecheckNs); };
   return wait_sweeping_slow(arena, spec, wait);
 }
 

@@ -79,9 +79,35 @@ Status Channel::queued_after(uint64_t tail, const QueueNode* last, uint64_t next
   return Status::kOk;
 }
 
+// Senders asleep on a full channel (not_full), after a claim that made the node `dummy_ref` the
+// dummy: woken once the channel has room for a quarter of its limit (the low water), not for
+// every message taken. A sender woken for one slot links one message and sleeps again, so a
+// fast sender feeding slow receivers paid a futex wake-up, a context switch and a spin per
+// message, on a CPU its receivers needed; woken at the low water it links a quarter of the
+// channel in one go (docs/design.md, "Waiting"). A wake-up declined here is owed by a later
+// claim: every claim at or below the low water wakes, and so does one whose numbers cannot be
+// read or are not an honest queue's (waking is never wrong). A claim after which the head
+// moved on leaves the decision to that later claim (it notifies too). A channel whose
+// receivers stop short of the low water leaves the sender to its own re-check
+// (kRoomRecheckNs, backing off), the one case where room can wait: bounded by about as long as
+// the sender has waited already.
+void Channel::notify_room(BlockRef dummy_ref) {
+  notify_all_if(header_->not_full, [&] {
+    QueueNode* dummy = arena_->find_node(dummy_ref);
+    TailSnapshot t;
+    if (dummy == nullptr || !read_tail_of(header_, *arena_, &t) || t.last == nullptr) return true;
+    const uint64_t head_seq = dummy->seq.load(std::memory_order_relaxed);
+    const uint64_t head_position = dummy->position_bytes.load(std::memory_order_relaxed);
+    if (tagged_ref(header_->head.load(std::memory_order_acquire)) != dummy_ref) return false;  // a later claim decides
+    if (t.seq < head_seq || t.position < head_position) return true;
+    return at_low_water(t.seq - head_seq, t.position - head_position);
+  });
+}
+
 Status Channel::room_after(uint64_t tail, const QueueNode* last, uint64_t next, uint64_t seq, uint64_t position,
-                           uint64_t length) const {
+                           uint64_t length, bool at_mark) const {
   const auto fits = [&](uint64_t queued, uint64_t bytes) {
+    if (at_mark && !at_low_water(queued, bytes)) return false;
     if (maxsize_ != 0 && queued >= maxsize_) return false;
     // An empty channel admits one message, however large, so nothing deadlocks.
     return maxbytes_ == 0 || bytes == 0 || (length <= maxbytes_ && bytes <= maxbytes_ - length);
@@ -101,10 +127,12 @@ Status Channel::room_after(uint64_t tail, const QueueNode* last, uint64_t next, 
 }
 
 Status Channel::room_count(uint64_t tail, const QueueNode* last, uint64_t next, uint64_t seq, uint64_t position,
-                           const uint64_t* lengths, size_t n, size_t* fit) const {
-  // room_after's rule, message after message: how long a prefix of the batch fits.
+                           const uint64_t* lengths, size_t n, size_t* fit, bool at_mark) const {
+  // room_after's rule, message after message: how long a prefix of the batch fits (none short
+  // of the low water when at_mark).
   const auto count = [&](uint64_t queued, uint64_t bytes) {
     size_t k = 0;
+    if (at_mark && !at_low_water(queued, bytes)) return k;
     for (; k < n; ++k) {
       const uint64_t length = lengths[k];
       if (maxsize_ != 0 && queued >= maxsize_) break;
@@ -133,7 +161,7 @@ Status Channel::room_count(uint64_t tail, const QueueNode* last, uint64_t next, 
   return Status::kOk;
 }
 
-Status Channel::enqueue(BlockRef node_ref, uint64_t length) {
+Status Channel::enqueue(BlockRef node_ref, uint64_t length, bool at_mark) {
   QueueNode* node = arena_->find_node(node_ref);
   if (node == nullptr) return Status::kCorruptedIndex;
   const bool bounded = maxsize_ != 0 || maxbytes_ != 0;
@@ -154,7 +182,7 @@ Status Channel::enqueue(BlockRef node_ref, uint64_t length) {
     if (next_ref == 0) {
       if (link_sealed(next)) return Status::kClosed;
       if (bounded) {
-        const Status room = room_after(tail, last, next, seq, position, length);
+        const Status room = room_after(tail, last, next, seq, position, length, at_mark);
         if (room == Status::kInterrupted) continue;
         if (room != Status::kOk) return room;
       }
@@ -199,7 +227,7 @@ Status Channel::enqueue(BlockRef node_ref, uint64_t length) {
 }
 
 Status Channel::enqueue_chain(const BlockRef* refs, QueueNode* const* nodes, const uint64_t* states,
-                              const uint64_t* lengths, size_t n, size_t* linked) {
+                              const uint64_t* lengths, size_t n, size_t* linked, bool at_mark) {
   *linked = 0;
   if (n == 0 || n > kMaxChain) return Status::kInvalidArgument;
   const bool bounded = maxsize_ != 0 || maxbytes_ != 0;
@@ -219,7 +247,7 @@ Status Channel::enqueue_chain(const BlockRef* refs, QueueNode* const* nodes, con
       if (link_sealed(next)) return Status::kClosed;
       size_t k = n;
       if (bounded) {
-        const Status room = room_count(tail, last, next, seq, position, lengths, n, &k);
+        const Status room = room_count(tail, last, next, seq, position, lengths, n, &k, at_mark);
         if (room == Status::kInterrupted) continue;
         if (room != Status::kOk) return room;
         if (k == 0) return Status::kFull;
@@ -381,11 +409,15 @@ inline Status Channel::send_one(BlockHandle block, const void* data, uint64_t le
   }
   // Linked when the channel has room (checked at the link: see channel.h), waiting for it.
   Status linked = Status::kFull;
-  const Status s = wait_sweeping(*arena_, header_->not_full, wait, [&] {
-    linked = enqueue(node.value, length);
+  // A full channel is waited on down to its low water (notify_room), unless its room is all
+  // that is left to wait for (the first look, re-checks, the deadline: wait_until_low_water).
+  const auto link = [&](bool at_mark) {
+    linked = enqueue(node.value, length, at_mark);
     if (linked == Status::kFull && arena_->truncated()) [[unlikely]] linked = Status::kCorruptedLength;
     return linked != Status::kFull;
-  });
+  };
+  const Status s = wait_sweeping_low_water(
+      *arena_, header_->not_full, wait, [&] { return link(true); }, [&] { return link(false); });
   if (s != Status::kOk || linked != Status::kOk) {
     // Not linked: everything goes back as it was, the block to its sender.
     if (!small) arena_->abort_send(message, previous);
@@ -497,12 +529,14 @@ Status Channel::send_many(const Outgoing* msgs, size_t n, const WaitSpec& wait, 
     while (done < built) {
       size_t linked = 0;
       Status attempt = Status::kFull;
-      const Status s = wait_sweeping(*arena_, header_->not_full, wait, [&] {
+      // As send_one: what fits now, then the rest from the low water on.
+      const auto link = [&](bool at_mark) {
         attempt = enqueue_chain(refs.data() + done, nodes.data() + done, states.data() + done, lengths.data() + done,
-                                built - done,
-                                &linked);
+                                built - done, &linked, at_mark);
         return attempt != Status::kFull;
-      });
+      };
+      const Status s = wait_sweeping_low_water(
+          *arena_, header_->not_full, wait, [&] { return link(true); }, [&] { return link(false); });
       if (s != Status::kOk || attempt != Status::kOk) {
         link_failed = s != Status::kOk ? as_flow(s, Status::kFull) : attempt;
         break;

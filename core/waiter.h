@@ -57,26 +57,52 @@ inline void notify_all(EventCount& ec) {
   }
 }
 
+// How long a receiver spins on the CPU alone before its spin starts yielding (ns).
+inline constexpr int64_t kSpinBeforeYieldNs = 4000;
+// A low-water sleeper's re-checks (wait_until's recheck_ns) back off up to this long (ns).
+inline constexpr int64_t kMaxRecheckNs = 64'000'000;
+
 // Waits until ready() returns true. Returns kOk when it did, kTimedOut at the deadline,
 // kInterrupted when a signal arrived or the slice ran out (ready() was false each time).
+//
+// With a low water (wait_until_low_water below): `ready` is the mark the spin and the sleep
+// wait for, and `any` the plain condition, taken at the first look, after a wake-up, at each
+// re-check and at the deadline. recheck_ns > 0: for an EventCount whose notifiers may decline
+// a wake-up (notify_all_if), the sleep is cut after recheck_ns to look again (with `any`),
+// doubling each time up to kMaxRecheckNs: a sleeper then sees a declined condition no later
+// than about the time it has slept already.
 // Concurrency: any thread, any process.
-template <typename Ready>
-Status wait_until(EventCount& ec, const WaitSpec& spec, Ready&& ready) {
-  if (ready()) return Status::kOk;
+template <typename Ready, typename Any>
+Status wait_until_low_water(EventCount& ec, const WaitSpec& spec, Ready&& ready, Any&& any, int64_t recheck_ns) {
+  if (any()) return Status::kOk;
   const int64_t start = monotonic_ns();
   if (spec.deadline_ns <= start) return Status::kTimedOut;
-  // Spin phase: cheap checks while the peer is probably about to act.
+  // Spin phase: cheap checks while the peer is probably about to act; past
+  // kSpinBeforeYieldNs the spin yields the CPU between looks (a peer that shares this CPU, and
+  // would make the condition true, then runs instead of waiting for our spin to end).
   if (spec.spin_ns > 0) {
-    const int64_t spin_end = start + spec.spin_ns;
+    int64_t spin_end = spec.spin_ns >= WaitSpec::kForever - start ? WaitSpec::kForever : start + spec.spin_ns;
+    if (spec.deadline_ns < spin_end) spin_end = spec.deadline_ns;  // a yield may take a while: not past the deadline
+    const int64_t yield_from = start + kSpinBeforeYieldNs;
+    bool yielding = false;
     for (uint32_t i = 1;; ++i) {
-      for (int k = 0; k < 32; ++k) cpu_relax();
+      if (yielding) {
+        cpu_yield();
+      } else {
+        for (int k = 0; k < 32; ++k) cpu_relax();
+      }
       if (ready()) return Status::kOk;
-      if ((i & 7) == 0 && monotonic_ns() >= spin_end) break;
+      if ((i & 7) == 0 || yielding) {
+        const int64_t now = monotonic_ns();
+        if (now >= spin_end) break;
+        yielding = now >= yield_from;
+      }
     }
   }
   const int64_t slice_end =
       spec.slice_ns == WaitSpec::kForever ? WaitSpec::kForever : start + spec.slice_ns;
   const int64_t until = spec.deadline_ns < slice_end ? spec.deadline_ns : slice_end;
+  int64_t recheck = recheck_ns;
   for (;;) {
     ec.waiters.fetch_add(1, std::memory_order_seq_cst);
     std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with notify_all's fence
@@ -90,16 +116,42 @@ Status wait_until(EventCount& ec, const WaitSpec& spec, Ready&& ready) {
       timeout = until - monotonic_ns();
       if (timeout <= 0) {
         ec.waiters.fetch_sub(1, std::memory_order_relaxed);
+        if (any()) return Status::kOk;  // short of the mark, but what the caller asked for
         return until == spec.deadline_ns ? Status::kTimedOut : Status::kInterrupted;
       }
     }
+    const bool capped = recheck > 0 && (timeout < 0 || timeout > recheck);
+    if (capped) timeout = recheck;
     const FutexWait r = futex_wait(&ec.seq, key, timeout);
     ec.waiters.fetch_sub(1, std::memory_order_relaxed);
-    if (ready()) return Status::kOk;
+    if (any()) return Status::kOk;
     if (r == FutexWait::kInterrupted) return Status::kInterrupted;
+    if (r == FutexWait::kTimedOut && capped) {  // our own re-check, not the caller's limit
+      recheck = recheck < kMaxRecheckNs / 2 ? 2 * recheck : kMaxRecheckNs;
+      continue;
+    }
     if (r == FutexWait::kTimedOut || (until != WaitSpec::kForever && monotonic_ns() >= until)) {
       return until == spec.deadline_ns ? Status::kTimedOut : Status::kInterrupted;
     }
+  }
+}
+
+template <typename Ready>
+Status wait_until(EventCount& ec, const WaitSpec& spec, Ready&& ready) {
+  return wait_until_low_water(ec, spec, ready, ready, 0);
+}
+
+// notify_all for a low-water EventCount (a full channel's senders: Channel::notify_room): the
+// sleepers are woken only when wanted() says so, asked only once one is registered. A wake-up
+// it declines is owed by a later notifier whose wanted() agrees, or taken by the sleeper's own
+// re-check (wait_until's recheck_ns): so its waiters must wait with one.
+// Concurrency: any thread, any process.
+template <typename Wanted>
+inline void notify_all_if(EventCount& ec, Wanted&& wanted) {
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with the waiter's fence
+  if (ec.waiters.load(std::memory_order_relaxed) != 0 && wanted()) {
+    ec.seq.fetch_add(1, std::memory_order_release);
+    futex_wake(&ec.seq, std::numeric_limits<int>::max());
   }
 }
 
@@ -163,9 +215,6 @@ static_assert(sizeof(WakeOneCount) == 8);
 // The longest a spinner's announcement is believed ahead of the reader's clock (ns). A spinner
 // that spins longer re-announces as it goes.
 inline constexpr int64_t kMaxSpinLease = 200000;
-// How long a receiver spins on the CPU alone before its spin starts yielding (ns).
-inline constexpr int64_t kSpinBeforeYieldNs = 4000;
-
 namespace wake_detail {
 // Whether a live spinner is announced: spin_until in (now, now + kMaxSpinLease].
 inline bool spinner_announced(const std::atomic<int64_t>& spin_until) {

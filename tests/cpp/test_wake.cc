@@ -289,6 +289,127 @@ TYPED_TEST(WakeTest, CloseWakesEverySleeperAndSpinner) {
   EXPECT_EQ(hdr->not_empty.waiters.load(), 0u);
 }
 
+// ---- Senders on a full channel: the low water -------------------------------------------------
+
+// notify_all_if wakes only when asked and wanted; a sleeper whose notifier declined sees its
+// plain condition by its own re-check, within about as long as it had slept already.
+TEST(LowWater, DeclinedWakeUpIsTakenByTheSleepersRecheck) {
+  EventCount ec{};
+  ec.waiters.store(1);
+  notify_all_if(ec, [] { return false; });
+  EXPECT_EQ(ec.seq.load(), 0u) << "woke although the notifier declined";
+  notify_all_if(ec, [] { return true; });
+  EXPECT_EQ(ec.seq.load(), 1u);
+  ec.waiters.store(0);
+  bool asked = false;
+  notify_all_if(ec, [&] { return asked = true; });
+  EXPECT_FALSE(asked) << "asked with nobody asleep";
+
+  std::atomic<bool> ready{false};
+  Status got = Status::kInterrupted;
+  int64_t returned_at = 0;
+  std::thread t([&] {
+    // The mark never comes; the plain condition does, with no notify: the re-check takes it.
+    got = wait_until_low_water(ec, waiting(10000, 0), [] { return false; }, [&] { return ready.load(); }, 1 * kMs);
+    returned_at = monotonic_ns();
+  });
+  const int64_t begun = monotonic_ns();
+  while (ec.waiters.load() == 0) std::this_thread::yield();
+  std::this_thread::sleep_for(std::chrono::milliseconds(40));
+  const int64_t set_at = monotonic_ns();
+  ready.store(true);  // and no notify at all
+  t.join();
+  EXPECT_EQ(got, Status::kOk);
+  // Re-checks at 1, 3, 7, ... ms of sleep: the next after 40 ms is at 63 ms.
+  EXPECT_LT(returned_at - set_at, (set_at - begun) + 100 * kMs) << "late by more than it had slept";
+  EXPECT_EQ(ec.waiters.load(), 0u);
+}
+
+// A fast sender into a bounded channel, a slow receiver: the sender sleeps at once when full
+// (no spin), and the receivers' claims wake it at the low water (a quarter free), not one
+// wake-up per message taken. Every message arrives, in order.
+TYPED_TEST(WakeTest, FullChannelSenderIsWokenAtTheLowWaterNotPerMessage) {
+  auto arena = this->make_arena();
+  ASSERT_NE(arena, nullptr);
+  arena->set_sweep_interval(-1);
+  constexpr uint64_t kMaxsize = 64;
+  auto ch = this->make_channel(arena, kMaxsize);
+  ASSERT_NE(ch, nullptr);
+  ChannelHeader* hdr = channel_header(*ch);
+  constexpr uint64_t kMessages = 3200;
+  std::atomic<int> failures{0};
+  std::thread sender([&] {
+    for (uint64_t v = 1; v <= kMessages; ++v) {
+      auto h = ch->allocate(8, PayloadLayout{}, waiting(10000, 0));
+      if (!h.ok()) {
+        failures.fetch_add(1);
+        return;
+      }
+      std::memcpy(ch->arena()->payload(h.value), &v, sizeof(v));
+      const Status s = ch->send(h.value, waiting(10000, 0));
+      if (s != Status::kOk) {
+        ch->arena()->release(h.value);
+        failures.fetch_add(1);
+        return;
+      }
+    }
+  });
+  const uint32_t seq0 = hdr->not_full.seq.load();
+  uint64_t sleeps_seen = 0;
+  for (uint64_t v = 1; v <= kMessages && failures.load() == 0; ++v) {
+    if (hdr->not_full.waiters.load() != 0) ++sleeps_seen;
+    auto got = recv_value(*ch, waiting(10000, 0));
+    ASSERT_EQ(got.status, Status::kOk);
+    ASSERT_EQ(got.value, v);
+    const int64_t busy_until = monotonic_ns() + 10000;  // 10 us of work per message
+    while (monotonic_ns() < busy_until) {
+    }
+  }
+  sender.join();
+  EXPECT_EQ(failures.load(), 0);
+  const uint32_t wakes = hdr->not_full.seq.load() - seq0;
+  // The sender sleeps through most claims; one wake-up per 16 messages taken (plus a few).
+  EXPECT_GT(sleeps_seen, kMessages / 2) << "the sender did not sleep on the full channel: nothing tested";
+  EXPECT_LT(wakes, kMessages / 8) << wakes << " wake-ups for " << kMessages << " messages";
+  EXPECT_EQ(hdr->not_full.waiters.load(), 0u);
+  EXPECT_EQ(ch->queued(), 0u);
+}
+
+// Receivers that stop short of the low water: the sleeping sender finds the room by its own
+// re-check, well before its deadline.
+TYPED_TEST(WakeTest, FullChannelSenderFindsRoomLeftShortOfTheLowWater) {
+  auto arena = this->make_arena();
+  ASSERT_NE(arena, nullptr);
+  arena->set_sweep_interval(-1);
+  auto ch = this->make_channel(arena, 16);
+  ASSERT_NE(ch, nullptr);
+  ChannelHeader* hdr = channel_header(*ch);
+  for (uint64_t v = 1; v <= 16; ++v) ASSERT_EQ(send_value(*ch, v), Status::kOk);
+  Status sent = Status::kInterrupted;
+  int64_t sent_at = 0;
+  std::thread sender([&] {
+    auto h = ch->allocate(8, PayloadLayout{}, WaitSpec::nonblocking());
+    if (!h.ok()) return;
+    uint64_t v = 17;
+    std::memcpy(ch->arena()->payload(h.value), &v, sizeof(v));
+    sent = ch->send(h.value, waiting(10000, 0));
+    sent_at = monotonic_ns();
+    if (sent != Status::kOk) ch->arena()->release(h.value);
+  });
+  const int64_t begun = monotonic_ns();
+  while (hdr->not_full.waiters.load() == 0) std::this_thread::yield();
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const uint32_t seq = hdr->not_full.seq.load();
+  const int64_t taken_at = monotonic_ns();
+  auto got = recv_value(*ch, WaitSpec::nonblocking());  // one slot, far above the low water (12)
+  ASSERT_EQ(got.status, Status::kOk);
+  EXPECT_EQ(hdr->not_full.seq.load(), seq) << "one slot free woke the sender";
+  sender.join();
+  EXPECT_EQ(sent, Status::kOk);
+  EXPECT_LT(sent_at - taken_at, (taken_at - begun) + 200 * kMs) << "the room waited longer than the sender had";
+  EXPECT_EQ(ch->queued(), 16u);
+}
+
 // ---- Killed receivers (shared memory, fork) ------------------------------------------------
 
 class WakeCrashTest : public BackendTest<ShmFactory> {
