@@ -42,26 +42,73 @@ void Arena::detach() {
   // Dead holders still count as attached until reaped: reap them so the last live process
   // really is the last and removes the segments.
   reap_dead_holders();
+  // Leaving, in the order "The attach window" (core/recovery.cc) relies on: the slot says the
+  // count is being given back (a reaper of this process, killed below, gives nothing back
+  // again), the count goes, then the slot, and last the liveness lock (never a live-looking
+  // dead slot).
+  if (holder_ != 0) header_->holders[holder_ - 1].state.store(kSlotLeaving, std::memory_order_seq_cst);
+  const uint64_t before = header_->attached_holders.fetch_sub(1, std::memory_order_seq_cst);
   if (holder_ != 0) {
     free_slot(header_->holders[holder_ - 1]);
-    backend_->unlock_slot(holder_ - 1);  // after the slot is free: never a live-looking dead slot
+    backend_->unlock_slot(holder_ - 1);
   }
-  if (header_->attached_holders.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-    // The last one by the count; but a count forged low must not remove the segments under
-    // live parties: any other live slot holder means the count lied (restored instead).
-    uint32_t live = 0;
-    const uint32_t occupied = occupied_slots(&live);
-    if (live != 0) {
-      uint32_t zero = 0;
-      header_->attached_holders.compare_exchange_strong(zero, occupied, std::memory_order_acq_rel);
-      note_corruption();
+  if (holders_count(before) == 1) {
+    tear_down();
+  } else if (backend_->tracks_holders()) {
+    release_if_abandoned();
+  }
+}
+
+void Arena::tear_down() {
+  // The last one by the count; but a count forged low must not remove the segments under live
+  // parties: another live active slot means the count lied (restored instead). A slot still
+  // claiming is a party not yet counted (its CAS will find 0: refused), one leaving has given
+  // its count back already.
+  uint32_t live = 0;
+  const uint32_t active = active_slots(&live);
+  if (live != 0) {
+    uint64_t word = header_->attached_holders.load(std::memory_order_acquire);
+    if (holders_count(word) == 0) {
+      header_->attached_holders.compare_exchange_strong(word, holders_with_count(word, active), std::memory_order_acq_rel);
+    }
+    note_corruption();
+    return;
+  }
+  remove_segments();
+}
+
+void Arena::remove_segments() {
+  const uint32_t count = std::min(header_->segment_count.load(std::memory_order_acquire), kMaxSegments - 1);
+  for (uint32_t i = 1; i <= count; ++i) {  // names of every segment, and of one being created
+    backend_->use_segment_nonce(i, header_->segment_nonce[i].load(std::memory_order_acquire));
+  }
+  backend_->remove_segments(count);
+}
+
+void Arena::release_if_abandoned() {
+  // After this process's detach others are still counted. If none of them is here any more
+  // (each died in its attach window, or was reaped by a reaper that died before giving its unit
+  // back), nobody else would ever see the count reach 0: the arena is torn down here. The
+  // argument ("The attach window", core/recovery.cc): every party counted in `word` holds a
+  // non-free slot and its liveness lock from before its count until after it gave it back, so
+  // a party still counted when the CAS below succeeds, and counted already when `word` was
+  // read, is seen in the scan with its lock held; one counted since would have moved the
+  // attach sequence, and the CAS fails. Retried a few times when the word moves (someone
+  // attached, left or was reaped meanwhile).
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    uint64_t word = header_->attached_holders.load(std::memory_order_seq_cst);
+    if (holders_count(word) == 0) return;  // torn down by whoever took it to 0
+    for (uint32_t i = 0; i < kMaxHolders; ++i) {
+      if (slot_kind(header_->holders[i].state.load(std::memory_order_seq_cst)) == kSlotFree) continue;
+      // Occupied: its party is alive (or cannot be judged) and it is not ours to remove. A reap
+      // in progress names a dead occupant (lock i is free); its reaper has a slot of its own,
+      // or is still claiming one (not counted).
+      if (backend_->lock_liveness(i) != HolderLiveness::kDead) return;
+    }
+    if (header_->attached_holders.compare_exchange_strong(word, holders_with_count(word, 0), std::memory_order_seq_cst)) {
+      remove_segments();
       return;
     }
-    const uint32_t count = std::min(header_->segment_count.load(std::memory_order_acquire), kMaxSegments - 1);
-    for (uint32_t i = 1; i <= count; ++i) {  // names of every segment, and of one being created
-      backend_->use_segment_nonce(i, header_->segment_nonce[i].load(std::memory_order_acquire));
-    }
-    backend_->remove_segments(count);
   }
 }
 
@@ -72,18 +119,9 @@ void Arena::reattach_after_fork() {
     fork_generation_ = fork_generation();
     return;
   }
-  uint32_t attached = header_->attached_holders.load(std::memory_order_acquire);
-  do {
-    if (attached == 0) {
-      detached_.store(true, std::memory_order_release);
-      return;
-    }
-  } while (!header_->attached_holders.compare_exchange_weak(attached, attached + 1,
-                                                            std::memory_order_acq_rel));
   holder_ = 0;  // the inherited id is the parent's: blocks it names are not ours
-  if (claim_holder_slot() != Status::kOk) {
-    header_->attached_holders.fetch_sub(1, std::memory_order_acq_rel);
-    detached_.store(true, std::memory_order_release);
+  if (join_holders() != Status::kOk) {
+    detached_.store(true, std::memory_order_release);  // holds no count: gives none back
     return;
   }
   fork_generation_ = fork_generation();  // the slot and the count are now this process's
@@ -903,7 +941,7 @@ ArenaStats Arena::counters() const {
   s.bytes_copied = sum(&CounterStripe::bytes_copied);
   s.corruption_count = c.corruption_count.load(std::memory_order_relaxed);
   s.nodes_in_use = sum(&CounterStripe::nodes_in_use);
-  s.attached_holders = header_->attached_holders.load(std::memory_order_relaxed);
+  s.attached_holders = holders_count(header_->attached_holders.load(std::memory_order_relaxed));
   s.reclaimed_blocks = header_->reclaimed_blocks.load(std::memory_order_relaxed);
   return s;
 }

@@ -354,7 +354,7 @@ class Arena {
   // Checks every word of the shared header against this process's private copies and bounds
   // and repairs what it can prove (docs/shm.md, "Threat model"): the identity words, the segment
   // table of mapped segments, the segment count, the carve cursor (re-derived by walking the
-  // cells), the attach count (never below the occupied holder slots). Returns the words
+  // cells), the attach count (never below the active holder slots). Returns the words
   // repaired (each counted as corruption). Called by every sweep (maybe_reap) and by carve
   // when the cursor makes no sense. Concurrency: any thread.
   uint64_t check_header();
@@ -450,7 +450,17 @@ class Arena {
   // Moves the carve cursor past a cell a carver claimed at `cursor` (helping a slow carver).
   void help_carve(uint64_t cursor, uint64_t carving_word);
   Result<BlockRef> convert_block_to_nodes();
+  // Claims a free holder slot (left kSlotClaiming, with this process's identity and lock).
   Status claim_holder_slot();
+  // Joins the holders: a slot claimed, then counted in attached_holders, then kSlotActive
+  // ("The attach window", core/recovery.cc). kNotFound if the arena was torn down meanwhile.
+  Status join_holders();
+  // The last party by the count removes the segments (unless live active slots say the count
+  // was forged low). release_if_abandoned: the same when others are still counted but none of
+  // them is alive (units of parties that died in their attach window).
+  void tear_down();
+  void release_if_abandoned();
+  void remove_segments();
   uint64_t reclaim_holder(uint32_t holder_id);
   // Calls the visitor for each carved cell in carve order; stops a segment at an unknown cell.
   template <typename Visit>
@@ -464,9 +474,9 @@ class Arena {
   // Re-derives the carve cursor from the cells (the first never-carved cell of the last
   // segment) and installs it in place of `bad`. True if it did.
   bool repair_carve(uint64_t bad);
-  // Holder slots not free (an attached process, live or not yet reaped), and how many of them
-  // another live party holds the liveness lock of.
-  uint32_t occupied_slots(uint32_t* live = nullptr);
+  // Other parties' kSlotActive slots (each counted in attached_holders, live or not yet
+  // reaped), and how many of them their party's liveness lock says are alive.
+  uint32_t active_slots(uint32_t* live = nullptr);
   uint32_t holder_ = 0;                                       // our slot + 1; 0 = untracked
   uint32_t incarnation_ = 0;                                  // of our slot, when we claimed it
   uint64_t fork_generation_ = fork_generation();              // process image that attached

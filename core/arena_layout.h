@@ -13,7 +13,7 @@
 //       80  segment_bytes[64]             segment sizes; a creating word while one is created
 //      640  counters                      corruption_count, carved_bytes; 16 stripes from 704
 //     1728  space (EventCount)            senders waiting for a free block
-//     1736  attached_holders              attach / detach / reap
+//     1736  attached_holders              attach / detach / reap: count (32) | attach sequence (32)
 //     1744  reclaimed_blocks              reapers
 //     1792  holders[128] (64 B each)      HolderSlot: state word, incarnation, identity
 //     9984  node_free                     tagged free list of QueueNodes
@@ -43,7 +43,7 @@
 namespace memchannel {
 
 inline constexpr uint64_t kArenaMagic = 0x314e524148434d4dull;  // "MMCHARN1"
-inline constexpr uint32_t kArenaLayoutVersion = 8;  // 2: node states, kBlockSending, carving; 3: striped counters; 4: kBlockTransferred; 5: node seq; 6: segment nonces, liveness locks; 7: segment sentinel tails; block header track/pool/shares words, share tokens, pools; 8: 128-byte node cells with inline payloads
+inline constexpr uint32_t kArenaLayoutVersion = 9;  // 2: node states, kBlockSending, carving; 3: striped counters; 4: kBlockTransferred; 5: node seq; 6: segment nonces, liveness locks; 7: segment sentinel tails; block header track/pool/shares words, share tokens, pools; 8: 128-byte node cells with inline payloads; 9: a holder slot is claimed before its party is counted, attach sequence beside the count, kSlotLeaving
 inline constexpr uint32_t kArenaReady = 0x52454459u;            // "REDY"
 // `ready` once a party found a segment truncated (its pages, and what they held, are gone): the
 // arena is corrupt for every party, which each learns at its next send or recv (Arena::intact
@@ -67,19 +67,27 @@ inline constexpr uint32_t kMaxHolders = 128;
 inline constexpr int64_t kSweepIntervalNs = 250'000'000;
 enum HolderSlotState : uint32_t {
   kSlotFree = 0,
-  kSlotClaiming = 1,
-  kSlotActive = 2,
+  kSlotClaiming = 1,         // claimed by a party still joining: it may or may not be counted yet
+  kSlotActive = 2,           // its party is counted in attached_holders
   kSlotReclaiming = 3,       // reaped by a holder (named in the word)
   kSlotReclaimingByPid = 4,  // reaped by a process that has no slot yet (attaching: its pid)
+  kSlotLeaving = 5,          // its party is detaching: its count is given back, or being given back
 };
+// In a reap's word (kSlotReclaiming*): the reaped party owed no count to give back (its slot was
+// kSlotClaiming or kSlotLeaving when the reap began), so a reaper that takes the reap over after
+// the first one died knows as well as the first whether to decrement attached_holders.
+inline constexpr uint32_t kSlotNoCount = 0x80;
 // A slot's state word: the state in the low byte, and in the rest who is working on it, so a
 // party killed in the middle can be told from one still at work:
 //   kSlotClaiming    | claimer's identity word 0 (its pid) & 0xffffff << 8
 //   kSlotReclaiming  | reaper's holder id << 8 | reaper's incarnation & 0xffff << 16
 //   kSlotReclaimingByPid | reaper's pid & 0xffffff << 8 (a reaper still attaching: no holder id)
+//   either reap kind may carry kSlotNoCount (bit 7)
 // A claimer killed before it wrote its identity, or a reaper killed half way through a reap,
 // is then found dead by the next sweep, which takes the slot over (Arena::reap_dead_holders).
-constexpr uint32_t slot_kind(uint32_t word) { return word & 0xff; }
+constexpr uint32_t slot_kind(uint32_t word) { return word & 0x7f; }
+// Whether the reap `word` describes owes the arena's attach count the reaped party's unit.
+constexpr bool slot_reap_owes_count(uint32_t word) { return (word & kSlotNoCount) == 0; }
 constexpr uint32_t slot_claiming(uint64_t claimer) {
   return kSlotClaiming | (static_cast<uint32_t>(claimer & 0xffffff) << 8);
 }
@@ -96,6 +104,21 @@ constexpr uint32_t slot_reaper_incarnation(uint32_t word) { return word >> 16; }
 static_assert(slot_kind(slot_claiming(0xffffffffu)) == kSlotClaiming);
 static_assert(slot_reaper(slot_reclaiming(128, 0x12345)) == 128);
 static_assert(slot_reaper_incarnation(slot_reclaiming(128, 0x12345)) == 0x2345);
+static_assert(slot_kind(slot_reclaiming(128, 0xffff) | kSlotNoCount) == kSlotReclaiming);
+static_assert(slot_kind(slot_reclaiming_by_pid(0xffffff) | kSlotNoCount) == kSlotReclaimingByPid);
+
+// attached_holders: the count of parties attached (low 32 bits) and the attach sequence (high 32
+// bits), bumped by every attach. The count is every party between its attach and its detach, plus
+// the unit of any party that died in the attach window (counted, slot not yet kSlotActive) or
+// of a dead party whose reaper died before giving it back: such units are never given back one by
+// one, the last live party to leave drops them with its teardown (Arena::detach, "The attach
+// window" in core/recovery.cc). 0 = torn down: nobody joins any more. The sequence lets that
+// teardown tell that nobody attached between its look at the count and its CAS to 0.
+inline constexpr uint64_t kAttachSeqOne = 1ull << 32;
+constexpr uint32_t holders_count(uint64_t word) { return static_cast<uint32_t>(word); }
+constexpr uint64_t holders_joined(uint64_t word) { return word + 1 + kAttachSeqOne; }
+constexpr uint64_t holders_with_count(uint64_t word, uint32_t count) { return (word & ~0xffffffffull) | count; }
+static_assert(holders_count(holders_joined(0xffffffff00000001ull)) == 2);
 
 struct alignas(kCacheLine) HolderSlot {
   std::atomic<uint32_t> state;             // slot state word (above); identity valid while kSlotActive
@@ -153,7 +176,7 @@ struct ArenaHeader {
   std::atomic<uint64_t> segment_bytes[kMaxSegments];
   alignas(kCacheLine) ArenaCounters counters;
   alignas(kCacheLine) EventCount space;                     // woken when blocks are freed
-  std::atomic<uint32_t> attached_holders;                   // live holder slots; 0 = torn down
+  std::atomic<uint64_t> attached_holders;                   // count | attach sequence << 32; count 0 = torn down
   std::atomic<uint64_t> reclaimed_blocks;                   // blocks freed for dead holders
   HolderSlot holders[kMaxHolders];
   alignas(kCacheLine) std::atomic<uint64_t> node_free;      // tagged free list of QueueNodes
@@ -187,6 +210,7 @@ static_assert(offsetof(ArenaHeader, holders) == kHolderTableOffset);
 static_assert(sizeof(ArenaHeader::segment_bytes) == kMaxSegments * 8 && kMaxSegments == 64);
 static_assert(sizeof(ArenaHeader::counters) == 1088);
 static_assert(sizeof(ArenaHeader::space) == 8);
+static_assert(sizeof(ArenaHeader::attached_holders) == 8);  // its count is the u32 at 1736 (little endian)
 static_assert(sizeof(ArenaHeader::holders) == kMaxHolders * 64);
 static_assert(sizeof(ArenaHeader::free_lists) == kNumClasses * 64 && kNumClasses == 92);
 static_assert(sizeof(ArenaHeader::segment_nonce) == kMaxSegments * 4);

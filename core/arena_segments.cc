@@ -39,10 +39,13 @@ Result<std::shared_ptr<Arena>> Arena::create(std::unique_ptr<MemoryBackend> back
   arena->sizes_[0].store(seg0, std::memory_order_relaxed);
   arena->note_mapped(0);
   arena->bases_[0].store(seg.value, std::memory_order_release);
-  header->attached_holders.store(1, std::memory_order_relaxed);  // the creator
+  // The creator: counted (nobody else can see the arena before `ready`), then its slot. If it
+  // gets none, the arena's destructor gives the count back and removes the segments.
+  header->attached_holders.store(holders_joined(0), std::memory_order_relaxed);
   if (arena->backend_->tracks_holders()) {
     const Status s = arena->claim_holder_slot();
     if (s != Status::kOk) return {s, nullptr};
+    header->holders[arena->holder_ - 1].state.store(kSlotActive, std::memory_order_release);
   }
   // Published last: an opener that sees kArenaReady sees every field above (acquire).
   header->ready.store(kArenaReady, std::memory_order_release);
@@ -80,27 +83,24 @@ Result<std::shared_ptr<Arena>> Arena::attach(std::unique_ptr<MemoryBackend> back
     return {Status::kCorruptedLength, nullptr};
   }
   arena->bases_[0].store(seg.value, std::memory_order_release);
-  // Join the holders unless the last one is already tearing the arena down. A count of 0 (or
-  // past the slots) while a live party holds a slot is forged, not a teardown: repaired.
-  uint32_t attached = header->attached_holders.load(std::memory_order_acquire);
-  do {
-    if (attached == 0 || attached > 2 * kMaxHolders) {
-      uint32_t live = 0;
-      const uint32_t occupied = arena->occupied_slots(&live);
-      if (live == 0 || !header->attached_holders.compare_exchange_strong(attached, occupied, std::memory_order_acq_rel)) {
-        arena->detached_.store(true, std::memory_order_release);  // holds no count: gives none back
+  if (!arena->backend_->tracks_holders()) {
+    // One process: no slots. Join unless the last holder is tearing the arena down.
+    uint64_t word = header->attached_holders.load(std::memory_order_acquire);
+    do {
+      if (holders_count(word) == 0) {
+        arena->detached_.store(true, std::memory_order_release);
         return {Status::kNotFound, nullptr};
       }
-      arena->note_corruption();
-      attached = occupied;
-    }
-  } while (!header->attached_holders.compare_exchange_weak(attached, attached + 1,
-                                                           std::memory_order_acq_rel));
-  if (arena->backend_->tracks_holders()) {
-    arena->reap_dead_holders();
-    const Status s = arena->claim_holder_slot();
-    if (s != Status::kOk) return {s, nullptr};
+    } while (!header->attached_holders.compare_exchange_weak(word, holders_joined(word), std::memory_order_acq_rel));
+    return {Status::kOk, std::move(arena)};
   }
+  // A slot first, then the count ("The attach window", core/recovery.cc).
+  const Status s = arena->join_holders();
+  if (s != Status::kOk) {
+    arena->detached_.store(true, std::memory_order_release);  // holds no count: gives none back
+    return {s, nullptr};
+  }
+  arena->reap_dead_holders();
   return {Status::kOk, std::move(arena)};
 }
 
@@ -256,15 +256,16 @@ Status Arena::grow(uint32_t current, uint64_t at_least) {
   return Status::kOk;
 }
 
-uint32_t Arena::occupied_slots(uint32_t* live) {
-  uint32_t occupied = 0, alive = 0;
+uint32_t Arena::active_slots(uint32_t* live) {
+  uint32_t active = 0, alive = 0;
   for (uint32_t i = 0; i < kMaxHolders; ++i) {
-    if (slot_kind(header_->holders[i].state.load(std::memory_order_acquire)) == kSlotFree) continue;
-    ++occupied;
-    if (live != nullptr && (i + 1 == holder_ || backend_->lock_liveness(i) != HolderLiveness::kDead)) ++alive;
+    if (i + 1 == holder_) continue;
+    if (header_->holders[i].state.load(std::memory_order_acquire) != kSlotActive) continue;
+    ++active;
+    if (live != nullptr && backend_->lock_liveness(i) != HolderLiveness::kDead) ++alive;
   }
   if (live != nullptr) *live = alive;
-  return occupied;
+  return active;
 }
 
 bool Arena::repair_carve(uint64_t bad) {
@@ -401,13 +402,15 @@ uint64_t Arena::check_header() {
     sane = w == 0 || is_carving_word(w) || header_->carve.load(std::memory_order_acquire) != cursor;
   }
   if (!sane && repair_carve(cursor)) ++repaired;
-  // The attach count: never below the occupied holder slots (an attacher counts itself before
-  // it claims a slot; a detacher frees its slot before it stops counting), never past the slots.
-  uint32_t attached = header_->attached_holders.load(std::memory_order_acquire);
-  const uint32_t occupied = occupied_slots();
-  if ((attached < occupied || attached > 2 * kMaxHolders) &&
+  // The attach count: never below the active holder slots (a party counts itself before it
+  // marks its slot active, and marks it leaving before it stops counting; a reaper frees a slot
+  // before it gives the count back), never past the slots.
+  uint64_t attached = header_->attached_holders.load(std::memory_order_acquire);
+  const uint32_t active = active_slots() + (holder_ != 0 ? 1 : 0);
+  if ((holders_count(attached) < active || holders_count(attached) > 2 * kMaxHolders) &&
       header_->attached_holders.load(std::memory_order_acquire) == attached &&
-      header_->attached_holders.compare_exchange_strong(attached, occupied, std::memory_order_acq_rel)) {
+      header_->attached_holders.compare_exchange_strong(attached, holders_with_count(attached, active),
+                                                        std::memory_order_acq_rel)) {
     ++repaired;
   }
   if (repaired != 0) header_->counters.corruption_count.fetch_add(repaired, std::memory_order_relaxed);

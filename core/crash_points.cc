@@ -45,6 +45,8 @@ const char* to_string(CrashPoint p) {
     case CrashPoint::kRecvOldHeadFreed: return "recv_old_head_freed";
     case CrashPoint::kGrowSegmentClaimed: return "grow_segment_claimed";
     case CrashPoint::kGrowSegmentCreated: return "grow_segment_created";
+    case CrashPoint::kAttachSlotClaimed: return "attach_slot_claimed";
+    case CrashPoint::kAttachCounted: return "attach_counted";
     case CrashPoint::kSyncLockTaken: return "sync_lock_taken";
     case CrashPoint::kSyncLockTakeover: return "sync_lock_takeover";
     case CrashPoint::kSyncLockReleased: return "sync_lock_released";

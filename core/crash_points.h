@@ -56,6 +56,10 @@ enum class CrashPoint : uint32_t {
   // Arena::grow
   kGrowSegmentClaimed,  // segment_bytes[next] holds this holder's creating word; no segment yet
   kGrowSegmentCreated,  // the segment exists and is mapped here; its size not yet published
+  // Arena::attach / reattach_after_fork (core/arena_segments.cc, core/arena.cc)
+  kAttachSlotClaimed,   // this process's holder slot is claimed (kSlotClaiming, its identity written);
+                        // not yet counted in the arena's attach count
+  kAttachCounted,       // the arena's attach count includes this process; its holder slot not yet active
   // Sync (core/sync.h)
   kSyncLockTaken,       // the lock word names this holder; an RLock's owner thread not yet written
   kSyncLockTakeover,    // a dead owner's lock word is replaced by this holder's

@@ -69,9 +69,61 @@ void Arena::sweep_slow() {
   check_header();  // forged header words are repaired within a sweep interval (docs/shm.md)
 }
 
+// The attach window. A party joins an arena in three steps (join_holders): it claims a holder
+// slot (kSlotClaiming, naming its pid, with its liveness lock held), counts itself in
+// attached_holders, then marks the slot kSlotActive. It leaves in three (detach): kSlotLeaving,
+// the count given back, the slot freed. So every party counted in attached_holders holds a
+// non-free slot, and its liveness lock, from before it counted itself until after it stopped
+// counting; in the other order (counted first, as before layout 9) a party killed between the two
+// steps left a count no reaper could find, and the segments outlived every process (the sync
+// crash tests' SIGKILLed children under the sanitizers' slowness left such arenas, every slot
+// free and the count 1 or 2).
+//
+// A slot is the only record a dead party leaves, and two words cannot change at once, so a dead
+// party's slot tells its reaper whether to give its count back only where that is certain:
+// kSlotActive, yes (it counted itself before it said so); kSlotClaiming (it may have died on
+// either side of its count) and kSlotLeaving (on either side of giving it back), no. A unit
+// given back twice could tear the arena down under a live party; a unit not given back only
+// delays the teardown, which the last live party to leave then does anyway: it sees every slot
+// free, or held by a dead party, and nobody counted since it looked (the attach sequence), so
+// whatever the count still says belongs to nobody alive (Arena::detach, release_if_abandoned).
+// A live party stalled anywhere in its window holds its slot and lock, so it is never judged
+// gone: counted, it keeps the arena (its segments are not removed under it); not yet counted
+// when the count reaches 0, its CAS finds the arena torn down and its attach is refused
+// (kNotFound), as for any attach that comes after the last detach.
+Status Arena::join_holders() {
+  const Status claimed = claim_holder_slot();
+  if (claimed != Status::kOk) return claimed;
+  MEMCHANNEL_CRASH_POINT(kAttachSlotClaimed);
+  HolderSlot& slot = header_->holders[holder_ - 1];
+  // Join the holders unless the last one has torn the arena down. A count of 0 (or past the
+  // slots) while a live party holds an active slot is forged, not a teardown: repaired.
+  uint64_t word = header_->attached_holders.load(std::memory_order_acquire);
+  do {
+    const uint32_t count = holders_count(word);
+    if (count == 0 || count > 2 * kMaxHolders) {
+      uint32_t live = 0;
+      const uint32_t active = active_slots(&live);
+      if (live == 0 || !header_->attached_holders.compare_exchange_strong(word, holders_with_count(word, active),
+                                                                          std::memory_order_acq_rel)) {
+        free_slot(slot);
+        backend_->unlock_slot(holder_ - 1);
+        holder_ = 0;
+        return Status::kNotFound;
+      }
+      note_corruption();
+      word = holders_with_count(word, active);
+    }
+  } while (!header_->attached_holders.compare_exchange_weak(word, holders_joined(word), std::memory_order_acq_rel));
+  MEMCHANNEL_CRASH_POINT(kAttachCounted);
+  slot.state.store(kSlotActive, std::memory_order_release);  // counted: a reaper gives it back
+  return Status::kOk;
+}
+
 Status Arena::claim_holder_slot() {
   // Identity first (it may read /proc). The claim names the claimer's pid, so a claimer killed
-  // before its identity is complete is still found dead (see reap_dead_holders).
+  // before its identity is complete is still found dead (see reap_dead_holders). The slot is
+  // left kSlotClaiming: the caller counts itself, then marks it active (join_holders).
   const HolderIdentity me = backend_->self_identity();
   for (int round = 0; round < 2; ++round) {
     for (uint32_t i = 0; i < kMaxHolders; ++i) {
@@ -87,8 +139,7 @@ Status Arena::claim_holder_slot() {
       }
       slot.identity[0].store(me.words[0], std::memory_order_relaxed);
       slot.identity[1].store(me.words[1], std::memory_order_relaxed);
-      incarnation_ = slot.incarnation.fetch_add(1, std::memory_order_relaxed) + 1;
-      slot.state.store(kSlotActive, std::memory_order_release);  // identity visible to reapers
+      incarnation_ = slot.incarnation.fetch_add(1, std::memory_order_release) + 1;
       holder_ = i + 1;
       return Status::kOk;
     }
@@ -228,15 +279,18 @@ uint64_t Arena::reap_dead_holders() {
     // Liveness is the slot's lock (core/backend.h, "Liveness locks"): the occupant holds lock i,
     // a reaper without a slot holds lock kMaxHolders + i. A lock nobody holds is a dead party's,
     // whatever PID namespace it ran in; a lock that cannot be judged counts as held.
+    bool owes_count = kind == kSlotActive;  // see "The attach window" above
     if (kind == kSlotReclaimingByPid) {
+      owes_count = slot_reap_owes_count(state);
       if (backend_->lock_liveness(kMaxHolders + i) != HolderLiveness::kDead) continue;
     } else if (kind == kSlotReclaiming) {
       // A reap in progress, or one whose reaper was killed half way (the 10-minute soak found
       // such a slot, and with it the arena's attach count, stuck for good): finish it. Every
       // step of reclaim_holder is a CAS from a state naming the dead holder, so running it
       // again completes what the first reaper left and repeats nothing it did.
+      owes_count = slot_reap_owes_count(state);
       if (occupant_alive(slot_reaper(state), slot_reaper_incarnation(state), 0xffff)) continue;
-    } else if (kind == kSlotActive || kind == kSlotClaiming) {
+    } else if (kind == kSlotActive || kind == kSlotClaiming || kind == kSlotLeaving) {
       if (backend_->lock_liveness(i) != HolderLiveness::kDead) continue;
     } else {
       continue;
@@ -245,7 +299,8 @@ uint64_t Arena::reap_dead_holders() {
     // holder id, or by pid while this process is still attaching (no slot yet: a reap recorded
     // as holder 0 would look abandoned and be run twice, decrementing the attach count twice).
     if (holder_ == 0 && my_pid == 0) my_pid = backend_->self_identity().words[0];
-    const uint32_t mine = holder_ != 0 ? slot_reclaiming(holder_, incarnation_) : slot_reclaiming_by_pid(my_pid);
+    const uint32_t mine = (holder_ != 0 ? slot_reclaiming(holder_, incarnation_) : slot_reclaiming_by_pid(my_pid)) |
+                          (owes_count ? 0 : kSlotNoCount);
     if (holder_ == 0 && my_pid == 0) continue;  // no way to name ourselves: leave it to others
     const bool by_pid = holder_ == 0;
     if (by_pid && !backend_->lock_slot(kMaxHolders + i)) continue;  // another slotless reaper
@@ -257,7 +312,8 @@ uint64_t Arena::reap_dead_holders() {
     // The word matched, but it may be a new occupant's (the judged one left, another claimed
     // the slot with the same word): a claim bumps the incarnation and takes the lock first.
     if (slot.incarnation.load(std::memory_order_acquire) != incarnation ||
-        ((kind == kSlotActive || kind == kSlotClaiming) && backend_->lock_liveness(i) != HolderLiveness::kDead)) {
+        ((kind == kSlotActive || kind == kSlotClaiming || kind == kSlotLeaving) &&
+         backend_->lock_liveness(i) != HolderLiveness::kDead)) {
       expected = mine;
       slot.state.compare_exchange_strong(expected, state, std::memory_order_acq_rel);
       if (by_pid) backend_->unlock_slot(kMaxHolders + i);
@@ -267,12 +323,16 @@ uint64_t Arena::reap_dead_holders() {
     slot.reclaimed_blocks.fetch_add(n, std::memory_order_relaxed);
     header_->reclaimed_blocks.fetch_add(n, std::memory_order_relaxed);
     freed += n;
-    // A reaper killed between these two stores leaves the attach count one high: the segments
-    // then outlive the last process until cleanup_dead_arenas finds every holder dead (the
-    // other order would risk removing them under a live process).
+    // A reaper killed between these two stores leaves the attach count one high, a unit of
+    // nobody: the last live party to leave drops it with its teardown (Arena::detach). The
+    // other order would let a takeover of this reap give the unit back a second time.
     free_slot(slot);
-    header_->attached_holders.fetch_sub(1, std::memory_order_acq_rel);
+    const uint64_t before = owes_count ? header_->attached_holders.fetch_sub(1, std::memory_order_acq_rel) : 0;
     if (by_pid) backend_->unlock_slot(kMaxHolders + i);
+    // The dead party's unit was the last: possible only for a reaper not counted itself (one
+    // still claiming its slot, all slots taken) or after a forged count. Then the reaper is the
+    // last party out and tears down (unless a live active slot shows the count lied).
+    if (owes_count && holders_count(before) == 1) tear_down();
   }
   return freed;
 }

@@ -345,7 +345,8 @@ TEST(CrashPoints, EveryPointLeavesAConsistentArena) {
   if (!kCrashHooksCompiled) GTEST_SKIP() << "built without MEMCHANNEL_TEST_HOOKS";
   std::set<uint32_t> reached;
   std::map<std::string, int> runs;
-  // Segment creation (kGrowSegment*) has its own crash tests: tests/cpp/test_shm_growth.cc.
+  // Segment creation (kGrowSegment*) has its own crash tests: tests/cpp/test_shm_growth.cc;
+  // the attach window (kAttach*) has its own in test_reclaim.cc (AttachWindow).
   // The sync primitives' points (kSync*) have theirs in test_sync_crash.cc (SyncCrashPoints);
   // release tracking's (kReleaseTrackingEnded), shares' (kShare*) and pools' (kPool*) in
   // test_tracking.cc; a receive batch's stashed nodes (kNodesStashed) in test_inline.cc.
@@ -359,6 +360,8 @@ TEST(CrashPoints, EveryPointLeavesAConsistentArena) {
            p == static_cast<uint32_t>(CrashPoint::kPoolMarkedFree) ||
            p == static_cast<uint32_t>(CrashPoint::kGrowSegmentClaimed) ||
            p == static_cast<uint32_t>(CrashPoint::kGrowSegmentCreated) ||
+           p == static_cast<uint32_t>(CrashPoint::kAttachSlotClaimed) ||
+           p == static_cast<uint32_t>(CrashPoint::kAttachCounted) ||
            (p >= static_cast<uint32_t>(CrashPoint::kSyncLockTaken) && p <= static_cast<uint32_t>(CrashPoint::kSyncEventSet)) ||
            p == static_cast<uint32_t>(CrashPoint::kSyncSemReclaimed);
   };

@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -22,6 +23,8 @@
 #include <vector>
 
 #include "tests/cpp/backends.h"
+#include "tests/cpp/crash_hook.h"
+#include "shm/cleanup.h"
 
 namespace memchannel::testing {
 namespace {
@@ -44,6 +47,24 @@ const char* name_of(Call c) {
 uint32_t active_slots(Arena& arena) {
   uint32_t n = 0;
   for (const HolderSlot& slot : arena_header(arena)->holders) n += slot.state.load() == kSlotActive ? 1 : 0;
+  return n;
+}
+
+// The files of an arena over shm (tests/cpp/backends.h, ShmFactory).
+std::string segment_path(Arena& arena) {
+  return "/dev/shm/" + dynamic_cast<shm::ShmBackend&>(arena.backend()).segment_name(0);
+}
+bool file_exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
+// This test process's prefix (shm/names.h, random_test_prefix): what a failed check cleans.
+std::string test_prefix(const std::string& path) {
+  const std::string base = path.substr(path.rfind('/') + 1);
+  return base.substr(0, base.size() - 32);
+}
+// Segment 0 and every growth segment (`<base>.<i>.<nonce>`) of the arena at `path`.
+int files_of(const std::string& path) {
+  const std::string base = path.substr(path.rfind('/') + 1);
+  int n = 0;
+  for (const std::string& name : shm::list_segments(base)) n += name == base || name.rfind(base + ".", 0) == 0;
   return n;
 }
 
@@ -230,11 +251,14 @@ bool sweep_until(Arena& arena, Done&& done, int64_t within_ns = kWithinNs) {
 }
 
 // A child plays a claim of a free slot and dies in it: with its identity written (before
-// marking the slot active) or before writing any (the claim word then names its pid). A plain
-// stats() call must give the slot and the attach count back.
+// marking the slot active) or before writing any (the claim word then names its pid), after
+// counting itself in the attach count (join_holders: slot, count, active). A plain stats() call
+// must give the slot back; the count cannot be (the slot cannot say whether its claimer had
+// counted itself yet), so it stays one high until the last live party leaves, which removes
+// the segments all the same ("The attach window", core/recovery.cc).
 void expect_dead_claimer_reclaimed(Arena& arena, bool write_identity) {
   ArenaHeader* header = arena_header(arena);
-  const uint32_t attached = header->attached_holders.load();
+  const uint32_t attached = holders_count(header->attached_holders.load());
   const pid_t pid = ::fork();
   if (pid == 0) {
     const HolderIdentity me = arena.backend().self_identity();
@@ -242,7 +266,7 @@ void expect_dead_claimer_reclaimed(Arena& arena, bool write_identity) {
       uint32_t expected = kSlotFree;
       const uint32_t claim = write_identity ? kSlotClaiming : slot_claiming(static_cast<uint64_t>(::getpid()));
       if (!slot.state.compare_exchange_strong(expected, claim)) continue;
-      header->attached_holders.fetch_add(1);  // an attacher counts itself first, then claims
+      header->attached_holders.fetch_add(holders_joined(0));  // a claimer counts itself, then marks its slot active
       if (write_identity) {
         slot.identity[0].store(me.words[0]);
         slot.identity[1].store(me.words[1]);
@@ -260,9 +284,9 @@ void expect_dead_claimer_reclaimed(Arena& arena, bool write_identity) {
     return n;
   };
   ASSERT_EQ(claiming(), 1u);
-  ASSERT_EQ(header->attached_holders.load(), attached + 1);
+  ASSERT_EQ(holders_count(header->attached_holders.load()), attached + 1);
   EXPECT_TRUE(sweep_until(arena, [&] { return claiming() == 0; })) << "the dead claimer's slot is still kSlotClaiming";
-  EXPECT_EQ(header->attached_holders.load(), attached);
+  EXPECT_EQ(holders_count(header->attached_holders.load()), attached + 1) << "given back: it may never have been counted";
   EXPECT_EQ(active_slots(arena), 1u);
 }
 
@@ -273,6 +297,9 @@ TYPED_TEST(ReclaimTest, ClaimerKilledMidClaimGivesItsSlotBack) {
   auto arena = this->make_arena(4 * kMiB);
   ASSERT_NE(arena, nullptr);
   expect_dead_claimer_reclaimed(*arena, /*write_identity=*/true);
+  const std::string path = segment_path(*arena);
+  arena.reset();  // the last live party leaves: the dead claimer's unit does not keep the segments
+  EXPECT_EQ(files_of(path), 0);
 }
 
 // Killed right after its claim, before it wrote any of its identity (core/arena_layout.h,
@@ -281,6 +308,9 @@ TYPED_TEST(ReclaimTest, ClaimerKilledBeforeItsIdentityGivesItsSlotBack) {
   auto arena = this->make_arena(4 * kMiB);
   ASSERT_NE(arena, nullptr);
   expect_dead_claimer_reclaimed(*arena, /*write_identity=*/false);
+  const std::string path = segment_path(*arena);
+  arena.reset();  // the last live party leaves: the dead claimer's unit does not keep the segments
+  EXPECT_EQ(files_of(path), 0);
 }
 
 // A reaper killed half way through a reap: it had taken a dead holder's slot (kSlotReclaiming,
@@ -291,7 +321,7 @@ TYPED_TEST(ReclaimTest, ReaperKilledMidReapIsFinishedByTheNextSweep) {
   auto arena = this->make_arena(16 * kMiB);
   ASSERT_NE(arena, nullptr);
   ArenaHeader* header = arena_header(*arena);
-  const uint32_t attached = header->attached_holders.load();
+  const uint32_t attached = holders_count(header->attached_holders.load());
   const uint64_t baseline = arena->counters().blocks_in_use;
   arena->set_sweep_interval(-1);  // nobody sweeps before the reaper has played its part
   const uint32_t victim_holder = kill_a_holder_of_three_blocks(*arena);
@@ -315,16 +345,16 @@ TYPED_TEST(ReclaimTest, ReaperKilledMidReapIsFinishedByTheNextSweep) {
   ASSERT_EQ(::waitpid(reaper, &wstatus, 0), reaper);
   ASSERT_TRUE(WIFSIGNALED(wstatus)) << "status " << wstatus;
   ASSERT_EQ(slot_kind(header->holders[victim_holder - 1].state.load()), kSlotReclaiming);
-  ASSERT_EQ(header->attached_holders.load(), attached + 2);
+  ASSERT_EQ(holders_count(header->attached_holders.load()), attached + 2);
 
   arena->set_sweep_interval(kSweepIntervalNs);
   sweep_until(*arena, [&] {
-    return active_slots(*arena) == 1 && header->attached_holders.load() == attached &&
+    return active_slots(*arena) == 1 && holders_count(header->attached_holders.load()) == attached &&
            slot_kind(header->holders[victim_holder - 1].state.load()) == kSlotFree;
   });
   EXPECT_EQ(slot_kind(header->holders[victim_holder - 1].state.load()), kSlotFree) << "the reap was not finished";
   EXPECT_EQ(active_slots(*arena), 1u) << "the reaper's own slot";
-  EXPECT_EQ(header->attached_holders.load(), attached);
+  EXPECT_EQ(holders_count(header->attached_holders.load()), attached);
   EXPECT_EQ(arena->counters().blocks_in_use, baseline) << "the victim's blocks";
 }
 
@@ -337,7 +367,7 @@ TYPED_TEST(ReclaimTest, ReapByAnAttachingProcessIsTakenOverOnlyWhenItDies) {
   auto arena = this->make_arena(16 * kMiB);
   ASSERT_NE(arena, nullptr);
   ArenaHeader* header = arena_header(*arena);
-  const uint32_t attached = header->attached_holders.load();
+  const uint32_t attached = holders_count(header->attached_holders.load());
   const uint64_t baseline = arena->counters().blocks_in_use;
   arena->set_sweep_interval(-1);
   const uint32_t victim_holder = kill_a_holder_of_three_blocks(*arena);
@@ -358,14 +388,164 @@ TYPED_TEST(ReclaimTest, ReapByAnAttachingProcessIsTakenOverOnlyWhenItDies) {
   arena->set_sweep_interval(kSweepIntervalNs);
   sweep_until(*arena, [] { return false; });  // several sweeps while the reaper lives
   EXPECT_EQ(slot_kind(slot.state.load()), kSlotReclaimingByPid) << "a live reaper's reap was taken over";
-  EXPECT_EQ(header->attached_holders.load(), attached + 1);
+  EXPECT_EQ(holders_count(header->attached_holders.load()), attached + 1);
   ASSERT_EQ(::kill(reaper, SIGKILL), 0);
   int wstatus = 0;
   ASSERT_EQ(::waitpid(reaper, &wstatus, 0), reaper);
   sweep_until(*arena, [&] { return slot_kind(slot.state.load()) == kSlotFree; });
   EXPECT_EQ(slot_kind(slot.state.load()), kSlotFree) << "the dead reaper's reap was not finished";
-  EXPECT_EQ(header->attached_holders.load(), attached) << "decremented once, for the victim";
+  EXPECT_EQ(holders_count(header->attached_holders.load()), attached) << "decremented once, for the victim";
   EXPECT_EQ(arena->counters().blocks_in_use, baseline);
+}
+
+
+// The attach window (core/recovery.cc, "The attach window"): a process that joins an arena
+// (Arena::attach, or a forked child's reattach_after_fork) claims its holder slot, counts itself
+// in the attach count, then marks its slot active. Killed in between, it must not keep the
+// segments alive: the last live party to leave removes them (the `make test` runs of the sync
+// crash tests left arenas whose every slot was free and whose count was still 1 or 2: children
+// SIGKILLed while they re-attached). Stalled there alive instead, it must keep the arena working.
+// Joins `arena` in a child (by fork + reattach_after_fork, or by name with Arena::attach).
+std::shared_ptr<Arena> join(const std::shared_ptr<Arena>& arena, bool by_name) {
+  if (!by_name) {
+    arena->reattach_after_fork();
+    return arena->holder() != 0 ? arena : nullptr;
+  }
+  const std::string base = dynamic_cast<shm::ShmBackend&>(arena->backend()).base_name();
+  const auto bytes = shm::ShmBackend::probe(base);
+  if (!bytes.ok()) return nullptr;
+  auto attached = Arena::attach(shm::ShmBackend::for_existing(base), bytes.value);
+  return attached.ok() ? attached.value : nullptr;
+}
+
+const CrashPoint kAttachWindow[] = {CrashPoint::kAttachSlotClaimed, CrashPoint::kAttachCounted};
+
+TEST(AttachWindow, AttacherKilledInTheWindowLeavesNoSegmentsBehind) {
+  if (!kCrashHooksCompiled) GTEST_SKIP() << "built without MEMCHANNEL_TEST_HOOKS";
+  for (CrashPoint point : kAttachWindow) for (bool by_name : {false, true}) for (int victims : {1, 2}) {
+    SCOPED_TRACE(std::string(to_string(point)) + (by_name ? " by name" : " by fork") + " x" + std::to_string(victims));
+    auto arena = Arena::create(ShmFactory::make(), 4 * kMiB, 77).value;
+    ASSERT_NE(arena, nullptr);
+    const std::string path = segment_path(*arena);
+    ASSERT_TRUE(file_exists(path));
+    for (int v = 0; v < victims; ++v) {
+      const pid_t pid = ::fork();
+      if (pid == 0) {
+        g_target.store(static_cast<uint32_t>(point));
+        g_hits_left.store(1);
+        set_crash_hook(kill_at_target);
+        (void)join(arena, by_name);
+        ::_exit(3);
+      }
+      ASSERT_TRUE(child_killed_at_point(pid, 3));
+    }
+    // The survivor keeps working (it reaps the dead attachers on the way).
+    (void)arena->reap_dead_holders();
+    auto block = arena->allocate(1000, PayloadLayout{});
+    ASSERT_TRUE(block.ok());
+    EXPECT_EQ(arena->release(block.value), Status::kOk);
+    arena.reset();  // the last live party leaves
+    EXPECT_EQ(files_of(path), 0) << "the segments outlived every live process";
+    if (files_of(path) != 0) shm::cleanup_dead_arenas(test_prefix(path));
+  }
+}
+
+// A live attacher stalled in the window: the others leaving never remove the segments under
+// it once it is counted; stalled before it counted itself, it is refused (the arena is torn
+// down) rather than handed an arena without segments. Either way nothing is left at the end.
+std::atomic<int> g_stall_in{-1}, g_stall_out{-1};
+void stall_at_target(CrashPoint p) {
+  if (static_cast<uint32_t>(p) != g_target.load(std::memory_order_relaxed)) return;
+  const char c = 1;
+  char got = 0;
+  if (::write(g_stall_in.load(), &c, 1) != 1 || ::read(g_stall_out.load(), &got, 1) != 1) ::_exit(7);
+}
+
+TEST(AttachWindow, StalledAttacherKeepsAWorkingArena) {
+  if (!kCrashHooksCompiled) GTEST_SKIP() << "built without MEMCHANNEL_TEST_HOOKS";
+  for (CrashPoint point : kAttachWindow) for (bool by_name : {false, true}) {
+    SCOPED_TRACE(std::string(to_string(point)) + (by_name ? " by name" : " by fork"));
+    const bool counted = point == CrashPoint::kAttachCounted;
+    auto arena = Arena::create(ShmFactory::make(), 64 * kMiB, 77).value;
+    ASSERT_NE(arena, nullptr);
+    const std::string path = segment_path(*arena);
+    int in[2], out[2];
+    ASSERT_EQ(::pipe(in), 0);
+    ASSERT_EQ(::pipe(out), 0);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      g_stall_in.store(in[1]);
+      g_stall_out.store(out[0]);
+      g_target.store(static_cast<uint32_t>(point));
+      set_crash_hook(stall_at_target);
+      std::shared_ptr<Arena> mine = join(arena, by_name);
+      set_crash_hook(nullptr);
+      if (mine == nullptr) ::_exit(counted ? 4 : 0);  // refused: only before it counted itself
+      if (!file_exists(path)) ::_exit(5);
+      for (int i = 0; i < 8; ++i) {  // grows past segment 0: the names must still be there
+        auto b = mine->allocate(1 << 20, PayloadLayout{});
+        if (!b.ok()) ::_exit(6);
+      }
+      if (files_of(path) < 2) ::_exit(9);
+      mine->detach();
+      ::_exit(files_of(path) != 0 ? 8 : 0);  // the last one out removes the segments
+    }
+    char c = 0;
+    ASSERT_EQ(::read(in[0], &c, 1), 1);  // the child is in the window
+    arena.reset();                        // every other party leaves
+    if (counted) {
+      EXPECT_TRUE(file_exists(path)) << "removed under a live attacher";
+    }
+    ASSERT_EQ(::write(out[1], &c, 1), 1);
+    int wstatus = 0;
+    ASSERT_EQ(::waitpid(pid, &wstatus, 0), pid);
+    EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << "status " << wstatus;
+    EXPECT_EQ(files_of(path), 0);
+    for (int fd : {in[0], in[1], out[0], out[1]}) ::close(fd);
+    if (files_of(path) != 0) shm::cleanup_dead_arenas(test_prefix(path));
+  }
+}
+
+
+// An arena left by processes that all died, one of them in its attach window (counted, its slot
+// never active) and the creator without detaching: every slot's lock is free, so
+// cleanup_dead_arenas (`python -m memchannel cleanup`) removes it whatever its count says.
+TEST(AttachWindow, CleanupRemovesAnArenaWhoseHoldersAllDied) {
+  if (!kCrashHooksCompiled) GTEST_SKIP() << "built without MEMCHANNEL_TEST_HOOKS";
+  int report[2];
+  ASSERT_EQ(::pipe(report), 0);
+  const pid_t creator = ::fork();
+  if (creator == 0) {
+    auto arena = Arena::create(ShmFactory::make(), 4 * kMiB, 77).value;
+    if (arena == nullptr) ::_exit(2);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      g_target.store(static_cast<uint32_t>(CrashPoint::kAttachCounted));
+      g_hits_left.store(1);
+      set_crash_hook(kill_at_target);
+      (void)join(arena, /*by_name=*/false);
+      ::_exit(3);
+    }
+    int wstatus = 0;
+    if (::waitpid(pid, &wstatus, 0) != pid || !WIFSIGNALED(wstatus)) ::_exit(4);
+    const std::string path = segment_path(*arena);
+    const uint32_t len = static_cast<uint32_t>(path.size());
+    if (::write(report[1], &len, sizeof len) != sizeof len || ::write(report[1], path.data(), len) != len) ::_exit(5);
+    ::_exit(0);  // dies holding its slot and count: nobody detaches
+  }
+  ::close(report[1]);
+  uint32_t len = 0;
+  ASSERT_EQ(::read(report[0], &len, sizeof len), static_cast<ssize_t>(sizeof len));
+  std::string path(len, '\0');
+  ASSERT_EQ(::read(report[0], path.data(), len), static_cast<ssize_t>(len));
+  ::close(report[0]);
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(creator, &wstatus, 0), creator);
+  ASSERT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << "status " << wstatus;
+  ASSERT_EQ(files_of(path), 1);
+  const std::vector<std::string> removed = shm::cleanup_dead_arenas(test_prefix(path));
+  EXPECT_EQ(files_of(path), 0);
+  EXPECT_EQ(std::count(removed.begin(), removed.end(), path.substr(path.rfind('/') + 1)), 1);
 }
 
 }  // namespace
