@@ -36,10 +36,7 @@ constexpr uint32_t barrier_entry_arrivals(uint64_t e) { return static_cast<uint3
 // fence does (a waiter registers with a seq_cst RMW and a seq_cst fence before it re-checks),
 // so the fence is not needed. Saves the fence on every uncontended release.
 void wake_after_rmw(EventCount& ec) {
-  if (ec.waiters.load(std::memory_order_seq_cst) != 0) {
-    ec.seq.fetch_add(1, std::memory_order_release);
-    futex_wake(&ec.seq, std::numeric_limits<int>::max());
-  }
+  if (ec.waiters.load(std::memory_order_seq_cst) != 0) wake_all_sleepers(ec);
 }
 
 }  // namespace
@@ -57,10 +54,7 @@ Sync::Sync(std::shared_ptr<Arena> arena, SyncHeader* header, Offset offset)
                    (kind_ == SyncKind::kSemaphore || kind_ == SyncKind::kBoundedSemaphore)),
       sem_bound_(kind_ == SyncKind::kBoundedSemaphore ? limit_ : kNoLimit) {}
 
-void Sync::wake_changed() {
-  header_->changed.seq.fetch_add(1, std::memory_order_release);
-  futex_wake(&header_->changed.seq, std::numeric_limits<int>::max());
-}
+void Sync::wake_changed() { wake_all_sleepers(header_->changed); }
 
 Result<std::shared_ptr<Sync>> Sync::create(std::shared_ptr<Arena> arena, SyncKind kind, uint32_t value,
                                            uint32_t limit, uint32_t flags, uint64_t sync_id) {

@@ -5,14 +5,21 @@
 //   waiters += 1          (seq_cst)          make the condition true (e.g. push)
 //   key = seq             (acquire)          fence (seq_cst)
 //   if condition: done                       if waiters != 0:
-//   futex_wait(seq, key)                         seq += 1 (release); futex_wake(seq, all)
-//   waiters -= 1
+//   futex_wait(seq, key)                         seq += 1 (release); woken = futex_wake(seq, all)
+//   not woken: waiters -= 1                      waiters -= woken
 //
 // The two seq_cst points form a Dekker pair: either the notifier sees the waiter registered
 // (and bumps seq, so the futex_wait returns at once or is woken), or the waiter's condition
 // check sees the notifier's change. A notifier with no registered waiter pays one fence and
 // one load. Before registering, a waiter spins briefly: a futex round trip costs ~10 us, a
 // spinning hand-off well under 1 us.
+//
+// The count is of sleepers not yet woken: a notifier subtracts the number futex_wake reports
+// woken, and a sleeper subtracts itself only when it leaves the futex otherwise (timeout,
+// signal, value changed), as the receivers' wake-one count below does. So notifiers that come
+// while a woken sleeper waits for a CPU make no futex call for it. A sleeper killed while
+// counted, or a notifier killed between its wake and its subtraction, leaves the count too
+// high (futex calls that wake nobody), never too low.
 //
 // Lives in arena memory (fixed-width atomics, no pointers). Several conditions may share one
 // EventCount; wake-ups are broadcast, so a waiter that times out never swallows a wake-up
@@ -32,7 +39,7 @@ namespace memchannel {
 
 struct EventCount {
   std::atomic<uint32_t> seq;      // bumped by notifiers that saw a waiter; the futex word
-  std::atomic<uint32_t> waiters;  // registered sleepers
+  std::atomic<uint32_t> waiters;  // registered sleepers not yet woken
 };
 static_assert(std::is_standard_layout_v<EventCount>);
 static_assert(sizeof(EventCount) == 8);
@@ -48,13 +55,19 @@ struct WaitSpec {
   static WaitSpec nonblocking() { WaitSpec w; w.deadline_ns = 0; w.spin_ns = 0; return w; }
 };
 
+// Wakes every sleeper and takes them off the count: for a caller that ordered its change
+// before its look at `waiters` (notify_all's fence, or a seq_cst RMW). Concurrency: any thread,
+// any process.
+inline void wake_all_sleepers(EventCount& ec) {
+  ec.seq.fetch_add(1, std::memory_order_release);
+  const int woken = futex_wake(&ec.seq, std::numeric_limits<int>::max());
+  if (woken > 0) ec.waiters.fetch_sub(static_cast<uint32_t>(woken), std::memory_order_relaxed);
+}
+
 // Concurrency: any thread, any process.
 inline void notify_all(EventCount& ec) {
   std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with the waiter's fence below
-  if (ec.waiters.load(std::memory_order_relaxed) != 0) {
-    ec.seq.fetch_add(1, std::memory_order_release);
-    futex_wake(&ec.seq, std::numeric_limits<int>::max());
-  }
+  if (ec.waiters.load(std::memory_order_relaxed) != 0) wake_all_sleepers(ec);
 }
 
 // How long a receiver spins on the CPU alone before its spin starts yielding (ns).
@@ -123,7 +136,8 @@ Status wait_until_low_water(EventCount& ec, const WaitSpec& spec, Ready&& ready,
     const bool capped = recheck > 0 && (timeout < 0 || timeout > recheck);
     if (capped) timeout = recheck;
     const FutexWait r = futex_wait(&ec.seq, key, timeout);
-    ec.waiters.fetch_sub(1, std::memory_order_relaxed);
+    // Woken: the notifier took us off the count. Any other return: we take ourselves off.
+    if (r != FutexWait::kWoken) ec.waiters.fetch_sub(1, std::memory_order_relaxed);
     if (any()) return Status::kOk;
     if (r == FutexWait::kInterrupted) return Status::kInterrupted;
     if (r == FutexWait::kTimedOut && capped) {  // our own re-check, not the caller's limit
@@ -149,18 +163,13 @@ Status wait_until(EventCount& ec, const WaitSpec& spec, Ready&& ready) {
 template <typename Wanted>
 inline void notify_all_if(EventCount& ec, Wanted&& wanted) {
   std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with the waiter's fence
-  if (ec.waiters.load(std::memory_order_relaxed) != 0 && wanted()) {
-    ec.seq.fetch_add(1, std::memory_order_release);
-    futex_wake(&ec.seq, std::numeric_limits<int>::max());
-  }
+  if (ec.waiters.load(std::memory_order_relaxed) != 0 && wanted()) wake_all_sleepers(ec);
 }
 
 // ---- Wake-one waiting (a queue's receivers) ------------------------------------------------
 //
-// EventCount above broadcasts, and its count includes sleepers already woken but not yet
-// running, so while a woken receiver waits for a CPU every message costs its sender another
-// futex call, and every sleeper wakes for each message. Receivers of a channel wait here
-// instead (docs/design.md, "Waiting"):
+// EventCount above broadcasts: every sleeper wakes for each message. Receivers of a channel
+// wait here instead (docs/design.md, "Waiting"):
 //  * One wake-up per message: a sender wakes one sleeper (FUTEX_WAKE 1). A woken receiver
 //    always takes a message or finds the queue empty, and a message it did not get was taken
 //    by someone (ready() dequeues), so no message is left behind with its wake-up spent.
