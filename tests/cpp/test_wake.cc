@@ -361,7 +361,7 @@ TYPED_TEST(WakeTest, FullChannelSenderIsWokenAtTheLowWaterNotPerMessage) {
     auto got = recv_value(*ch, waiting(10000, 0));
     ASSERT_EQ(got.status, Status::kOk);
     ASSERT_EQ(got.value, v);
-    const int64_t busy_until = monotonic_ns() + 10000;  // 10 us of work per message
+    const int64_t busy_until = monotonic_ns() + 40000;  // 40 us of work per message: slower than any sender build
     while (monotonic_ns() < busy_until) {
     }
   }
@@ -369,7 +369,7 @@ TYPED_TEST(WakeTest, FullChannelSenderIsWokenAtTheLowWaterNotPerMessage) {
   EXPECT_EQ(failures.load(), 0);
   const uint32_t wakes = hdr->not_full.seq.load() - seq0;
   // The sender sleeps through most claims; one wake-up per 16 messages taken (plus a few).
-  EXPECT_GT(sleeps_seen, kMessages / 2) << "the sender did not sleep on the full channel: nothing tested";
+  EXPECT_GT(sleeps_seen, kMessages / 4) << "the sender did not sleep on the full channel: nothing tested";
   EXPECT_LT(wakes, kMessages / 8) << wakes << " wake-ups for " << kMessages << " messages";
   EXPECT_EQ(hdr->not_full.waiters.load(), 0u);
   EXPECT_EQ(ch->queued(), 0u);
