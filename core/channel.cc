@@ -279,7 +279,7 @@ void Channel::advance(uint64_t head, QueueNode* first, uint64_t head_state, Bloc
     }
     MEMCHANNEL_CRASH_POINT(kRecvOldHeadFreed);
     if (maxsize_ != 0 || maxbytes_ != 0) {  // one message fewer counted
-      notify_room(next);
+      notify_room();
       notify_fd(FdKind::kWritable);
     }
   }

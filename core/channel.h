@@ -311,9 +311,9 @@ class Channel {
   // After a chain's link: the tail from `tail` (the node linked after) to the chain's last node.
   void swing_tail_over_chain(uint64_t tail, const BlockRef* refs, const uint64_t* states, QueueNode* const* nodes,
                              size_t k);
-  // After a claim made `dummy_ref` the dummy: wakes senders asleep on a full channel once it is
-  // down to its low water (channel_send.cc).
-  void notify_room(BlockRef dummy_ref);
+  // After a claim: wakes senders asleep on a full channel once it is down to its low water
+  // (channel_send.cc).
+  void notify_room();
   // The low water of a bounded channel: at most maxsize - max(1, maxsize / 4) messages and
   // maxbytes - maxbytes / 4 bytes queued (room for a quarter of the limit).
   bool at_low_water(uint64_t queued, uint64_t bytes) const {

@@ -79,28 +79,27 @@ Status Channel::queued_after(uint64_t tail, const QueueNode* last, uint64_t next
   return Status::kOk;
 }
 
-// Senders asleep on a full channel (not_full), after a claim that made the node `dummy_ref` the
-// dummy: woken once the channel has room for a quarter of its limit (the low water), not for
-// every message taken. A sender woken for one slot links one message and sleeps again, so a
-// fast sender feeding slow receivers paid a futex wake-up, a context switch and a spin per
-// message, on a CPU its receivers needed; woken at the low water it links a quarter of the
-// channel in one go (docs/design.md, "Waiting"). A wake-up declined here is owed by a later
-// claim: every claim at or below the low water wakes, and so does one whose numbers cannot be
-// read or are not an honest queue's (waking is never wrong). A claim after which the head
-// moved on leaves the decision to that later claim (it notifies too). A channel whose
-// receivers stop short of the low water leaves the sender to its own re-check
+// Senders asleep on a full channel (not_full), after a claim: woken once the channel has room
+// for a quarter of its limit (the low water), not for every message taken. A sender woken for
+// one slot links one message and sleeps again, so a fast sender feeding slow receivers paid a
+// futex wake-up, a context switch and a spin per message, on a CPU its receivers needed; woken
+// at the low water it links a quarter of the channel in one go (docs/design.md, "Senders on a
+// full channel: the low water"). What is queued is counted as room_after counts it
+// (queued_after, from the current head and tail). A wake-up declined here is owed by a later
+// claim: every claim at or below the low water wakes, and so does one whose look at the queue
+// fails (it moved, or its numbers are not an honest queue's: waking is never wrong). A channel
+// whose receivers stop short of the low water leaves the sender to its own re-check
 // (kRoomRecheckNs, backing off), the one case where room can wait: bounded by about as long as
 // the sender has waited already.
-void Channel::notify_room(BlockRef dummy_ref) {
+void Channel::notify_room() {
   notify_all_if(header_->not_full, [&] {
-    QueueNode* dummy = arena_->find_node(dummy_ref);
     TailSnapshot t;
-    if (dummy == nullptr || !read_tail_of(header_, *arena_, &t) || t.last == nullptr) return true;
-    const uint64_t head_seq = dummy->seq.load(std::memory_order_relaxed);
-    const uint64_t head_position = dummy->position_bytes.load(std::memory_order_relaxed);
-    if (tagged_ref(header_->head.load(std::memory_order_acquire)) != dummy_ref) return false;  // a later claim decides
-    if (t.seq < head_seq || t.position < head_position) return true;
-    return at_low_water(t.seq - head_seq, t.position - head_position);
+    uint64_t queued = 0, bytes = 0;
+    if (!read_tail_of(header_, *arena_, &t) || t.last == nullptr ||
+        queued_after(t.tail, t.last, t.next, t.seq, t.position, &queued, &bytes) != Status::kOk) {
+      return true;
+    }
+    return at_low_water(queued, bytes);
   });
 }
 

@@ -55,14 +55,19 @@ struct WaitSpec {
   static WaitSpec nonblocking() { WaitSpec w; w.deadline_ns = 0; w.spin_ns = 0; return w; }
 };
 
-// Wakes every sleeper and takes them off the count: for a caller that ordered its change
-// before its look at `waiters` (notify_all's fence, or a seq_cst RMW). Concurrency: any thread,
-// any process.
-inline void wake_all_sleepers(EventCount& ec) {
+// Bumps the futex word and wakes up to `count` sleepers, taking off the count those the kernel
+// says it woke (an EventCount and the receivers' WakeOneCount below both count sleepers not yet
+// woken). For a caller that ordered its change before its look at `waiters` (a fence, or a
+// seq_cst RMW). Concurrency: any thread, any process.
+template <typename Count>
+inline void wake_sleepers(Count& ec, int count) {
   ec.seq.fetch_add(1, std::memory_order_release);
-  const int woken = futex_wake(&ec.seq, std::numeric_limits<int>::max());
+  const int woken = futex_wake(&ec.seq, count);
   if (woken > 0) ec.waiters.fetch_sub(static_cast<uint32_t>(woken), std::memory_order_relaxed);
 }
+
+// Every sleeper. Concurrency: any thread, any process.
+inline void wake_all_sleepers(EventCount& ec) { wake_sleepers(ec, std::numeric_limits<int>::max()); }
 
 // Concurrency: any thread, any process.
 inline void notify_all(EventCount& ec) {
@@ -232,15 +237,6 @@ inline bool spinner_announced(const std::atomic<int64_t>& spin_until) {
   const int64_t now = monotonic_ns();
   return until > now && until - now <= kMaxSpinLease;
 }
-
-inline void subtract_woken(WakeOneCount& ec, int woken) {
-  if (woken > 0) ec.waiters.fetch_sub(static_cast<uint32_t>(woken), std::memory_order_relaxed);
-}
-
-inline void wake(WakeOneCount& ec, int count) {
-  ec.seq.fetch_add(1, std::memory_order_release);
-  subtract_woken(ec, futex_wake(&ec.seq, count));
-}
 }  // namespace wake_detail
 
 // After making n waiters' conditions true (e.g. n pushes, one chain): wakes up to n sleepers,
@@ -252,7 +248,7 @@ inline void notify_n(WakeOneCount& ec, const std::atomic<int64_t>& spin_until, u
   if (sleeping == 0 || n == 0) return;
   if (wake_detail::spinner_announced(spin_until)) return;
   const uint64_t k = n < sleeping ? n : sleeping;
-  wake_detail::wake(ec, k < static_cast<uint64_t>(std::numeric_limits<int>::max()) ? static_cast<int>(k)
+  wake_sleepers(ec, k < static_cast<uint64_t>(std::numeric_limits<int>::max()) ? static_cast<int>(k)
                                                                                  : std::numeric_limits<int>::max());
 }
 
@@ -262,7 +258,7 @@ inline void notify_one(WakeOneCount& ec, const std::atomic<int64_t>& spin_until)
 // Wakes every sleeper (close, repair). Concurrency: any thread, any process.
 inline void notify_all(WakeOneCount& ec) {
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (ec.waiters.load(std::memory_order_relaxed) != 0) wake_detail::wake(ec, std::numeric_limits<int>::max());
+  if (ec.waiters.load(std::memory_order_relaxed) != 0) wake_sleepers(ec, std::numeric_limits<int>::max());
 }
 
 // As wait_until above, for a consuming ready() (one that takes what it waits for: a message).
@@ -320,7 +316,7 @@ Status wait_until(WakeOneCount& ec, std::atomic<int64_t>& spin_until, const Wait
       const uint64_t left = more();
       if (left != 0) {
         const uint64_t n = left < sleeping ? left : sleeping;
-        wake_detail::wake(ec, n < static_cast<uint64_t>(std::numeric_limits<int>::max())
+        wake_sleepers(ec, n < static_cast<uint64_t>(std::numeric_limits<int>::max())
                                   ? static_cast<int>(n) : std::numeric_limits<int>::max());
       }
     }
