@@ -75,7 +75,7 @@ inline void notify_all(EventCount& ec) {
   if (ec.waiters.load(std::memory_order_relaxed) != 0) wake_all_sleepers(ec);
 }
 
-// How long a receiver spins on the CPU alone before its spin starts yielding (ns).
+// How long a waiter spins on the CPU alone before its spin starts yielding (ns).
 inline constexpr int64_t kSpinBeforeYieldNs = 4000;
 // A low-water sleeper's re-checks (wait_until's recheck_ns) back off up to this long (ns).
 inline constexpr int64_t kMaxRecheckNs = 64'000'000;
