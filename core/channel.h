@@ -314,6 +314,13 @@ class Channel {
   // After a claim: wakes senders asleep on a full channel once it is down to its low water
   // (channel_send.cc).
   void notify_room();
+  // After messages left a bounded channel: notify_room and the fd "writable" hook.
+  void notify_room_if_bounded() {
+    if (maxsize_ != 0 || maxbytes_ != 0) {
+      notify_room();
+      notify_fd(FdKind::kWritable);
+    }
+  }
   // The low water of a bounded channel: at most maxsize - max(1, maxsize / 4) messages and
   // maxbytes - maxbytes / 4 bytes queued (room for a quarter of the limit).
   bool at_low_water(uint64_t queued, uint64_t bytes) const {

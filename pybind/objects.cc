@@ -541,12 +541,13 @@ py::list recv_many_buffers(PyChannel& c, Py_ssize_t max_messages, bool block, Py
   py::list out;
   size_t n = first.value;
   size_t returned = 0;
+  std::array<py::object, Channel::kMaxChain> made;  // one chunk's Buffers, then into the list
   for (;;) {
+    size_t k = 0;
     for (size_t i = 0; i < n; ++i) {
       try {
-        py::object b = c.wrap(taken[i], &smalls[i]);  // takes the block over, or releases it and raises
-        if (PyList_Append(out.ptr(), b.ptr()) != 0) throw py::error_already_set();  // b's GC frees the block
-        ++returned;
+        made[k] = c.wrap(taken[i], &smalls[i]);  // takes the block over, or releases it and raises
+        ++k;
       } catch (py::error_already_set& e) {
         if (!c.pending_batch_error) c.pending_batch_error = std::make_shared<py::error_already_set>(std::move(e));
       } catch (py::builtin_exception& e) {
@@ -555,6 +556,20 @@ py::list recv_many_buffers(PyChannel& c, Py_ssize_t max_messages, bool block, Py
         else PyErr_Clear();
       }
     }
+    // The first chunk becomes a list of its exact size; a later one (a batch of over kMaxChain)
+    // is appended. On a failure here made's Buffers go with it, their blocks back to the arena.
+    if (k != 0 && PyList_GET_SIZE(out.ptr()) == 0) {
+      PyObject* list = PyList_New(static_cast<Py_ssize_t>(k));
+      if (list == nullptr) throw py::error_already_set();
+      for (size_t j = 0; j < k; ++j) PyList_SET_ITEM(list, static_cast<Py_ssize_t>(j), made[j].release().ptr());
+      out = py::reinterpret_steal<py::list>(list);
+    } else {
+      for (size_t j = 0; j < k; ++j) {
+        if (PyList_Append(out.ptr(), made[j].ptr()) != 0) throw py::error_already_set();
+        made[j] = py::object();
+      }
+    }
+    returned += k;
     if (n < want || returned >= max) break;  // the queue ran dry, or the batch is full
     want = std::min(max - returned, Channel::kMaxChain);
     auto more = c.ch().recv_many(taken.data(), want, WaitSpec::nonblocking(), smalls.data());
