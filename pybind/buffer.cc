@@ -5,6 +5,7 @@
 
 #include "pybind/args.h"
 #include "pybind/gil.h"
+#include "pybind/state.h"
 
 namespace memchannel::py_glue {
 
@@ -42,21 +43,48 @@ extern "C" int buffer_getbuffer(PyObject* obj, Py_buffer* view, int flags) {
 }
 
 namespace {
-// One Buffer object per received message: pymalloc memory (the object is under 512 bytes),
-// without the zeroing of PyType_GenericAlloc (the constructor writes every field), the type
-// referenced as tp_alloc would (a heap type). Freed by buffer_dealloc's tp_free (PyObject_Free).
-PyObject* alloc_buffer_object(PyTypeObject* type) {
-  void* mem = PyObject_Malloc(static_cast<size_t>(type->tp_basicsize));
-  if (mem == nullptr) {
-    PyErr_NoMemory();
-    return nullptr;
+// One Buffer object per received message: memory from the home state's free list, else
+// pymalloc (the object is under 512 bytes), without the zeroing of PyType_GenericAlloc (the
+// constructor writes every field), the type referenced as tp_alloc would (a heap type). Every
+// Buffer object of an interpreter has its type's tp_basicsize, so any freed one fits.
+PyObject* alloc_buffer_object(PyTypeObject* type, ModuleState* home, PyObject* home_owner) {
+  void* mem = nullptr;
+  if (home != nullptr && home->buffer_free_count > 0) {
+    mem = home->buffer_free[static_cast<size_t>(--home->buffer_free_count)];
+  } else {
+    mem = PyObject_Malloc(static_cast<size_t>(type->tp_basicsize));
+    if (mem == nullptr) {
+      PyErr_NoMemory();
+      return nullptr;
+    }
   }
-  return PyObject_Init(static_cast<PyObject*>(mem), type);
+  PyObject* self = PyObject_Init(static_cast<PyObject*>(mem), type);
+  auto* o = reinterpret_cast<BufferObject*>(self);
+  o->home = home_owner != nullptr ? home : nullptr;
+  o->home_owner = o->home != nullptr ? Py_NewRef(home_owner) : nullptr;
+  return self;
+}
+
+// The object's memory back to its home's free list (or pymalloc), then its references: the
+// type's, and last the home's (which may free the home and its list).
+void free_buffer_object(PyObject* self) {
+  PyTypeObject* type = Py_TYPE(self);
+  auto* o = reinterpret_cast<BufferObject*>(self);
+  ModuleState* home = o->home;
+  PyObject* owner = o->home_owner;
+  if (home != nullptr && home->buffer_free_count < ModuleState::kBufferFreeMax) {
+    home->buffer_free[static_cast<size_t>(home->buffer_free_count++)] = self;
+  } else {
+    type->tp_free(self);
+  }
+  Py_DECREF(type);
+  Py_XDECREF(owner);
 }
 }  // namespace
 
-py::object new_buffer(PyTypeObject* type, std::shared_ptr<Arena> arena, BlockHandle block, const BlockView& v) {
-  PyObject* self = alloc_buffer_object(type);
+py::object new_buffer(PyTypeObject* type, std::shared_ptr<Arena> arena, BlockHandle block, const BlockView& v,
+                      ModuleState* home, PyObject* home_owner) {
+  PyObject* self = alloc_buffer_object(type, home, home_owner);
   if (self == nullptr) {
     arena->release(block);
     throw py::error_already_set();
@@ -64,17 +92,15 @@ py::object new_buffer(PyTypeObject* type, std::shared_ptr<Arena> arena, BlockHan
   try {
     new (&reinterpret_cast<BufferObject*>(self)->buf) Buffer(std::move(arena), block, v);
   } catch (...) {
-    // The memory is not a Buffer: free it without running buffer_dealloc.
-    PyTypeObject* t = Py_TYPE(self);
-    t->tp_free(self);
-    Py_DECREF(t);
+    free_buffer_object(self);  // the memory is not a Buffer: freed without running buffer_dealloc
     throw;
   }
   return py::reinterpret_steal<py::object>(self);
 }
 
-py::object new_small_buffer(PyTypeObject* type, std::shared_ptr<Arena> arena, const SmallMessage& m) {
-  PyObject* self = alloc_buffer_object(type);
+py::object new_small_buffer(PyTypeObject* type, std::shared_ptr<Arena> arena, const SmallMessage& m,
+                            ModuleState* home, PyObject* home_owner) {
+  PyObject* self = alloc_buffer_object(type, home, home_owner);
   if (self == nullptr) throw py::error_already_set();
   new (&reinterpret_cast<BufferObject*>(self)->buf) Buffer(std::move(arena), m);  // does not throw
   return py::reinterpret_steal<py::object>(self);
@@ -102,10 +128,8 @@ extern "C" void buffer_releasebuffer(PyObject* obj, Py_buffer*) {
 }
 
 extern "C" void buffer_dealloc(PyObject* self) {
-  PyTypeObject* type = Py_TYPE(self);
   as_buffer(self)->~Buffer();  // a live block goes back to the arena
-  type->tp_free(self);
-  Py_DECREF(type);
+  free_buffer_object(self);
 }
 
 template <typename T>

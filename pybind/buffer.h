@@ -126,8 +126,14 @@ struct Buffer {
   }
 };
 
+struct ModuleState;  // pybind/state.h
+
 struct BufferObject {
   PyObject_HEAD
+  // The module state whose Buffer free list takes this object's memory back (home_owner, a
+  // strong reference to the state's capsule, keeps it alive), or nullptr: back to pymalloc.
+  ModuleState* home;
+  PyObject* home_owner;
   Buffer buf;  // constructed in place by new_buffer(), destroyed by buffer_dealloc()
 };
 static_assert(sizeof(BufferObject) <= 512, "a Buffer object is allocated by pymalloc (<= 512 bytes)");
@@ -144,9 +150,13 @@ inline bool is_buffer(PyObject* obj) {
 
 // A new Buffer object of `type` (this interpreter's Buffer type) owning `block`. On failure
 // the block goes back to the arena.
-py::object new_buffer(PyTypeObject* type, std::shared_ptr<Arena> arena, BlockHandle block, const BlockView& v);
+// `home` (with `home_owner`, the capsule that keeps it): the calling interpreter's module state,
+// whose free list the object's memory comes from and goes back to; nullptr: pymalloc.
+py::object new_buffer(PyTypeObject* type, std::shared_ptr<Arena> arena, BlockHandle block, const BlockView& v,
+                      ModuleState* home = nullptr, PyObject* home_owner = nullptr);
 // A new Buffer object of `type` holding a copy of an inline message.
-py::object new_small_buffer(PyTypeObject* type, std::shared_ptr<Arena> arena, const SmallMessage& m);
+py::object new_small_buffer(PyTypeObject* type, std::shared_ptr<Arena> arena, const SmallMessage& m,
+                            ModuleState* home = nullptr, PyObject* home_owner = nullptr);
 
 // Gives a Buffer of an inline message a block of its own (its bytes copied in), for what needs
 // one (share(), pool()). No-op for a Buffer that holds a block. Call with no exports.

@@ -185,10 +185,12 @@ Result<BlockView> PyChannel::checked_view(BlockHandle block) {
 
 py::object PyChannel::wrap(BlockHandle block, const SmallMessage* small) {
   if (block.ref == 0 && small != nullptr) {
-    return new_small_buffer(reinterpret_cast<PyTypeObject*>(buffer_type.ptr()), arena->arena, *small);
+    return new_small_buffer(reinterpret_cast<PyTypeObject*>(buffer_type.ptr()), arena->arena, *small, state,
+                            state_owner.ptr());
   }
   const Result<BlockView> v = checked_view(block);
-  return new_buffer(reinterpret_cast<PyTypeObject*>(buffer_type.ptr()), arena->arena, block, v.value);
+  return new_buffer(reinterpret_cast<PyTypeObject*>(buffer_type.ptr()), arena->arena, block, v.value, state,
+                    state_owner.ptr());
 }
 
 py::object PyChannel::recv(bool block, const py::object& timeout) {

@@ -20,6 +20,7 @@ extern "C" void free_state(PyObject* capsule) {
   Py_CLEAR(state->objects_decode);
   Py_CLEAR(state->buffers_append);
   Py_CLEAR(state->buffers_list);
+  for (int i = 0; i < state->buffer_free_count; ++i) PyObject_Free(state->buffer_free[static_cast<size_t>(i)]);
   delete state;
 }
 

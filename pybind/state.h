@@ -32,6 +32,12 @@ struct ModuleState {
   PyObject* buffers_list = nullptr;
   PyObject* buffers_append = nullptr;
   bool buffers_list_busy = false;
+  // Memory of freed Buffer objects (pybind/buffer.cc), reused by the next ones a Channel of this
+  // interpreter makes: a received message costs no pymalloc call at either end. Touched with
+  // this interpreter's GIL held; PyObject_Free'd with the state.
+  static constexpr int kBufferFreeMax = 256;
+  std::array<void*, kBufferFreeMax> buffer_free{};
+  int buffer_free_count = 0;
 };
 
 // Module exec, once per interpreter: imports memchannel.errors and builds this interpreter's

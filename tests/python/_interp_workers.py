@@ -36,3 +36,16 @@ def hold_buffers(ch, count):
     held = [ch.recv(timeout=10) for _ in range(count)]
     sys.modules[__name__]._held = held
     return len(held)
+
+
+def drop_then_hold(ch, batches, keep):
+    """Receive `batches` batches and drop each (the Buffers' memory is reused by the next), then
+    keep `keep` more messages in a module global (never released); returns what was received."""
+    import sys
+
+    total = 0
+    for _ in range(batches):
+        total += len(ch.recv_many(64, timeout=10))
+    held = [ch.recv(timeout=10) for _ in range(keep)]
+    sys.modules[__name__]._held = held
+    return total + len(held)
