@@ -63,7 +63,12 @@ PyObject* state_capsule() {  // borrowed, or nullptr
 
 PyObject* module_state_ref() {
   module_state();  // raises if there is none
-  return Py_NewRef(state_capsule());
+  PyObject* capsule = state_capsule();
+  if (capsule == nullptr) {  // not reached after module_state(); checked for the compiler too
+    PyErr_SetString(PyExc_RuntimeError, "memchannel._memchannel is not initialised in this interpreter");
+    throw py::error_already_set();
+  }
+  return Py_NewRef(capsule);
 }
 
 ModuleState& module_state() {
