@@ -467,18 +467,18 @@ Result<size_t> Channel::recv_many(BlockHandle* out, size_t max, const WaitSpec& 
   bool drained = false;
   Status first = Status::kOk;
   SmallMessage local;
-  // Blocked senders are told once, on every return, after the old dummies are back on the node
-  // free list (declared first: destroyed last); advance skips the notify for a stash.
-  struct RoomGuard {
+  // On every return: the old dummies this batch freed go back to the node free list together,
+  // then, if the head moved, blocked senders are told once (advance skips it for a stash).
+  struct BatchEnd {
     Channel& ch;
-    ~RoomGuard() { ch.notify_room_if_bounded(); }
-  } room{*this};
-  // The old dummies this batch frees go back to the node free list together, on every return.
-  struct StashGuard {
-    Arena& arena;
+    const size_t& taken;
     Arena::NodeStash stash;
-    ~StashGuard() { arena.push_stash(&stash); }
-  } freed{*arena_, {}};
+    ~BatchEnd() {
+      const bool moved = taken != 0 || stash.count != 0;
+      ch.arena_->push_stash(&stash);
+      if (moved) ch.notify_room_if_bounded();
+    }
+  } freed{*this, got, {}};
   const Status s = wait_sweeping(
       *arena_, header_->not_empty, header_->receivers_spin_until, wait,
       [&] {

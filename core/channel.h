@@ -348,10 +348,12 @@ class Channel {
   // Seals the last node's link (close()).
   void seal();
   // kEmpty with *drained when the dummy's link is sealed (closed, nothing left).
-  // `stash`: old dummies freed into it (a batch gives them back at once), else one by one.
+  // `stash` (recv_many's batch): old dummies freed into it and given back at once, else one by
+  // one; with a stash, the node after the one claimed is prefetched, and advance leaves telling
+  // blocked senders to the batch's end.
   Result<BlockHandle> try_dequeue(bool* empty, bool* drained, SmallMessage* small, Arena::NodeStash* stash = nullptr);
   // Moves the head from `head` (node `first`, whose state is `head_state`) onto `next`; the
-  // party that succeeds frees the old dummy.
+  // party that succeeds frees the old dummy (into `stash`: see try_dequeue).
   void advance(uint64_t head, QueueNode* first, uint64_t head_state, BlockRef next, Arena::NodeStash* stash = nullptr);
   // Repairs a queue found (or, with `suspected`, feared) corrupted: see the header comment and
   // channel.cc. kRepaired when it changed something (counted as corruption), kIntact when a

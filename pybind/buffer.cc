@@ -60,8 +60,8 @@ PyObject* alloc_buffer_object(PyTypeObject* type, ModuleState* home, PyObject* h
   }
   PyObject* self = PyObject_Init(static_cast<PyObject*>(mem), type);
   auto* o = reinterpret_cast<BufferObject*>(self);
-  o->home = home_owner != nullptr ? home : nullptr;
-  o->home_owner = o->home != nullptr ? Py_NewRef(home_owner) : nullptr;
+  o->home = home;  // given with its owner, or neither
+  o->home_owner = home != nullptr ? Py_NewRef(home_owner) : nullptr;
   return self;
 }
 

@@ -538,7 +538,7 @@ py::list recv_many_buffers(PyChannel& c, Py_ssize_t max_messages, bool block, Py
     return c.ch().recv_many(taken.data(), want, w, smalls.data());
   });
   if (!first.ok()) raise_status(first.status, "");
-  py::list out;
+  py::object out;  // the list, made by the first chunk that returns anything
   size_t n = first.value;
   size_t returned = 0;
   std::array<py::object, Channel::kMaxChain> made;  // one chunk's Buffers, then into the list
@@ -558,11 +558,11 @@ py::list recv_many_buffers(PyChannel& c, Py_ssize_t max_messages, bool block, Py
     }
     // The first chunk becomes a list of its exact size; a later one (a batch of over kMaxChain)
     // is appended. On a failure here made's Buffers go with it, their blocks back to the arena.
-    if (k != 0 && PyList_GET_SIZE(out.ptr()) == 0) {
+    if (!out) {
       PyObject* list = PyList_New(static_cast<Py_ssize_t>(k));
       if (list == nullptr) throw py::error_already_set();
       for (size_t j = 0; j < k; ++j) PyList_SET_ITEM(list, static_cast<Py_ssize_t>(j), made[j].release().ptr());
-      out = py::reinterpret_steal<py::list>(list);
+      out = py::reinterpret_steal<py::object>(list);
     } else {
       for (size_t j = 0; j < k; ++j) {
         if (PyList_Append(out.ptr(), made[j].ptr()) != 0) throw py::error_already_set();
@@ -581,7 +581,7 @@ py::list recv_many_buffers(PyChannel& c, Py_ssize_t max_messages, bool block, Py
     c.pending_batch_error.reset();
     throw pending;
   }
-  return out;
+  return py::reinterpret_steal<py::list>(out.release());
 }
 
 // ---------------------------------------------------------------------------------------------

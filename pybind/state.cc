@@ -1,5 +1,7 @@
 #include "pybind/state.h"
 
+#include <utility>
+
 namespace memchannel::py_glue {
 namespace {
 
@@ -59,26 +61,21 @@ PyObject* state_capsule() {  // borrowed, or nullptr
   return dict != nullptr ? PyDict_GetItemString(dict, kStateKey) : nullptr;
 }
 
-}  // namespace
-
-PyObject* module_state_ref() {
-  module_state();  // raises if there is none
-  PyObject* capsule = state_capsule();
-  if (capsule == nullptr) {  // not reached after module_state(); checked for the compiler too
-    PyErr_SetString(PyExc_RuntimeError, "memchannel._memchannel is not initialised in this interpreter");
-    throw py::error_already_set();
-  }
-  return Py_NewRef(capsule);
-}
-
-ModuleState& module_state() {
+// This interpreter's state and its capsule (borrowed); raises if there is none.
+std::pair<ModuleState*, PyObject*> found_state() {
   PyObject* capsule = state_capsule();
   void* state = capsule != nullptr ? PyCapsule_GetPointer(capsule, kStateKey) : nullptr;
   if (state == nullptr) {
     PyErr_SetString(PyExc_RuntimeError, "memchannel._memchannel is not initialised in this interpreter");
     throw py::error_already_set();
   }
-  return *static_cast<ModuleState*>(state);
+  return {static_cast<ModuleState*>(state), capsule};
 }
+
+}  // namespace
+
+PyObject* module_state_ref() { return Py_NewRef(found_state().second); }
+
+ModuleState& module_state() { return *found_state().first; }
 
 }  // namespace memchannel::py_glue
